@@ -1,0 +1,404 @@
+"""The router: predict quality and cost per candidate, price money with λ, reserve, settle."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .budget import Budget, BudgetExceeded, LedgerStore, MemoryStore, ScopeState, UnknownScope, scope_chain
+from .candidates import Candidate, validate_candidates
+from .length import LengthPrior
+from .pacing import DualPacer
+from .quality.base import QualityPredictor
+from .tokens import count_message_tokens
+
+__all__ = ["Router", "Decision", "RoutingError", "NoFeasibleCandidate", "Estimate", "DEFAULT_SCOPE"]
+
+#: The scope of requests that name none.
+DEFAULT_SCOPE = "default"
+
+
+class RoutingError(ValueError):
+    """A request the router cannot route (empty, malformed, or no candidate can serve it)."""
+
+
+class NoFeasibleCandidate(RoutingError):
+    """No candidate can serve the request (context window, tools, structured output, exclusions)."""
+
+
+Messages = Sequence[Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Per (prompt, candidate) predictions: quality, input/output tokens and cost in USD."""
+
+    candidates: list[str]
+    quality: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    cost: np.ndarray
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the router chose for one request, why, and the money it holds for it."""
+
+    id: str
+    chosen: str
+    scopes: tuple[str, ...]
+    lam: float
+    reserved: float
+    quality: dict[str, float]
+    cost: dict[str, float]
+    input_tokens: dict[str, int]
+    ranking: tuple[str, ...]
+    max_tokens: int | None = None
+    attempt: int = 0
+    failed: tuple[str, ...] = ()
+    text: str = field(default="", repr=False)
+
+    @property
+    def scope(self) -> str | None:
+        """The innermost scope charged, or None when no budget applies."""
+        return self.scopes[-1] if self.scopes else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able summary for response metadata and logs."""
+        return {
+            "decision_id": self.id,
+            "model": self.chosen,
+            "scope": self.scope,
+            "lambda": self.lam,
+            "estimated_cost_usd": self.cost[self.chosen],
+            "predicted_quality": self.quality[self.chosen],
+            "reserved_usd": self.reserved,
+            "attempt": self.attempt,
+            "failed": list(self.failed),
+        }
+
+
+class Router:
+    """Routes each request to the candidate maximising predicted quality − λ·cost, under budgets."""
+
+    def __init__(
+        self,
+        candidates: Sequence[Candidate],
+        *,
+        quality: QualityPredictor | None = None,
+        lengths: Any = None,
+        embedder: Any = None,
+        store: LedgerStore | None = None,
+        default_budget: Budget | None = None,
+        pacer: DualPacer | None = None,
+        cost_weight: float = 0.0,
+        strict_scopes: bool = False,
+        max_fallbacks: int = 2,
+        reservation_ttl_s: float = 600.0,
+    ) -> None:
+        self._lock = threading.Lock()
+        self.quality = quality
+        self.lengths = lengths if lengths is not None else LengthPrior()
+        self.embedder = embedder
+        self.store = store if store is not None else MemoryStore()
+        self.default_budget = default_budget
+        self.pacer = pacer if pacer is not None else DualPacer()
+        if cost_weight < 0:
+            raise ValueError(f"cost_weight must be >= 0, got {cost_weight}")
+        self.cost_weight = float(cost_weight)
+        self.strict_scopes = strict_scopes
+        if max_fallbacks < 0:
+            raise ValueError(f"max_fallbacks must be >= 0, got {max_fallbacks}")
+        self.max_fallbacks = max_fallbacks
+        self.reservation_ttl_s = reservation_ttl_s
+        self._set_candidates(candidates)
+
+    # ----------------------------------------------------------------- candidates
+    def _set_candidates(self, candidates: Sequence[Candidate]) -> None:
+        cands = validate_candidates(candidates)
+        known_q = list(getattr(self.quality, "models_", []) or [])
+        for c in cands:
+            if c.name not in known_q and c.prior_quality is None:
+                raise ValueError(
+                    f"no quality estimate for candidate {c.name!r}: give it prior_quality= or a "
+                    "quality predictor fitted on data that includes it"
+                )
+        known_l = list(getattr(self.lengths, "models_", []) or [])
+        self._candidates = cands
+        self._index = {c.name: i for i, c in enumerate(cands)}
+        self._q_cols = np.array([known_q.index(c.name) if c.name in known_q else -1 for c in cands])
+        self._l_cols = np.array([known_l.index(c.name) if c.name in known_l else -1 for c in cands])
+        self._priors = np.array([c.prior_quality if c.prior_quality is not None else np.nan for c in cands])
+        self._p_in = np.array([c.input_price for c in cands]) / 1e6
+        self._p_out = np.array([c.output_price for c in cands]) / 1e6
+        self._max_out = np.array([c.max_output_tokens for c in cands], dtype=np.float64)
+
+    @property
+    def candidates(self) -> tuple[Candidate, ...]:
+        """The candidates, in routing-column order."""
+        return self._candidates
+
+    def candidate(self, name: str) -> Candidate:
+        """The candidate called `name` (KeyError naming the known ones otherwise)."""
+        try:
+            return self._candidates[self._index[name]]
+        except KeyError:
+            raise KeyError(f"unknown candidate {name!r}; candidates are {list(self._index)}") from None
+
+    # ----------------------------------------------------------------- budgets
+    def set_budget(self, scope: str, budget: Budget) -> None:
+        """Give `scope` (e.g. "acme/agent-7") a budget, keeping what it has already spent."""
+        scope_chain(scope)
+        if not isinstance(budget, Budget):
+            raise TypeError(f"budget must be a Budget, got {type(budget).__name__}")
+        self.store.set_budget(scope, budget)
+
+    def budget_state(self, scope: str) -> ScopeState | None:
+        """The scope's books (budget, committed, reserved, λ), or None when it has no budget."""
+        return self.store.state(scope)
+
+    def remaining(self, scope: str | None) -> float | None:
+        """Money left in the tightest budget enclosing `scope`, or None when none applies."""
+        states = [s for s in (self.store.state(c) for c in scope_chain(scope or DEFAULT_SCOPE)) if s]
+        return min((s.remaining for s in states), default=None)
+
+    def _scope_states(self, session: str | None) -> list[ScopeState]:
+        scope = session if session is not None else DEFAULT_SCOPE
+        chain = scope_chain(scope)
+        states = [self.store.state(s) for s in chain]
+        if states[-1] is None and self.default_budget is not None:
+            self.store.set_budget(scope, self.default_budget)
+            states[-1] = self.store.state(scope)
+        if states[-1] is None and self.strict_scopes:
+            raise UnknownScope(f"scope {scope!r} has no budget and the router is strict")
+        return [s for s in states if s is not None]
+
+    # ----------------------------------------------------------------- estimation
+    def _features(self, texts: Sequence[str]) -> np.ndarray:
+        needs = getattr(self.quality, "needs_embedding", True) or getattr(self.lengths, "needs_embedding", True)
+        if self.embedder is None or not needs:
+            return np.empty((len(texts), 0))
+        return np.asarray(self.embedder.transform(list(texts)), dtype=np.float64)
+
+    def _predict(self, X: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.tile(self._priors, (n, 1))
+        if self.quality is not None and (self._q_cols >= 0).any():
+            pred = self.quality.predict(X)
+            has = self._q_cols >= 0
+            q[:, has] = pred[:, self._q_cols[has]]
+        lengths = np.full((n, len(self._candidates)), float(getattr(self.lengths, "default", 256.0)))
+        if (self._l_cols >= 0).any():
+            pred_l = self.lengths.predict(X)
+            has = self._l_cols >= 0
+            lengths[:, has] = pred_l[:, self._l_cols[has]]
+        return q, lengths
+
+    def estimate(self, prompts: Sequence[str], input_tokens: np.ndarray | None = None) -> Estimate:
+        """Predicted quality, tokens and cost for many prompts at once (no budget involved)."""
+        prompts = [_check_text(p, i) for i, p in enumerate(prompts)]
+        n = len(prompts)
+        if input_tokens is None:
+            from .tokens import count_tokens_batch
+
+            by_enc: dict[str, np.ndarray] = {}
+            for c in self._candidates:
+                if c.encoding not in by_enc:
+                    by_enc[c.encoding] = np.asarray(count_tokens_batch(prompts, c.encoding), dtype=np.float64)
+            input_tokens = np.stack([by_enc[c.encoding] for c in self._candidates], axis=1)
+        else:
+            input_tokens = np.asarray(input_tokens, dtype=np.float64)
+            if input_tokens.ndim == 1:
+                input_tokens = np.tile(input_tokens[:, None], (1, len(self._candidates)))
+        q, out = self._predict(self._features(prompts), n)
+        out = np.minimum(out, self._max_out)
+        cost = input_tokens * self._p_in + out * self._p_out
+        return Estimate([c.name for c in self._candidates], q, input_tokens, out, cost)
+
+    # ----------------------------------------------------------------- decisions
+    def decide(
+        self,
+        request: str | Messages,
+        session: str | None = None,
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        structured_output: bool = False,
+        max_tokens: int | None = None,
+        exclude: Sequence[str] = (),
+        model: str | None = None,
+    ) -> Decision:
+        """Choose a candidate for one request and reserve its worst-case cost in every scope.
+
+        Raises RoutingError for malformed requests, NoFeasibleCandidate when no candidate can
+        serve it, and BudgetExceeded when none of those that can fits what is left.
+        """
+        messages, text = _normalise(request)
+        if max_tokens is not None and max_tokens <= 0:
+            raise RoutingError(f"max_tokens must be > 0, got {max_tokens}")
+        if model is not None:
+            self.candidate(model)
+        states = self._scope_states(session)
+        cands = self._candidates
+        tool_list = list(tools or [])
+        counts: dict[str, int] = {}
+        input_tokens = np.empty(len(cands))
+        for j, c in enumerate(cands):
+            if c.encoding not in counts:
+                counts[c.encoding] = count_message_tokens(messages, c.encoding, tools=tool_list)
+            input_tokens[j] = counts[c.encoding]
+        q, out = self._predict(self._features([text]), 1)
+        q, out = q[0], out[0]
+        limit = self._max_out if max_tokens is None else np.minimum(self._max_out, max_tokens)
+        out = np.minimum(out, limit)
+        cost = input_tokens * self._p_in + out * self._p_out
+        worst = input_tokens * self._p_in + limit * self._p_out
+
+        feasible = np.array([
+            (model is None or c.name == model)
+            and c.name not in exclude
+            and input_tokens[j] < c.context_window
+            and (not tool_list or c.supports_tools)
+            and (not structured_output or c.supports_structured_output)
+            for j, c in enumerate(cands)
+        ])
+        if not feasible.any():
+            raise NoFeasibleCandidate(_why_infeasible(cands, input_tokens, tool_list, structured_output, exclude, model))
+        lam = max([self.cost_weight] + [self.pacer.price(s) for s in states])
+        score = np.where(feasible, q - lam * cost, -np.inf)
+        ranking = tuple(cands[j].name for j in np.argsort(-score, kind="stable") if feasible[j])
+        base = Decision(
+            id="", chosen="", scopes=tuple(s.scope for s in states), lam=lam, reserved=0.0,
+            quality={c.name: float(q[j]) for j, c in enumerate(cands)},
+            cost={c.name: float(cost[j]) for j, c in enumerate(cands)},
+            input_tokens={c.name: int(input_tokens[j]) for j, c in enumerate(cands)},
+            ranking=ranking, max_tokens=max_tokens, text=text,
+        )
+        worst_by_name = {c.name: float(worst[j]) for j, c in enumerate(cands)}
+        return self._reserve_first(base, list(ranking), worst_by_name, states)
+
+    def _reserve_first(
+        self, base: Decision, order: list[str], worst: Mapping[str, float], states: list[ScopeState]
+    ) -> Decision:
+        """Reserve for the best-ranked candidate that fits every scope; BudgetExceeded if none."""
+        if not base.scopes:
+            return replace(base, id=uuid.uuid4().hex, chosen=order[0])
+        last: BudgetExceeded | None = None
+        for name in order:
+            left = min(s.remaining for s in states)
+            if worst[name] > left:
+                continue
+            rid = uuid.uuid4().hex
+            try:
+                self.store.reserve(rid, base.scopes, worst[name], self.reservation_ttl_s)
+            except BudgetExceeded as e:  # another request took the money since our snapshot
+                last = e
+                states = [self.store.state(s) or st for s, st in zip(base.scopes, states)]
+                continue
+            return replace(base, id=rid, chosen=name, reserved=worst[name])
+        left = min(s.remaining for s in states)
+        cheapest = min(worst[n] for n in order)
+        raise BudgetExceeded(
+            f"no candidate fits the budget of scope {base.scopes[-1]!r}: {left:.6g} USD left, the "
+            f"cheapest feasible call may cost up to {cheapest:.6g} USD",
+            scope=base.scopes[-1], remaining=left,
+        ) from last
+
+    def reroute(self, decision: Decision, error: BaseException | None = None) -> Decision | None:
+        """Release a failed decision and reserve for the next-best candidate; None when out of tries."""
+        self.release(decision)
+        failed = decision.failed + (decision.chosen,)
+        order = [n for n in decision.ranking if n not in failed]
+        if decision.attempt >= self.max_fallbacks or not order:
+            return None
+        states = [s for s in (self.store.state(sc) for sc in decision.scopes) if s]
+        worst = {
+            n: self.candidate(n).worst_case_cost(decision.input_tokens[n], decision.max_tokens) for n in order
+        }
+        try:
+            new = self._reserve_first(replace(decision, failed=failed, attempt=decision.attempt + 1), order, worst, states)
+        except BudgetExceeded:
+            return None
+        return new
+
+    def settle(
+        self,
+        decision: Decision,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        *,
+        cost: float | None = None,
+    ) -> float:
+        """Commit the call's actual cost (from tokens, or given in USD) and update λ; returns USD.
+
+        Settling the same decision twice charges it once.
+        """
+        if cost is None:
+            if output_tokens is None:
+                raise ValueError("settle needs output_tokens (and input_tokens) or cost=")
+            inp = decision.input_tokens[decision.chosen] if input_tokens is None else input_tokens
+            cost = self.candidate(decision.chosen).cost(inp, output_tokens)
+        cost = float(cost)
+        if not np.isfinite(cost) or cost < 0:
+            raise ValueError(f"cost must be finite and >= 0, got {cost}")
+        if not decision.scopes:
+            return cost
+        before = {s: self.store.state(s) for s in decision.scopes}
+        if self.store.commit(decision.id, cost, model=decision.chosen):
+            for scope, state in before.items():
+                if state is not None:
+                    theta = self.pacer.update(state, cost)
+                    if theta is not None:
+                        self.store.adjust_lambda(scope, theta)
+        return cost
+
+    def release(self, decision: Decision) -> None:
+        """Return a decision's reservation unspent (a failed or cancelled call)."""
+        if decision.scopes:
+            self.store.release(decision.id)
+
+
+def _check_text(p: Any, i: int) -> str:
+    if not isinstance(p, str):
+        raise RoutingError(f"prompts[{i}] must be str, got {type(p).__name__}")
+    return p
+
+
+def _normalise(request: str | Messages) -> tuple[list[Mapping[str, Any]], str]:
+    """Messages and the text to embed, from a prompt string or a list of role/content mappings."""
+    if isinstance(request, str):
+        if not request.strip():
+            raise RoutingError("the prompt is empty")
+        return [{"role": "user", "content": request}], request
+    if not isinstance(request, Sequence) or not request:
+        raise RoutingError("a request must be a non-empty prompt string or a non-empty list of messages")
+    for i, m in enumerate(request):
+        if not isinstance(m, Mapping) or "role" not in m:
+            raise RoutingError(f"messages[{i}] must be a mapping with 'role' and 'content', got {m!r}")
+    from .tokens import content_text
+
+    text = "\n".join(t for t in (content_text(m.get("content")) for m in request) if t)
+    return list(request), text
+
+
+def _why_infeasible(
+    cands: Sequence[Candidate], tokens: np.ndarray, tools: list, structured: bool, exclude: Sequence[str], model: str | None
+) -> str:
+    reasons = []
+    for j, c in enumerate(cands):
+        if model is not None and c.name != model:
+            continue
+        why = []
+        if c.name in exclude:
+            why.append("excluded")
+        if tokens[j] >= c.context_window:
+            why.append(f"prompt of {int(tokens[j])} tokens exceeds its context window of {c.context_window}")
+        if tools and not c.supports_tools:
+            why.append("cannot call tools")
+        if structured and not c.supports_structured_output:
+            why.append("no structured output")
+        reasons.append(f"{c.name}: {', '.join(why)}")
+    return "no candidate can serve this request (" + "; ".join(reasons) + ")"

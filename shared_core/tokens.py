@@ -1,0 +1,170 @@
+"""Token counting with tiktoken, cached encodings and an offline fallback chain."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
+from typing import Any, Protocol
+
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "TokenizerFallbackWarning",
+    "get_tokenizer",
+    "count_tokens",
+    "count_tokens_batch",
+    "count_message_tokens",
+    "content_text",
+]
+
+#: Characters per token of the length-based estimate used when no tiktoken encoding can be
+#: loaded. English text under cl100k_base averages about 4 characters per token.
+CHARS_PER_TOKEN = 4.0
+
+# OpenAI's chat format: every message costs a few tokens of framing, every reply is primed.
+_TOKENS_PER_MESSAGE = 3
+_TOKENS_PER_NAME = 1
+_REPLY_PRIMING = 3
+
+_FALLBACKS = {"o200k_harmony": "o200k_base", "o200k_base": "cl100k_base", "p50k_edit": "p50k_base"}
+
+
+class TokenizerFallbackWarning(UserWarning):
+    """An encoding could not be loaded and a fallback is counting tokens instead."""
+
+
+class Tokenizer(Protocol):
+    """What token counting needs from an encoding."""
+
+    name: str
+
+    def encode_ordinary(self, text: str) -> list[int]: ...
+
+    def encode_ordinary_batch(self, texts: list[str], *, num_threads: int = ...) -> list[list[int]]: ...
+
+
+class _LengthEstimate:
+    """Counts ceil(len(text) / CHARS_PER_TOKEN): the last resort when tiktoken has no file."""
+
+    name = "estimate"
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return [0] * math.ceil(len(text) / CHARS_PER_TOKEN)
+
+    def encode_ordinary_batch(self, texts: list[str], *, num_threads: int = 1) -> list[list[int]]:
+        return [self.encode_ordinary(t) for t in texts]
+
+
+_warned: set[tuple[str, str]] = set()
+_warn_lock = threading.Lock()
+
+
+def _warn_once(wanted: str, used: str, error: BaseException) -> None:
+    with _warn_lock:
+        if (wanted, used) in _warned:
+            return
+        _warned.add((wanted, used))
+    warnings.warn(
+        f"tiktoken encoding {wanted!r} could not be loaded ({type(error).__name__}: {error}); "
+        f"counting tokens with {used!r} instead. Set TIKTOKEN_CACHE_DIR to a folder holding the "
+        "encoding to count exactly offline.",
+        TokenizerFallbackWarning,
+        stacklevel=3,
+    )
+
+
+def _resolve_name(encoding_or_model: str) -> str:
+    import tiktoken
+
+    if encoding_or_model in tiktoken.list_encoding_names():
+        return encoding_or_model
+    try:
+        return tiktoken.encoding_name_for_model(encoding_or_model)
+    except KeyError:
+        # Unknown model names (claude-*, llama-*) are counted with the common cl100k_base.
+        return "cl100k_base"
+
+
+@lru_cache(maxsize=None)
+def get_tokenizer(encoding_or_model: str = "cl100k_base") -> Tokenizer:
+    """The tokenizer for an encoding or model name, falling back o200k→cl100k→estimate offline."""
+    if not isinstance(encoding_or_model, str) or not encoding_or_model:
+        raise ValueError(f"encoding_or_model must be a non-empty string, got {encoding_or_model!r}")
+    import tiktoken
+
+    name = _resolve_name(encoding_or_model)
+    tried = name
+    while True:
+        try:
+            return tiktoken.get_encoding(name)
+        except Exception as error:  # network, missing cache file, corrupt file
+            fallback = _FALLBACKS.get(name, "cl100k_base" if name != "cl100k_base" else None)
+            if fallback is None:
+                _warn_once(tried, "estimate", error)
+                return _LengthEstimate()
+            _warn_once(name, fallback, error)
+            name = fallback
+
+
+def count_tokens(text: str, encoding_or_model: str = "cl100k_base") -> int:
+    """Number of tokens of `text` under an encoding or model name (special tokens as text)."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be str, got {type(text).__name__}")
+    return len(get_tokenizer(encoding_or_model).encode_ordinary(text))
+
+
+def count_tokens_batch(texts: Sequence[str], encoding_or_model: str = "cl100k_base") -> list[int]:
+    """Token counts of many texts, encoded in one batch call (threads inside tiktoken)."""
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] must be str, got {type(t).__name__}")
+    tok = get_tokenizer(encoding_or_model)
+    if len(texts) < 64:
+        return [len(tok.encode_ordinary(t)) for t in texts]
+    return [len(ids) for ids in tok.encode_ordinary_batch(texts, num_threads=2)]
+
+
+def content_text(content: Any) -> str:
+    """Text of a message content: a string, or a list of content blocks (text parts only)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Iterable):
+        parts = []
+        for block in content:
+            if isinstance(block, str):
+                parts.append(block)
+            elif isinstance(block, Mapping) and isinstance(block.get("text"), str):
+                parts.append(block["text"])
+        return "\n".join(parts)
+    return str(content)
+
+
+def count_message_tokens(
+    messages: Sequence[Mapping[str, Any]],
+    encoding_or_model: str = "cl100k_base",
+    tools: Sequence[Mapping[str, Any]] | None = None,
+) -> int:
+    """Prompt tokens of chat messages ({"role", "content", optional "name"}) plus tool schemas."""
+    tok = get_tokenizer(encoding_or_model)
+    texts: list[str] = []
+    total = _REPLY_PRIMING
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping) or "role" not in message:
+            raise TypeError(f"messages[{i}] must be a mapping with a 'role', got {message!r}")
+        total += _TOKENS_PER_MESSAGE
+        texts.append(str(message["role"]))
+        texts.append(content_text(message.get("content")))
+        if message.get("name"):
+            total += _TOKENS_PER_NAME
+            texts.append(str(message["name"]))
+        if message.get("tool_calls"):
+            texts.append(json.dumps(message["tool_calls"], separators=(",", ":"), default=str))
+    for schema in tools or ():
+        texts.append(json.dumps(schema, separators=(",", ":"), sort_keys=True, default=str))
+    return total + sum(len(ids) for ids in tok.encode_ordinary_batch(texts, num_threads=1))
