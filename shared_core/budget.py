@@ -36,12 +36,13 @@ class UnknownScope(KeyError):
 
 
 class Budget(BaseModel):
-    """A spending limit in US dollars, paced over `horizon` requests and/or reset every `period_s`."""
+    """A spending limit in US dollars, paced over requests or seconds, optionally reset every period."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     usd: float = Field(description="The most this scope may spend (per period, when periodic).")
     horizon: int | None = Field(None, description="Requests the budget should last; None = unknown.")
+    horizon_s: float | None = Field(None, description="Seconds the budget should last (pacing by time).")
     period_s: float | None = Field(None, description="Seconds after which spend resets ($50/day: 86400).")
 
     @field_validator("usd")
@@ -58,11 +59,11 @@ class Budget(BaseModel):
             raise ValueError(f"horizon must be a positive number of requests, got {v}")
         return v
 
-    @field_validator("period_s")
+    @field_validator("horizon_s", "period_s")
     @classmethod
     def _period_valid(cls, v: float | None) -> float | None:
         if v is not None and (not math.isfinite(v) or v <= 0):
-            raise ValueError(f"period_s must be a positive number of seconds, got {v}")
+            raise ValueError(f"must be a positive number of seconds, got {v}")
         return v
 
 

@@ -15,7 +15,7 @@ from .candidates import Candidate, validate_candidates
 from .length import LengthPrior
 from .pacing import DualPacer
 from .quality.base import QualityPredictor
-from .tokens import count_message_tokens
+from .tokens import count_message_tokens, count_tokens
 
 __all__ = ["Router", "Decision", "RoutingError", "NoFeasibleCandidate", "Estimate", "DEFAULT_SCOPE"]
 
@@ -331,14 +331,18 @@ class Router:
         output_tokens: int | None = None,
         *,
         cost: float | None = None,
+        output_text: str | None = None,
     ) -> float:
         """Commit the call's actual cost (from tokens, or given in USD) and update λ; returns USD.
 
-        Settling the same decision twice charges it once.
+        Without reported output tokens, `output_text` is counted with the candidate's encoding
+        (and input tokens default to the router's own count). Settling twice charges once.
         """
         if cost is None:
+            if output_tokens is None and output_text is not None:
+                output_tokens = count_tokens(output_text, self.candidate(decision.chosen).encoding)
             if output_tokens is None:
-                raise ValueError("settle needs output_tokens (and input_tokens) or cost=")
+                raise ValueError("settle needs output_tokens (or output_text), or cost=")
             inp = decision.input_tokens[decision.chosen] if input_tokens is None else input_tokens
             cost = self.candidate(decision.chosen).cost(inp, output_tokens)
         cost = float(cost)

@@ -1,0 +1,1 @@
+"""Subcommands of the `omniroute` console script, one module each."""
