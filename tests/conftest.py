@@ -1,0 +1,41 @@
+"""Test setup: offline tiktoken, the shared data folder, and small fixtures used across files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DATA = SHARED / "data"
+
+# Tests never touch the network: tiktoken reads its encodings from the shared cache.
+os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(f"{path} is missing: the tests read ../shared/data beside the checkout")
+    return path
+
+
+@pytest.fixture(scope="session")
+def routerbench_path() -> Path:
+    """Path of the shared RouterBench subset."""
+    return _require(DATA / "routerbench_subset.parquet")
+
+
+@pytest.fixture(scope="session")
+def llmrouter_paths() -> tuple[Path, Path]:
+    """Paths of the LLMRouter dataset and its price table."""
+    return _require(DATA / "llmrouter_dcrouter.parquet"), _require(DATA / "llmrouter_dcrouter_prices.json")
+
+
+@pytest.fixture(scope="session")
+def routerbench(routerbench_path):
+    """The RouterBench subset, loaded once per test session."""
+    from shared_core.data import load_dataset
+
+    return load_dataset(routerbench_path)
