@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 from .candidates import Candidate
 from .router import Decision, Router
 
-__all__ = ["call_with_fallbacks", "acall_with_fallbacks"]
+__all__ = ["call_with_fallbacks", "acall_with_fallbacks", "FallbackStream"]
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 def call_with_fallbacks(
@@ -50,3 +51,56 @@ async def acall_with_fallbacks(
         except BaseException:
             router.release(decision)
             raise
+
+
+class FallbackStream(Generic[C]):
+    """Chunks from the chosen candidate's stream, falling back to the next-best before the first.
+
+    Once a chunk has been yielded the answer is committed to that candidate: a later error
+    propagates, and the caller settles what was produced. `decision` is the one that streamed.
+    Iterate it once, with `for` (sync) or `async for` (when `start` returns an async iterator).
+    """
+
+    def __init__(self, router: Router, decision: Decision, start: Callable[[Candidate, Decision], Any]) -> None:
+        self.router = router
+        self.decision = decision
+        self._start = start
+
+    def _fail(self, error: BaseException) -> None:
+        following = self.router.reroute(self.decision, error)
+        if following is None:
+            raise error
+        self.decision = following
+
+    def __iter__(self) -> Iterator[C]:
+        while True:
+            try:
+                chunks = iter(self._start(self.router.candidate(self.decision.chosen), self.decision))
+                first = next(chunks)
+                break
+            except StopIteration:
+                return
+            except Exception as error:
+                self._fail(error)
+            except BaseException:
+                self.router.release(self.decision)
+                raise
+        yield first
+        yield from chunks
+
+    async def __aiter__(self) -> AsyncIterator[C]:
+        while True:
+            try:
+                chunks = self._start(self.router.candidate(self.decision.chosen), self.decision).__aiter__()
+                first = await chunks.__anext__()
+                break
+            except StopAsyncIteration:
+                return
+            except Exception as error:
+                self._fail(error)
+            except BaseException:
+                self.router.release(self.decision)
+                raise
+        yield first
+        async for chunk in chunks:
+            yield chunk

@@ -123,7 +123,7 @@ def count_tokens_batch(texts: Sequence[str], encoding_or_model: str = "cl100k_ba
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] must be str, got {type(t).__name__}")
     tok = get_tokenizer(encoding_or_model)
-    if len(texts) < 64:
+    if len(texts) < 256:  # below this a thread pool costs more than it saves
         return [len(tok.encode_ordinary(t)) for t in texts]
     return [len(ids) for ids in tok.encode_ordinary_batch(texts, num_threads=2)]
 
@@ -167,4 +167,5 @@ def count_message_tokens(
             texts.append(json.dumps(message["tool_calls"], separators=(",", ":"), default=str))
     for schema in tools or ():
         texts.append(json.dumps(schema, separators=(",", ":"), sort_keys=True, default=str))
-    return total + sum(len(ids) for ids in tok.encode_ordinary_batch(texts, num_threads=1))
+    # One request's texts are short: tiktoken's batch call would start a thread pool per call.
+    return total + sum(len(tok.encode_ordinary(t)) for t in texts)

@@ -1,0 +1,48 @@
+"""`omniroute demo` and `omniroute --help` work offline on a fresh install."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from shared_core.cli import COMMANDS, main
+
+
+def _spend(out: str) -> tuple[float, float]:
+    m = re.search(r"budget \$([0-9.]+): spent \$([0-9.]+)", out)
+    assert m, out
+    return float(m.group(1)), float(m.group(2))
+
+
+def test_demo_on_bundled_defaults(capsys):
+    assert main(["demo", "--requests", "120"]) == 0
+    out = capsys.readouterr().out
+    budget, spent = _spend(out)
+    assert 0 < spent <= budget
+    assert "gpt-4-1106-preview" in out and "total" in out
+
+
+def test_demo_replays_real_data_within_budget(capsys, routerbench_path):
+    assert main(["demo", "--data", str(routerbench_path), "--budget", "0.1"]) == 0
+    out = capsys.readouterr().out
+    budget, spent = _spend(out)
+    assert 0.9 * budget <= spent <= budget
+    assert "accuracy" in out and re.search(r"total\s+946\s", out)
+
+
+def test_bad_arguments_give_a_clear_error(capsys, tmp_path):
+    assert main(["demo", "--budget", "-1"]) == 2
+    assert "--budget must be > 0" in capsys.readouterr().err
+    assert main(["demo", "--data", str(tmp_path / "missing.parquet")]) == 2
+    assert "dataset not found" in capsys.readouterr().err
+
+
+def test_console_script_help_lists_every_command():
+    out = subprocess.run(
+        [sys.executable, "-m", "shared_core.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for name in COMMANDS:
+        assert name in out
