@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from .candidates import Candidate
 from .router import Decision, Router
+from .tokens import count_tokens
 
-__all__ = ["call_with_fallbacks", "acall_with_fallbacks", "FallbackStream"]
+__all__ = ["call_with_fallbacks", "acall_with_fallbacks", "FallbackStream", "Settlement", "settle_usage"]
 
 T = TypeVar("T")
 C = TypeVar("C")
@@ -104,3 +106,43 @@ class FallbackStream(Generic[C]):
         yield first
         async for chunk in chunks:
             yield chunk
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What one finished call was charged: its tokens, their cost, and the money left after it."""
+
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    remaining_usd: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able summary for response metadata."""
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "actual_cost_usd": self.cost_usd,
+            "remaining_usd": self.remaining_usd,
+        }
+
+
+def settle_usage(
+    router: Router,
+    decision: Decision,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+    output_text: str = "",
+) -> Settlement:
+    """Settle a finished call with the tokens its provider reported, counting those it did not.
+
+    A missing input count is the router's own count of the request; a missing output count is
+    `output_text` counted with the chosen candidate's encoding. Settling twice charges once.
+    """
+    if input_tokens is None:
+        input_tokens = decision.input_tokens[decision.chosen]
+    if output_tokens is None:
+        output_tokens = count_tokens(output_text, router.candidate(decision.chosen).encoding)
+    cost = router.settle(decision, input_tokens, output_tokens)
+    remaining = router.remaining(decision.scope) if decision.scopes else None
+    return Settlement(input_tokens, output_tokens, cost, remaining)

@@ -1,0 +1,354 @@
+"""ChatOmniRoute: a LangChain chat model that routes every call to one of its candidates, under budgets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from operator import itemgetter
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough, ensure_config
+from langchain_core.tools import BaseTool
+from pydantic import Field, PrivateAttr, model_validator
+from typing_extensions import Self
+
+from shared_core.budget import Budget, scope_chain
+from shared_core.calls import FallbackStream, acall_with_fallbacks, call_with_fallbacks
+from shared_core.candidates import Candidate
+from shared_core.router import Decision, Router
+
+from . import delegate
+from .metering import METADATA_KEY, StreamMeter, settle
+from .request import RoutedCall
+from .session import resolve_session
+from .structured import StructuredOutput, routed_parser
+
+__all__ = ["ChatOmniRoute"]
+
+
+class ChatOmniRoute(BaseChatModel):
+    """A chat model that sends each request to the candidate worth its price, within a budget.
+
+    Drop it in wherever a chat model goes (LCEL, LangGraph, agents). Per request it asks the
+    shared routing core for a decision — best predicted quality minus λ·cost among the
+    candidates that can serve the request (tools, structured output, context window) — which
+    reserves the worst-case cost (input plus `max_tokens`, or the candidate's output limit) in
+    the session's budget and every budget enclosing it. It then calls the chosen candidate's
+    own hooks (`_generate` / `_stream` and async forms; one LangChain run per request), falls
+    back to the next-best candidate when one raises before answering, and commits the actual
+    cost from the candidate's `usage_metadata` (tiktoken counts when it reports none).
+
+    Sessions — which budget a call charges (a scope path: "acme/agent-7" also counts against
+    "acme"), first match wins:
+
+    1. the call: `chat.invoke(x, session="agent-7")`;
+    2. a binding — `chat.bind(session="agent-7")` — or the model's own session:
+       `chat.for_session("agent-7")` / `ChatOmniRoute(session=...)`;
+    3. the run config's `configurable["session_id"]`, then `configurable["thread_id"]` (LangGraph);
+    4. the run config's `metadata["session_id"]`;
+    5. `default_session`; else the router's "default" scope.
+
+    A scope without a budget of its own gets `budget` the first time it is charged; set others
+    with `chat.router.set_budget(scope, Budget(...))`. Budgets live in the router, which copies of
+    this model (`for_session`, `configurable_fields`) share.
+
+    Response: the candidate's message — its `model_name`, `model_provider` and integer
+    `usage_metadata` — with `response_metadata["omniroute"]`: the chosen model, estimated and
+    actual cost in USD, λ, the reservation, the session's remaining budget, fallbacks taken.
+    When streaming it rides on exactly one chunk, the last. `model="<candidate name>"` per call
+    forces a candidate.
+
+    Cache: with LangChain's LLM cache (`set_llm_cache` or `cache=`), a repeated call is answered
+    from the cache before routing: nothing is reserved or charged, and its summary says
+    `cached: True`, `actual_cost_usd: 0.0`. The cache key includes the session, so one
+    session's answer is never served to another. Streaming calls are never cached (as in
+    LangChain). A candidate's own cache, callbacks and output_version are bypassed: the router's
+    run is the run (its rate limiter is honoured).
+    """
+
+    candidates: list[Candidate] = Field(
+        default_factory=list, description="Candidates, each with a chat model as `model`."
+    )
+    router: Router | None = Field(
+        None, description="A (fitted) routing core over these candidates; built from their priors if None."
+    )
+    budget: Budget | None = Field(None, description="The budget each new session starts with.")
+    max_fallbacks: int | None = Field(None, description="Candidates to try after a failure (router's default if None).")
+    session: str | None = Field(None, description="Charged by every call naming none itself; beats the run config.")
+    default_session: str | None = Field(None, description="The session when neither call nor config names one.")
+    model: str = Field("omniroute", description="The name this router reports to tracing.")
+    max_tokens: int | None = Field(None, description="Output cap per call, passed to the candidate.")
+    stop: list[str] | None = Field(None, description="Stop sequences for every call.")
+
+    _models: dict[str, BaseChatModel] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _connect_router(self) -> Self:
+        if self.router is None:
+            if not self.candidates:
+                raise ValueError("ChatOmniRoute needs candidates= (each Candidate with model=<chat model>) or router=")
+            options = {} if self.max_fallbacks is None else {"max_fallbacks": self.max_fallbacks}
+            self.router = Router(self.candidates, default_budget=self.budget, **options)
+        else:
+            # Settings of a router given ready-made stay on it; repeating them here must agree.
+            if self.budget is not None and self.budget != self.router.default_budget:
+                raise ValueError("budget= differs from the given router's default_budget: set it on the Router")
+            if self.max_fallbacks is not None and self.max_fallbacks != self.router.max_fallbacks:
+                raise ValueError("max_fallbacks= differs from the given router's: set it on the Router")
+            routed = [c.name for c in self.router.candidates]
+            if not self.candidates:
+                self.candidates = list(self.router.candidates)
+            elif sorted(c.name for c in self.candidates) != sorted(routed):
+                raise ValueError(f"candidates {[c.name for c in self.candidates]} differ from the router's {routed}")
+        missing = [c.name for c in self.candidates if not isinstance(c.model, BaseChatModel)]
+        if missing:
+            raise ValueError(f"candidates {missing} have no chat model: give each Candidate model=<a BaseChatModel>")
+        for scope in (self.session, self.default_session):
+            if scope is not None:
+                scope_chain(scope)
+        self._models = {c.name: c.model for c in self.candidates}
+        return self
+
+    @property
+    def _llm_type(self) -> str:
+        return "omniroute"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "candidates": sorted(self._models), "max_tokens": self.max_tokens,
+            "session": self.session, "default_session": self.default_session,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="omniroute", ls_model_name=kwargs.get("model") or self.model, ls_model_type="chat"
+        )
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        return params
+
+    def for_session(self, session: str) -> ChatOmniRoute:
+        """This model with every call charged to `session` (e.g. "acme/agent-7"), sharing the budgets."""
+        scope_chain(session)
+        return self.model_copy(update={"session": session})
+
+    # ------------------------------------------------------------------ public entry points
+    # Only the public methods see a standalone call's config, so the session is resolved here
+    # and travels to the hooks as the `session` kwarg (a call's own kwarg or binding wins).
+    def _with_session(self, config: RunnableConfig, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {**kwargs, "session": resolve_session(kwargs.get("session"), self.session, config, self.default_session)}
+
+    def invoke(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        """Route and answer one input."""
+        config = ensure_config(config)
+        return super().invoke(input, config, stop=stop, **self._with_session(config, kwargs))
+
+    async def ainvoke(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AIMessage:
+        """Route and answer one input, asynchronously."""
+        config = ensure_config(config)
+        return await super().ainvoke(input, config, stop=stop, **self._with_session(config, kwargs))
+
+    def stream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        """Route one input and stream the chosen candidate's answer."""
+        config = ensure_config(config)
+        return super().stream(input, config, stop=stop, **self._with_session(config, kwargs))
+
+    def astream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        """Route one input and stream the chosen candidate's answer, asynchronously."""
+        config = ensure_config(config)
+        return super().astream(input, config, stop=stop, **self._with_session(config, kwargs))
+
+    # ------------------------------------------------------------------ tools and structured output
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools; the chosen candidate formats them and `tool_choice` (and `kwargs`) at call time.
+
+        Only candidates whose chat model implements `bind_tools` (and whose Candidate allows
+        tools) are chosen for these calls.
+        """
+        marker = kwargs.pop("ls_structured_output_format", None)
+        extra: dict[str, Any] = {}
+        if marker is not None:
+            # with_structured_output(method="function_calling") binds its schema as a tool through here.
+            spec = StructuredOutput(marker["schema"], "function_calling")
+            extra = {"ls_structured_output_format": marker, "structured_output": spec}
+        return self.bind(tools=list(tools), tool_choice=tool_choice, tool_options=kwargs, **extra)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: str = "function_calling",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """Answers parsed into `schema`, by any method the chosen candidate supports.
+
+        "function_calling" binds the schema as a tool (any tool-calling candidate; `strict` is not
+        forwarded). "json_schema" and "json_mode" use the chosen candidate's own
+        `with_structured_output(schema, method=..., strict=...)` request and parser; candidates
+        that do not support the method are not chosen; their answers are parsed once complete, so
+        streaming yields the parsed object once. Only candidates whose Candidate allows
+        structured output are chosen either way.
+        """
+        spec = StructuredOutput(schema, method, strict)
+        if not spec.native:
+            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
+        if kwargs:
+            raise ValueError(f"unsupported arguments for with_structured_output: {sorted(kwargs)}")
+        llm = self.bind(
+            structured_output=spec,
+            ls_structured_output_format={"kwargs": {"method": method, "strict": strict}, "schema": schema},
+        )
+        parser = routed_parser(spec, self._models)
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+        unparsed = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks([unparsed], exception_key="parsing_error")
+
+    # ------------------------------------------------------------------ hooks
+    def _route(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[RoutedCall, Decision]:
+        session = resolve_session(kwargs.get("session"), self.session, None, self.default_session)
+        call = RoutedCall.from_call(messages, stop or self.stop, kwargs, session=session, max_tokens=self.max_tokens)
+        decision = self.router.decide(
+            call.messages, call.session, tools=call.tool_schemas(), structured_output=call.structured is not None,
+            max_tokens=call.max_tokens, exclude=call.unsupported(self._models), model=call.model,
+        )
+        return call, decision
+
+    def _settled(self, call: RoutedCall, decision: Decision, result: ChatResult) -> ChatResult:
+        summary = settle(self.router, decision, call.session, [g.message for g in result.generations])
+        for generation in result.generations:
+            generation.message.response_metadata = {**generation.message.response_metadata, METADATA_KEY: summary}
+        return result
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        call, decision = self._route(messages, stop, kwargs)
+
+        def run(candidate: Candidate, _: Decision) -> ChatResult:
+            model = self._models[candidate.name]
+            return delegate.generate(model, messages, call.stop, run_manager, call.candidate_kwargs(candidate, model))
+
+        result, decision = call_with_fallbacks(self.router, decision, run)
+        return self._settled(call, decision, result)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        call, decision = self._route(messages, stop, kwargs)
+
+        async def run(candidate: Candidate, _: Decision) -> ChatResult:
+            model = self._models[candidate.name]
+            kwargs = call.candidate_kwargs(candidate, model)
+            return await delegate.agenerate(model, messages, call.stop, run_manager, kwargs)
+
+        result, decision = await acall_with_fallbacks(self.router, decision, run)
+        return self._settled(call, decision, result)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        call, decision = self._route(messages, stop, kwargs)
+
+        def start(candidate: Candidate, _: Decision) -> Iterator[ChatGenerationChunk]:
+            model = self._models[candidate.name]
+            return delegate.stream(model, messages, call.stop, run_manager, call.candidate_kwargs(candidate, model))
+
+        routed: FallbackStream[ChatGenerationChunk] = FallbackStream(self.router, decision, start)
+        meter = StreamMeter()
+        chunks = iter(routed)
+        try:
+            for chunk in chunks:
+                yield from meter.feed(chunk)
+        except BaseException:
+            self._settle_partial(call, routed, meter)
+            raise
+        finally:
+            chunks.close()
+        yield meter.closing_chunk(settle(self.router, routed.decision, call.session, [meter.message()]))
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        call, decision = self._route(messages, stop, kwargs)
+
+        def start(candidate: Candidate, _: Decision) -> AsyncIterator[ChatGenerationChunk]:
+            model = self._models[candidate.name]
+            return delegate.astream(model, messages, call.stop, run_manager, call.candidate_kwargs(candidate, model))
+
+        routed: FallbackStream[ChatGenerationChunk] = FallbackStream(self.router, decision, start)
+        meter = StreamMeter()
+        chunks = routed.__aiter__()
+        try:
+            async for chunk in chunks:
+                for ready in meter.feed(chunk):
+                    yield ready
+        except BaseException:
+            self._settle_partial(call, routed, meter)
+            raise
+        finally:
+            await chunks.aclose()
+        yield meter.closing_chunk(settle(self.router, routed.decision, call.session, [meter.message()]))
+
+    def _settle_partial(self, call: RoutedCall, routed: FallbackStream, meter: StreamMeter) -> None:
+        # A stream that broke or was abandoned after its first chunk is charged for what it produced;
+        # one that failed before it was already released by the fallback loop.
+        if meter.started:
+            settle(self.router, routed.decision, call.session, [meter.message()])
+
+    def _convert_cached_generations(self, cache_val: list[Generation]) -> list[ChatGeneration]:
+        generations = super()._convert_cached_generations(cache_val)
+        for generation in generations:
+            summary = generation.message.response_metadata.get(METADATA_KEY)
+            if summary:
+                replay = {**summary, "cached": True, "actual_cost_usd": 0.0, "remaining_usd": None}
+                generation.message = generation.message.model_copy(
+                    update={"response_metadata": {**generation.message.response_metadata, METADATA_KEY: replay}}
+                )
+        return generations

@@ -1,0 +1,105 @@
+"""One LangChain call as the routing core sees it, and the kwargs each candidate is called with."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from shared_core.candidates import Candidate
+
+from .structured import StructuredOutput, binding_kwargs
+
+__all__ = ["RoutedCall", "core_messages", "can_call_tools"]
+
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function"}
+
+# Kwargs the router consumes; every other call kwarg goes to the chosen candidate unchanged.
+_ROUTING_KEYS = ("session", "model", "max_tokens", "tools", "tool_choice", "tool_options", "structured_output")
+
+
+def core_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """LangChain messages as the core's {"role", "content", "name", "tool_calls"} dicts."""
+    converted = []
+    for m in messages:
+        entry: dict[str, Any] = {"role": _ROLES.get(m.type, m.type), "content": m.content}
+        if m.name:
+            entry["name"] = m.name
+        if isinstance(m, AIMessage) and m.tool_calls:
+            entry["tool_calls"] = [{"name": c["name"], "args": c["args"]} for c in m.tool_calls]
+        converted.append(entry)
+    return converted
+
+
+def can_call_tools(model: BaseChatModel) -> bool:
+    """Whether the chat model implements bind_tools."""
+    return type(model).bind_tools is not BaseChatModel.bind_tools
+
+
+@dataclass(frozen=True)
+class RoutedCall:
+    """A call's messages, routing options and pass-through kwargs."""
+
+    messages: list[dict[str, Any]]
+    stop: list[str] | None
+    session: str | None
+    model: str | None
+    max_tokens: int | None
+    tools: tuple[Any, ...]
+    tool_choice: Any
+    tool_options: Mapping[str, Any]
+    structured: StructuredOutput | None
+    passthrough: Mapping[str, Any]
+
+    @classmethod
+    def from_call(
+        cls, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any], *, session: str | None,
+        max_tokens: int | None,
+    ) -> RoutedCall:
+        """Split a hook's kwargs into routing options and kwargs for the candidate."""
+        options = {k: kwargs[k] for k in _ROUTING_KEYS if k in kwargs}
+        return cls(
+            messages=core_messages(messages),
+            stop=stop,
+            session=session,
+            model=options.get("model"),
+            max_tokens=options.get("max_tokens", max_tokens),
+            tools=tuple(options.get("tools") or ()),
+            tool_choice=options.get("tool_choice"),
+            tool_options=options.get("tool_options") or {},
+            structured=options.get("structured_output"),
+            passthrough={k: v for k, v in kwargs.items() if k not in _ROUTING_KEYS},
+        )
+
+    def tool_schemas(self) -> list[dict[str, Any]]:
+        """The bound tools as OpenAI-format schemas, for counting their prompt tokens."""
+        return [convert_to_openai_tool(t) for t in self.tools]
+
+    def unsupported(self, models: Mapping[str, BaseChatModel]) -> list[str]:
+        """Candidates whose chat model cannot bind this call's tools or apply its structured-output method."""
+        native = self.structured is not None and self.structured.native
+        return [
+            name for name, model in models.items()
+            if (self.tools and not can_call_tools(model))
+            or (native and self.structured.support(name, model) is None)
+        ]
+
+    def candidate_kwargs(self, candidate: Candidate, model: BaseChatModel) -> dict[str, Any]:
+        """The kwargs the candidate's hook gets: pass-through, output cap, its own tool / schema bindings."""
+        kwargs = dict(self.passthrough)
+        if self.max_tokens is not None:
+            # Never let the candidate write more than the reservation assumed.
+            kwargs["max_tokens"] = min(self.max_tokens, candidate.max_output_tokens)
+        if self.tools:
+            kwargs.update(binding_kwargs(
+                model.bind_tools(list(self.tools), tool_choice=self.tool_choice, **self.tool_options), model
+            ))
+        if self.structured is not None and self.structured.native:
+            kwargs.update(self.structured.support(candidate.name, model)[0])
+        # LangChain's public methods strip this tracing-only key before calling a model's hooks.
+        kwargs.pop("ls_structured_output_format", None)
+        return kwargs

@@ -1,0 +1,97 @@
+"""Structured output through the router: the chosen candidate applies its own method and parser."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableLambda, RunnableSequence
+
+__all__ = ["METHODS", "StructuredOutput", "binding_kwargs", "routed_parser"]
+
+#: The `with_structured_output` methods ChatOmniRoute accepts.
+METHODS = ("function_calling", "json_schema", "json_mode")
+
+# What a candidate's with_structured_output raises for a method or schema it does not support.
+_UNSUPPORTED = (NotImplementedError, ValueError, TypeError)
+
+
+def binding_kwargs(runnable: Runnable, model: BaseChatModel) -> dict[str, Any]:
+    """The call kwargs that `model.bind_tools(...)` / `.with_structured_output(...)` bound to `model`."""
+    kwargs: dict[str, Any] = {}
+    while isinstance(runnable, RunnableBinding):
+        kwargs = {**runnable.kwargs, **kwargs}  # an outer binding overrides an inner one, as at call time
+        runnable = runnable.bound
+    if runnable is not model:
+        raise TypeError(f"expected a binding of {type(model).__name__}, got {type(runnable).__name__}")
+    return kwargs
+
+
+@dataclass(frozen=True, eq=False)
+class StructuredOutput:
+    """A structured-output request: the schema, and the method the chosen candidate applies.
+
+    With "function_calling" the schema travels as a bound tool, formatted by the chosen candidate
+    and parsed from its tool call, like any tool. With "json_schema" / "json_mode" the chosen
+    candidate's own `with_structured_output(schema, method=...)` supplies the request kwargs and
+    the parser; candidates that do not support the method are not chosen.
+    """
+
+    schema: Any
+    method: str
+    strict: bool | None = None
+    _support: dict[str, tuple[dict[str, Any], Runnable] | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown structured output method {self.method!r}; choose one of {METHODS}")
+
+    @property
+    def native(self) -> bool:
+        """Whether the candidate's own structured-output mode serves it (not a bound tool)."""
+        return self.method != "function_calling"
+
+    def support(self, name: str, model: BaseChatModel) -> tuple[dict[str, Any], Runnable] | None:
+        """The candidate's call kwargs and parser for this schema and method; None when unsupported."""
+        with self._lock:
+            if name not in self._support:
+                self._support[name] = self._split(model)
+            return self._support[name]
+
+    def _split(self, model: BaseChatModel) -> tuple[dict[str, Any], Runnable] | None:
+        options = {} if self.strict is None else {"strict": self.strict}
+        try:
+            runnable = model.with_structured_output(self.schema, method=self.method, **options)
+        except _UNSUPPORTED:
+            return None
+        # Providers build it as `model.bind(...) | parser`; any other shape cannot be replayed.
+        if not isinstance(runnable, RunnableSequence):
+            return None
+        first, *rest = runnable.steps
+        try:
+            kwargs = binding_kwargs(first, model)
+        except TypeError:
+            return None
+        return kwargs, rest[0] if len(rest) == 1 else RunnableSequence(*rest)
+
+
+def routed_parser(spec: StructuredOutput, models: Mapping[str, BaseChatModel]) -> Runnable[BaseMessage, Any]:
+    """A parser that applies the parser of whichever candidate answered (read from the message)."""
+
+    def parse(message: BaseMessage) -> Any:
+        info = message.response_metadata.get("omniroute")
+        if not info:
+            raise ValueError("structured output needs a message routed by ChatOmniRoute (no 'omniroute' metadata)")
+        support = spec.support(info["model"], models[info["model"]])
+        if support is None:
+            raise ValueError(f"candidate {info['model']!r} does not support method {spec.method!r}")
+        return support[1].invoke(message)
+
+    return RunnableLambda(parse, name="OmniRouteStructuredParser")

@@ -1,0 +1,359 @@
+"""OmniRouteLLM: a LlamaIndex FunctionCallingLLM that sends every call to the candidate the core picks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+)
+from llama_index.core.bridge.pydantic import Field
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import LLM, ToolSelection
+from llama_index.core.tools import BaseTool
+
+from shared_core.budget import Budget
+from shared_core.calls import FallbackStream, Settlement, acall_with_fallbacks, call_with_fallbacks, settle_usage
+from shared_core.candidates import Candidate
+from shared_core.router import DEFAULT_SCOPE, Decision, Router
+
+from .messages import annotate, output_text, reported_usage, routed_model, to_request, tool_schemas
+
+__all__ = ["OmniRouteLLM"]
+
+Response = TypeVar("Response", ChatResponse, CompletionResponse)
+AnyResponse = ChatResponse | CompletionResponse
+
+# The keyword that carries a tool call prepared by `_prepare_chat_with_tools` to the chat call.
+_PREPARED = "omniroute_prepared_tools"
+
+
+@dataclass(frozen=True)
+class _PreparedTools:
+    """A tool call the router committed to: its decision and the arguments each candidate formats."""
+
+    decision: Decision
+    tools: Sequence[BaseTool]
+    options: dict[str, Any]
+
+    def arguments(self, llm: FunctionCallingLLM) -> dict[str, Any]:
+        """The candidate's own chat arguments: each provider formats tool schemas its own way."""
+        return llm._prepare_chat_with_tools_compat(self.tools, **self.options)
+
+
+def _check_candidates(candidates: Sequence[Candidate]) -> None:
+    for c in candidates:
+        if not isinstance(c.model, LLM):
+            raise TypeError(f"candidate {c.name!r}: .model must be a LlamaIndex LLM, got {type(c.model).__name__}")
+        if c.supports_tools and not (
+            isinstance(c.model, FunctionCallingLLM) and c.model.metadata.is_function_calling_model
+        ):
+            raise ValueError(
+                f"candidate {c.name!r} has supports_tools=True but its {type(c.model).__name__} is not a "
+                "function-calling LLM, so a request with tools routed to it would fail: pass supports_tools=False"
+            )
+
+
+class _StreamBooks:
+    """Settles a stream: what it produced when it ends or is cut short, nothing if it never started."""
+
+    def __init__(self, router: Router, stream: FallbackStream) -> None:
+        self.router = router
+        self.stream = stream
+        self.last: AnyResponse | None = None
+
+    def passing(self, chunk: Response) -> Response:
+        """The chunk, marked with the candidate that is streaming it."""
+        self.last = chunk
+        return annotate(chunk, self.stream.decision)
+
+    def interrupted(self) -> None:
+        """The stream failed or was closed after its first chunk: charge what was produced."""
+        if self.last is not None:
+            _settle(self.router, self.stream.decision, self.last)
+
+    def finished(self) -> AnyResponse | None:
+        """Settle the complete stream; the closing chunk with costs and usage (None if it was empty)."""
+        decision = self.stream.decision
+        if self.last is None:
+            settle_usage(self.router, decision, output_tokens=0)
+            return None
+        return annotate(self.last, decision, _settle(self.router, decision, self.last), final_chunk=True)
+
+
+def _settle(router: Router, decision: Decision, response: AnyResponse) -> Settlement:
+    prompt_tokens, completion_tokens = reported_usage(response)
+    return settle_usage(router, decision, prompt_tokens, completion_tokens, output_text(response))
+
+
+class OmniRouteLLM(FunctionCallingLLM):
+    """A LlamaIndex LLM that routes each call to a candidate LLM under per-session budgets.
+
+    Build it from candidates (`Candidate(model=<LlamaIndex LLM>, ...)`, a `Router` is made over
+    them) or from a fitted `router`; `budget=` sets the budget of the instance's session (or of
+    the default scope). Per call, `session=` and `model=` keywords override the instance's
+    `session` (the budget scope charged) and `model` (a candidate every call is pinned to). The
+    routing record and costs are in `response.additional_kwargs["omniroute"]`, exact usage in
+    `response.raw["usage"]`. Streams end with one extra chunk (empty delta) carrying them.
+
+    Callbacks: setting the router's `callback_manager` (LlamaIndex's `Settings.llm` does) hands it
+    to every candidate; the router emits no LLM events itself, the candidate's call does, once.
+    """
+
+    router: Router = Field(exclude=True, description="The shared core router and its ledger.")
+    session: str | None = Field(None, description="Budget scope charged when a call names none.")
+    model: str | None = Field(None, description="Candidate every call is pinned to; None lets the router choose.")
+
+    def __init__(
+        self,
+        candidates: Sequence[Candidate] | None = None,
+        *,
+        router: Router | None = None,
+        budget: Budget | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if (candidates is None) == (router is None):
+            raise ValueError("give exactly one of candidates= (a Router is built over them) or router=")
+        router = Router(candidates) if router is None else router
+        _check_candidates(router.candidates)
+        if "callback_manager" in kwargs and kwargs["callback_manager"] is None:
+            del kwargs["callback_manager"]  # None means "no handlers of its own": keep the candidates'
+        super().__init__(router=router, **kwargs)
+        if self.model is not None:
+            router.candidate(self.model)
+        if budget is not None:
+            router.set_budget(self.session or DEFAULT_SCOPE, budget)
+        if "callback_manager" in kwargs:
+            self._share_callbacks()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "callback_manager":
+            self._share_callbacks()
+
+    def _share_callbacks(self) -> None:
+        # Candidates emit the LLM events; they must reach the handlers the router was given.
+        for candidate in self.router.candidates:
+            candidate.model.callback_manager = self.callback_manager
+
+    @classmethod
+    def class_name(cls) -> str:
+        """LlamaIndex's serialisation name."""
+        return "OmniRouteLLM"
+
+    def for_session(self, session: str) -> OmniRouteLLM:
+        """The same router (and ledger) charging `session`, e.g. one agent's own budget."""
+        return self.model_copy(update={"session": session})
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        """What the router can promise whichever candidate it picks.
+
+        Context window and output size are the smallest among the reachable candidates, so a
+        prompt LlamaIndex packs to fit leaves every candidate feasible. Function calling is on when
+        any candidate can call tools: requests with tools go only to those. It is a chat model so
+        that LlamaIndex hands it messages, which each candidate formats its own way.
+        """
+        reachable = list(self.router.candidates) if self.model is None else [self.router.candidate(self.model)]
+        return LLMMetadata(
+            context_window=min(c.context_window for c in reachable),
+            num_output=min(c.max_output_tokens for c in reachable),
+            is_chat_model=True,
+            is_function_calling_model=any(c.supports_tools for c in reachable),
+            model_name=self.model or "omniroute",
+        )
+
+    # ------------------------------------------------------------------ routing
+    def _decide(self, request: list[dict[str, Any]], kwargs: dict[str, Any], tools: list | None = None) -> Decision:
+        session = kwargs.pop("session", self.session)
+        model = kwargs.pop("model", self.model)
+        return self.router.decide(request, session, tools=tools, model=model)
+
+    def _plan(
+        self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
+    ) -> tuple[Decision, Callable[[Any], dict[str, Any]]]:
+        """The decision for a chat call and, per candidate, the arguments of its own chat call."""
+        prepared: _PreparedTools | None = kwargs.pop(_PREPARED, None)
+        if prepared is not None:
+            return prepared.decision, prepared.arguments
+        decision = self._decide(to_request(messages), kwargs)
+        return decision, lambda llm: {"messages": messages, **kwargs}
+
+    def _settled(self, response: Response, decision: Decision) -> Response:
+        return annotate(response, decision, _settle(self.router, decision, response))
+
+    # ------------------------------------------------------------------ chat
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """Chat with the candidate the router picks (falling back on errors), then settle its cost."""
+        decision, arguments = self._plan(messages, kwargs)
+        response, decision = call_with_fallbacks(
+            self.router, decision, lambda c, _: c.model.chat(**arguments(c.model))
+        )
+        return self._settled(response, decision)
+
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """The async form of chat (the same core decide / settle calls)."""
+        decision, arguments = self._plan(messages, kwargs)
+        response, decision = await acall_with_fallbacks(
+            self.router, decision, lambda c, _: c.model.achat(**arguments(c.model))
+        )
+        return self._settled(response, decision)
+
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        """Stream from the routed candidate; the decision is made when iteration starts."""
+
+        def chunks() -> Iterator[ChatResponse]:
+            decision, arguments = self._plan(messages, kwargs)
+            stream = FallbackStream(self.router, decision, lambda c, _: c.model.stream_chat(**arguments(c.model)))
+            yield from self._settling(stream)
+
+        return chunks()
+
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        """The async form of stream_chat."""
+
+        async def chunks() -> AsyncIterator[ChatResponse]:
+            decision, arguments = self._plan(messages, kwargs)
+
+            async def start(candidate: Candidate, _: Decision) -> AsyncIterator[ChatResponse]:
+                async for chunk in await candidate.model.astream_chat(**arguments(candidate.model)):
+                    yield chunk
+
+            async for chunk in self._asettling(FallbackStream(self.router, decision, start)):
+                yield chunk
+
+        return chunks()
+
+    # ------------------------------------------------------------------ completion
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """Complete with the candidate the router picks, then settle its cost."""
+        decision = self._decide([{"role": "user", "content": prompt}], kwargs)
+        response, decision = call_with_fallbacks(
+            self.router, decision, lambda c, _: c.model.complete(prompt, formatted=formatted, **kwargs)
+        )
+        return self._settled(response, decision)
+
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """The async form of complete."""
+        decision = self._decide([{"role": "user", "content": prompt}], kwargs)
+        response, decision = await acall_with_fallbacks(
+            self.router, decision, lambda c, _: c.model.acomplete(prompt, formatted=formatted, **kwargs)
+        )
+        return self._settled(response, decision)
+
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        """Stream a completion from the routed candidate."""
+
+        def chunks() -> Iterator[CompletionResponse]:
+            decision = self._decide([{"role": "user", "content": prompt}], kwargs)
+            stream = FallbackStream(
+                self.router, decision, lambda c, _: c.model.stream_complete(prompt, formatted=formatted, **kwargs)
+            )
+            yield from self._settling(stream)
+
+        return chunks()
+
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        """The async form of stream_complete."""
+
+        async def chunks() -> AsyncIterator[CompletionResponse]:
+            decision = self._decide([{"role": "user", "content": prompt}], kwargs)
+
+            async def start(candidate: Candidate, _: Decision) -> AsyncIterator[CompletionResponse]:
+                async for chunk in await candidate.model.astream_complete(prompt, formatted=formatted, **kwargs):
+                    yield chunk
+
+            async for chunk in self._asettling(FallbackStream(self.router, decision, start)):
+                yield chunk
+
+        return chunks()
+
+    # ------------------------------------------------------------------ streams
+    def _settling(self, stream: FallbackStream) -> Iterator[AnyResponse]:
+        books = _StreamBooks(self.router, stream)
+        try:
+            for chunk in stream:
+                yield books.passing(chunk)
+        except BaseException:
+            books.interrupted()
+            raise
+        final = books.finished()
+        if final is not None:
+            yield final
+
+    async def _asettling(self, stream: FallbackStream) -> AsyncIterator[AnyResponse]:
+        books = _StreamBooks(self.router, stream)
+        try:
+            async for chunk in stream:
+                yield books.passing(chunk)
+        except BaseException:
+            books.interrupted()
+            raise
+        final = books.finished()
+        if final is not None:
+            yield final
+
+    # ------------------------------------------------------------------ tools
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Commit to a tool-capable candidate now; the chat call replays the tools in its format."""
+        messages = list(chat_history or [])
+        if user_msg is not None:
+            messages.append(ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str)
+                            else user_msg)
+        if not tools:  # a plain chat: any candidate may answer it, decided when chat runs
+            return {"messages": messages, **kwargs}
+        decision = self._decide(to_request(messages), kwargs, tools=tool_schemas(tools))
+        options = {
+            "user_msg": user_msg, "chat_history": chat_history, "verbose": verbose,
+            "allow_parallel_tool_calls": allow_parallel_tool_calls, "tool_required": tool_required, **kwargs,
+        }
+        return {"messages": messages, _PREPARED: _PreparedTools(decision, tools, options)}
+
+    def _answering(self, response: ChatResponse) -> FunctionCallingLLM | None:
+        """The function-calling candidate that produced `response`; None when no such one did."""
+        name = routed_model(response)
+        llm = None if name is None else self.router.candidate(name).model
+        return llm if isinstance(llm, FunctionCallingLLM) else None
+
+    def _validate_chat_with_tools_response(
+        self, response: ChatResponse, tools: Sequence[BaseTool], allow_parallel_tool_calls: bool = False, **kwargs: Any
+    ) -> ChatResponse:
+        """The answering candidate's own validation (e.g. trimming parallel tool calls)."""
+        llm = self._answering(response)
+        if llm is None:
+            return response
+        return llm._validate_chat_with_tools_response(
+            response, tools, allow_parallel_tool_calls=allow_parallel_tool_calls, **kwargs
+        )
+
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
+        """Tool calls read by the candidate that answered, which knows its own format."""
+        llm = self._answering(response)
+        if llm is None:
+            if error_on_no_tool_call:
+                raise ValueError("no function-calling candidate produced this response, so it has no tool calls")
+            return []
+        return llm.get_tool_calls_from_response(
+            response, error_on_no_tool_call=error_on_no_tool_call, **kwargs
+        )
