@@ -1,15 +1,16 @@
 """OmniRoute's shared routing core: candidates, token costs, predictors, budgets and the router."""
 
-from .budget import Budget, BudgetExceeded, LedgerStore, MemoryStore, ScopeState, UnknownScope
+from .budget import Budget, BudgetExceeded, LedgerStore, LedgerUnavailable, MemoryStore, ScopeState, UnknownScope
 from .candidates import Candidate
 from .data import RoutingDataset, load_dataset, load_prices
 from .pacing import DualPacer
+from .stores import SQLiteStore, open_store
 from .router import Decision, Estimate, NoFeasibleCandidate, Router, RoutingError
 from .tokens import count_message_tokens, count_tokens, count_tokens_batch
 
 __all__ = [
     "Budget", "BudgetExceeded", "Candidate", "Decision", "DualPacer", "Estimate", "LedgerStore",
-    "MemoryStore", "NoFeasibleCandidate", "Router", "RoutingDataset", "RoutingError", "ScopeState",
+    "LedgerUnavailable", "MemoryStore", "SQLiteStore", "open_store", "NoFeasibleCandidate", "Router", "RoutingDataset", "RoutingError", "ScopeState",
     "UnknownScope", "count_message_tokens", "count_tokens", "count_tokens_batch", "load_dataset",
     "load_prices",
 ]

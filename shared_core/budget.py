@@ -1,12 +1,21 @@
-"""Budgets and the ledger that keeps them: reserve → commit | release, per nested scope."""
+"""Budgets and the ledger that keeps them: reserve → commit | release, per nested scope.
+
+Every store keeps money as whole nano-dollars (10⁻⁹ USD). Integers make sums exact — a
+million commits add up to the cent, in any order, in Python, SQLite and Redis alike — and a
+nano-dollar is below the cost of a handful of tokens of any priced model, where micro-dollars
+are not (100 tokens of a $0.10-per-million model cost $0.00001). One amount may be at most
+MAX_USD = 2⁵¹ nano-dollars (≈ $2.25 million): below it a dollar float converts back to its exact
+nano-dollar count, and Redis scripts, which count in doubles, stay exact with room to spare."""
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -15,11 +24,27 @@ __all__ = [
     "Budget",
     "BudgetExceeded",
     "UnknownScope",
+    "LedgerUnavailable",
     "ScopeState",
+    "ScopeBooks",
     "LedgerStore",
     "MemoryStore",
     "scope_chain",
+    "check_reservation",
+    "check_retention",
+    "to_nanos",
+    "to_usd",
+    "NANOS_PER_USD",
+    "MAX_USD",
+    "DEFAULT_RETENTION_S",
 ]
+
+#: Nano-dollars per US dollar: the ledgers' unit of account.
+NANOS_PER_USD = 10**9
+#: The largest budget or amount a ledger takes (2⁵¹ nano-dollars, ≈ $2,251,799).
+MAX_USD = 2**51 / NANOS_PER_USD
+#: How long a finished reservation is remembered, so a repeated commit is recognised (a day).
+DEFAULT_RETENTION_S = 86_400.0
 
 
 class BudgetExceeded(RuntimeError):
@@ -30,9 +55,41 @@ class BudgetExceeded(RuntimeError):
         self.scope = scope
         self.remaining = remaining
 
+    @classmethod
+    def no_room(cls, scope: str, amount: int, left: int) -> BudgetExceeded:
+        """The error for a hold of `amount` nano-dollars that does not fit the `left` of `scope`."""
+        remaining = to_usd(max(0, left))
+        return cls(
+            f"scope {scope!r}: {to_usd(amount):.9g} USD does not fit the {remaining:.9g} USD left",
+            scope=scope, remaining=remaining,
+        )
+
 
 class UnknownScope(KeyError):
-    """A scope was named that has no budget while the router runs in strict mode."""
+    """A scope was named that has no budget (in strict mode, or in a ledger operation)."""
+
+    def __str__(self) -> str:
+        # KeyError's str() is the repr of its argument; a sentence reads better in a traceback.
+        return str(self.args[0]) if self.args else ""
+
+
+class LedgerUnavailable(RuntimeError):
+    """The ledger's store cannot be reached or stays locked; nothing was reserved or committed."""
+
+
+def to_nanos(usd: float, what: str = "amount") -> int:
+    """US dollars as whole nano-dollars (nearest); ValueError for NaN, ±∞, < 0 or > MAX_USD."""
+    usd = float(usd)
+    if not math.isfinite(usd) or usd < 0:
+        raise ValueError(f"{what} must be a finite number of USD >= 0, got {usd}")
+    if usd > MAX_USD:
+        raise ValueError(f"{what} of {usd} USD exceeds the largest amount a ledger holds exactly ({MAX_USD:.0f} USD)")
+    return round(usd * NANOS_PER_USD)
+
+
+def to_usd(nanos: int) -> float:
+    """Whole nano-dollars as US dollars (to_nanos(to_usd(n)) == n for every amount a ledger holds)."""
+    return nanos / NANOS_PER_USD
 
 
 class Budget(BaseModel):
@@ -48,8 +105,7 @@ class Budget(BaseModel):
     @field_validator("usd")
     @classmethod
     def _usd_valid(cls, v: float) -> float:
-        if not math.isfinite(v) or v < 0:
-            raise ValueError(f"budget usd must be a finite number >= 0, got {v}")
+        to_nanos(v, "budget usd")
         return float(v)
 
     @field_validator("horizon")
@@ -69,7 +125,7 @@ class Budget(BaseModel):
 
 @dataclass
 class ScopeState:
-    """A snapshot of one scope's books."""
+    """A snapshot of one scope's books (money in USD; counts and spend are for the current period)."""
 
     scope: str
     budget: Budget
@@ -79,11 +135,17 @@ class ScopeState:
     lam: float | None = None
     period_start: float = 0.0
     by_model: dict[str, float] = field(default_factory=dict)
+    calls_by_model: dict[str, int] = field(default_factory=dict)
+    released: int = 0
+    expired: int = 0
 
     @property
     def remaining(self) -> float:
-        """Money neither spent nor held by an open reservation."""
-        return max(0.0, self.budget.usd - self.committed - self.reserved)
+        """Money neither spent nor held by an open reservation (exact to the nano-dollar)."""
+        budget, committed, reserved = (
+            round(usd * NANOS_PER_USD) for usd in (self.budget.usd, self.committed, self.reserved)
+        )
+        return to_usd(max(0, budget - committed - reserved))
 
     @property
     def remaining_requests(self) -> int | None:
@@ -91,6 +153,60 @@ class ScopeState:
         if self.budget.horizon is None:
             return None
         return max(1, self.budget.horizon - self.requests)
+
+
+@dataclass
+class ScopeBooks:
+    """One scope's mutable books in nano-dollars, with the rules every Python-side store applies."""
+
+    scope: str
+    budget: Budget
+    period_start: float
+    committed: int = 0
+    reserved: int = 0
+    requests: int = 0
+    released: int = 0
+    expired: int = 0
+    lam: float | None = None
+    spend: dict[str, int] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+
+    def roll(self, now: float) -> bool:
+        """Start a new period when the current one is over (spend and counts reset); True if it did."""
+        period = self.budget.period_s
+        if not period or now - self.period_start < period:
+            return False
+        self.period_start += period * math.floor((now - self.period_start) / period)
+        self.committed = self.requests = self.released = self.expired = 0
+        self.spend, self.calls = {}, {}
+        return True
+
+    def left(self) -> int:
+        """Nano-dollars neither spent nor held (negative after a late commit overspent)."""
+        return to_nanos(self.budget.usd) - self.committed - self.reserved
+
+    def check(self, amount: int) -> None:
+        """Raise BudgetExceeded unless `amount` nano-dollars fit what is left."""
+        left = self.left()
+        if amount > left:
+            raise BudgetExceeded.no_room(self.scope, amount, left)
+
+    def charge(self, actual: int, model: str | None) -> None:
+        """Record `actual` nano-dollars spent on one request by `model`."""
+        self.committed += actual
+        self.requests += 1
+        if model is not None:
+            self.spend[model] = self.spend.get(model, 0) + actual
+            self.calls[model] = self.calls.get(model, 0) + 1
+
+    def snapshot(self) -> ScopeState:
+        """The books in dollars, as callers see them."""
+        return ScopeState(
+            scope=self.scope, budget=self.budget, committed=to_usd(self.committed),
+            reserved=to_usd(self.reserved), requests=self.requests, lam=self.lam,
+            period_start=self.period_start, by_model={m: to_usd(n) for m, n in self.spend.items()},
+            calls_by_model=dict(self.calls), released=self.released, expired=self.expired,
+        )
 
 
 def scope_chain(scope: str) -> tuple[str, ...]:
@@ -101,20 +217,54 @@ def scope_chain(scope: str) -> tuple[str, ...]:
     return tuple("/".join(parts[: i + 1]) for i in range(len(parts)))
 
 
+def check_reservation(scopes: Sequence[str], ttl_s: float) -> tuple[str, ...]:
+    """The scopes as a tuple, after checking they are distinct and non-empty and ttl_s is positive."""
+    chain = tuple(scopes)
+    if not chain or any(not isinstance(s, str) or not s for s in chain) or len(set(chain)) != len(chain):
+        raise ValueError(f"a reservation needs distinct, non-empty scope names, got {list(chain)!r}")
+    if not math.isfinite(ttl_s) or ttl_s <= 0:
+        raise ValueError(f"ttl_s must be a positive number of seconds, got {ttl_s}")
+    return chain
+
+
+def check_retention(retention_s: float) -> float:
+    """retention_s, after checking it is a positive number of seconds."""
+    if not math.isfinite(retention_s) or retention_s <= 0:
+        raise ValueError(f"retention_s must be a positive number of seconds, got {retention_s}")
+    return float(retention_s)
+
+
 class LedgerStore(ABC):
-    """Where budgets live. Every method is atomic; reserve checks and charges all scopes together."""
+    """Where budgets live. Every method is atomic; reserve checks and charges all scopes together.
+
+    A reservation is open until committed, released, or `ttl_s` has passed; then it lapses and
+    its money returns to the budget. Committing a lapsed or released reservation still records
+    what was spent, once: the ledger remembers every finished id for `retention_s`.
+    """
 
     @abstractmethod
     def set_budget(self, scope: str, budget: Budget) -> None:
         """Create the scope or change its budget, keeping what it has spent."""
 
     @abstractmethod
+    def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
+        """Each scope's books (None for a scope without a budget), read together in one step."""
+
     def state(self, scope: str) -> ScopeState | None:
         """The scope's books, or None when it has no budget."""
+        return self.states([scope])[0]
+
+    @abstractmethod
+    def scopes(self) -> list[str]:
+        """Every scope that has a budget, sorted."""
 
     @abstractmethod
     def reserve(self, reservation_id: str, scopes: Sequence[str], amount: float, ttl_s: float) -> None:
-        """Hold `amount` in every scope, or raise BudgetExceeded and hold nothing."""
+        """Hold `amount` in every scope, or raise BudgetExceeded and hold nothing.
+
+        Repeating an open reservation with the same scopes and amount does nothing (a retry
+        after a lost reply); reusing its id otherwise raises ValueError.
+        """
 
     @abstractmethod
     def commit(self, reservation_id: str, actual: float, model: str | None = None) -> bool:
@@ -132,115 +282,144 @@ class LedgerStore(ABC):
     def open_reservations(self) -> int:
         """How many reservations are open (after expiring stale ones)."""
 
+    def report(self, scope: str | None = None) -> list[ScopeState]:
+        """The books of `scope` and every scope nested in it (all scopes when None), sorted."""
+        if scope is not None:
+            scope_chain(scope)
+        names = [s for s in self.scopes() if scope is None or s == scope or s.startswith(scope + "/")]
+        return [st for st in self.states(names) if st is not None]
+
+    def close(self) -> None:
+        """Let go of connections and files (the store must not be used afterwards)."""
+
 
 @dataclass
 class _Hold:
     scopes: tuple[str, ...]
-    amount: float
+    amount: int
     expires_at: float
+    status: str = "open"
 
 
 class MemoryStore(LedgerStore):
     """A thread-safe ledger in this process's memory (the default; gone when the process ends)."""
 
-    def __init__(self, clock: callable = time.time) -> None:  # type: ignore[valid-type]
+    def __init__(self, clock: Callable[[], float] = time.time, retention_s: float = DEFAULT_RETENTION_S) -> None:
         self._lock = threading.Lock()
-        self._scopes: dict[str, ScopeState] = {}
-        self._holds: dict[str, _Hold] = {}
-        self._lapsed: dict[str, _Hold] = {}
-        self._spent: dict[str, tuple[tuple[str, ...], float]] = {}
         self._clock = clock
+        self._retention_s = check_retention(retention_s)
+        self._books: dict[str, ScopeBooks] = {}
+        self._open: dict[str, _Hold] = {}
+        self._done: dict[str, _Hold] = {}  # lapsed, committed or released, kept for retention_s
+        self._expiry: list[tuple[float, str]] = []  # heap of open holds by expiry
+        self._forget: deque[tuple[float, str]] = deque()  # finished holds, oldest first
 
-    def _roll_period(self, st: ScopeState, now: float) -> None:
-        period = st.budget.period_s
-        if period and now - st.period_start >= period:
-            st.period_start += period * math.floor((now - st.period_start) / period)
-            st.committed, st.requests, st.by_model = 0.0, 0, {}
+    def _sweep(self, now: float) -> None:
+        while self._expiry and self._expiry[0][0] <= now:
+            _, rid = heapq.heappop(self._expiry)
+            if rid in self._open:
+                hold = self._finish(rid, "lapsed", now)
+                for s in hold.scopes:
+                    self._books[s].reserved -= hold.amount
+                    self._books[s].expired += 1
+        while self._forget and self._forget[0][0] <= now:
+            self._done.pop(self._forget.popleft()[1], None)
 
-    def _expire(self, now: float) -> None:
-        # An expired hold returns its money; a late commit for it still charges what was spent.
-        for rid in [rid for rid, h in self._holds.items() if h.expires_at <= now]:
-            self._lapsed[rid] = self._drop(rid)  # type: ignore[assignment]
-
-    def _drop(self, rid: str) -> _Hold | None:
-        hold = self._holds.pop(rid, None)
-        if hold is not None:
-            for s in hold.scopes:
-                st = self._scopes.get(s)
-                if st is not None:
-                    st.reserved = max(0.0, st.reserved - hold.amount)
+    def _finish(self, rid: str, status: str, now: float) -> _Hold:
+        hold = self._open.pop(rid)
+        hold.status = status
+        self._done[rid] = hold
+        self._forget.append((now + self._retention_s, rid))
         return hold
 
-    def set_budget(self, scope: str, budget: Budget) -> None:
-        with self._lock:
-            st = self._scopes.get(scope)
-            if st is None:
-                self._scopes[scope] = ScopeState(scope=scope, budget=budget, period_start=self._clock())
-            else:
-                st.budget = budget
+    def _scope(self, scope: str, now: float) -> ScopeBooks:
+        books = self._books.get(scope)
+        if books is None:
+            raise UnknownScope(f"scope {scope!r} has no budget")
+        books.roll(now)
+        return books
 
-    def state(self, scope: str) -> ScopeState | None:
+    def set_budget(self, scope: str, budget: Budget) -> None:
+        scope_chain(scope)
         with self._lock:
             now = self._clock()
-            self._expire(now)
-            st = self._scopes.get(scope)
-            if st is None:
-                return None
-            self._roll_period(st, now)
-            return ScopeState(
-                scope=st.scope, budget=st.budget, committed=st.committed, reserved=st.reserved,
-                requests=st.requests, lam=st.lam, period_start=st.period_start, by_model=dict(st.by_model),
-            )
+            books = self._books.get(scope)
+            if books is None:
+                self._books[scope] = ScopeBooks(scope=scope, budget=budget, period_start=now)
+            else:
+                books.roll(now)
+                books.budget = budget
+
+    def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
+        with self._lock:
+            now = self._clock()
+            self._sweep(now)
+            return [self._scope(s, now).snapshot() if s in self._books else None for s in scopes]
+
+    def scopes(self) -> list[str]:
+        with self._lock:
+            return sorted(self._books)
 
     def reserve(self, reservation_id: str, scopes: Sequence[str], amount: float, ttl_s: float) -> None:
-        if not math.isfinite(amount) or amount < 0:
-            raise ValueError(f"reservation amount must be finite and >= 0, got {amount}")
+        nanos = to_nanos(amount, "reservation amount")
+        chain = check_reservation(scopes, ttl_s)
         with self._lock:
             now = self._clock()
-            self._expire(now)
-            if reservation_id in self._holds or reservation_id in self._spent or reservation_id in self._lapsed:
+            self._sweep(now)
+            if reservation_id in self._open or reservation_id in self._done:
+                hold = self._open.get(reservation_id)
+                if hold is not None and (hold.scopes, hold.amount) == (chain, nanos):
+                    return
                 raise ValueError(f"reservation id {reservation_id!r} is already used")
-            for s in scopes:
-                st = self._scopes[s]
-                self._roll_period(st, now)
-                if amount > st.remaining + 1e-15:
-                    raise BudgetExceeded(
-                        f"scope {s!r}: {amount:.6g} USD does not fit the {st.remaining:.6g} USD left",
-                        scope=s, remaining=st.remaining,
-                    )
-            for s in scopes:
-                self._scopes[s].reserved += amount
-            self._holds[reservation_id] = _Hold(tuple(scopes), amount, now + ttl_s)
+            books = [self._scope(s, now) for s in chain]
+            for b in books:
+                b.check(nanos)
+            for b in books:
+                b.reserved += nanos
+            self._open[reservation_id] = _Hold(chain, nanos, now + ttl_s)
+            heapq.heappush(self._expiry, (now + ttl_s, reservation_id))
 
     def commit(self, reservation_id: str, actual: float, model: str | None = None) -> bool:
-        if not math.isfinite(actual) or actual < 0:
-            raise ValueError(f"actual cost must be finite and >= 0, got {actual}")
+        nanos = to_nanos(actual, "actual cost")
         with self._lock:
-            if reservation_id in self._spent:
-                return False
-            hold = self._drop(reservation_id) or self._lapsed.pop(reservation_id, None)
-            if hold is None:
-                raise KeyError(f"unknown reservation {reservation_id!r}")
             now = self._clock()
+            self._sweep(now)
+            hold = self._open.get(reservation_id) or self._done.get(reservation_id)
+            if hold is None:
+                raise KeyError(f"unknown reservation {reservation_id!r} (never made, or forgotten after retention)")
+            if hold.status == "committed":
+                return False
+            was_open = hold.status == "open"
+            if was_open:
+                self._finish(reservation_id, "committed", now)
+            hold.status = "committed"
             for s in hold.scopes:
-                st = self._scopes[s]
-                self._roll_period(st, now)
-                st.committed += actual
-                st.requests += 1
-                if model is not None:
-                    st.by_model[model] = st.by_model.get(model, 0.0) + actual
-            self._spent[reservation_id] = (hold.scopes, actual)
+                books = self._scope(s, now)
+                if was_open:
+                    books.reserved -= hold.amount
+                books.charge(nanos, model)
             return True
 
     def release(self, reservation_id: str) -> bool:
         with self._lock:
-            return self._drop(reservation_id) is not None
+            now = self._clock()
+            self._sweep(now)
+            if reservation_id not in self._open:
+                return False
+            hold = self._finish(reservation_id, "released", now)
+            for s in hold.scopes:
+                books = self._scope(s, now)
+                books.reserved -= hold.amount
+                books.released += 1
+            return True
 
     def adjust_lambda(self, scope: str, value: float) -> None:
+        if not math.isfinite(value):
+            raise ValueError(f"lambda must be finite, got {value}")
         with self._lock:
-            self._scopes[scope].lam = value
+            self._scope(scope, self._clock()).lam = float(value)
 
     def open_reservations(self) -> int:
         with self._lock:
-            self._expire(self._clock())
-            return len(self._holds)
+            self._sweep(self._clock())
+            return len(self._open)

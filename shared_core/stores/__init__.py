@@ -1,0 +1,89 @@
+"""Ledger stores chosen by URL: memory:// (default), sqlite:///path.db, redis://host:port/db."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from ..budget import LedgerStore, MemoryStore
+from .sqlite import SQLiteStore
+
+__all__ = ["open_store", "SQLiteStore", "STORE_URLS"]
+
+#: The accepted URL forms, for help texts and error messages.
+STORE_URLS = "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db or redis://host:6379/0[?prefix=app:]"
+
+_OPTIONS = {"sqlite": {"synchronous"}, "redis": {"prefix"}, "rediss": {"prefix"}}
+
+
+def open_store(target: str | LedgerStore | None = None, **options: Any) -> LedgerStore:
+    """The ledger store a URL names (memory:// when None); a LedgerStore is returned as it is.
+
+    `options` (clock, retention_s) go to the store's constructor. Paths follow SQLAlchemy:
+    three slashes for a relative path, four for an absolute one.
+    """
+    if target is None:
+        return MemoryStore(**options)
+    if isinstance(target, LedgerStore):
+        if options:
+            raise TypeError("store options apply only when the store is given as a URL")
+        return target
+    if not isinstance(target, str):
+        raise TypeError(f"store must be a LedgerStore or a URL string, got {type(target).__name__}")
+    scheme, netloc, path, query = _split(target)
+    if scheme == "memory":
+        if netloc or path:
+            raise _malformed(target, "memory:// takes no host or path")
+        return MemoryStore(**options)
+    if scheme == "sqlite":
+        if netloc:
+            raise _malformed(target, f"a SQLite ledger is a local file, but {netloc!r} names a host")
+        if not path.removeprefix("/"):
+            raise _malformed(target, "no file path")
+        return SQLiteStore(path.removeprefix("/"), **query, **options)
+    if scheme in ("redis", "rediss"):
+        return _redis(target, query, options)
+    if not scheme:
+        raise _malformed(target, "no scheme (for a file, write sqlite:///" + target + ")")
+    raise _malformed(target, f"unknown scheme {scheme + '://'!r}")
+
+
+def _split(url: str) -> tuple[str, str, str, dict[str, str]]:
+    try:
+        parts = urlsplit(url)
+        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError as e:
+        raise _malformed(url, str(e)) from e
+    scheme = parts.scheme.lower()
+    query = dict(pairs)
+    if len(query) != len(pairs):
+        raise _malformed(url, "an option is given twice")
+    unknown = set(query) - _OPTIONS.get(scheme, set())
+    if unknown:
+        allowed = sorted(_OPTIONS.get(scheme, set())) or "none"
+        raise _malformed(url, f"unknown option(s) {sorted(unknown)} (allowed: {allowed})")
+    if parts.fragment:
+        raise _malformed(url, "a URL fragment ('#...') means nothing here")
+    return scheme, parts.netloc, parts.path, query
+
+
+def _redis(url: str, query: dict[str, str], options: dict[str, Any]) -> LedgerStore:
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise _malformed(url, "no host")
+    try:
+        parts.port  # noqa: B018 - urllib validates the port only when it is read
+    except ValueError as e:
+        raise _malformed(url, str(e)) from e
+    db = parts.path.removeprefix("/")
+    if db and not db.isdigit():
+        raise _malformed(url, f"the database must be a number, got {db!r}")
+    try:
+        from .redis import RedisStore
+    except ImportError as e:
+        raise ImportError("redis:// ledgers need the redis package: pip install 'omniroute[redis]'") from e
+    return RedisStore.from_url(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), **query, **options)
+
+
+def _malformed(url: str, why: str) -> ValueError:
+    return ValueError(f"malformed ledger store URL {url!r}: {why}; use {STORE_URLS}")

@@ -1,0 +1,357 @@
+"""A ledger in one SQLite file: durable, shared by the threads and processes of one host.
+
+Every change runs in a `BEGIN IMMEDIATE` transaction, so writers queue on the database's write
+lock and each check-and-charge is atomic across scopes; the file is in WAL mode, so readers
+never wait for writers. WAL needs shared memory: keep the file on a local disk, not NFS.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..budget import (
+    DEFAULT_RETENTION_S,
+    Budget,
+    LedgerStore,
+    LedgerUnavailable,
+    ScopeBooks,
+    ScopeState,
+    UnknownScope,
+    check_reservation,
+    check_retention,
+    scope_chain,
+    to_nanos,
+)
+
+__all__ = ["SQLiteStore"]
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS scopes (
+    name TEXT PRIMARY KEY,
+    budget TEXT NOT NULL,
+    period_start REAL NOT NULL,
+    committed INTEGER NOT NULL DEFAULT 0,
+    reserved INTEGER NOT NULL DEFAULT 0,
+    requests INTEGER NOT NULL DEFAULT 0,
+    released INTEGER NOT NULL DEFAULT 0,
+    expired INTEGER NOT NULL DEFAULT 0,
+    lam REAL
+);
+CREATE TABLE IF NOT EXISTS spend (
+    scope TEXT NOT NULL,
+    model TEXT NOT NULL,
+    nanos INTEGER NOT NULL,
+    calls INTEGER NOT NULL,
+    PRIMARY KEY (scope, model)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS holds (
+    id TEXT PRIMARY KEY,
+    scopes TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    forget_at REAL
+);
+CREATE INDEX IF NOT EXISTS holds_open ON holds (expires_at) WHERE status = 'open';
+CREATE INDEX IF NOT EXISTS holds_forget ON holds (forget_at) WHERE forget_at IS NOT NULL;
+"""
+_COLUMNS = "name, budget, period_start, committed, reserved, requests, released, expired, lam"
+_SYNCHRONOUS = ("normal", "full")
+# Connections opened before a fork belong to the parent: the child must neither use nor close them.
+_INHERITED: list[sqlite3.Connection] = []
+
+
+class SQLiteStore(LedgerStore):
+    """A ledger in a SQLite file (WAL), safe for many threads and processes on one host.
+
+    `synchronous="normal"` survives any process crash; "full" also survives power loss, at the
+    price of an fsync per reservation.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        retention_s: float = DEFAULT_RETENTION_S,
+        synchronous: str = "normal",
+        busy_timeout_s: float = 30.0,
+    ) -> None:
+        if synchronous not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {_SYNCHRONOUS}, got {synchronous!r}")
+        if str(path) in ("", ":memory:"):
+            raise ValueError("a SQLite ledger needs a file path (':memory:' is not shared between connections)")
+        self.path = Path(path)
+        self._clock = clock
+        self._retention_s = check_retention(retention_s)
+        self._synchronous = synchronous
+        self._busy_timeout_s = busy_timeout_s
+        self._pool_lock = threading.Lock()
+        self._pool: list[sqlite3.Connection] = []
+        self._all: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+        self._create_schema()
+
+    # ----------------------------------------------------------------- connections
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        except sqlite3.DatabaseError as e:
+            raise ValueError(f"cannot open the SQLite ledger {self.path}: {e}") from e
+        return conn
+
+    def _create_schema(self) -> None:
+        conn = self._connect()
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, _SCHEMA_VERSION):
+                raise ValueError(
+                    f"{self.path} holds ledger schema version {version}; this code reads {_SCHEMA_VERSION}"
+                )
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {_SCHEMA_VERSION}; COMMIT;")
+        except sqlite3.OperationalError as e:
+            raise LedgerUnavailable(f"cannot set up the SQLite ledger {self.path}: {e}") from e
+        except sqlite3.DatabaseError as e:
+            raise ValueError(f"cannot open the SQLite ledger {self.path}: {e}") from e
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with self._pool_lock:
+            if self._pid != os.getpid():
+                _INHERITED.extend(self._all)
+                self._pool, self._all, self._pid = [], [], os.getpid()
+            conn = self._pool.pop() if self._pool else None
+        if conn is None:
+            conn = self._connect()
+            with self._pool_lock:
+                self._all.append(conn)
+        try:
+            yield conn
+        finally:
+            with self._pool_lock:
+                if conn in self._all:
+                    self._pool.append(conn)
+
+    @contextmanager
+    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One atomic transaction: BEGIN IMMEDIATE takes the write lock up front, so no check goes stale."""
+        with self._connection() as conn:
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                yield conn
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise LedgerUnavailable(f"SQLite ledger {self.path} is unavailable: {e}") from e
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pid == os.getpid():
+                for conn in self._all:
+                    conn.close()
+            self._pool, self._all = [], []
+
+    # ----------------------------------------------------------------- books
+    def _sweep(self, db: sqlite3.Connection, now: float) -> None:
+        """Lapse reservations whose time is up (their money returns) and forget old finished ones."""
+        lapsed = db.execute(
+            "SELECT scopes, amount FROM holds WHERE status = 'open' AND expires_at <= ?", (now,)
+        ).fetchall()
+        for scopes, amount in lapsed:
+            db.executemany(
+                "UPDATE scopes SET reserved = reserved - ?, expired = expired + 1 WHERE name = ?",
+                [(amount, s) for s in json.loads(scopes)],
+            )
+        if lapsed:
+            db.execute(
+                "UPDATE holds SET status = 'lapsed', forget_at = ? WHERE status = 'open' AND expires_at <= ?",
+                (now + self._retention_s, now),
+            )
+        db.execute("DELETE FROM holds WHERE forget_at <= ?", (now,))
+
+    def _load(self, db: sqlite3.Connection, chain: Sequence[str], now: float) -> list[ScopeBooks]:
+        """The books of every scope in `chain`, in order, rolled into the current period."""
+        marks = ", ".join("?" * len(chain))
+        rows = {r[0]: r for r in db.execute(f"SELECT {_COLUMNS} FROM scopes WHERE name IN ({marks})", tuple(chain))}
+        books = []
+        for s in chain:
+            if s not in rows:
+                raise UnknownScope(f"scope {s!r} has no budget")
+            b = _books(rows[s])
+            if b.roll(now):
+                db.execute("DELETE FROM spend WHERE scope = ?", (s,))
+            books.append(b)
+        return books
+
+    @staticmethod
+    def _save(db: sqlite3.Connection, books: Sequence[ScopeBooks]) -> None:
+        db.executemany(
+            "UPDATE scopes SET budget = ?, period_start = ?, committed = ?, reserved = ?, requests = ?, "
+            "released = ?, expired = ?, lam = ? WHERE name = ?",
+            [
+                (b.budget.model_dump_json(), b.period_start, b.committed, b.reserved, b.requests,
+                 b.released, b.expired, b.lam, b.scope)
+                for b in books
+            ],
+        )
+
+    # ----------------------------------------------------------------- LedgerStore
+    def set_budget(self, scope: str, budget: Budget) -> None:
+        scope_chain(scope)
+        with self._transaction() as db:
+            now = self._clock()
+            inserted = db.execute(
+                "INSERT INTO scopes (name, budget, period_start) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                (scope, budget.model_dump_json(), now),
+            ).rowcount
+            if not inserted:
+                (books,) = self._load(db, [scope], now)
+                books.budget = budget
+                self._save(db, [books])
+
+    def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
+        now = self._clock()
+        if self._has_lapsed(now):
+            with self._transaction() as db:
+                self._sweep(db, now)
+        found: list[ScopeState | None] = []
+        with self._transaction(write=False) as db:
+            for scope in scopes:
+                row = db.execute(f"SELECT {_COLUMNS} FROM scopes WHERE name = ?", (scope,)).fetchone()
+                if row is None:
+                    found.append(None)
+                    continue
+                books = _books(row)
+                for model, nanos, calls in db.execute(
+                    "SELECT model, nanos, calls FROM spend WHERE scope = ?", (scope,)
+                ):
+                    books.spend[model], books.calls[model] = nanos, calls
+                books.roll(now)  # a view of the new period; the next write stores it
+                found.append(books.snapshot())
+        return found
+
+    def _has_lapsed(self, now: float) -> bool:
+        with self._transaction(write=False) as db:
+            return db.execute(
+                "SELECT 1 FROM holds WHERE status = 'open' AND expires_at <= ? LIMIT 1", (now,)
+            ).fetchone() is not None
+
+    def scopes(self) -> list[str]:
+        with self._transaction(write=False) as db:
+            return [r[0] for r in db.execute("SELECT name FROM scopes ORDER BY name")]
+
+    def reserve(self, reservation_id: str, scopes: Sequence[str], amount: float, ttl_s: float) -> None:
+        nanos = to_nanos(amount, "reservation amount")
+        chain = check_reservation(scopes, ttl_s)
+        encoded = json.dumps(chain)
+        with self._transaction() as db:
+            now = self._clock()
+            self._sweep(db, now)
+            row = db.execute("SELECT scopes, amount, status FROM holds WHERE id = ?", (reservation_id,)).fetchone()
+            if row is not None:
+                if tuple(row) == (encoded, nanos, "open"):
+                    return
+                raise ValueError(f"reservation id {reservation_id!r} is already used")
+            books = self._load(db, chain, now)
+            for b in books:
+                b.check(nanos)
+            for b in books:
+                b.reserved += nanos
+            self._save(db, books)
+            db.execute(
+                "INSERT INTO holds (id, scopes, amount, expires_at, status) VALUES (?, ?, ?, ?, 'open')",
+                (reservation_id, encoded, nanos, now + ttl_s),
+            )
+
+    def commit(self, reservation_id: str, actual: float, model: str | None = None) -> bool:
+        nanos = to_nanos(actual, "actual cost")
+        with self._transaction() as db:
+            now = self._clock()
+            self._sweep(db, now)
+            row = db.execute("SELECT scopes, amount, status FROM holds WHERE id = ?", (reservation_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"unknown reservation {reservation_id!r} (never made, or forgotten after retention)")
+            scopes, amount, status = row
+            if status == "committed":
+                return False
+            books = self._load(db, json.loads(scopes), now)
+            for b in books:
+                if status == "open":
+                    b.reserved -= amount
+                b.charge(nanos, model)
+            self._save(db, books)
+            if model is not None:
+                db.executemany(
+                    "INSERT INTO spend (scope, model, nanos, calls) VALUES (?, ?, ?, 1) ON CONFLICT (scope, model) "
+                    "DO UPDATE SET nanos = nanos + excluded.nanos, calls = calls + 1",
+                    [(b.scope, model, nanos) for b in books],
+                )
+            db.execute(
+                "UPDATE holds SET status = 'committed', forget_at = COALESCE(forget_at, ?) WHERE id = ?",
+                (now + self._retention_s, reservation_id),
+            )
+            return True
+
+    def release(self, reservation_id: str) -> bool:
+        with self._transaction() as db:
+            now = self._clock()
+            self._sweep(db, now)
+            row = db.execute(
+                "SELECT scopes, amount FROM holds WHERE id = ? AND status = 'open'", (reservation_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            books = self._load(db, json.loads(row[0]), now)
+            for b in books:
+                b.reserved -= row[1]
+                b.released += 1
+            self._save(db, books)
+            db.execute(
+                "UPDATE holds SET status = 'released', forget_at = ? WHERE id = ?",
+                (now + self._retention_s, reservation_id),
+            )
+            return True
+
+    def adjust_lambda(self, scope: str, value: float) -> None:
+        if not math.isfinite(value):
+            raise ValueError(f"lambda must be finite, got {value}")
+        with self._transaction() as db:
+            if not db.execute("UPDATE scopes SET lam = ? WHERE name = ?", (float(value), scope)).rowcount:
+                raise UnknownScope(f"scope {scope!r} has no budget")
+
+    def open_reservations(self) -> int:
+        with self._transaction(write=False) as db:
+            return db.execute(
+                "SELECT COUNT(*) FROM holds WHERE status = 'open' AND expires_at > ?", (self._clock(),)
+            ).fetchone()[0]
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+
+def _books(row: Sequence) -> ScopeBooks:
+    name, budget, period_start, committed, reserved, requests, released, expired, lam = row
+    return ScopeBooks(
+        scope=name, budget=Budget.model_validate_json(budget), period_start=period_start, committed=committed,
+        reserved=reserved, requests=requests, released=released, expired=expired, lam=lam,
+    )

@@ -1,0 +1,101 @@
+"""Helpers shared by the ledger tests: stores of every kind, the Redis check, a fake clock."""
+
+from __future__ import annotations
+
+import functools
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared_core.budget import LedgerStore
+from shared_core.stores import open_store
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+#: Every store kind; tests parametrised over these run the same assertions on each.
+STORES = ("memory", "sqlite", "redis")
+
+
+@functools.cache
+def _redis_problem() -> str | None:
+    """Why Redis cannot be used here, or None when a server answers on 127.0.0.1:6379."""
+    try:
+        import redis
+    except ImportError:
+        return "the redis package is not installed (pip install 'omniroute[redis]')"
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=0.5, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        return f"no Redis server answers on {REDIS_HOST}:{REDIS_PORT} ({e})"
+    finally:
+        client.close()
+    return None
+
+
+def require_redis() -> None:
+    """Skip the test when Redis is absent, but fail it when OMNIROUTE_REQUIRE_REDIS=1 (CI)."""
+    problem = _redis_problem()
+    if problem is None:
+        return
+    if os.environ.get("OMNIROUTE_REQUIRE_REDIS") == "1":
+        pytest.fail(f"OMNIROUTE_REQUIRE_REDIS=1 but {problem}")
+    pytest.skip(f"{problem}; start redis-server to run this test (CI sets OMNIROUTE_REQUIRE_REDIS=1)")
+
+
+def redis_admin() -> Any:
+    """A plain client for inspecting and cleaning the test server."""
+    import redis
+
+    return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, decode_responses=True)
+
+
+@contextmanager
+def store_url(kind: str, tmp_path: Path) -> Iterator[str]:
+    """A URL for a fresh, empty store of `kind`; Redis keys are removed afterwards."""
+    if kind == "memory":
+        yield "memory://"
+    elif kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+    elif kind == "redis":
+        require_redis()
+        prefix = f"omniroute-test:{uuid.uuid4().hex}:"
+        try:
+            yield f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}"
+        finally:
+            admin = redis_admin()
+            keys = list(admin.scan_iter(match=prefix + "*", count=1000))
+            if keys:
+                admin.delete(*keys)
+            admin.close()
+    else:
+        raise ValueError(f"unknown store kind {kind!r}")
+
+
+@contextmanager
+def ledger(kind: str, tmp_path: Path, **options: Any) -> Iterator[LedgerStore]:
+    """A fresh store of `kind` (options such as clock= go to its constructor), closed afterwards."""
+    with store_url(kind, tmp_path) as url:
+        store = open_store(url, **options)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+class FakeClock:
+    """A clock that moves only when told to, for expiry and period tests."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward."""
+        self.now += seconds

@@ -1,0 +1,259 @@
+"""Providers that fail, hang or report no usage, and a Redis that goes away: the books stay right."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import uuid
+
+import pytest
+from ledger_support import REDIS_HOST, REDIS_PORT, STORES, FakeClock, ledger, redis_admin, require_redis, store_url
+
+from shared_core.budget import Budget, LedgerUnavailable, to_nanos
+from shared_core.calls import acall_with_fallbacks, call_with_fallbacks
+from shared_core.candidates import Candidate
+from shared_core.router import Decision, Router
+from shared_core.stores import open_store
+from shared_core.tokens import count_tokens
+
+PROMPT = "What is the capital of France? Answer in one sentence."
+ANSWER = "Paris is the capital of France."
+TIMEOUT_S = 0.05
+# Ranked by prior quality: the best candidate raises, the next never answers, the last replies
+# with text but no usage, as a bare completion endpoint does.
+CANDIDATES = [
+    Candidate(name="flaky", input_price=5.0, output_price=15.0, max_output_tokens=256, prior_quality=0.9),
+    Candidate(name="silent", input_price=1.0, output_price=4.0, max_output_tokens=256, prior_quality=0.8),
+    Candidate(name="terse", input_price=0.5, output_price=1.5, max_output_tokens=256, prior_quality=0.7),
+]
+
+
+@pytest.fixture
+def silent_server():
+    """An address that accepts connections and never answers (a provider stuck mid-request)."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=16)
+    yield server.getsockname()
+    server.close()
+
+
+def _call(address, *, terse_fails: bool = False):
+    def call(candidate: Candidate, decision: Decision) -> str:
+        if candidate.name == "flaky":
+            raise ConnectionResetError("provider reset the connection")
+        if candidate.name == "silent":
+            with socket.create_connection(address, timeout=TIMEOUT_S) as conn:
+                conn.sendall(b"POST /v1/chat/completions\r\n\r\n")
+                conn.recv(1)  # raises TimeoutError: no answer comes
+        if terse_fails:
+            raise RuntimeError("terse is down too")
+        return ANSWER
+    return call
+
+
+def _acall(address):
+    async def call(candidate: Candidate, decision: Decision) -> str:
+        if candidate.name == "flaky":
+            raise ConnectionResetError("provider reset the connection")
+        if candidate.name == "silent":
+            reader, writer = await asyncio.open_connection(*address)
+            try:
+                await asyncio.wait_for(reader.read(1), TIMEOUT_S)
+            finally:
+                writer.close()
+        return ANSWER
+    return call
+
+
+@pytest.fixture(params=STORES)
+def router(request, tmp_path):
+    with ledger(request.param, tmp_path) as store:
+        r = Router(CANDIDATES, store=store)
+        r.set_budget("acme", Budget(usd=1.0))
+        r.set_budget("acme/bot", Budget(usd=0.5))
+        yield r
+
+
+def _assert_only_terse_was_charged(router: Router, decision: Decision, cost: float) -> None:
+    terse = router.candidate("terse")
+    expected = terse.cost(decision.input_tokens["terse"], count_tokens(ANSWER, terse.encoding))
+    assert (decision.chosen, decision.failed, decision.attempt) == ("terse", ("flaky", "silent"), 2)
+    assert cost == expected
+    for scope in ("acme", "acme/bot"):
+        st = router.budget_state(scope)
+        assert to_nanos(st.committed) == to_nanos(expected) and st.reserved == 0.0
+        assert (st.requests, st.released) == (1, 2)
+        assert list(st.by_model) == ["terse"]
+    assert router.store.open_reservations() == 0
+
+
+def test_a_raise_and_a_timeout_fall_back_to_a_reply_without_usage(router, silent_server):
+    reply, decision = call_with_fallbacks(router, router.decide(PROMPT, "acme/bot"), _call(silent_server))
+    cost = router.settle(decision, output_text=reply)
+    _assert_only_terse_was_charged(router, decision, cost)
+
+
+async def test_the_async_loop_falls_back_the_same_way(router, silent_server):
+    reply, decision = await acall_with_fallbacks(router, router.decide(PROMPT, "acme/bot"), _acall(silent_server))
+    cost = router.settle(decision, output_text=reply)
+    _assert_only_terse_was_charged(router, decision, cost)
+
+
+def test_when_every_candidate_fails_the_last_error_surfaces_and_nothing_is_spent(router, silent_server):
+    with pytest.raises(RuntimeError, match="terse is down too"):
+        call_with_fallbacks(router, router.decide(PROMPT, "acme/bot"), _call(silent_server, terse_fails=True))
+    st = router.budget_state("acme/bot")
+    assert (st.committed, st.reserved, st.requests, st.released) == (0.0, 0.0, 0, 3)
+    assert router.store.open_reservations() == 0
+
+
+def test_an_empty_reply_without_usage_costs_its_input(router):
+    decision = router.decide(PROMPT, "acme/bot")
+    cost = router.settle(decision, output_text="")
+    chosen = router.candidate(decision.chosen)
+    assert cost == chosen.cost(decision.input_tokens[chosen.name], 0) > 0
+    assert router.budget_state("acme/bot").committed == pytest.approx(cost, abs=1e-9)
+
+
+def test_a_reply_with_neither_usage_nor_text_is_refused_and_keeps_its_hold(router):
+    decision = router.decide(PROMPT, "acme/bot")
+    with pytest.raises(ValueError, match="needs output_tokens"):
+        router.settle(decision)
+    st = router.budget_state("acme/bot")
+    assert (st.committed, st.reserved) == (0.0, pytest.approx(decision.reserved))
+    router.release(decision)
+    assert router.store.open_reservations() == 0
+
+
+# ----------------------------------------------------------------- Redis going away
+
+
+class FlakyProxy:
+    """A TCP proxy to Redis that can drop every connection and refuse new ones until restored."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.05)
+        self.port = self._server.getsockname()[1]
+        self._up = threading.Event()
+        self._up.set()
+        self._lock = threading.Lock()
+        self._links: list[socket.socket] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not self._up.is_set():
+                client.close()
+                continue
+            client.settimeout(None)
+            upstream = socket.create_connection((REDIS_HOST, REDIS_PORT))
+            with self._lock:
+                self._links += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        """Drop every open connection and refuse new ones."""
+        self._up.clear()
+        with self._lock:
+            for s in self._links:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            self._links.clear()
+
+    def restore(self) -> None:
+        """Serve connections again."""
+        self._up.set()
+
+    def close(self) -> None:
+        self.cut()
+        self._closed = True
+        self._thread.join()
+        self._server.close()
+
+
+@pytest.fixture
+def proxy():
+    require_redis()
+    p = FlakyProxy()
+    yield p
+    p.close()
+
+
+def test_a_connection_killed_by_the_server_is_reopened_without_losing_a_request(tmp_path):
+    with store_url("redis", tmp_path) as url:
+        router = Router(CANDIDATES, store=url)
+        router.set_budget("acme", Budget(usd=1.0))
+        admin = redis_admin()
+        costs = []
+        for i in range(30):
+            decision = router.decide(PROMPT, "acme")
+            if i % 5 == 0:  # kill the connection the ledger just used, with the money held
+                admin.client_kill_filter(_id=router.store.client.client_id())
+            costs.append(router.settle(decision, output_tokens=20))
+        st = router.budget_state("acme")
+        assert to_nanos(st.committed) == sum(to_nanos(c) for c in costs) and st.requests == 30
+        assert st.reserved == 0.0 and router.store.open_reservations() == 0
+        admin.close()
+        router.store.close()
+
+
+def test_a_redis_outage_fails_clearly_and_the_books_stay_consistent(proxy, silent_server):
+    prefix, clock = f"omniroute-test:{uuid.uuid4().hex}:", FakeClock()
+    store = open_store(f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}", clock=clock)
+    router = Router(CANDIDATES, store=store, reservation_ttl_s=60)
+    try:
+        router.set_budget("acme", Budget(usd=1.0))
+        costs = [router.settle(router.decide(PROMPT, "acme"), output_tokens=20) for _ in range(5)]
+        answered = router.decide(PROMPT, "acme")  # the model answers just as Redis goes away
+        stranded = router.decide(PROMPT, "acme")  # this call will fail while Redis is away
+
+        proxy.cut()
+        with pytest.raises(LedgerUnavailable, match="unreachable"):
+            router.settle(answered, output_tokens=20)
+        with pytest.raises(LedgerUnavailable, match="unreachable"):
+            router.decide(PROMPT, "acme")  # no budget check, no call: the request fails at once
+        with pytest.raises(LedgerUnavailable):
+            call_with_fallbacks(router, stranded, _call(silent_server))  # the release cannot reach Redis
+
+        proxy.restore()
+        costs.append(router.settle(answered, output_tokens=20))  # the retried settle lands once
+        router.settle(answered, output_tokens=20)
+        assert router.budget_state("acme").reserved == pytest.approx(stranded.reserved)
+        clock.advance(60)  # the stranded reservation expires and its money returns
+        st = router.budget_state("acme")
+        assert to_nanos(st.committed) == sum(to_nanos(c) for c in costs)
+        assert (st.requests, st.reserved, st.expired) == (6, 0.0, 1)
+        assert router.store.open_reservations() == 0
+    finally:
+        router.store.close()
+        admin = redis_admin()
+        keys = list(admin.scan_iter(match=prefix + "*"))
+        if keys:
+            admin.delete(*keys)
+        admin.close()

@@ -1,0 +1,280 @@
+"""The ledger's contract, run unchanged on every store: memory, SQLite and Redis."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from ledger_support import STORES, FakeClock, ledger, store_url
+
+from shared_core.budget import MAX_USD, Budget, BudgetExceeded, UnknownScope, to_nanos
+from shared_core.candidates import Candidate
+from shared_core.cli import main
+from shared_core.router import Router
+from shared_core.stores import SQLiteStore, open_store
+
+CHAIN = ("acme", "acme/bot")
+
+
+@pytest.fixture(params=STORES)
+def kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(kind, tmp_path, clock):
+    with ledger(kind, tmp_path, clock=clock) as s:
+        s.set_budget("acme", Budget(usd=1.0))
+        s.set_budget("acme/bot", Budget(usd=0.5))
+        yield s
+
+
+def test_reserve_holds_in_every_scope_and_commit_charges_the_actual_cost(store):
+    store.reserve("r1", CHAIN, 0.3, ttl_s=60)
+    assert [store.state(s).reserved for s in CHAIN] == [0.3, 0.3]
+    assert [store.state(s).remaining for s in CHAIN] == [pytest.approx(0.7), pytest.approx(0.2)]
+
+    assert store.commit("r1", 0.125, model="gpt-4o") is True
+    for s in CHAIN:
+        st = store.state(s)
+        assert (st.committed, st.reserved, st.requests) == (0.125, 0.0, 1)
+        assert st.by_model == {"gpt-4o": 0.125} and st.calls_by_model == {"gpt-4o": 1}
+    assert store.open_reservations() == 0
+
+
+def test_a_reservation_that_does_not_fit_one_scope_holds_nothing_anywhere(store):
+    store.reserve("big", ("acme",), 0.9, ttl_s=60)
+    with pytest.raises(BudgetExceeded, match="'acme'") as info:
+        store.reserve("r", CHAIN, 0.2, ttl_s=60)
+    assert info.value.scope == "acme" and info.value.remaining == pytest.approx(0.1)
+    assert store.state("acme/bot").reserved == 0.0
+    assert store.state("acme").reserved == 0.9
+    assert store.open_reservations() == 1
+
+
+def test_a_repeated_commit_charges_once(store):
+    store.reserve("r", CHAIN, 0.3, ttl_s=60)
+    assert store.commit("r", 0.2, "m") is True
+    assert store.commit("r", 0.2, "m") is False
+    assert store.commit("r", 0.25, "m") is False
+    assert store.state("acme").committed == 0.2 and store.state("acme").requests == 1
+
+
+def test_release_returns_the_money_once(store):
+    store.reserve("r", CHAIN, 0.4, ttl_s=60)
+    assert store.release("r") is True
+    assert store.release("r") is False
+    st = store.state("acme/bot")
+    assert (st.reserved, st.committed, st.released) == (0.0, 0.0, 1)
+    store.reserve("r2", CHAIN, 0.5, ttl_s=60)  # all of the child's budget is free again
+
+
+def test_an_expired_reservation_returns_its_money_and_a_late_commit_counts_once(store, clock):
+    store.reserve("slow", CHAIN, 0.5, ttl_s=30)
+    clock.advance(29.9)
+    assert store.open_reservations() == 1
+    clock.advance(0.1)
+    assert store.open_reservations() == 0
+    st = store.state("acme/bot")
+    assert (st.reserved, st.expired) == (0.0, 1)
+
+    store.reserve("next", CHAIN, 0.5, ttl_s=30)  # the crashed worker's money is available again
+    assert store.commit("slow", 0.4, "m") is True  # the worker was only slow: its spend is recorded
+    assert store.commit("slow", 0.4, "m") is False
+    assert store.state("acme/bot").committed == 0.4
+    assert store.state("acme/bot").reserved == 0.5
+
+
+def test_commit_after_release_records_the_spend_once(store):
+    store.reserve("r", CHAIN, 0.3, ttl_s=60)
+    store.release("r")
+    assert store.commit("r", 0.1, "m") is True
+    assert store.commit("r", 0.1, "m") is False
+    assert store.state("acme").committed == 0.1 and store.state("acme").reserved == 0.0
+
+
+def test_unknown_reservations(store):
+    with pytest.raises(KeyError, match="unknown reservation 'nope'"):
+        store.commit("nope", 0.1)
+    assert store.release("nope") is False
+
+
+def test_retrying_a_reservation_holds_once_and_reusing_its_id_is_refused(store):
+    store.reserve("r", CHAIN, 0.2, ttl_s=60)
+    store.reserve("r", CHAIN, 0.2, ttl_s=60)  # a retry after a lost reply
+    assert store.state("acme").reserved == 0.2
+    with pytest.raises(ValueError, match="already used"):
+        store.reserve("r", CHAIN, 0.3, ttl_s=60)
+    store.commit("r", 0.1)
+    with pytest.raises(ValueError, match="already used"):
+        store.reserve("r", CHAIN, 0.2, ttl_s=60)
+
+
+def test_a_reservation_naming_an_unknown_scope_holds_nothing(store):
+    with pytest.raises(UnknownScope, match="'acme/ghost' has no budget"):
+        store.reserve("r", ("acme", "acme/ghost"), 0.1, ttl_s=60)
+    assert store.state("acme").reserved == 0.0
+    assert store.state("acme/ghost") is None
+
+
+def test_a_periodic_budget_resets_at_each_period(kind, tmp_path, clock):
+    with ledger(kind, tmp_path, clock=clock) as store:
+        store.set_budget("daily", Budget(usd=1.0, period_s=100))
+        start = store.state("daily").period_start
+        store.reserve("a", ("daily",), 0.8, ttl_s=1000)
+        store.commit("a", 0.8, "m")
+        store.reserve("held", ("daily",), 0.1, ttl_s=1000)
+        with pytest.raises(BudgetExceeded):
+            store.reserve("b", ("daily",), 0.3, ttl_s=1000)
+
+        clock.advance(250)  # two and a half periods later
+        st = store.state("daily")
+        assert (st.committed, st.requests, st.by_model) == (0.0, 0, {})
+        assert st.period_start == start + 200
+        assert st.reserved == 0.1  # money held across the boundary stays held
+        store.reserve("b", ("daily",), 0.9, ttl_s=1000)
+        store.commit("held", 0.05, "m")  # a commit lands in the period it happens in
+        assert store.state("daily").committed == 0.05
+
+
+def test_changing_a_budget_keeps_what_was_spent(store):
+    store.reserve("r", CHAIN, 0.5, ttl_s=60)
+    store.commit("r", 0.5)
+    with pytest.raises(BudgetExceeded):
+        store.reserve("r2", CHAIN, 0.1, ttl_s=60)
+    store.set_budget("acme/bot", Budget(usd=2.0, horizon=10))
+    st = store.state("acme/bot")
+    assert (st.budget.usd, st.budget.horizon, st.committed, st.requests) == (2.0, 10, 0.5, 1)
+    store.reserve("r2", CHAIN, 0.5, ttl_s=60)
+
+
+def test_lambda_is_kept_per_scope(store):
+    assert store.state("acme").lam is None
+    store.adjust_lambda("acme", 2.75)
+    assert store.state("acme").lam == 2.75 and store.state("acme/bot").lam is None
+    with pytest.raises(UnknownScope):
+        store.adjust_lambda("ghost", 1.0)
+
+
+def test_report_lists_a_scope_and_the_scopes_nested_in_it(store):
+    store.set_budget("acme2", Budget(usd=1.0))
+    assert store.scopes() == ["acme", "acme/bot", "acme2"]
+    assert [s.scope for s in store.report("acme")] == ["acme", "acme/bot"]
+    assert [s.scope for s in store.report()] == ["acme", "acme/bot", "acme2"]
+
+
+def test_a_thousand_commits_add_up_exactly(kind, tmp_path):
+    with ledger(kind, tmp_path) as store:
+        store.set_budget("big", Budget(usd=MAX_USD))
+        costs = [0.1, 0.2, 0.3, 1e-9, 0.000123] * 200
+        for i, c in enumerate(costs):
+            store.reserve(f"r{i}", ("big",), c, ttl_s=60)
+            store.commit(f"r{i}", c, "m")
+        assert sum(costs) != 120.0246002  # a float running sum drifts; the ledger must not
+        st = store.state("big")
+        assert st.committed == 120.0246002 and st.by_model["m"] == 120.0246002
+        assert to_nanos(st.committed) == sum(to_nanos(c) for c in costs)
+
+
+def test_the_largest_budget_is_held_to_the_nano_dollar(kind, tmp_path):
+    with ledger(kind, tmp_path) as store:
+        store.set_budget("big", Budget(usd=MAX_USD))
+        store.reserve("r", ("big",), 2_000_000.75, ttl_s=60)
+        left = MAX_USD - 2_000_000.75
+        with pytest.raises(BudgetExceeded):
+            store.reserve("r2", ("big",), left + 1e-9, ttl_s=60)
+        store.reserve("r3", ("big",), left, ttl_s=60)
+        store.commit("r", 2_000_000.75)
+        store.commit("r3", left - 1e-9)
+        assert to_nanos(store.state("big").committed) == 2**51 - 1
+    with pytest.raises(ValueError, match="exceeds the largest amount"):
+        Budget(usd=MAX_USD + 1e-3)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_durable_store_keeps_everything_across_connections(kind, tmp_path):
+    with store_url(kind, tmp_path) as url:
+        first = open_store(url)
+        first.set_budget("acme", Budget(usd=1.0, horizon=100, period_s=3600))
+        first.reserve("done", ("acme",), 0.5, ttl_s=60)
+        first.commit("done", 0.25, "m")
+        first.reserve("open", ("acme",), 0.5, ttl_s=60)
+        first.adjust_lambda("acme", 1.5)
+        before = first.state("acme")
+        first.close()
+
+        second = open_store(url)
+        assert second.state("acme") == before
+        assert second.commit("done", 0.25, "m") is False
+        assert second.commit("open", 0.125, "m") is True
+        assert second.state("acme").committed == 0.375
+        second.close()
+
+
+def test_finished_reservations_are_forgotten_after_the_retention(kind, tmp_path, clock):
+    with ledger(kind, tmp_path, clock=clock, retention_s=100) as store:
+        store.set_budget("acme", Budget(usd=1.0))
+        store.reserve("r", ("acme",), 0.5, ttl_s=10)
+        store.commit("r", 0.5)
+        clock.advance(99)
+        assert store.commit("r", 0.5) is False
+        clock.advance(2)
+        store.open_reservations()  # any operation forgets what is past retention
+        with pytest.raises(KeyError, match="unknown reservation"):
+            store.commit("r", 0.5)
+        assert store.state("acme").committed == 0.5
+
+
+def test_a_router_opens_its_ledger_from_a_url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'router.db'}"
+    router = Router([Candidate(name="m", input_price=1.0, output_price=2.0, prior_quality=0.5)], store=url)
+    assert isinstance(router.store, SQLiteStore)
+    router.set_budget("acme", Budget(usd=1.0))
+    decision = router.decide("hello there", "acme")
+    cost = router.settle(decision, output_tokens=10)
+    router.store.close()
+
+    reopened = open_store(url)
+    st = reopened.state("acme")
+    assert st.committed == pytest.approx(cost, abs=1e-9) and math.isclose(st.by_model["m"], st.committed)
+    reopened.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])  # each command opens the store anew
+def test_the_budget_command_sets_budgets_and_reports_spend_per_scope_and_model(kind, tmp_path, capsys):
+    with store_url(kind, tmp_path) as url:
+        assert main(["budget", "set", "acme", "--usd", "50", "--period-s", "86400", "--store", url]) == 0
+        assert main(["budget", "set", "acme/bot", "--usd", "5", "--horizon", "100", "--store", url]) == 0
+        store = open_store(url)
+        for i, (model, cost) in enumerate([("gpt-4o", 0.25), ("gpt-4o-mini", 0.0125), ("gpt-4o", 0.5)]):
+            store.reserve(f"r{i}", CHAIN, 1.0, ttl_s=60)
+            store.commit(f"r{i}", cost, model)
+        store.reserve("open", CHAIN, 1.0, ttl_s=60)
+        store.close()
+        capsys.readouterr()
+
+        assert main(["budget", "show", "acme/bot", "--json", "--store", url]) == 0
+        (bot,) = json.loads(capsys.readouterr().out)
+        assert bot["committed_usd"] == 0.7625 and bot["reserved_usd"] == 1.0 and bot["requests"] == 3
+        assert bot["budget"] == {"usd": 5.0, "horizon": 100, "horizon_s": None, "period_s": None}
+        assert bot["by_model"] == {"gpt-4o": {"usd": 0.75, "calls": 2}, "gpt-4o-mini": {"usd": 0.0125, "calls": 1}}
+
+        assert main(["budget", "show", "--store", url]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        acme = next(line for line in lines if line.startswith("acme "))
+        assert acme.split()[1:6] == ["50.000000", "86400s", "0.762500", "1.000000", "48.237500"]
+        assert sum(line.split()[0] == "gpt-4o" for line in lines) == 2  # under acme and under acme/bot
+
+        assert main(["budget", "show", "ghost", "--store", url]) == 2
+        assert "scope 'ghost' has no budget" in capsys.readouterr().err
+
+
+def test_the_budget_command_reports_an_unreachable_store(capsys):
+    assert main(["budget", "show", "--store", "redis://127.0.0.1:1/0"]) == 1
+    assert "Redis ledger at redis://127.0.0.1:1/0 is unreachable" in capsys.readouterr().err
