@@ -10,7 +10,7 @@ from collections.abc import Sequence
 __all__ = ["main", "COMMANDS"]
 
 #: Subcommand name → module in shared_core.commands defining `add_parser(sub)` and `run(args)`.
-COMMANDS = ["demo", "budget"]
+COMMANDS = ["demo", "budget", "eval", "fit"]
 
 
 def build_parser() -> argparse.ArgumentParser:

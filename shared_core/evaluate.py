@@ -8,13 +8,29 @@ Definitions (fixed, so figures compare across tools):
 - a(x) = the best y among points with cost ≤ x; below every point, the y of the cheapest point.
 - AUDC = ∫₀¹ a(x) dx, AUDC50 = ∫₀^0.5 a(x) dx; QNC = the smallest x with a(x) ≥ the reference
   model's test accuracy (None if no point reaches it).
+- The reference model is the most accurate model on the training split.
+
+Budget runs spend a fraction of the reference cost on the test set: in one batch (the solver),
+online (prompts one at a time through a paced session, settled with the dataset's actual costs),
+or per query with a fixed λ calibrated on the training split (the RouteLLM-style baseline).
+Accuracy of a run: mean true quality of the chosen models, missing labels skipped, a refused
+prompt (no budget left) counted as wrong.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .budget import Budget, BudgetExceeded
+
+if TYPE_CHECKING:
+    from .data import RoutingDataset
+    from .router import Router
 
 __all__ = [
     "Curve",
@@ -22,8 +38,21 @@ __all__ = [
     "lambda_grid",
     "deferral_curve",
     "oracle_curve",
+    "prior_curve",
     "realised",
+    "reference_column",
+    "summarise",
+    "BudgetRun",
+    "batch_run",
+    "online_run",
+    "replay_order",
+    "calibrate_lambda",
+    "fixed_lambda_run",
+    "ORDERS",
 ]
+
+#: Orders an online replay can take: the file's, shuffled, or sorted by task (adversarial).
+ORDERS = ("as-is", "random", "grouped")
 
 
 @dataclass(frozen=True)
@@ -132,3 +161,154 @@ def oracle_curve(q_true: np.ndarray, c_true: np.ndarray, reference_cost: float) 
     """The per-query oracle's curve: routing with the true qualities and costs."""
     q = np.nan_to_num(q_true, nan=0.0)
     return deferral_curve(q, np.nan_to_num(c_true, nan=np.inf), q_true, c_true, reference_cost)
+
+
+def prior_curve(train_quality: np.ndarray, train_cost: np.ndarray, q_true: np.ndarray, c_true: np.ndarray,
+                reference_cost: float) -> Curve:
+    """The prompt-blind baseline: every prompt scored by each model's mean training quality and cost."""
+    n = len(q_true)
+    q = np.tile(np.nanmean(train_quality, axis=0), (n, 1))
+    c = np.tile(np.nanmean(train_cost, axis=0), (n, 1))
+    return deferral_curve(q, c, q_true, c_true, reference_cost)
+
+
+def reference_column(train_quality: np.ndarray) -> int:
+    """The column of the reference model: the most accurate on the training split."""
+    return int(np.nanargmax(np.nanmean(train_quality, axis=0)))
+
+
+def summarise(curve: Curve, reference_accuracy: float, fractions: Sequence[float]) -> dict[str, Any]:
+    """The JSON summary of a curve: audc, audc50, qnc, accuracy_at {fraction: a(x)} and the points."""
+    return {
+        "audc": curve.area(1.0),
+        "audc50": curve.area(0.5),
+        "qnc": curve.qnc(reference_accuracy),
+        "accuracy_at": {f"{f:g}": curve.a(f) for f in fractions},
+        "curve": curve.as_list(),
+    }
+
+
+@dataclass(frozen=True)
+class BudgetRun:
+    """One budget run over a test set: the money allowed and spent, the accuracy, each prompt's model."""
+
+    predictor: str
+    mode: str
+    budget_fraction: float
+    budget_usd: float
+    spent_usd: float
+    accuracy: float
+    choice: np.ndarray
+
+    @property
+    def refused(self) -> int:
+        """Prompts the run could not route (no candidate fitted what was left of the budget)."""
+        return int((self.choice < 0).sum())
+
+    @property
+    def name(self) -> str:
+        """The run's label, e.g. "batch@0.25"."""
+        return f"{self.mode}@{self.budget_fraction:g}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `budget_runs` entry of `omniroute eval --json`."""
+        return {
+            "predictor": self.predictor, "mode": self.mode, "budget_fraction": self.budget_fraction,
+            "budget_usd": self.budget_usd, "spent_usd": self.spent_usd, "accuracy": self.accuracy,
+            "refused": self.refused,
+        }
+
+
+def _outcome(choice: np.ndarray, q_true: np.ndarray, c_true: np.ndarray) -> tuple[float, float]:
+    """(spend, accuracy) of routing row i to column choice[i]; choice −1 is a refusal (free, wrong)."""
+    rows = np.flatnonzero(choice >= 0)
+    q = np.zeros(len(choice))
+    q[rows] = q_true[rows, choice[rows]]
+    labelled = ~np.isnan(q)
+    return float(c_true[rows, choice[rows]].sum()), float(q[labelled].mean()) if labelled.any() else float("nan")
+
+
+def batch_run(router: Router, test: RoutingDataset, budget_usd: float, budget_fraction: float,
+              predictor: str = "") -> BudgetRun:
+    """Route the whole test set at once with the batch solver, then measure it on the truths."""
+    plan = router.route_batch(test.prompts, budget=budget_usd)
+    choice = np.array([test.models.index(m) for m in plan.models])
+    spent, acc = _outcome(choice, test.quality, test.cost)
+    return BudgetRun(predictor, "batch", budget_fraction, budget_usd, spent, acc, choice)
+
+
+def replay_order(tasks: np.ndarray, order: str, seed: int = 0) -> np.ndarray:
+    """Row indices in replay order: "as-is", "random" (seeded) or "grouped" (sorted by task)."""
+    if order == "as-is":
+        return np.arange(len(tasks))
+    if order == "random":
+        return np.random.default_rng(seed).permutation(len(tasks))
+    if order == "grouped":
+        return np.argsort(np.asarray(tasks, dtype=str), kind="stable")
+    raise ValueError(f"unknown order {order!r}; choose one of {list(ORDERS)}")
+
+
+def online_run(
+    router: Router,
+    test: RoutingDataset,
+    budget_usd: float,
+    budget_fraction: float,
+    *,
+    order: str = "grouped",
+    seed: int = 0,
+    predictor: str = "",
+    progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
+) -> BudgetRun:
+    """Replay the test prompts one at a time through one paced session (horizon = the test size).
+
+    Each request is decided from its prompt alone, then settled with the dataset's actual cost of
+    the chosen model; a request nothing fits any more is refused.
+    """
+    scope = f"eval-online-{uuid.uuid4().hex}"  # a fresh session: budgets keep what was spent
+    router.set_budget(scope, Budget(usd=budget_usd, horizon=len(test)))
+    choice = np.full(len(test), -1)
+    rows = replay_order(test.task, order, seed)
+    for i in progress(rows) if progress is not None else rows:
+        try:
+            decision = router.decide(test.prompts[i], scope)
+        except BudgetExceeded:
+            continue
+        choice[i] = test.models.index(decision.chosen)
+        router.settle(decision, cost=float(test.cost[i, choice[i]]))
+    spent, acc = _outcome(choice, test.quality, test.cost)
+    return BudgetRun(predictor, "online", budget_fraction, budget_usd, spent, acc, choice)
+
+
+def calibrate_lambda(q_pred: np.ndarray, c_pred: np.ndarray, c_true: np.ndarray, spend_usd: float) -> float:
+    """The smallest fixed λ whose per-query routing of the (training) rows spends ≤ `spend_usd`.
+
+    RouteLLM-style threshold calibration: the spend is measured with the rows' true costs.
+    """
+    rows = np.arange(len(q_pred))
+
+    def spend(lam: float) -> float:
+        return float(c_true[rows, route_argmax(q_pred, c_pred, lam)].sum())
+
+    if spend(0.0) <= spend_usd:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    for _ in range(200):  # bracket: spend falls as λ grows, to the cheapest predictions
+        if spend(hi) <= spend_usd:
+            break
+        lo, hi = hi, hi * 4.0
+    else:
+        return hi
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if spend(mid) > spend_usd else (lo, mid)
+    return hi
+
+
+def fixed_lambda_run(
+    q_pred: np.ndarray, c_pred: np.ndarray, test: RoutingDataset, lam: float, budget_usd: float,
+    budget_fraction: float, predictor: str = "",
+) -> BudgetRun:
+    """Per-query routing of the test rows with one fixed λ, measured on the truths."""
+    choice = route_argmax(q_pred, c_pred, lam)
+    spent, acc = _outcome(choice, test.quality, test.cost)
+    return BudgetRun(predictor, "fixed-lambda", budget_fraction, budget_usd, spent, acc, choice)

@@ -6,15 +6,18 @@ import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .budget import Budget, BudgetExceeded, LedgerStore, MemoryStore, ScopeState, UnknownScope, scope_chain
+from .budget import Budget, BudgetExceeded, LedgerStore, ScopeState, UnknownScope, scope_chain
 from .candidates import Candidate, validate_candidates
 from .length import LengthPrior
 from .pacing import DualPacer
 from .quality.base import QualityPredictor
+from .solver import BatchRouting, budget_curve, capacity_counts, solve
+from .stores import open_store
 from .tokens import count_message_tokens, count_tokens
 
 __all__ = ["Router", "Decision", "RoutingError", "NoFeasibleCandidate", "Estimate", "DEFAULT_SCOPE"]
@@ -93,7 +96,7 @@ class Router:
         quality: QualityPredictor | None = None,
         lengths: Any = None,
         embedder: Any = None,
-        store: LedgerStore | None = None,
+        store: LedgerStore | str | None = None,
         default_budget: Budget | None = None,
         pacer: DualPacer | None = None,
         cost_weight: float = 0.0,
@@ -105,7 +108,7 @@ class Router:
         self.quality = quality
         self.lengths = lengths if lengths is not None else LengthPrior()
         self.embedder = embedder
-        self.store = store if store is not None else MemoryStore()
+        self.store = open_store(store)
         self.default_budget = default_budget
         self.pacer = pacer if pacer is not None else DualPacer()
         if cost_weight < 0:
@@ -120,6 +123,10 @@ class Router:
 
     # ----------------------------------------------------------------- candidates
     def _set_candidates(self, candidates: Sequence[Candidate]) -> None:
+        if not hasattr(self, "_models_lock"):  # first call, from __init__: nothing runs concurrently yet
+            # Guards the predictors' columns together with the column map below (re-entrant:
+            # add_candidate holds it while it calls back here).
+            self._models_lock = threading.RLock()
         cands = validate_candidates(candidates)
         known_q = list(getattr(self.quality, "models_", []) or [])
         for c in cands:
@@ -164,13 +171,13 @@ class Router:
 
     def remaining(self, scope: str | None) -> float | None:
         """Money left in the tightest budget enclosing `scope`, or None when none applies."""
-        states = [s for s in (self.store.state(c) for c in scope_chain(scope or DEFAULT_SCOPE)) if s]
+        states = [s for s in self.store.states(scope_chain(scope or DEFAULT_SCOPE)) if s]
         return min((s.remaining for s in states), default=None)
 
     def _scope_states(self, session: str | None) -> list[ScopeState]:
         scope = session if session is not None else DEFAULT_SCOPE
         chain = scope_chain(scope)
-        states = [self.store.state(s) for s in chain]
+        states = self.store.states(chain)
         if states[-1] is None and self.default_budget is not None:
             self.store.set_budget(scope, self.default_budget)
             states[-1] = self.store.state(scope)
@@ -180,22 +187,29 @@ class Router:
 
     # ----------------------------------------------------------------- estimation
     def _features(self, texts: Sequence[str]) -> np.ndarray:
-        needs = getattr(self.quality, "needs_embedding", True) or getattr(self.lengths, "needs_embedding", True)
+        """The prompts' embeddings, computed once per request and shared by both predictors."""
+        needs = any(getattr(p, "needs_embedding", True) for p in (self.quality, self.lengths) if p is not None)
         if self.embedder is None or not needs:
             return np.empty((len(texts), 0))
         return np.asarray(self.embedder.transform(list(texts)), dtype=np.float64)
 
     def _predict(self, X: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        q = np.tile(self._priors, (n, 1))
-        if self.quality is not None and (self._q_cols >= 0).any():
-            pred = self.quality.predict(X)
-            has = self._q_cols >= 0
-            q[:, has] = pred[:, self._q_cols[has]]
-        lengths = np.full((n, len(self._candidates)), float(getattr(self.lengths, "default", 256.0)))
-        if (self._l_cols >= 0).any():
-            pred_l = self.lengths.predict(X)
+        # Adding or removing a candidate changes predictor columns and the router's column map
+        # together: a prediction must see both before or both after.
+        with self._models_lock:
+            q = np.tile(self._priors, (n, 1))
+            if self.quality is not None and (self._q_cols >= 0).any():
+                pred = self.quality.predict(X)
+                has = self._q_cols >= 0
+                q[:, has] = pred[:, self._q_cols[has]]
+            lengths = np.full((n, len(self._candidates)), float(getattr(self.lengths, "default", 256.0)))
             has = self._l_cols >= 0
-            lengths[:, has] = pred_l[:, self._l_cols[has]]
+            if has.any():
+                pred_l = self.lengths.predict(X)
+                lengths[:, has] = pred_l[:, self._l_cols[has]]
+                # A candidate without length data (added without profile answers) is expected
+                # to answer like the others do for this prompt.
+                lengths[:, ~has] = lengths[:, has].mean(axis=1, keepdims=True)
         return q, lengths
 
     def estimate(self, prompts: Sequence[str], input_tokens: np.ndarray | None = None) -> Estimate:
@@ -296,7 +310,7 @@ class Router:
                 self.store.reserve(rid, base.scopes, worst[name], self.reservation_ttl_s)
             except BudgetExceeded as e:  # another request took the money since our snapshot
                 last = e
-                states = [self.store.state(s) or st for s, st in zip(base.scopes, states)]
+                states = [s or st for s, st in zip(self.store.states(base.scopes), states)]
                 continue
             return replace(base, id=rid, chosen=name, reserved=worst[name])
         left = min(s.remaining for s in states)
@@ -314,7 +328,7 @@ class Router:
         order = [n for n in decision.ranking if n not in failed]
         if decision.attempt >= self.max_fallbacks or not order:
             return None
-        states = [s for s in (self.store.state(sc) for sc in decision.scopes) if s]
+        states = [s for s in self.store.states(decision.scopes) if s]
         worst = {
             n: self.candidate(n).worst_case_cost(decision.input_tokens[n], decision.max_tokens) for n in order
         }
@@ -350,7 +364,7 @@ class Router:
             raise ValueError(f"cost must be finite and >= 0, got {cost}")
         if not decision.scopes:
             return cost
-        before = {s: self.store.state(s) for s in decision.scopes}
+        before = dict(zip(decision.scopes, self.store.states(decision.scopes)))
         if self.store.commit(decision.id, cost, model=decision.chosen):
             for scope, state in before.items():
                 if state is not None:
@@ -363,6 +377,128 @@ class Router:
         """Return a decision's reservation unspent (a failed or cancelled call)."""
         if decision.scopes:
             self.store.release(decision.id)
+
+    # ----------------------------------------------------------------- batches
+    def route_batch(
+        self,
+        prompts: Sequence[str],
+        *,
+        budget: float | None = None,
+        quality_target: float | None = None,
+        capacities: Mapping[str, float | int] | None = None,
+        input_tokens: np.ndarray | None = None,
+    ) -> BatchRouting:
+        """Route many prompts together: best total predicted quality within `budget` USD, or the
+        least predicted cost with mean predicted quality ≥ `quality_target` (exactly one of them).
+
+        `capacities` caps a candidate's prompts by share (float in [0, 1]) or count (int). No
+        ledger is touched: the plan is for callers that run the calls themselves.
+        """
+        est = self.estimate(prompts, input_tokens)
+        windows = np.array([c.context_window for c in self._candidates])
+        solution = solve(
+            est.quality, est.cost, budget=budget, quality_target=quality_target,
+            capacity=capacity_counts(capacities, est.candidates, len(est.cost)),
+            feasible=est.input_tokens < windows,
+        )
+        return BatchRouting([est.candidates[j] for j in solution.choice], solution, est)
+
+    def warm_start(self, prompts: Sequence[str]) -> DualPacer:
+        """Start every scope's λ where the batch solution on `prompts` (e.g. the training split)
+        would put it for that scope's per-request share; returns the warm-started pacer."""
+        if not prompts:
+            raise ValueError("warm_start needs at least one prompt")
+        est = self.estimate(prompts)
+        spend, lambdas = budget_curve(est.quality, est.cost)
+        self.pacer = self.pacer.warm(spend / len(prompts), lambdas)
+        return self.pacer
+
+    # ----------------------------------------------------------------- models, learning, saving
+    def add_candidate(
+        self,
+        candidate: Candidate,
+        profile_prompts: Sequence[str],
+        profile_quality: Sequence[float] | np.ndarray,
+        *,
+        profile_output_tokens: Sequence[float] | np.ndarray | None = None,
+    ) -> None:
+        """Add a model known only by its results on a small profile set (UniRoute), without refitting.
+
+        The profile prompts are embedded with the fitted embedder and handed to the quality
+        predictor (and, with `profile_output_tokens`, to the length predictor); without them the
+        new model is expected to answer as long as the others.
+        """
+        if not isinstance(candidate, Candidate):
+            raise TypeError(f"candidate must be a Candidate, got {type(candidate).__name__}")
+        if candidate.name in self._index:
+            raise ValueError(f"candidate {candidate.name!r} is already routed; remove it first")
+        if not callable(getattr(self.quality, "add_model", None)):
+            raise TypeError(f"the quality predictor {type(self.quality).__name__} cannot take in new models")
+        if profile_output_tokens is not None and not callable(getattr(self.lengths, "add_model", None)):
+            raise TypeError(f"the length predictor {type(self.lengths).__name__} cannot take in new models")
+        prompts = [_check_text(p, i) for i, p in enumerate(profile_prompts)]
+        if not prompts:
+            raise ValueError("add_candidate needs at least one profile prompt")
+        X = self._features(prompts)
+        with self._models_lock:
+            self.quality.add_model(candidate.name, X, np.asarray(profile_quality, dtype=np.float64))
+            try:
+                if profile_output_tokens is not None:
+                    self.lengths.add_model(candidate.name, X, np.asarray(profile_output_tokens, dtype=np.float64))
+                self._set_candidates([*self._candidates, candidate])
+            except Exception:
+                for predictor in (self.quality, self.lengths):
+                    if candidate.name in getattr(predictor, "models_", ()):
+                        predictor.remove_model(candidate.name)
+                raise
+
+    def remove_candidate(self, name: str) -> None:
+        """Stop routing to `name` at once, and drop it from the predictors that can forget models."""
+        with self._models_lock:
+            self.candidate(name)
+            remaining = [c for c in self._candidates if c.name != name]
+            if not remaining:
+                raise ValueError(f"cannot remove {name!r}: it is the only candidate")
+            for predictor in (self.quality, self.lengths):
+                if name in getattr(predictor, "models_", ()) and callable(getattr(predictor, "remove_model", None)):
+                    predictor.remove_model(name)
+            self._set_candidates(remaining)
+
+    def feedback(self, decision: Decision, quality: float) -> None:
+        """Teach the quality predictor how the chosen model did on this request (online learning)."""
+        if not isinstance(decision, Decision):
+            raise TypeError(f"decision must be a Decision, got {type(decision).__name__}")
+        quality = float(quality)
+        if not 0.0 <= quality <= 1.0:
+            raise ValueError(f"quality must be in [0, 1], got {quality}")
+        if not callable(getattr(self.quality, "observe", None)):
+            raise TypeError(f"the quality predictor {type(self.quality).__name__} does not learn online")
+        if not decision.text:
+            raise ValueError("the decision carries no prompt text to learn from")
+        X = self._features([decision.text])
+        with self._models_lock:
+            self.quality.observe(X, decision.chosen, np.array([quality]))
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the fitted router (candidates, settings, predictors) as JSON + .npz; returns the manifest path.
+
+        Budgets and ledgers are not saved, nor the candidates' framework models.
+        """
+        from .persist import save_router
+
+        with self._models_lock:
+            return save_router(self, directory)
+
+    @classmethod
+    def load(cls, directory: str | Path, *, models: Mapping[str, Any] | None = None, **kwargs: Any) -> Router:
+        """A router saved by `save`; `models` = {candidate name: framework model} to reattach.
+
+        Other keywords (`embedder=`, `store=`, ...) override what was saved. Raises
+        persist.PersistError when the directory is missing, truncated, tampered with or foreign.
+        """
+        from .persist import load_router
+
+        return load_router(directory, models=models, **kwargs)
 
 
 def _check_text(p: Any, i: int) -> str:

@@ -34,7 +34,7 @@ def test_settings_of_a_given_router_must_agree():
 
 def test_a_router_fitted_on_routerbench_routes_to_models_given_separately(routerbench):
     train = routerbench.subset("train")
-    router = fit_router(train)  # candidates priced from the dataset, without chat models
+    router = fit_router(train, "prior")  # candidates priced from the dataset, without chat models
     models = [c.model_copy(update={"model": FakeToolChatModel(model_name=c.name)}) for c in router.candidates]
     chat = ChatOmniRoute(router=router, candidates=models)
 

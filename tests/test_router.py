@@ -24,22 +24,23 @@ def _cands(**kw):
 def replay_setup(routerbench):
     train, test = routerbench.subset("train"), routerbench.subset("test")
     ref = test.models.index("gpt-4-1106-preview")
-    return train, test, float(np.nansum(test.cost[:, ref]))
+    router = fit_router(train, candidates=train.candidates(max_output_tokens=1024))
+    return router, test, float(np.nansum(test.cost[:, ref]))
 
 
 @pytest.mark.parametrize("fraction", [0.10, 0.25])
 def test_session_budget_holds_and_is_used_on_the_real_test_split(replay_setup, fraction):
     """Issue 2: replaying the test split at a fraction of all-GPT-4 cost stays within budget."""
-    train, test, gpt4_cost = replay_setup
-    router = fit_router(train, candidates=train.candidates(max_output_tokens=1024))
+    router, test, gpt4_cost = replay_setup
     budget = fraction * gpt4_cost
-    router.set_budget("replay", Budget(usd=budget, horizon=len(test)))
+    scope = f"replay-{fraction}"
+    router.set_budget(scope, Budget(usd=budget, horizon=len(test)))
     spent = []
     for i, prompt in enumerate(test.prompts):
-        decision = router.decide(prompt, "replay")
+        decision = router.decide(prompt, scope)
         actual = float(test.cost[i, test.models.index(decision.chosen)])
         spent.append(router.settle(decision, cost=actual))
-    state = router.budget_state("replay")
+    state = router.budget_state(scope)
     assert state.committed <= budget
     assert state.committed >= 0.9 * budget
     assert state.reserved == 0 and router.store.open_reservations() == 0

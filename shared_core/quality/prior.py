@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from .base import check_targets
+from .base import check_fitted, check_labels, check_profile, check_targets, model_index
 
 __all__ = ["PriorQuality"]
 
@@ -22,11 +23,65 @@ class PriorQuality:
     def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> "PriorQuality":
         """Learn each model's mean quality; a model with no labels gets `default`."""
         _, Y, self.models_ = check_targets(X, Y, models)
-        counts = (~np.isnan(Y)).sum(axis=0)
-        sums = np.nansum(Y, axis=0)
-        self.mean_ = np.where(counts > 0, sums / np.maximum(counts, 1), self.default)
+        self.counts_ = (~np.isnan(Y)).sum(axis=0).astype(np.float64)
+        self.sums_ = np.nansum(Y, axis=0)
+        self._update_mean()
         return self
+
+    def _update_mean(self) -> None:
+        self.mean_ = np.where(self.counts_ > 0, self.sums_ / np.maximum(self.counts_, 1), self.default)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """The means, repeated for each row of X."""
+        check_fitted(self)
         return np.broadcast_to(self.mean_, (len(X), len(self.mean_))).copy()
+
+    def add_model(self, name: str, X_profile: np.ndarray, y_profile: np.ndarray) -> None:
+        """A new model's mean over its profile labels."""
+        check_fitted(self)
+        y = np.asarray(y_profile, dtype=np.float64).reshape(-1)
+        _, y = check_profile(np.empty((len(y), 0)), y, 0, name=name, known=self.models_)
+        self.sums_ = np.append(self.sums_, np.nansum(y))
+        self.counts_ = np.append(self.counts_, float((~np.isnan(y)).sum()))
+        self.models_ = [*self.models_, name]
+        self._update_mean()
+
+    def remove_model(self, name: str) -> None:
+        """Drop a model."""
+        check_fitted(self)
+        j = model_index(self.models_, name)
+        self.sums_, self.counts_ = np.delete(self.sums_, j), np.delete(self.counts_, j)
+        self.models_ = [m for m in self.models_ if m != name]
+        self._update_mean()
+
+    def observe(self, X: np.ndarray, model: str, y: np.ndarray) -> None:
+        """Fold observed outcomes of `model` into its mean."""
+        check_fitted(self)
+        j = model_index(self.models_, model)
+        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        _, y = check_labels(np.empty((len(y), 0)), y, 0, name=model)
+        sums, counts = self.sums_.copy(), self.counts_.copy()
+        sums[j] += np.nansum(y)
+        counts[j] += (~np.isnan(y)).sum()
+        self.sums_, self.counts_ = sums, counts
+        self._update_mean()
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Parameters and model names, plus label sums and counts."""
+        check_fitted(self)
+        params = {"default": float(self.default), "models": list(self.models_)}
+        return params, {"sums": self.sums_, "counts": self.counts_}
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "PriorQuality":
+        """Rebuild a fitted predictor from get_state() output (ValueError when inconsistent)."""
+        self = cls(default=params["default"])
+        self.models_ = [str(m) for m in params["models"]]
+        self.sums_, self.counts_ = np.asarray(arrays["sums"], float), np.asarray(arrays["counts"], float)
+        m = len(self.models_)
+        if self.sums_.shape != (m,) or self.counts_.shape != (m,) or (self.counts_ < 0).any():
+            raise ValueError(f"prior sums/counts {self.sums_.shape}/{self.counts_.shape} do not fit {m} models")
+        if ((self.sums_ < 0) | (self.sums_ > self.counts_)).any():
+            raise ValueError("prior label sums must lie between 0 and the label counts")
+        self._update_mean()
+        return self

@@ -1,0 +1,57 @@
+"""`omniroute fit DATA --out DIR`: fit a router on a routing dataset and save it (JSON + .npz)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..data import load_dataset
+from ..fitting import DEFAULT_PREDICTOR, PREDICTORS, fit_prices, fit_router
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit", help="fit a router on a routing dataset and save it",
+        description=(
+            "Fit the embedder, a quality predictor and the output-length predictor on the rows of DATA "
+            "with split == --split, and save the router to --out as router.json + arrays.npz (no pickle; "
+            "load it with Router.load(DIR)). Candidates are priced from the dataset's price table (or "
+            "--prices); a dataset with per-query costs but no prices gets prices learned from its costs."
+        ),
+    )
+    p.add_argument("data", help="routing dataset (.parquet, .pkl, .csv, .jsonl)")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write the fitted router to")
+    p.add_argument("--predictor", default=DEFAULT_PREDICTOR, choices=sorted(PREDICTORS),
+                   help=f"quality predictor (default: {DEFAULT_PREDICTOR})")
+    p.add_argument("--prices", help="JSON price table (USD per 1M input/output tokens)")
+    p.add_argument("--split", default="train", help="rows to fit on: the value of the split column (default: train)")
+    p.add_argument("--split-column", default="split", help="column holding the split (default: split)")
+    p.add_argument("--max-output-tokens", type=int, default=1024,
+                   help="candidates' output limit, the worst case a request reserves (default: 1024)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    data = load_dataset(args.data, args.prices, split_column=args.split_column).subset(args.split)
+    print(f"{Path(args.data).name}: {len(data)} prompts (split {args.split!r}) × {len(data.models)} models")
+    if data.prices:
+        candidates = data.candidates(max_output_tokens=args.max_output_tokens)
+    else:
+        cost_fit = fit_prices(data)
+        candidates = cost_fit.candidates(max_output_tokens=args.max_output_tokens)
+        note = "" if cost_fit.assumed_output_tokens is None else (
+            f" (no responses: output price per {cost_fit.assumed_output_tokens:g} assumed output tokens)")
+        print(f"no price table: prices learned from the recorded costs{note}")
+        print(f"  {'model':<36} {'in $/M':>9} {'out $/M':>9} {'R²':>7} {'median err':>11}")
+        for m, (p_in, p_out) in cost_fit.prices.items():
+            print(f"  {m:<36} {p_in:>9.4g} {p_out:>9.4g} {cost_fit.r2[m]:>7.3f} "
+                  f"{cost_fit.median_relative_error[m]:>11.2%}")
+    start = time.perf_counter()
+    router = fit_router(data, args.predictor, candidates=candidates, show_progress=not args.no_progress)
+    seconds = time.perf_counter() - start
+    manifest = router.save(args.out)
+    print(f"fitted {args.predictor} in {seconds:.1f} s; saved to {manifest.parent} "
+          f"({manifest.name} + arrays.npz); load with Router.load({str(manifest.parent)!r})")
+    return 0

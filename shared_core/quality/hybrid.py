@@ -1,0 +1,96 @@
+"""OmniRouter's hybrid predictor: q = γ·q_parametric + (1 − γ)·q_knn."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .base import check_fitted, check_targets
+from .knn import KNNQuality
+from .parametric import LogisticQuality
+
+__all__ = ["HybridQuality"]
+
+
+class HybridQuality:
+    """A γ-blend of per-model logistic regressions and the k-NN retrieval estimate.
+
+    The regression generalises across the embedding space; retrieval follows local structure
+    and learns online. Unseen models and feedback reach both halves (feedback: k-NN only).
+    """
+
+    needs_embedding = True
+
+    def __init__(self, gamma: float = 0.5, k: int = 200, C: float = 0.3, shrinkage: float = 0.0) -> None:
+        self.gamma = gamma
+        self.k = k
+        self.C = C
+        self.shrinkage = shrinkage
+
+    def _check_params(self) -> None:
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+
+    def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> "HybridQuality":
+        """Fit both halves on the same data."""
+        self._check_params()
+        X, Y, models = check_targets(X, Y, models)
+        self.parametric_ = LogisticQuality(C=self.C).fit(X, Y, models)
+        self.knn_ = KNNQuality(k=self.k, shrinkage=self.shrinkage).fit(X, Y, models)
+        self.models_ = list(models)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predicted quality, shape (len(X), len(models_))."""
+        check_fitted(self)
+        return self.gamma * self.parametric_.predict(X) + (1.0 - self.gamma) * self.knn_.predict(X)
+
+    def add_model(self, name: str, X_profile: np.ndarray, y_profile: np.ndarray) -> None:
+        """Add a model to both halves from its profile."""
+        check_fitted(self)
+        self.parametric_.add_model(name, X_profile, y_profile)
+        try:
+            self.knn_.add_model(name, X_profile, y_profile)
+        except Exception:
+            self.parametric_.remove_model(name)
+            raise
+        self.models_ = [*self.models_, name]
+
+    def remove_model(self, name: str) -> None:
+        """Drop a model from both halves."""
+        check_fitted(self)
+        self.knn_.remove_model(name)
+        self.parametric_.remove_model(name)
+        self.models_ = [m for m in self.models_ if m != name]
+
+    def observe(self, X: np.ndarray, model: str, y: np.ndarray) -> None:
+        """Remember observed outcomes in the k-NN memory (the regressions stay as fitted)."""
+        check_fitted(self)
+        self.knn_.observe(X, model, y)
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Parameters, plus both halves' states under prefixed keys."""
+        check_fitted(self)
+        p_params, p_arrays = self.parametric_.get_state()
+        k_params, k_arrays = self.knn_.get_state()
+        params = {"gamma": float(self.gamma), "parametric": p_params, "knn": k_params}
+        arrays = {**{f"parametric.{k}": v for k, v in p_arrays.items()}, **{f"knn.{k}": v for k, v in k_arrays.items()}}
+        return params, arrays
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "HybridQuality":
+        """Rebuild a fitted predictor from get_state() output (ValueError when inconsistent)."""
+        parametric = LogisticQuality.from_state(params["parametric"], _prefixed(arrays, "parametric."))
+        knn = KNNQuality.from_state(params["knn"], _prefixed(arrays, "knn."))
+        if parametric.models_ != knn.models_:
+            raise ValueError("the hybrid's parametric and k-NN halves name different models")
+        self = cls(gamma=params["gamma"], k=knn.k, C=parametric.C, shrinkage=knn.shrinkage)
+        self._check_params()
+        self.parametric_, self.knn_, self.models_ = parametric, knn, list(knn.models_)
+        return self
+
+
+def _prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}

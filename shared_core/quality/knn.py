@@ -1,0 +1,94 @@
+"""Retrieval estimate of quality: the mean label of the k most similar remembered prompts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .base import check_fitted, check_labels, check_profile, check_rows, check_targets, model_index
+from .memory import LabelMemory
+
+__all__ = ["KNNQuality"]
+
+
+class KNNQuality:
+    """Per model, the mean quality of the k nearest (cosine) training prompts labelled for it.
+
+    `shrinkage` adds that many pseudo-labels at the model's overall mean, which steadies models
+    with few labels. New models (profile rows) and feedback join the memory without a refit.
+    """
+
+    needs_embedding = True
+
+    def __init__(self, k: int = 200, shrinkage: float = 0.0) -> None:
+        self.k = k
+        self.shrinkage = shrinkage
+
+    def _check_params(self) -> None:
+        if not isinstance(self.k, (int, np.integer)) or self.k < 1:
+            raise ValueError(f"k must be a positive int, got {self.k!r}")
+        if not self.shrinkage >= 0:
+            raise ValueError(f"shrinkage must be >= 0, got {self.shrinkage}")
+
+    def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> "KNNQuality":
+        """Remember the training embeddings and their qualities (NaN labels are never counted)."""
+        self._check_params()
+        X, Y, self.models_ = check_targets(X, Y, models)
+        self.memory_ = LabelMemory(X, Y)
+        self._update_means()
+        return self
+
+    def _update_means(self) -> None:
+        Y = self.memory_.Y
+        counts = (~np.isnan(Y)).sum(axis=0)
+        self.mean_ = np.where(counts > 0, np.nansum(Y, axis=0) / np.maximum(counts, 1), 0.5)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predicted quality, shape (len(X), len(models_))."""
+        check_fitted(self)
+        X = check_rows(X, self.memory_.X.shape[1])
+        return self.memory_.neighbour_means(X, int(self.k), self.mean_, self.shrinkage)
+
+    def add_model(self, name: str, X_profile: np.ndarray, y_profile: np.ndarray) -> None:
+        """Remember a new model's profile prompts, labelled for it alone."""
+        check_fitted(self)
+        X, y = check_profile(X_profile, y_profile, self.memory_.X.shape[1], name=name, known=self.models_)
+        self.memory_.add_column(X, y)
+        self.models_ = [*self.models_, name]
+        self._update_means()
+
+    def remove_model(self, name: str) -> None:
+        """Forget a model and every remembered prompt only it was labelled on."""
+        check_fitted(self)
+        j = model_index(self.models_, name)
+        self.memory_.drop_column(j)
+        self.models_ = [m for m in self.models_ if m != name]
+        self._update_means()
+
+    def observe(self, X: np.ndarray, model: str, y: np.ndarray) -> None:
+        """Remember prompts answered by `model` with qualities y (one new memory row each)."""
+        check_fitted(self)
+        j = model_index(self.models_, model)
+        X, y = check_labels(X, y, self.memory_.X.shape[1], name=model)
+        Y = np.full((len(X), len(self.models_)), np.nan)
+        Y[:, j] = y
+        self.memory_.append(X, Y)
+        self._update_means()
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Parameters and model names, plus the remembered embeddings and labels."""
+        check_fitted(self)
+        return ({"k": int(self.k), "shrinkage": float(self.shrinkage), "models": list(self.models_)},
+                {"X": self.memory_.X, "Y": self.memory_.Y})
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "KNNQuality":
+        """Rebuild a fitted predictor from get_state() output (ValueError when inconsistent)."""
+        self = cls(k=params["k"], shrinkage=params["shrinkage"])
+        self._check_params()
+        X, Y, self.models_ = check_targets(arrays["X"], arrays["Y"], params["models"])
+        self.memory_ = LabelMemory.restore(X, Y)
+        self._update_means()
+        return self

@@ -1,0 +1,125 @@
+"""UniRoute's LearnedMap: a soft cluster assignment p(k | x) learned from training models' labels.
+
+q(x, h) = Σₖ p(k | x) Ψ[k, h], with p(k | x) = softmax(x·W + b). W is learned so that the
+training models' labels are predicted well (cross-entropy); Ψ[k, h] is model h's quality in
+cluster k, tallied with the soft weights and smoothed toward h's mean. A new model only needs
+its Ψ column, tallied on its profile with the learned map: no retraining.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .base import check_fitted, check_rows, check_targets
+from .cluster import ClusterQuality
+
+__all__ = ["LearnedMapQuality"]
+
+_EPS = 1e-6
+
+
+class LearnedMapQuality(ClusterQuality):
+    """K-means clusters, then a learned softmax map from embedding to cluster weights."""
+
+    def __init__(
+        self,
+        n_clusters: int = 16,
+        smoothing: float = 10.0,
+        l2: float = 1e-5,
+        temperature: float = 0.05,
+        rounds: int = 1,
+        max_iter: int = 200,
+        random_state: int = 0,
+    ) -> None:
+        super().__init__(n_clusters=n_clusters, smoothing=smoothing, random_state=random_state)
+        self.l2 = l2
+        self.temperature = temperature
+        self.rounds = rounds
+        self.max_iter = max_iter
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if not self.l2 >= 0 or not self.temperature > 0:
+            raise ValueError(f"l2 must be >= 0 and temperature > 0, got {self.l2}, {self.temperature}")
+        if not isinstance(self.rounds, (int, np.integer)) or self.rounds < 1:
+            raise ValueError(f"rounds must be a positive int, got {self.rounds!r}")
+
+    def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> "LearnedMapQuality":
+        """K-means, then alternate: learn the map for fixed Ψ, re-tally Ψ with the map."""
+        X, Y, models = check_targets(X, Y, models)
+        super().fit(X, Y, models)
+        for _ in range(int(self.rounds)):
+            self._learn_map(X, Y)
+            self._tally(X, Y)
+        return self
+
+    def _init_assignment(self) -> None:
+        # Start from the hard assignment: a softmax over x·c/τ − ‖c‖²/2τ ≈ the nearest centre.
+        self.W_ = self.centers_.T / self.temperature
+        self.b_ = -0.5 * (self.centers_ ** 2).sum(axis=1) / self.temperature
+
+    def assign(self, X: np.ndarray) -> np.ndarray:
+        """Soft cluster weights p(k | x), shape (len(X), n_clusters)."""
+        check_fitted(self)
+        X = check_rows(X, self.W_.shape[0])
+        Z = X @ self.W_ + self.b_
+        Z -= Z.max(axis=1, keepdims=True)
+        P = np.exp(Z)
+        return P / P.sum(axis=1, keepdims=True)
+
+    def _learn_map(self, X: np.ndarray, Y: np.ndarray) -> None:
+        from scipy.optimize import minimize
+
+        labelled = ~np.isnan(Y)
+        Y0 = np.where(labelled, Y, 0.0)
+        n_labels = max(1, int(labelled.sum()))
+        Psi = np.clip(self.quality_, _EPS, 1 - _EPS)
+        d, K = self.W_.shape
+
+        def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            W, b = theta[: d * K].reshape(d, K), theta[d * K:]
+            Z = X @ W + b
+            Z -= Z.max(axis=1, keepdims=True)
+            P = np.exp(Z)
+            P /= P.sum(axis=1, keepdims=True)
+            q = np.clip(P @ Psi, _EPS, 1 - _EPS)
+            nll = -np.where(labelled, Y0 * np.log(q) + (1 - Y0) * np.log(1 - q), 0.0).sum() / n_labels
+            G = np.where(labelled, (q - Y0) / (q * (1 - q)), 0.0) / n_labels
+            dP = G @ Psi.T
+            dZ = P * (dP - (P * dP).sum(axis=1, keepdims=True))
+            value = nll + 0.5 * self.l2 * float((W ** 2).sum())
+            grad = np.concatenate([(X.T @ dZ + self.l2 * W).ravel(), dZ.sum(axis=0)])
+            return value, grad
+
+        theta0 = np.concatenate([self.W_.ravel(), self.b_])
+        res = minimize(loss, theta0, jac=True, method="L-BFGS-B", options={"maxiter": int(self.max_iter)})
+        self.W_, self.b_ = res.x[: d * K].reshape(d, K), res.x[d * K:]
+
+    def _params(self) -> dict[str, Any]:
+        return {**super()._params(), "l2": float(self.l2), "temperature": float(self.temperature),
+                "rounds": int(self.rounds), "max_iter": int(self.max_iter)}
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The cluster state plus the map's weights W and biases b."""
+        params, arrays = super().get_state()
+        return params, {**arrays, "W": self.W_, "b": self.b_}
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "LearnedMapQuality":
+        """Rebuild a fitted predictor from get_state() output (ValueError when inconsistent)."""
+        self = cls(n_clusters=params["n_clusters"], smoothing=params["smoothing"], l2=params["l2"],
+                   temperature=params["temperature"], rounds=params["rounds"], max_iter=params["max_iter"],
+                   random_state=params["random_state"])
+        self._check_params()
+        W, b = np.asarray(arrays["W"], float), np.asarray(arrays["b"], float)
+        centers = np.asarray(arrays["centers"], float)
+        if W.shape != (centers.shape[1], len(centers)) or b.shape != (len(centers),):
+            raise ValueError(f"map weights {W.shape}/{b.shape} do not fit {centers.shape} centres")
+        self.W_, self.b_ = W, b
+        base = ClusterQuality.from_state(params, arrays)
+        self.models_, self.centers_, self.sums_, self.counts_ = base.models_, base.centers_, base.sums_, base.counts_
+        self._update_table()
+        return self

@@ -1,0 +1,134 @@
+"""Embedders: the offline TF-IDF default, pretrained functions, LangChain and LlamaIndex adapters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from langchain_core.embeddings import DeterministicFakeEmbedding
+from llama_index.core.embeddings import MockEmbedding
+
+from omniroute_lc.embeddings import LangChainEmbedder
+from omniroute_li.embeddings import LlamaIndexEmbedder
+from shared_core.embed import Embedder, FunctionEmbedder, TfidfSvdEmbedder, tail_text
+from shared_core.fitting import fit_router
+
+
+@pytest.fixture(scope="session")
+def small(routerbench):
+    train = routerbench.subset("train")
+    rows = np.zeros(len(train), dtype=bool)
+    rows[np.random.default_rng(1).choice(len(train), 300, replace=False)] = True
+    return train.subset(rows)
+
+
+@pytest.fixture(scope="session")
+def tfidf(small):
+    return TfidfSvdEmbedder(dim=48).fit(small.prompts)
+
+
+def test_tfidf_embeddings_are_unit_vectors_of_the_chosen_size(tfidf, small):
+    X = tfidf.transform(small.prompts[:20] + ["a prompt with words the training set never saw: zyxwvut"])
+    assert X.shape == (21, 48)
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-6)
+    assert isinstance(tfidf, Embedder)
+
+
+def test_tfidf_fit_is_deterministic(small):
+    a = TfidfSvdEmbedder(dim=16).fit(small.prompts).transform(small.prompts[:10])
+    b = TfidfSvdEmbedder(dim=16).fit(small.prompts).transform(small.prompts[:10])
+    np.testing.assert_array_equal(a, b)
+
+
+def test_similar_prompts_are_closer_than_prompts_of_other_tasks(tfidf, small):
+    X = tfidf.transform(small.prompts)
+    tasks = np.asarray(small.task)
+    S = X @ X.T
+    np.fill_diagonal(S, np.nan)
+    same = np.nanmean(np.where(tasks[:, None] == tasks[None, :], S, np.nan))
+    other = np.nanmean(np.where(tasks[:, None] != tasks[None, :], S, np.nan))
+    assert same > other + 0.3
+
+
+def test_weighting_the_tail_separates_few_shot_prompts_sharing_their_examples(small):
+    """Winogrande prompts share five worked examples; only the last question differs."""
+    wino = [p for p, t in zip(small.prompts, small.task) if t == "winogrande"][:40]
+    whole = TfidfSvdEmbedder(dim=32, tail_weight=0.0).fit(small.prompts).transform(wino)
+    tailed = TfidfSvdEmbedder(dim=32, tail_weight=0.5).fit(small.prompts).transform(wino)
+
+    def mean_off_diagonal(X):
+        S = X @ X.T
+        return (S.sum() - np.trace(S)) / (len(S) * (len(S) - 1))
+
+    assert mean_off_diagonal(tailed) < mean_off_diagonal(whole) - 0.05
+
+
+def test_tail_text_keeps_the_last_paragraphs():
+    prompt = "Example one.\nAnswer: A\n\nExample two.\nAnswer: B\n\nThe question we care about?\nAnswer:"
+    assert tail_text(prompt, min_chars=10) == "The question we care about?\nAnswer:"
+    assert tail_text(prompt, min_chars=50).startswith("Example two.")
+    assert tail_text("no paragraphs at all", min_chars=500) == "no paragraphs at all"
+
+
+def test_tfidf_bad_use_is_reported(small):
+    with pytest.raises(RuntimeError, match="not fitted"):
+        TfidfSvdEmbedder().transform(["hello"])
+    with pytest.raises(TypeError, match=r"texts\[1\] must be str"):
+        TfidfSvdEmbedder().fit(["hello", 3])
+    with pytest.raises(ValueError, match="at least 2 texts"):
+        TfidfSvdEmbedder().fit(["only one"])
+    with pytest.raises(ValueError, match="tail_weight"):
+        TfidfSvdEmbedder(tail_weight=1.5).fit(small.prompts)
+    with pytest.raises(TypeError, match="single str"):
+        TfidfSvdEmbedder().fit("a string is not a list of texts")
+
+
+def test_function_embedder_normalises_and_checks_what_it_gets():
+    emb = FunctionEmbedder(lambda texts: [[3.0, 4.0] for _ in texts])
+    np.testing.assert_allclose(emb.fit(["x"]).transform(["a", "b"]), [[0.6, 0.8], [0.6, 0.8]])
+    with pytest.raises(ValueError, match="returned"):
+        FunctionEmbedder(lambda texts: [[1.0, 2.0]]).transform(["a", "b"])
+    with pytest.raises(ValueError, match="returned"):
+        FunctionEmbedder(lambda texts: [[np.nan, 1.0] for _ in texts]).transform(["a"])
+
+
+def test_langchain_embeddings_route_prompts(small):
+    embedder = LangChainEmbedder(DeterministicFakeEmbedding(size=24))
+    X = embedder.transform(small.prompts[:5])
+    assert X.shape == (5, 24)
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0)
+    router = fit_router(small, "knn", embedder=embedder)
+    decision = router.decide(small.prompts[0])
+    assert decision.chosen in small.models
+    with pytest.raises(TypeError, match="Embeddings"):
+        LangChainEmbedder(object())  # type: ignore[arg-type]
+
+
+def test_llamaindex_embeddings_route_prompts(small):
+    embedder = LlamaIndexEmbedder(MockEmbedding(embed_dim=12))
+    X = embedder.transform(small.prompts[:5])
+    assert X.shape == (5, 12)
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0)
+    router = fit_router(small, "cluster", embedder=embedder)
+    assert router.decide(small.prompts[0]).chosen in small.models
+    with pytest.raises(TypeError, match="BaseEmbedding"):
+        LlamaIndexEmbedder(object())  # type: ignore[arg-type]
+
+
+def test_each_request_is_embedded_once(small, tfidf):
+    class Counting:
+        def __init__(self):
+            self.calls = 0
+
+        def fit(self, texts):
+            return self
+
+        def transform(self, texts):
+            self.calls += len(texts)
+            return tfidf.transform(texts)
+
+    counting = Counting()
+    router = fit_router(small, "hybrid", embedder=counting)
+    assert router.lengths.needs_embedding and router.quality.needs_embedding
+    counting.calls = 0
+    router.decide(small.prompts[0])
+    assert counting.calls == 1

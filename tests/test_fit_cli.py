@@ -1,0 +1,84 @@
+"""`omniroute fit DATA --out DIR`: fits, saves a loadable router, shows progress, reports bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shared_core.cli import main
+from shared_core.router import Router
+
+
+@pytest.fixture(scope="session")
+def sample(routerbench_path, tmp_path_factory):
+    """300 RouterBench rows (both splits) as a Parquet file of the user's own."""
+    frame = pd.read_parquet(routerbench_path).sample(300, random_state=0)
+    path = tmp_path_factory.mktemp("data") / "sample.parquet"
+    frame.to_parquet(path)
+    return path, frame
+
+
+def test_fit_saves_a_router_that_loads_and_routes(sample, tmp_path, capsys):
+    path, frame = sample
+    assert main(["fit", str(path), "--out", str(tmp_path / "r"), "--predictor", "cluster"]) == 0
+    captured = capsys.readouterr()
+    n_train = int((frame["split"] == "train").sum())
+    assert f"{n_train} prompts (split 'train')" in captured.out
+    assert "fitting cluster" in captured.err and "3/3" in captured.err
+    router = Router.load(tmp_path / "r")
+    assert type(router.quality).__name__ == "ClusterQuality"
+    assert router.decide(frame["prompt"].iloc[0]).chosen in {c.name for c in router.candidates}
+    assert {c.max_output_tokens for c in router.candidates} == {1024}
+
+
+def test_fit_learns_prices_when_the_dataset_has_none(sample, tmp_path, capsys):
+    path, frame = sample
+    models = [c[: -len("|total_cost")] for c in frame.columns if c.endswith("|total_cost")]
+
+    def rename(column: str) -> str:
+        base = column.split("|")[0]
+        return f"in-house/{column}" if base in models else column
+
+    renamed = tmp_path / "renamed.parquet"
+    frame.rename(columns=rename).to_parquet(renamed)
+    assert main(["fit", str(renamed), "--out", str(tmp_path / "r"), "--predictor", "prior", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "prices learned from the recorded costs" in out
+    router = Router.load(tmp_path / "r")
+    gpt4 = router.candidate("in-house/gpt-4-1106-preview")
+    assert (gpt4.input_price, gpt4.output_price) == pytest.approx((10.0, 30.0))
+
+
+def test_fit_with_a_price_table_and_no_costs(llmrouter_paths, tmp_path):
+    data, prices = llmrouter_paths
+    frame = pd.read_parquet(data).sample(250, random_state=0)
+    small = tmp_path / "llmrouter.parquet"
+    frame.to_parquet(small)
+    assert main(["fit", str(small), "--prices", str(prices), "--out", str(tmp_path / "r"), "--no-progress",
+                 "--split", "train"]) == 0
+    router = Router.load(tmp_path / "r")
+    est = router.estimate(frame["prompt"].iloc[:5].tolist())
+    # The dataset's costs assume 200 output tokens per call: the router learned that length.
+    np.testing.assert_allclose(est.output_tokens, 200.0)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["fit", "missing.parquet", "--out", "x"], "dataset not found"),
+        (["fit", "{data}", "--out", "{out}", "--split", "validation"], "no rows with split"),
+    ],
+)
+def test_fit_reports_bad_input(sample, tmp_path, capsys, argv, message):
+    path, _ = sample
+    argv = [a.format(data=path, out=tmp_path / "r") for a in argv]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_fit_rejects_unknown_predictors(sample, tmp_path, capsys):
+    path, _ = sample
+    with pytest.raises(SystemExit):
+        main(["fit", str(path), "--out", str(tmp_path / "r"), "--predictor", "oracle"])
+    assert "invalid choice: 'oracle'" in capsys.readouterr().err

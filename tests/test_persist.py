@@ -1,0 +1,189 @@
+"""Saving and loading routers: identical predictions after a round trip, clear errors for damaged files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared_core.budget import Budget, MemoryStore
+from shared_core.embed import FunctionEmbedder, TfidfSvdEmbedder
+from shared_core.fitting import PREDICTORS, fit_router
+from shared_core.pacing import DualPacer
+from shared_core.persist import VERSION, PersistError
+from shared_core.router import Router
+
+
+@pytest.fixture(scope="session")
+def small(routerbench):
+    """400 training prompts: enough to fit every predictor in a second."""
+    train = routerbench.subset("train")
+    rows = np.zeros(len(train), dtype=bool)
+    rows[np.random.default_rng(0).choice(len(train), 400, replace=False)] = True
+    return train.subset(rows)
+
+
+@pytest.fixture(scope="session")
+def prompts(routerbench):
+    return routerbench.subset("test").prompts[:60]
+
+
+@pytest.fixture(scope="session")
+def embedder(small):
+    return TfidfSvdEmbedder(dim=32).fit(small.prompts)
+
+
+@pytest.fixture(scope="session")
+def saved(small, embedder, tmp_path_factory):
+    """A saved k-NN router and the estimates it gave before saving."""
+    router = fit_router(small, "knn", embedder=embedder, cost_weight=2.5, max_fallbacks=1,
+                        default_budget=Budget(usd=3.0, horizon=100), pacer=DualPacer(step=0.1))
+    directory = tmp_path_factory.mktemp("router")
+    router.save(directory)
+    return directory, router
+
+
+def assert_same_estimates(a: Router, b: Router, prompts: list[str]) -> None:
+    ea, eb = a.estimate(prompts), b.estimate(prompts)
+    assert ea.candidates == eb.candidates
+    for field in ("quality", "input_tokens", "output_tokens", "cost"):
+        np.testing.assert_array_equal(getattr(ea, field), getattr(eb, field))
+
+
+@pytest.mark.parametrize("name", sorted(PREDICTORS))
+def test_a_saved_router_predicts_exactly_as_before(name, small, embedder, prompts, tmp_path):
+    router = fit_router(small, name, embedder=embedder)
+    router.save(tmp_path)
+    assert_same_estimates(router, Router.load(tmp_path), prompts)
+
+
+def test_the_default_embedder_is_saved_too(small, prompts, tmp_path):
+    router = fit_router(small, "cluster")
+    router.save(tmp_path)
+    loaded = Router.load(tmp_path)
+    np.testing.assert_array_equal(loaded.embedder.transform(prompts), router.embedder.transform(prompts))
+
+
+def test_settings_and_candidates_survive_the_round_trip(saved):
+    directory, router = saved
+    loaded = Router.load(directory)
+    assert loaded.candidates == router.candidates
+    assert (loaded.cost_weight, loaded.max_fallbacks, loaded.default_budget) == (2.5, 1, Budget(usd=3.0, horizon=100))
+    assert loaded.pacer.step == 0.1
+
+
+def test_added_models_and_feedback_are_saved(small, embedder, prompts, tmp_path):
+    router = fit_router(small, "hybrid", embedder=embedder)
+    router.remove_candidate("claude-v2")
+    j = small.models.index("claude-v2")
+    candidate = next(c for c in small.candidates() if c.name == "claude-v2")
+    router.add_candidate(candidate, small.prompts[:100], small.quality[:100, j],
+                         profile_output_tokens=small.output_tokens()[:100, j])
+    router.feedback(router.decide(prompts[0], model="claude-v2"), 0.0)
+    router.save(tmp_path)
+    loaded = Router.load(tmp_path)
+    assert len(loaded.quality.knn_.memory_.X) == len(router.quality.knn_.memory_.X)
+    assert_same_estimates(router, loaded, prompts)
+
+
+def test_the_files_are_json_and_plain_arrays(saved):
+    directory, _ = saved
+    manifest = json.loads((directory / "router.json").read_text())
+    assert manifest["format"] == "omniroute-router" and manifest["version"] == VERSION
+    with np.load(directory / "arrays.npz", allow_pickle=False) as arrays:
+        assert sorted(arrays.files) == sorted(manifest["arrays"])
+        assert all(arrays[k].dtype.kind in "fiub" for k in arrays.files)
+
+
+def test_framework_models_are_reattached_by_name(saved):
+    directory, _ = saved
+    chat_model = object()
+    loaded = Router.load(directory, models={"claude-v2": chat_model}, store=MemoryStore())
+    assert loaded.candidate("claude-v2").model is chat_model
+    assert loaded.candidate("claude-v1").model is None
+    with pytest.raises(ValueError, match="unknown candidates"):
+        Router.load(directory, models={"gpt-5": chat_model})
+
+
+def test_an_external_embedder_must_be_given_again(small, prompts, tmp_path):
+    def embed(texts):
+        return [[len(t), t.count(" ") + 1.0, t.count("\n") + 1.0] for t in texts]
+
+    router = fit_router(small, "knn", embedder=FunctionEmbedder(embed, name="counts"))
+    router.save(tmp_path)
+    with pytest.raises(PersistError, match="pass embedder="):
+        Router.load(tmp_path)
+    assert_same_estimates(router, Router.load(tmp_path, embedder=FunctionEmbedder(embed)), prompts)
+
+
+def rewrite_manifest(directory: Path, change) -> None:
+    """Edit the manifest and re-sign it, as a forger who knows the format would."""
+    manifest = json.loads((directory / "router.json").read_text())
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    change(body)
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    signed = {**body, "manifest_sha256": hashlib.sha256(canonical).hexdigest()}
+    (directory / "router.json").write_text(json.dumps(signed))
+
+
+@pytest.fixture
+def copy_of_saved(saved, tmp_path):
+    directory, _ = saved
+    for name in ("router.json", "arrays.npz"):
+        (tmp_path / name).write_bytes((directory / name).read_bytes())
+    return tmp_path
+
+
+def flip_byte(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: flip_byte(d / "arrays.npz", 1000), "does not match"),
+        (lambda d: (d / "arrays.npz").write_bytes((d / "arrays.npz").read_bytes()[:5000]), "does not match"),
+        (lambda d: (d / "arrays.npz").unlink(), "arrays are missing"),
+        (lambda d: (d / "router.json").write_text((d / "router.json").read_text()[:300]), "not valid JSON"),
+        (lambda d: (d / "router.json").write_text(
+            (d / "router.json").read_text().replace('"claude-v1"', '"claude-v9"', 1)), "modified after it was saved"),
+        (lambda d: (d / "router.json").unlink(), "not a saved router"),
+        (lambda d: rewrite_manifest(d, lambda b: b.update(version=VERSION + 1)), "format version"),
+        (lambda d: rewrite_manifest(d, lambda b: b.update(format="something-else")), "not an omniroute router"),
+        (lambda d: rewrite_manifest(d, lambda b: b["components"]["quality"].update(kind="os.system")),
+         "unknown quality kind"),
+        (lambda d: rewrite_manifest(d, lambda b: b["arrays"]["quality/X"].update(shape=[1, 1])), "the manifest says"),
+        (lambda d: rewrite_manifest(d, lambda b: b["components"]["quality"]["params"].update(k=-3)),
+         "saved quality .* is invalid"),
+        (lambda d: rewrite_manifest(d, lambda b: b["candidates"][0].update(input_price=-1)), "invalid candidates"),
+    ],
+    ids=["flipped-array-byte", "truncated-arrays", "missing-arrays", "truncated-manifest", "edited-manifest",
+         "missing-manifest", "future-version", "foreign-format", "unknown-kind", "wrong-shape", "bad-parameter",
+         "bad-candidate"],
+)
+def test_damaged_or_forged_files_raise_a_clear_error(copy_of_saved, damage, message):
+    damage(copy_of_saved)
+    with pytest.raises(PersistError, match=message):
+        Router.load(copy_of_saved)
+
+
+def test_a_forged_array_file_with_matching_checksums_is_still_checked(copy_of_saved):
+    """Arrays swapped for others of the right names: shapes must still agree with the parameters."""
+    with np.load(copy_of_saved / "arrays.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["quality/Y"] = arrays["quality/Y"][:, :3]
+    np.savez(copy_of_saved / "arrays.npz", **arrays)
+    blob = (copy_of_saved / "arrays.npz").read_bytes()
+
+    def resign(body):
+        body["arrays"]["quality/Y"]["shape"] = list(arrays["quality/Y"].shape)
+        body["arrays_sha256"] = hashlib.sha256(blob).hexdigest()
+
+    rewrite_manifest(copy_of_saved, resign)
+    with pytest.raises(PersistError, match="saved quality"):
+        Router.load(copy_of_saved)
