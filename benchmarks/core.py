@@ -42,7 +42,7 @@ def main() -> None:
     results["count_message_tokens"] = {"messages_per_s": len(messages) / min(msg_t)}
 
     train, test = data.subset("train"), data.subset("test")
-    router = fit_router(train, candidates=train.candidates(max_output_tokens=1024))
+    router = fit_router(train, "prior", candidates=train.candidates(max_output_tokens=1024))
     router.set_budget("bench", Budget(usd=1e6, horizon=10**9))
     lat_decide, lat_full = [], []
     for p in test.prompts:

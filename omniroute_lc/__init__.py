@@ -2,5 +2,6 @@
 
 from .callbacks import SpendTracker
 from .chat_model import ChatOmniRoute
+from .embeddings import LangChainEmbedder
 
-__all__ = ["ChatOmniRoute", "SpendTracker"]
+__all__ = ["LangChainEmbedder", "ChatOmniRoute", "SpendTracker"]

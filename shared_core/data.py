@@ -72,9 +72,9 @@ class RoutingDataset:
     def subset(self, mask: np.ndarray | str) -> RoutingDataset:
         """The rows where `mask` is true, or where `split == mask` when given a string."""
         if isinstance(mask, str):
-            mask = self.split == mask
+            name, mask = mask, self.split == mask
             if not mask.any():
-                raise ValueError(f"no rows with split == {mask!r}; splits are {sorted(set(self.split))}")
+                raise ValueError(f"no rows with split == {name!r}; splits are {sorted(set(self.split))}")
         idx = np.flatnonzero(np.asarray(mask))
         return RoutingDataset(
             prompts=[self.prompts[i] for i in idx],

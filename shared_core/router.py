@@ -104,7 +104,9 @@ class Router:
         max_fallbacks: int = 2,
         reservation_ttl_s: float = 600.0,
     ) -> None:
-        self._lock = threading.Lock()
+        # Guards the predictors' columns together with the candidate column map (re-entrant:
+        # add_candidate holds it while it calls _set_candidates).
+        self._models_lock = threading.RLock()
         self.quality = quality
         self.lengths = lengths if lengths is not None else LengthPrior()
         self.embedder = embedder
@@ -123,10 +125,6 @@ class Router:
 
     # ----------------------------------------------------------------- candidates
     def _set_candidates(self, candidates: Sequence[Candidate]) -> None:
-        if not hasattr(self, "_models_lock"):  # first call, from __init__: nothing runs concurrently yet
-            # Guards the predictors' columns together with the column map below (re-entrant:
-            # add_candidate holds it while it calls back here).
-            self._models_lock = threading.RLock()
         cands = validate_candidates(candidates)
         known_q = list(getattr(self.quality, "models_", []) or [])
         for c in cands:
