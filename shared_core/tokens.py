@@ -43,7 +43,6 @@ class Tokenizer(Protocol):
 
     def encode_ordinary(self, text: str) -> list[int]: ...
 
-    def encode_ordinary_batch(self, texts: list[str], *, num_threads: int = ...) -> list[list[int]]: ...
 
 
 class _LengthEstimate:
@@ -53,9 +52,6 @@ class _LengthEstimate:
 
     def encode_ordinary(self, text: str) -> list[int]:
         return [0] * math.ceil(len(text) / CHARS_PER_TOKEN)
-
-    def encode_ordinary_batch(self, texts: list[str], *, num_threads: int = 1) -> list[list[int]]:
-        return [self.encode_ordinary(t) for t in texts]
 
 
 _warned: set[tuple[str, str]] = set()
@@ -117,15 +113,16 @@ def count_tokens(text: str, encoding_or_model: str = "cl100k_base") -> int:
 
 
 def count_tokens_batch(texts: Sequence[str], encoding_or_model: str = "cl100k_base") -> list[int]:
-    """Token counts of many texts, encoded in one batch call (threads inside tiktoken)."""
+    """Token counts of many texts with one cached encoding.
+
+    A plain loop: tiktoken's threaded batch call measured slower on 2 cores (benchmarks/core.py).
+    """
     texts = list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] must be str, got {type(t).__name__}")
-    tok = get_tokenizer(encoding_or_model)
-    if len(texts) < 256:  # below this a thread pool costs more than it saves
-        return [len(tok.encode_ordinary(t)) for t in texts]
-    return [len(ids) for ids in tok.encode_ordinary_batch(texts, num_threads=2)]
+    encode = get_tokenizer(encoding_or_model).encode_ordinary
+    return [len(encode(t)) for t in texts]
 
 
 def content_text(content: Any) -> str:
@@ -167,5 +164,4 @@ def count_message_tokens(
             texts.append(json.dumps(message["tool_calls"], separators=(",", ":"), default=str))
     for schema in tools or ():
         texts.append(json.dumps(schema, separators=(",", ":"), sort_keys=True, default=str))
-    # One request's texts are short: tiktoken's batch call would start a thread pool per call.
     return total + sum(len(tok.encode_ordinary(t)) for t in texts)
