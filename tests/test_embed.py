@@ -132,3 +132,13 @@ def test_each_request_is_embedded_once(small, tfidf):
     counting.calls = 0
     router.decide(small.prompts[0])
     assert counting.calls == 1
+
+
+@pytest.mark.parametrize("options", [{}, {"char_ngrams": (3, 5), "tail_weight": 0.5}])
+def test_one_prompt_path_gives_the_same_vectors_as_the_batch_path(small, options):
+    """Routing embeds prompts one at a time through a faster path; it must agree with the batch one."""
+    embedder = TfidfSvdEmbedder(dim=32, **options).fit(small.prompts)
+    prompts = small.prompts[:12] + ["", "zyxwvut only unseen words"]
+    batch = embedder.transform(prompts)  # more than a few: the sparse path
+    one_by_one = np.vstack([embedder.transform([p]) for p in prompts])
+    np.testing.assert_allclose(one_by_one, batch, atol=1e-5)
