@@ -17,7 +17,10 @@ a(x), a hindsight choice of λ).
 Checks: batch spend ≤ 102 % of budget; online spend ≤ budget + one request's cost and ≥ 95 %;
 each run's accuracy ≥ fixed@same.
 
-Run: python benchmarks/budget_runs.py [--predictor NAME] [--order grouped]
+`--tune-warm-step 0,0.001,0.003` instead chooses the warm pacer's correction step on the training
+split alone: fit on one half, replay the other half in grouped and random order, two splits.
+
+Run: python benchmarks/budget_runs.py [--predictor NAME] [--order grouped] [--tune-warm-step ...]
 """
 
 from __future__ import annotations
@@ -40,10 +43,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--predictor", default=DEFAULT_PREDICTOR)
     parser.add_argument("--order", choices=ORDERS, default="grouped")
+    parser.add_argument("--tune-warm-step", metavar="STEPS", help="comma-separated warm_step values to compare")
     args = parser.parse_args()
 
     data = load_dataset(DATA / "routerbench_subset.parquet")
     train, test = data.subset("train"), data.subset("test")
+    if args.tune_warm_step:
+        tune_warm_step(train, args.predictor, [float(x) for x in args.tune_warm_step.split(",")])
+        return
     ref = reference_column(train.quality)
     ref_cost, train_ref_cost = float(test.cost[:, ref].sum()), float(train.cost[:, ref].sum())
     one_request = float(np.nanmax(test.cost))  # the most a single test request can cost
@@ -61,7 +68,7 @@ def main() -> None:
     rows, results, failures = [], [], []
     for fraction in FRACTIONS:
         budget = fraction * ref_cost
-        batch = batch_run(router, test, budget, fraction, args.predictor)
+        batch = batch_run(est_test, test, budget, fraction, args.predictor)
         online = online_run(router, test, budget, fraction, order=args.order, predictor=args.predictor)
         lam = calibrate_lambda(est_train.quality, est_train.cost, train.cost, fraction * train_ref_cost)
         fixed = fixed_lambda_run(est_test.quality, est_test.cost, test, lam, budget, fraction, args.predictor)
@@ -103,6 +110,38 @@ def main() -> None:
         "reference_model": data.models[ref], "reference_cost_usd": ref_cost, "n_test": len(test),
         "audc": curve.area(), "runs": results, "failures": failures,
     })
+
+
+def tune_warm_step(train, predictor: str, steps: list[float]) -> None:
+    """Online accuracy minus the best fixed λ at the same spend, on held-out halves of the training split."""
+    gaps: dict[tuple[float, str], list[float]] = {}
+    spends: dict[float, list[float]] = {}
+    for seed in (0, 1):
+        half = np.random.default_rng(seed).permutation(len(train)) < len(train) // 2
+        fit, replay = train.subset(half), train.subset(~half)
+        ref = reference_column(fit.quality)
+        ref_cost = float(replay.cost[:, ref].sum())
+        router = fit_router(fit, predictor, candidates=fit.candidates(max_output_tokens=1024))
+        router.warm_start(fit.prompts)
+        est = router.estimate(replay.prompts)
+        curve = deferral_curve(est.quality, est.cost, replay.quality, replay.cost, ref_cost)
+        warm = router.pacer
+        for step in steps:
+            router.pacer = warm.model_copy(update={"warm_step": step})
+            for order in ("grouped", "random"):
+                for fraction in FRACTIONS:
+                    run = online_run(router, replay, fraction * ref_cost, fraction, order=order, seed=seed)
+                    gaps.setdefault((step, order), []).append(run.accuracy - curve.a(run.spent_usd / ref_cost))
+                    spends.setdefault(step, []).append(run.spent_usd / (fraction * ref_cost))
+    rows = [[step, f"{np.mean(gaps[step, 'grouped']) * 100:+.2f}", f"{np.mean(gaps[step, 'random']) * 100:+.2f}",
+             f"{min(spends[step]):.1%}", f"{max(spends[step]):.1%}"] for step in steps]
+    print_table(f"warm_step on held-out training halves ({predictor}; 2 splits × 3 budgets): online accuracy "
+                "minus the best fixed λ at the same spend, in points",
+                ["warm_step", "grouped", "random", "min spend", "max spend"], rows)
+    write_json("budget_runs_tuning", {"predictor": predictor, "rows": [
+        {"warm_step": step, "gap_grouped": float(np.mean(gaps[step, "grouped"])),
+         "gap_random": float(np.mean(gaps[step, "random"])), "min_spend": min(spends[step]),
+         "max_spend": max(spends[step])} for step in steps]})
 
 
 def _run(run: BudgetRun) -> dict:

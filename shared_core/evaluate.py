@@ -28,9 +28,11 @@ import numpy as np
 
 from .budget import Budget, BudgetExceeded
 
+from .solver import solve
+
 if TYPE_CHECKING:
     from .data import RoutingDataset
-    from .router import Router
+    from .router import Estimate, Router
 
 __all__ = [
     "Curve",
@@ -228,11 +230,12 @@ def _outcome(choice: np.ndarray, q_true: np.ndarray, c_true: np.ndarray) -> tupl
     return float(c_true[rows, choice[rows]].sum()), float(q[labelled].mean()) if labelled.any() else float("nan")
 
 
-def batch_run(router: Router, test: RoutingDataset, budget_usd: float, budget_fraction: float,
+def batch_run(estimate: Estimate, test: RoutingDataset, budget_usd: float, budget_fraction: float,
               predictor: str = "") -> BudgetRun:
-    """Route the whole test set at once with the batch solver, then measure it on the truths."""
-    plan = router.route_batch(test.prompts, budget=budget_usd)
-    choice = np.array([test.models.index(m) for m in plan.models])
+    """Route the whole test set at once with the batch solver on its predictions, then measure it on the truths."""
+    if list(estimate.candidates) != list(test.models):
+        raise ValueError("the estimate's candidates must be the dataset's models, in its order")
+    choice = solve(estimate.quality, estimate.cost, budget=budget_usd).choice
     spent, acc = _outcome(choice, test.quality, test.cost)
     return BudgetRun(predictor, "batch", budget_fraction, budget_usd, spent, acc, choice)
 

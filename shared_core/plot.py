@@ -12,7 +12,11 @@ from .evaluate import BudgetRun, Curve
 
 __all__ = ["plot_evaluation", "pyplot"]
 
-_MODES = {"batch": ("o", "batch (solver)"), "online": ("^", "online (paced)"), "fixed-lambda": ("x", "fixed λ (calibrated)")}
+_MODES = {
+    "batch": ("o", "batch (solver)"),
+    "online": ("^", "online (paced)"),
+    "fixed-lambda": ("x", "fixed λ (calibrated)"),
+}
 
 
 def pyplot() -> Any:

@@ -402,8 +402,9 @@ class Router:
         return BatchRouting([est.candidates[j] for j in solution.choice], solution, est)
 
     def warm_start(self, prompts: Sequence[str]) -> DualPacer:
-        """Start every scope's λ where the batch solution on `prompts` (e.g. the training split)
-        would put it for that scope's per-request share; returns the warm-started pacer."""
+        """Price every scope from the batch solution on `prompts` (e.g. the training split): the λ
+        it needs for the scope's remaining money per remaining request. Call before serving
+        traffic (a θ paced without the curve means something else); returns the new pacer."""
         if not prompts:
             raise ValueError("warm_start needs at least one prompt")
         est = self.estimate(prompts)

@@ -36,6 +36,8 @@ __all__ = ["Solution", "BatchRouting", "Infeasible", "solve", "budget_curve", "c
 
 # Rows walked at once: bounds the temporary (rows × models) arrays to a few megabytes.
 _CHUNK = 8192
+# A quality target counts as met within float rounding of its sum (a budget is never exceeded).
+_TARGET_SLACK = 1e-9
 # With capacities: the smoothing temperatures (× the spread of values) the dual is solved at,
 # down to where the smoothed and the LP optimum differ by well under 0.01 %, and Newton steps per level.
 _TAUS = np.array([1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5])
@@ -110,12 +112,14 @@ def solve(
     if budget is not None:
         return _greedy_budget(q, c, start, steps, float(budget))
     best = float(q[np.arange(len(q)), start].sum())
-    if best < target - 1e-9 * max(1.0, abs(target)):  # type: ignore[operator]
+    if best < target - _TARGET_SLACK * max(1.0, abs(target)):  # type: ignore[operator]
         raise Infeasible(f"mean quality {quality_target:.6g} is above the best reachable {best / len(q):.6g}")
     return _greedy_target(q, c, start, steps, target)  # type: ignore[arg-type]
 
 
-def budget_curve(quality: np.ndarray, cost: np.ndarray, feasible: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def budget_curve(
+    quality: np.ndarray, cost: np.ndarray, feasible: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Every step of the budget-mode solution: (total spend, λ) pairs, spend falling as λ rises.
 
     The first pair is (spend at λ = 0, 0); a budget B is optimally priced by the λ of the first
@@ -146,13 +150,17 @@ def capacity_counts(capacities: Mapping[str, float | int] | None, names: Sequenc
         else:
             share = float(limit)
             if not 0.0 <= share <= 1.0:
-                raise ValueError(f"capacity share of {name!r} must be in [0, 1] (use an int for a count), got {limit!r}")
+                raise ValueError(
+                    f"capacity share of {name!r} must be in [0, 1] (use an int for a count), got {limit!r}"
+                )
             caps[j] = int(np.floor(share * n + 1e-9))
     return caps
 
 
 # ---------------------------------------------------------------------------------- checks
-def _validate(quality: np.ndarray, cost: np.ndarray, feasible: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _validate(
+    quality: np.ndarray, cost: np.ndarray, feasible: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     q = np.asarray(quality, dtype=np.float64)
     c = np.asarray(cost, dtype=np.float64)
     if q.ndim != 2 or q.shape != c.shape:
@@ -274,9 +282,8 @@ def _greedy_budget(q: np.ndarray, c: np.ndarray, start: np.ndarray, steps: Steps
     spend = s0 - np.cumsum(dc)
     k = int(np.searchsorted(-spend, -budget))  # the step that brings spend ≤ budget
     if k == len(spend):
-        raise Infeasible(
-            f"the budget of {budget:.6g} USD is below the cheapest assignment ({spend[-1] if len(spend) else s0:.6g} USD)"
-        )
+        cheapest = spend[-1] if len(spend) else s0
+        raise Infeasible(f"the budget of {budget:.6g} USD is below the cheapest assignment ({cheapest:.6g} USD)")
     before = s0 if k == 0 else spend[k - 1]
     # The LP splits row rows[k] between its two models; the integral answer takes the cheaper one.
     bound = q0 - (dq[:k].sum() + (before - budget) / dc[k] * dq[k])
@@ -340,7 +347,7 @@ def _capacitated(q: np.ndarray, c: np.ndarray, ok: np.ndarray, caps: np.ndarray,
     column at those prices, the rows that lose least moved out of over-full columns, pushed
     within the budget (or up to the target) if needed and given what slack is left.
     """
-    n, m = q.shape
+    n = len(q)
     ok = ok & (caps > 0)
     if not ok.any(axis=1).all():
         raise Infeasible("some rows have no feasible model with capacity above 0")
@@ -366,8 +373,9 @@ def _capacitated(q: np.ndarray, c: np.ndarray, ok: np.ndarray, caps: np.ndarray,
         lam, prices, bound = y0, mu, dual
     else:
         choice = _restore(q, c, ok, caps, choice, None, target)
-        choice = _fill(caps, choice, np.where(ok, c[r, choice][:, None] - c, -np.inf),
-                       q[r, choice][:, None] - q, q[r, choice].sum() - target - 1e-12 * abs(target))  # type: ignore[operator]
+        surplus = q[r, choice].sum() - target - 1e-12 * abs(target)  # type: ignore[operator]
+        saved = np.where(ok, c[r, choice][:, None] - c, -np.inf)
+        choice = _fill(caps, choice, saved, q[r, choice][:, None] - q, surplus)
         # y₀ is USD per unit of quality: λ is its inverse, and μ is read in quality units.
         lam = 1.0 / y0 if y0 > 0 else float("inf")
         prices, bound = (mu / y0 if y0 > 0 else mu), -dual
@@ -387,7 +395,6 @@ def _dual_prices(value: np.ndarray, weight: np.ndarray, rhs: float, caps: np.nda
     spread = float(finite.max() - finite.min()) + 1e-12
     free_cols = np.concatenate([[True], caps < n])  # an unlimited column's price stays 0
     b = np.concatenate([[rhs], caps.astype(float)])
-    bound = (n + 1) * spread  # no capacity is worth more to a feasible problem than every row's spread
     y = np.zeros(m + 1)
     for tau in spread * _TAUS:
         f, g, h = _smoothed_dual(value, weight, b, y, tau)
@@ -399,20 +406,20 @@ def _dual_prices(value: np.ndarray, weight: np.ndarray, rhs: float, caps: np.nda
             # A price nobody's choice depends on has no curvature: the tiny ridge sends it far,
             # and the projection plus line search bring it back to where the bound holds it.
             ridge = 1e-9 * float(np.diag(hf).max()) + 1e-300
+            if not (np.isfinite(hf).all() and np.isfinite(g).all()):
+                break  # prices beyond float range: the rounding below decides what is feasible
             step = np.zeros(m + 1)
             step[free] = np.linalg.lstsq(hf + ridge * np.eye(len(hf)), -g[free], rcond=None)[0]
             t, improved = 1.0, False
             while t > 1e-8:
                 trial = np.maximum(y + t * step, 0.0)
                 f_new, g_new, h_new = _smoothed_dual(value, weight, b, trial, tau)
-                if f_new <= f + 1e-4 * float(g @ (trial - y)):
+                if np.isfinite(f_new) and f_new <= f + 1e-4 * float(g @ (trial - y)):
                     improved = True
                     break
                 t *= 0.5
             if not improved:
                 break
-            if not np.isfinite(f_new) or trial[1:].max() > bound:
-                raise Infeasible("the feasible pairs cannot meet the capacities (and the budget or target)")
             done = f - f_new <= 1e-12 * (abs(f) + 1.0)
             y, f, g, h = trial, f_new, g_new, h_new
             if done:
@@ -422,24 +429,25 @@ def _dual_prices(value: np.ndarray, weight: np.ndarray, rhs: float, caps: np.nda
 
 def _smoothed_dual(value: np.ndarray, weight: np.ndarray, b: np.ndarray, y: np.ndarray,
                    tau: float) -> tuple[float, np.ndarray, np.ndarray]:
-    """The smoothed dual at y = (y₀, μ): value, gradient and Hessian."""
-    z = (value - y[0] * weight - y[1:]) / tau
-    top = z.max(axis=1, keepdims=True)
-    # Below e⁻⁶⁰ a term is nothing next to the row's best (and exp's subnormals are slow).
-    e = np.exp(np.maximum(z - top, -60.0))
-    e[~np.isfinite(value)] = 0.0
-    total = e.sum(axis=1, keepdims=True)
-    p = e / total
-    f = float(y @ b + tau * (np.log(total) + top).sum())
-    w = np.where(p > 0, weight, 0.0)  # infeasible pairs carry no weight (and no NaN from −inf·0)
-    pw = p * w
-    s = pw.sum(axis=1)
-    g = b - np.concatenate([[pw.sum()], p.sum(axis=0)])
-    h = np.empty((len(b), len(b)))
-    h[0, 0] = float((pw * w).sum() - s @ s)
-    h[0, 1:] = h[1:, 0] = pw.sum(axis=0) - p.T @ s
-    h[1:, 1:] = np.diag(p.sum(axis=0)) - p.T @ p
-    return f, g, h / tau
+    """The smoothed dual at y = (y₀, μ): value, gradient and Hessian (non-finite once y leaves float range)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        z = (value - y[0] * weight - y[1:]) / tau
+        top = z.max(axis=1, keepdims=True)
+        # Below e⁻⁶⁰ a term is nothing next to the row's best (and exp's subnormals are slow).
+        e = np.exp(np.maximum(z - top, -60.0))
+        e[~np.isfinite(value)] = 0.0
+        total = e.sum(axis=1, keepdims=True)
+        p = e / total
+        f = float(y @ b + tau * (np.log(total) + top).sum())
+        w = np.where(p > 0, weight, 0.0)  # infeasible pairs carry no weight (and no NaN from −inf·0)
+        pw = p * w
+        s = pw.sum(axis=1)
+        g = b - np.concatenate([[pw.sum()], p.sum(axis=0)])
+        h = np.empty((len(b), len(b)))
+        h[0, 0] = float((pw * w).sum() - s @ s)
+        h[0, 1:] = h[1:, 0] = pw.sum(axis=0) - p.T @ s
+        h[1:, 1:] = np.diag(p.sum(axis=0)) - p.T @ p
+        return f, g, h / tau
 
 
 def _capacity_prices(v: np.ndarray, caps: np.ndarray, mu: np.ndarray) -> np.ndarray:
@@ -471,23 +479,39 @@ def _capacity_prices(v: np.ndarray, caps: np.ndarray, mu: np.ndarray) -> np.ndar
 
 
 def _within_capacity(net: np.ndarray, caps: np.ndarray) -> np.ndarray:
-    """Each row's best column by `net`, the rows that lose least by it moved out of over-full columns."""
+    """Each row's best column by `net`, over-full columns emptied into columns with room at least loss.
+
+    A row moves directly when a column with room takes it; otherwise along the cheapest chain of
+    moves through full columns (`_best_chain`). Infeasible when no chain reaches room.
+    """
     choice = net.argmax(axis=1)
     counts = np.bincount(choice, minlength=len(caps))
-    # A column, once filled to capacity, takes no more rows: at most one pass per column.
+    r = np.arange(len(choice))
     while (over := np.flatnonzero(counts > caps)).size:
-        for j in over:
-            rows = np.flatnonzero(choice == j)
-            alt = net[rows].copy()
-            alt[:, j] = -np.inf
-            out = rows[np.argsort(alt.max(axis=1) - net[rows, j], kind="stable")[caps[j]:]]
-            counts[j] = caps[j]
-            room = np.where(counts < caps, net[out], -np.inf)
-            to = room.argmax(axis=1)
-            if not np.isfinite(room[np.arange(len(out)), to]).all():
-                raise Infeasible("the feasible pairs cannot meet the capacities")
-            choice[out] = to
-            counts += np.bincount(to, minlength=len(caps))
+        j = int(over[0])
+        rows = np.flatnonzero(choice == j)
+        room = counts < caps
+        alt = np.where(room, net[rows], -np.inf)
+        alt[:, j] = -np.inf
+        movable = np.flatnonzero(np.isfinite(alt.max(axis=1)))
+        if movable.size:
+            loss = net[rows[movable], j] - alt[movable].max(axis=1)
+            for k in movable[np.argsort(loss, kind="stable")]:
+                if counts[j] <= caps[j]:
+                    break
+                to = int(np.argmax(np.where(counts < caps, alt[k], -np.inf)))
+                if not np.isfinite(alt[k, to]) or counts[to] >= caps[to]:
+                    continue
+                choice[rows[k]], counts[j], counts[to] = to, counts[j] - 1, counts[to] + 1
+            continue
+        gain = np.where(np.isfinite(net), net - net[r, choice][:, None], -np.inf)
+        moves = _best_chain(gain, choice, room, start=j)
+        if not moves:
+            raise Infeasible("the feasible pairs cannot meet the capacities")
+        for i, to in moves:
+            counts[choice[i]] -= 1
+            counts[to] += 1
+            choice[i] = to
     return choice
 
 
@@ -509,7 +533,7 @@ def _restore(q: np.ndarray, c: np.ndarray, ok: np.ndarray, caps: np.ndarray, cho
             excess, fix, price = cc.sum() - budget, cc[:, None] - c, qc[:, None] - q
         else:
             excess, fix, price = target - qc.sum(), q - qc[:, None], c - cc[:, None]  # type: ignore[operator]
-        if excess <= 0:
+        if excess <= (0.0 if budget is not None else _TARGET_SLACK * max(1.0, abs(target))):  # type: ignore[arg-type]
             return choice
         fix = np.where(ok, fix, -np.inf)
         fix[r, choice] = -np.inf
@@ -554,11 +578,12 @@ def _restore(q: np.ndarray, c: np.ndarray, ok: np.ndarray, caps: np.ndarray, cho
         choice[i] = j
 
 
-def _best_chain(fix: np.ndarray, choice: np.ndarray, room: np.ndarray) -> list[tuple[int, int]]:
+def _best_chain(fix: np.ndarray, choice: np.ndarray, room: np.ndarray, start: int | None = None) -> list[tuple[int, int]]:
     """The moves of the chain of columns (ending in one with room, or closing a cycle) that fixes most.
 
     Edge a → b moves the row of column a that fixes most by going to b; the best chain is a
     longest path over the m columns (Bellman–Ford), or a cycle when one keeps improving it.
+    With `start`, the chain must leave that column and end in room, whatever it fixes.
     """
     m = len(room)
     gain, mover = np.full((m, m), -np.inf), np.full((m, m), -1)
@@ -577,8 +602,11 @@ def _best_chain(fix: np.ndarray, choice: np.ndarray, room: np.ndarray) -> list[t
             break
         nxt[better] = through.argmax(axis=1)[better]
         value[better] = through.max(axis=1)[better]
-    start = int(np.argmax(value))
-    if not value[start] > 0:
+    if start is None:
+        start = int(np.argmax(value))
+        if not value[start] > 0:
+            return []
+    elif not np.isfinite(value[start]):
         return []
     moves, seen, a = [], [], start
     while a not in seen:  # follow the chain until a column with room, or round a cycle
@@ -588,7 +616,8 @@ def _best_chain(fix: np.ndarray, choice: np.ndarray, room: np.ndarray) -> list[t
         if room[b]:
             return moves
         a = b
-    return moves[seen.index(a):]  # the cycle alone: each of its columns gives and takes one row
+    # The cycle alone: each of its columns gives and takes one row (useless when a column must shed one).
+    return moves[seen.index(a):] if start is None else []
 
 
 def _fill(caps: np.ndarray, choice: np.ndarray, gain: np.ndarray, use: np.ndarray, slack: float) -> np.ndarray:

@@ -56,7 +56,8 @@ def test_reference_points_of_the_routerbench_readme(split):
     """The data README's figures: prompt-blind prior AUDC 0.769, oracle 0.968, GPT-4 the reference."""
     train, test, ref, ref_cost = split
     assert test.models[ref] == "gpt-4-1106-preview"
-    assert prior_curve(train.quality, train.cost, test.quality, test.cost, ref_cost).area() == pytest.approx(0.769, abs=5e-4)
+    prior = prior_curve(train.quality, train.cost, test.quality, test.cost, ref_cost)
+    assert prior.area() == pytest.approx(0.769, abs=5e-4)
     assert oracle_curve(test.quality, test.cost, ref_cost).area() == pytest.approx(0.968, abs=5e-4)
 
 
@@ -94,7 +95,8 @@ def test_online_replay_never_looks_ahead(split):
     later = order[500:]
     rng = np.random.default_rng(0)
     quality, cost = test.quality.copy(), test.cost.copy()
-    quality[later], cost[later] = rng.random((len(later), quality.shape[1])), 3 * rng.random((len(later), cost.shape[1]))
+    quality[later] = rng.random((len(later), quality.shape[1]))
+    cost[later] = 3 * rng.random((len(later), cost.shape[1]))
     scrambled = online_run(router, dataclasses.replace(test, quality=quality, cost=cost), budget, 0.25,
                            order="random", seed=1)
     assert np.array_equal(run.choice[order[:501]], scrambled.choice[order[:501]])
@@ -103,21 +105,22 @@ def test_online_replay_never_looks_ahead(split):
 
 @pytest.fixture(scope="module")
 def default_runs(split):
-    """The shipped default predictor, warm-started on train, at 10 / 25 / 50 % of the GPT-4 cost."""
+    """The shipped default predictor, warm-started on train, at 10 % and 50 % of the GPT-4 cost
+    (benchmarks/budget_runs.py adds 25 % and the fixed-λ comparison)."""
     train, test, ref, ref_cost = split
     router = fit_router(train, DEFAULT_PREDICTOR, candidates=train.candidates(max_output_tokens=1024))
     router.warm_start(train.prompts)
     est = router.estimate(test.prompts)
     curve = deferral_curve(est.quality, est.cost, test.quality, test.cost, ref_cost)
     runs = {}
-    for fraction in (0.1, 0.25, 0.5):
+    for fraction in (0.1, 0.5):
         budget = fraction * ref_cost
-        runs[fraction] = (batch_run(router, test, budget, fraction),
+        runs[fraction] = (batch_run(est, test, budget, fraction),
                           online_run(router, test, budget, fraction, order="grouped"))
     return curve, runs
 
 
-@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5])
+@pytest.mark.parametrize("fraction", [0.1, 0.5])
 def test_budget_runs_of_the_default_predictor_hold_their_budgets(split, default_runs, fraction):
     _, test, _, ref_cost = split
     curve, runs = default_runs

@@ -18,6 +18,7 @@ from ..evaluate import (
     oracle_curve, prior_curve, reference_column, summarise,
 )
 from ..fitting import DEFAULT_PREDICTOR, PREDICTORS, fit_router
+from ..plot import plot_evaluation, pyplot
 from ..progress import progress
 
 _DEFAULT_BUDGETS = "0.1,0.25,0.5"
@@ -76,8 +77,6 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown predictor {unknown[0]!r}; choose from {sorted(PREDICTORS)}")
     if args.plot:
-        from ..plot import pyplot
-
         pyplot()  # fail before the long work when matplotlib is missing
     data = load_dataset(args.data, args.prices, split_column=args.split_column)
     if data.cost is None:
@@ -102,8 +101,6 @@ def run(args: argparse.Namespace) -> int:
     if args.decisions:
         _write_decisions(Path(args.decisions), test, results)
     if args.plot:
-        from ..plot import plot_evaluation
-
         plot_evaluation(
             args.plot, {r.name: r.curve for r in results},
             baselines={"oracle": baselines["oracle"], "prompt-blind prior": baselines["prior"]},
@@ -129,7 +126,8 @@ def _evaluate(
     args: argparse.Namespace, show: bool,
 ) -> _Result:
     """Fit one predictor and run its curve, batch, online and fixed-λ runs."""
-    router = fit_router(train, name, candidates=train.candidates(max_output_tokens=args.max_output_tokens))
+    router = fit_router(train, name, candidates=train.candidates(max_output_tokens=args.max_output_tokens),
+                        show_progress=show)
     router.warm_start(train.prompts)
     est_test = router.estimate(test.prompts)
     est_train = router.estimate(train.prompts)
@@ -139,7 +137,7 @@ def _evaluate(
     fixed: list[tuple[BudgetRun, float]] = []
     for fraction in budgets:
         usd = fraction * ref_cost
-        runs.append(batch_run(router, test, usd, fraction, predictor=name))
+        runs.append(batch_run(est_test, test, usd, fraction, predictor=name))
         runs.append(online_run(
             router, test, usd, fraction, order=args.order, seed=args.seed, predictor=name,
             progress=lambda rows, f=fraction: progress(rows, label=f"{name} online@{f:g}", enabled=show),
