@@ -18,7 +18,7 @@ from .pacing import DualPacer
 from .quality.base import QualityPredictor
 from .solver import BatchRouting, budget_curve, capacity_counts, solve
 from .stores import open_store
-from .tokens import count_message_tokens, count_tokens
+from .tokens import count_message_tokens, count_tokens, count_tokens_batch
 
 __all__ = ["Router", "Decision", "RoutingError", "NoFeasibleCandidate", "Estimate", "DEFAULT_SCOPE"]
 
@@ -215,13 +215,7 @@ class Router:
         prompts = [_check_text(p, i) for i, p in enumerate(prompts)]
         n = len(prompts)
         if input_tokens is None:
-            from .tokens import count_tokens_batch
-
-            by_enc: dict[str, np.ndarray] = {}
-            for c in self._candidates:
-                if c.encoding not in by_enc:
-                    by_enc[c.encoding] = np.asarray(count_tokens_batch(prompts, c.encoding), dtype=np.float64)
-            input_tokens = np.stack([by_enc[c.encoding] for c in self._candidates], axis=1)
+            input_tokens = self._count_prompt_tokens(prompts)
         else:
             input_tokens = np.asarray(input_tokens, dtype=np.float64)
             if input_tokens.ndim == 1:
@@ -230,6 +224,14 @@ class Router:
         out = np.minimum(out, self._max_out)
         cost = input_tokens * self._p_in + out * self._p_out
         return Estimate([c.name for c in self._candidates], q, input_tokens, out, cost)
+
+    def _count_prompt_tokens(self, prompts: list[str]) -> np.ndarray:
+        """Input tokens of each prompt for each candidate (n, m), counting once per encoding."""
+        by_enc: dict[str, np.ndarray] = {}
+        for c in self._candidates:
+            if c.encoding not in by_enc:
+                by_enc[c.encoding] = np.asarray(count_tokens_batch(prompts, c.encoding), dtype=np.float64)
+        return np.stack([by_enc[c.encoding] for c in self._candidates], axis=1)
 
     # ----------------------------------------------------------------- decisions
     def decide(
