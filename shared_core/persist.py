@@ -10,12 +10,15 @@ from it. Framework model objects and ledgers are not saved: reattach them when l
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
 import os
+import uuid
 import zipfile
-from collections.abc import Mapping
+from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +43,7 @@ FORMAT = "omniroute-router"
 VERSION = 1
 MANIFEST = "router.json"
 ARRAYS = "arrays.npz"
+LOCK = ".lock"
 
 #: Every class a saved router may name, by its kind in the manifest.
 COMPONENTS: dict[str, type] = {
@@ -72,7 +76,8 @@ def _canonical(body: Mapping[str, Any]) -> bytes:
 
 
 def _dump_component(obj: Any, slot: str, arrays: dict[str, np.ndarray]) -> dict[str, Any] | None:
-    if obj is None:
+    # An unfitted predictor (a router built from candidates' priors) is rebuilt by the Router.
+    if obj is None or (slot != "embedder" and not hasattr(obj, "models_")):
         return None
     kind = _KIND_OF.get(type(obj))
     if kind is None:
@@ -113,14 +118,27 @@ def save_router(router: Router, directory: str | Path) -> Path:
         "arrays_sha256": _sha256(blob),
     }
     manifest = {**body, "manifest_sha256": _sha256(_canonical(body))}
-    # Arrays first, manifest last, each by rename: a crash never leaves a manifest without its arrays.
-    _write_atomic(out / ARRAYS, blob)
-    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False).encode())
+    # Arrays first, manifest last, each by rename: a crash never leaves a manifest without its
+    # arrays; the directory lock keeps concurrent saves (and loads) from interleaving the pair.
+    with _locked(out, fcntl.LOCK_EX):
+        _write_atomic(out / ARRAYS, blob)
+        _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False).encode())
     return out / MANIFEST
 
 
+@contextmanager
+def _locked(directory: Path, mode: int) -> Iterator[None]:
+    """Hold an advisory lock on the router directory (exclusive to save, shared to load)."""
+    with open(directory / LOCK, "a+b") as handle:
+        fcntl.flock(handle, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
@@ -213,8 +231,11 @@ def load_router(
     from .router import Router
 
     d = Path(directory)
-    manifest = _read_manifest(d / MANIFEST)
-    arrays = _read_arrays(d / ARRAYS, manifest)
+    if not (d / MANIFEST).is_file():
+        raise PersistError(f"{d / MANIFEST} not found: not a saved router directory")
+    with _locked(d, fcntl.LOCK_SH):
+        manifest = _read_manifest(d / MANIFEST)
+        arrays = _read_arrays(d / ARRAYS, manifest)
     models = dict(models or {})
     try:
         candidates = [Candidate.model_validate(c) for c in manifest["candidates"]]

@@ -187,3 +187,34 @@ def test_a_forged_array_file_with_matching_checksums_is_still_checked(copy_of_sa
     rewrite_manifest(copy_of_saved, resign)
     with pytest.raises(PersistError, match="saved quality"):
         Router.load(copy_of_saved)
+
+
+def _save_repeatedly(directory: str, weight: float, times: int) -> None:
+    """A worker process: save a router with its own cost weight over and over."""
+    from shared_core.candidates import Candidate
+
+    router = Router([Candidate(name=f"m{i}", input_price=1, output_price=1, prior_quality=0.5) for i in range(3)],
+                    cost_weight=weight)
+    for _ in range(times):
+        router.save(directory)
+
+
+def test_concurrent_saves_of_one_directory_leave_one_whole_router(tmp_path):
+    """Processes saving different routers into one directory while another loads: never a mix."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    weights = [1.0, 2.0, 3.0, 4.0]
+    workers = [ctx.Process(target=_save_repeatedly, args=(str(tmp_path), w, 15)) for w in weights]
+    for w in workers:
+        w.start()
+    loaded = []
+    while any(w.is_alive() for w in workers):
+        if (tmp_path / "router.json").exists():
+            loaded.append(Router.load(tmp_path).cost_weight)  # a mixed pair would fail its checksum
+    for w in workers:
+        w.join()
+        assert w.exitcode == 0
+    assert set(loaded) <= set(weights)
+    assert Router.load(tmp_path).cost_weight in weights
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
