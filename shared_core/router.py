@@ -18,7 +18,7 @@ from .pacing import DualPacer
 from .quality.base import QualityPredictor
 from .solver import BatchRouting, budget_curve, capacity_counts, solve
 from .stores import open_store
-from .tokens import count_message_tokens, count_tokens, count_tokens_batch
+from .tokens import content_text, count_message_tokens, count_tokens, count_tokens_batch
 
 __all__ = ["Router", "Decision", "RoutingError", "NoFeasibleCandidate", "Estimate", "DEFAULT_SCOPE"]
 
@@ -519,8 +519,6 @@ def _normalise(request: str | Messages) -> tuple[list[Mapping[str, Any]], str]:
     for i, m in enumerate(request):
         if not isinstance(m, Mapping) or "role" not in m:
             raise RoutingError(f"messages[{i}] must be a mapping with 'role' and 'content', got {m!r}")
-    from .tokens import content_text
-
     text = "\n".join(t for t in (content_text(m.get("content")) for m in request) if t)
     return list(request), text
 
