@@ -50,3 +50,11 @@ class TestChatOmniRouteJsonSchema(_Wiring, ChatModelIntegrationTests):
     @property
     def supports_json_mode(self) -> bool:
         return True
+
+
+def test_the_suites_exercise_tools_structured_output_and_model_override():
+    """The standard suites skip what a model does not claim; make sure nothing important is skipped."""
+    for suite in (TestChatOmniRouteUnit(), TestChatOmniRouteIntegration(), TestChatOmniRouteJsonSchema()):
+        assert suite.has_tool_calling and suite.has_structured_output
+        assert suite.model_override_value in {c.name for c in two_candidates()}
+    assert TestChatOmniRouteJsonSchema().supports_json_mode
