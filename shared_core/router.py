@@ -18,7 +18,7 @@ from .pacing import DualPacer
 from .quality.base import QualityPredictor
 from .solver import BatchRouting, budget_curve, capacity_counts, solve
 from .stores import open_store
-from .tokens import content_text, count_message_tokens, count_tokens, count_tokens_batch
+from .tokens import content_text, count_message_tokens, count_tokens_batch
 
 __all__ = ["Router", "Decision", "RoutingError", "NoFeasibleCandidate", "Estimate", "DEFAULT_SCOPE"]
 
@@ -345,18 +345,15 @@ class Router:
         output_tokens: int | None = None,
         *,
         cost: float | None = None,
-        output_text: str | None = None,
     ) -> float:
         """Commit the call's actual cost (from tokens, or given in USD) and update λ; returns USD.
 
-        Without reported output tokens, `output_text` is counted with the candidate's encoding
-        (and input tokens default to the router's own count). Settling twice charges once.
+        Input tokens default to the router's own count; for a reply without reported usage use
+        `shared_core.calls.settle_usage`, which counts its text. Settling twice charges once.
         """
         if cost is None:
-            if output_tokens is None and output_text is not None:
-                output_tokens = count_tokens(output_text, self.candidate(decision.chosen).encoding)
             if output_tokens is None:
-                raise ValueError("settle needs output_tokens (or output_text), or cost=")
+                raise ValueError("settle needs output_tokens, or cost=")
             inp = decision.input_tokens[decision.chosen] if input_tokens is None else input_tokens
             cost = self.candidate(decision.chosen).cost(inp, output_tokens)
         cost = float(cost)

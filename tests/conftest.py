@@ -39,3 +39,29 @@ def routerbench(routerbench_path):
     from shared_core.data import load_dataset
 
     return load_dataset(routerbench_path)
+
+
+@pytest.fixture(scope="session")
+def train(routerbench):
+    """RouterBench's training split."""
+    return routerbench.subset("train")
+
+
+@pytest.fixture(scope="session")
+def test_split(routerbench):
+    """RouterBench's test split."""
+    return routerbench.subset("test")
+
+
+@pytest.fixture(scope="session")
+def train_sample(train):
+    """sample(n, seed): n training rows drawn without replacement, small enough to fit fast."""
+    import numpy as np
+
+    def sample(n: int, seed: int):
+        rows = np.zeros(len(train), dtype=bool)
+        rows[np.random.default_rng(seed).choice(len(train), n, replace=False)] = True
+        return train.subset(rows)
+
+    return sample
+

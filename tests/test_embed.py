@@ -14,11 +14,8 @@ from shared_core.fitting import fit_router
 
 
 @pytest.fixture(scope="session")
-def small(routerbench):
-    train = routerbench.subset("train")
-    rows = np.zeros(len(train), dtype=bool)
-    rows[np.random.default_rng(1).choice(len(train), 300, replace=False)] = True
-    return train.subset(rows)
+def small(train_sample):
+    return train_sample(300, seed=1)
 
 
 @pytest.fixture(scope="session")

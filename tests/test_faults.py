@@ -11,7 +11,7 @@ import pytest
 from ledger_support import REDIS_HOST, REDIS_PORT, STORES, FakeClock, ledger, redis_admin, require_redis, store_url
 
 from shared_core.budget import Budget, LedgerUnavailable, to_nanos
-from shared_core.calls import acall_with_fallbacks, call_with_fallbacks
+from shared_core.calls import acall_with_fallbacks, call_with_fallbacks, settle_usage
 from shared_core.candidates import Candidate
 from shared_core.router import Decision, Router
 from shared_core.stores import open_store
@@ -89,13 +89,13 @@ def _assert_only_terse_was_charged(router: Router, decision: Decision, cost: flo
 
 def test_a_raise_and_a_timeout_fall_back_to_a_reply_without_usage(router, silent_server):
     reply, decision = call_with_fallbacks(router, router.decide(PROMPT, "acme/bot"), _call(silent_server))
-    cost = router.settle(decision, output_text=reply)
+    cost = settle_usage(router, decision, output_text=reply).cost_usd
     _assert_only_terse_was_charged(router, decision, cost)
 
 
 async def test_the_async_loop_falls_back_the_same_way(router, silent_server):
     reply, decision = await acall_with_fallbacks(router, router.decide(PROMPT, "acme/bot"), _acall(silent_server))
-    cost = router.settle(decision, output_text=reply)
+    cost = settle_usage(router, decision, output_text=reply).cost_usd
     _assert_only_terse_was_charged(router, decision, cost)
 
 
@@ -109,7 +109,7 @@ def test_when_every_candidate_fails_the_last_error_surfaces_and_nothing_is_spent
 
 def test_an_empty_reply_without_usage_costs_its_input(router):
     decision = router.decide(PROMPT, "acme/bot")
-    cost = router.settle(decision, output_text="")
+    cost = settle_usage(router, decision, output_text="").cost_usd
     chosen = router.candidate(decision.chosen)
     assert cost == chosen.cost(decision.input_tokens[chosen.name], 0) > 0
     assert router.budget_state("acme/bot").committed == pytest.approx(cost, abs=1e-9)

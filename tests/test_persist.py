@@ -18,17 +18,14 @@ from shared_core.router import Router
 
 
 @pytest.fixture(scope="session")
-def small(routerbench):
+def small(train_sample):
     """400 training prompts: enough to fit every predictor in a second."""
-    train = routerbench.subset("train")
-    rows = np.zeros(len(train), dtype=bool)
-    rows[np.random.default_rng(0).choice(len(train), 400, replace=False)] = True
-    return train.subset(rows)
+    return train_sample(400, seed=0)
 
 
 @pytest.fixture(scope="session")
-def prompts(routerbench):
-    return routerbench.subset("test").prompts[:60]
+def prompts(test_split):
+    return test_split.prompts[:60]
 
 
 @pytest.fixture(scope="session")

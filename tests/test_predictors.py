@@ -19,16 +19,6 @@ from shared_core.router import Router
 
 
 @pytest.fixture(scope="session")
-def train(routerbench):
-    return routerbench.subset("train")
-
-
-@pytest.fixture(scope="session")
-def test_split(routerbench):
-    return routerbench.subset("test")
-
-
-@pytest.fixture(scope="session")
 def embedder(train):
     return TfidfSvdEmbedder().fit(train.prompts)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from shared_core import Budget, BudgetExceeded, Candidate, NoFeasibleCandidate, Router, RoutingError, UnknownScope
-from shared_core.calls import acall_with_fallbacks, call_with_fallbacks
+from shared_core.calls import acall_with_fallbacks, call_with_fallbacks, settle_usage
 from shared_core.fitting import fit_router
 
 
@@ -93,7 +93,7 @@ def test_settle_twice_charges_once_and_release_returns_money():
 def test_settle_counts_output_text_when_no_usage_is_reported():
     router = Router(_cands(), default_budget=Budget(usd=1.0))
     d = router.decide("hello", "s", model="mid")
-    cost = router.settle(d, output_text="one two three")
+    cost = settle_usage(router, d, output_text="one two three").cost_usd
     assert cost == pytest.approx(router.candidate("mid").cost(d.input_tokens["mid"], 3))
 
 

@@ -17,16 +17,6 @@ HELD_OUT = ["gpt-3.5-turbo-1106", "claude-v2", "meta/llama-2-70b-chat", "WizardL
 PROFILE = 400
 
 
-@pytest.fixture(scope="session")
-def train(routerbench):
-    return routerbench.subset("train")
-
-
-@pytest.fixture(scope="session")
-def test_split(routerbench):
-    return routerbench.subset("test")
-
-
 class Memoised:
     """The fitted embedder, embedding each distinct text once for the whole test session."""
 
