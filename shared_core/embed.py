@@ -12,8 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-#: Batches up to this size are embedded prompt by prompt (the routing path); larger ones sparsely.
-_FEW = 8
+from .ngrams import TOKEN_PATTERN, AnalyzerCounter, WordNgramCounter
 
 __all__ = ["Embedder", "TfidfSvdEmbedder", "FunctionEmbedder", "tail_text", "check_texts", "l2_normalise"]
 
@@ -68,9 +67,13 @@ class TfidfSvdEmbedder:
     chat turn — count extra. It is projected on `dim` SVD directions learned from the training
     prompts and L2-normalised. Works offline; `fit` on a few thousand prompts takes seconds.
 
+    scikit-learn's `TfidfVectorizer` learns the vocabularies and IDF weights; prompts are then
+    counted by `shared_core.ngrams` (the same counts, without a Python string per n-gram), one
+    path for one prompt and for a batch.
+
     Defaults (word 1–2-grams, no tail weighting): every variant measured in
     benchmarks/predictors.py routes within noise of the others, and this one embeds a prompt
-    about ten times faster than with character n-grams, which keeps a routing decision under 1 ms.
+    about ten times faster than with character n-grams.
     """
 
     def __init__(
@@ -97,49 +100,69 @@ class TfidfSvdEmbedder:
         if not 0.0 <= self.tail_weight <= 1.0:
             raise ValueError(f"tail_weight must be in [0, 1], got {self.tail_weight}")
 
-    def _vectorizers(self, vocabularies: Sequence[Sequence[str]] | None = None) -> list[Any]:
-        """Word n-grams, then character n-grams unless `char_ngrams` is None."""
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        common = dict(sublinear_tf=True, min_df=self.min_df, dtype=np.float32)
-        kinds = [dict(ngram_range=self.word_ngrams)]
+    def _kinds(self) -> list[dict[str, Any]]:
+        """TfidfVectorizer settings per n-gram kind: words, then characters unless `char_ngrams` is None."""
+        kinds: list[dict[str, Any]] = [dict(ngram_range=self.word_ngrams, token_pattern=TOKEN_PATTERN)]
         if self.char_ngrams is not None:
             kinds.append(dict(analyzer="char_wb", ngram_range=self.char_ngrams))
-        vocab = vocabularies or [None] * len(kinds)
-        if len(vocab) != len(kinds):
-            raise ValueError(f"{len(vocab)} vocabularies for {len(kinds)} n-gram kinds")
-        return [TfidfVectorizer(vocabulary=v, **kind, **common) for v, kind in zip(vocab, kinds)]
+        return kinds
 
-    def _sparse(self, texts: list[str], full: Any = None) -> Any:
-        """√(1−w)·tfidf(prompt) + √w·tfidf(tail); `full` = tfidf(prompt) when already computed."""
+    def _set_vocabularies(self, vocabularies: list[list[str]], idf: list[np.ndarray]) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        kinds = self._kinds()
+        if len(vocabularies) != len(kinds) or len(idf) != len(kinds):
+            raise ValueError(f"{len(vocabularies)} vocabularies for {len(kinds)} n-gram kinds")
+        self.vocabularies_ = vocabularies
+        self.idf_ = [np.asarray(w) for w in idf]
+        self._counters = [WordNgramCounter(vocabularies[0], self.word_ngrams)]
+        if self.char_ngrams is not None:
+            analyzer = TfidfVectorizer(**kinds[1]).build_analyzer()
+            self._counters.append(AnalyzerCounter(analyzer, vocabularies[1]))
+
+    def _sparse(self, texts: list[str]) -> Any:
+        """√(1−w)·tfidf(prompt) + √w·tfidf(tail) as a float32 CSR matrix."""
         w = self.tail_weight
         H = 0.0
         if w < 1.0:
-            H = np.sqrt(1.0 - w) * (self._tfidf(texts) if full is None else full)
+            H = np.sqrt(1.0 - w) * self._tfidf(texts)
         if w > 0.0:
             H = H + np.sqrt(w) * self._tfidf([tail_text(t, self.tail_chars) for t in texts])
         # float32 throughout: a float64 matrix would make scipy upcast the whole projection per call.
         return H.tocsr().astype(np.float32)
 
-    def _tfidf(self, docs: list[str], fit: bool = False) -> Any:
-        import scipy.sparse as sp
-        from sklearn.preprocessing import normalize
+    def _tfidf(self, docs: list[str]) -> Any:
+        """Sublinear TF × IDF per n-gram kind, each kind L2-normalised, then the whole row.
 
-        blocks = [v.fit_transform(docs) if fit else v.transform(docs) for v in self.vectorizers_]
-        return normalize(sp.hstack(blocks).tocsr())
+        The arithmetic is TfidfVectorizer's own (float32, in its order, the whole row normalised
+        again even for one kind), so fitted embedders and saved routers stay bit for bit the same.
+        """
+        import scipy.sparse as sp
+
+        blocks = []
+        for counter, idf in zip(self._counters, self.idf_):
+            indptr, columns, counts = counter.count(docs)
+            X = sp.csr_matrix((counts.astype(np.float32), columns, indptr), shape=(len(docs), len(idf)))
+            np.log(X.data, X.data)
+            X.data += 1.0
+            X.data *= idf[X.indices]
+            blocks.append(_normalise_rows(X))
+        return _normalise_rows(blocks[0] if len(blocks) == 1 else sp.hstack(blocks, format="csr"))
 
     def fit(self, texts: Sequence[str]) -> "TfidfSvdEmbedder":
         """Learn the n-gram vocabularies, IDF weights and SVD directions from training prompts."""
         from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
 
         self._check_params()
         texts = check_texts(texts)
         if len(texts) < 2:
             raise ValueError(f"fitting the embedder needs at least 2 texts, got {len(texts)}")
-        self.vectorizers_ = self._vectorizers()
-        for v in self.vectorizers_:
-            v.set_params(min_df=min(self.min_df, len(texts)))  # sklearn rejects min_df > number of texts
-        H = self._sparse(texts, full=self._tfidf(texts, fit=True))
+        min_df = min(self.min_df, len(texts))  # sklearn rejects min_df > number of texts
+        fitted = [TfidfVectorizer(sublinear_tf=True, min_df=min_df, dtype=np.float32, **kind).fit(texts)
+                  for kind in self._kinds()]
+        self._set_vocabularies([v.get_feature_names_out().tolist() for v in fitted], [v.idf_ for v in fitted])
+        H = self._sparse(texts)
         dim = min(self.dim, H.shape[1] - 1, len(texts) - 1)
         if dim < 1:
             raise ValueError("the training texts share too few n-grams to embed; give more or longer texts")
@@ -158,53 +181,7 @@ class TfidfSvdEmbedder:
         if not hasattr(self, "components_"):
             raise RuntimeError("TfidfSvdEmbedder is not fitted: call fit(training_prompts) first")
         texts = check_texts(texts)
-        if not texts:
-            return np.empty((0, self.components_.shape[0]))
-        if len(texts) <= _FEW:
-            return l2_normalise(np.stack([self._embed_one(t) for t in texts]))
         return l2_normalise(self._sparse(texts) @ self._projection)
-
-    def _embed_one(self, text: str) -> np.ndarray:
-        """One prompt's unnormalised embedding: the same numbers as the sparse path.
-
-        Routing embeds one prompt per request; scikit-learn's per-call validation and SciPy's
-        sparse construction cost more than the n-gram counting itself at that size.
-        """
-        w = self.tail_weight
-        out = np.zeros(self.components_.shape[0], dtype=np.float64)
-        if w < 1.0:
-            out += np.sqrt(1.0 - w) * self._project_tfidf(text)
-        if w > 0.0:
-            out += np.sqrt(w) * self._project_tfidf(tail_text(text, self.tail_chars))
-        return out
-
-    def _project_tfidf(self, doc: str) -> np.ndarray:
-        """tfidf(doc) @ projection, with each n-gram kind L2-normalised, then the whole vector."""
-        if not hasattr(self, "_lookup"):
-            self._lookup = []
-            offset = 0
-            for v in self.vectorizers_:
-                vocab = v.vocabulary_ if hasattr(v, "vocabulary_") else {t: i for i, t in enumerate(v.vocabulary)}
-                self._lookup.append((v.build_analyzer(), vocab, np.asarray(v.idf_, dtype=np.float64), offset))
-                offset += len(vocab)
-        columns, weights = [], []
-        for analyzer, vocab, idf, offset in self._lookup:
-            counts: dict[int, int] = {}
-            for term in analyzer(doc):
-                j = vocab.get(term)
-                if j is not None:
-                    counts[j] = counts.get(j, 0) + 1
-            if not counts:
-                continue
-            ids = np.fromiter(counts, dtype=np.int64, count=len(counts))
-            tf = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
-            block = tf * idf[ids]
-            columns.append(ids + offset)
-            weights.append(block / np.linalg.norm(block))
-        if not columns:
-            return np.zeros(self.components_.shape[0], dtype=np.float64)
-        cols, vals = np.concatenate(columns), np.concatenate(weights)
-        return (vals / np.linalg.norm(vals)) @ self._projection[cols]
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """JSON-able parameters and vocabularies, plus the IDF weights and SVD directions."""
@@ -212,9 +189,9 @@ class TfidfSvdEmbedder:
             "dim": self.dim, "tail_weight": self.tail_weight, "tail_chars": self.tail_chars,
             "min_df": self.min_df, "char_ngrams": None if self.char_ngrams is None else list(self.char_ngrams),
             "word_ngrams": list(self.word_ngrams), "random_state": self.random_state,
-            "vocabularies": [v.get_feature_names_out().tolist() for v in self.vectorizers_],
+            "vocabularies": self.vocabularies_,
         }
-        arrays = {f"idf_{i}": v.idf_ for i, v in enumerate(self.vectorizers_)}
+        arrays = {f"idf_{i}": w for i, w in enumerate(self.idf_)}
         return params, {**arrays, "components": self.components_}
 
     @classmethod
@@ -227,19 +204,32 @@ class TfidfSvdEmbedder:
         if not (isinstance(vocabularies, list)
                 and all(isinstance(v, list) and all(isinstance(t, str) for t in v) for v in vocabularies)):
             raise ValueError("embedder vocabularies must be lists of strings")
-        self.vectorizers_ = self._vectorizers(vocabularies)
-        for i, (vocab, v) in enumerate(zip(vocabularies, self.vectorizers_)):
-            idf = arrays[f"idf_{i}"]
-            if idf.shape != (len(vocab),) or len(set(vocab)) != len(vocab):
-                raise ValueError(f"IDF weights of shape {idf.shape} for a vocabulary of {len(vocab)} terms "
+        idf = [arrays.get(f"idf_{i}") for i in range(len(vocabularies))]
+        for vocab, weights in zip(vocabularies, idf):
+            shape = None if weights is None else weights.shape
+            if shape != (len(vocab),) or len(set(vocab)) != len(vocab):
+                raise ValueError(f"IDF weights of shape {shape} for a vocabulary of {len(vocab)} terms "
                                  "(terms must be unique)")
-            v.idf_ = idf
+        self._set_vocabularies(vocabularies, idf)
         components = arrays["components"]
         width = sum(len(v) for v in vocabularies)
         if components.ndim != 2 or components.shape[1] != width:
             raise ValueError(f"SVD components of shape {components.shape} do not match {width} TF-IDF features")
         self._set_components(components)
         return self
+
+
+def _normalise_rows(X: Any) -> Any:
+    """A float32 CSR matrix with each non-empty row scaled to unit L2 norm, in place.
+
+    sklearn.preprocessing.normalize's arithmetic (float32 squares summed in double, row by row)
+    without its per-call validation, which costs more than the work for one prompt.
+    """
+    sizes = np.diff(X.indptr)
+    squares = (X.data * X.data).astype(np.float64)
+    norms = np.sqrt(np.bincount(np.repeat(np.arange(X.shape[0]), sizes), weights=squares, minlength=X.shape[0]))
+    X.data = (X.data / np.repeat(np.where(norms > 0, norms, 1.0), sizes)).astype(np.float32)
+    return X
 
 
 class FunctionEmbedder:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -30,6 +31,16 @@ _TOKENS_PER_NAME = 1
 _REPLY_PRIMING = 3
 
 _FALLBACKS = {"o200k_harmony": "o200k_base", "o200k_base": "cl100k_base", "p50k_edit": "p50k_base"}
+
+# These encodings' pre-tokenizers always start a new piece after a line break followed by a
+# letter or digit, and BPE never merges across pieces: a text's count is the sum of its lines'
+# counts there (tests/test_tokens.py checks both patterns). Repeated lines — few-shot examples,
+# system prompts, chat history — are then encoded once. Other encodings (and the length
+# estimate, whose rounding is not additive) count whole texts.
+_LINE_START = re.compile(r"(?<=\n)(?=[A-Za-z0-9])")
+_LINE_ADDITIVE = frozenset({"cl100k_base", "o200k_base"})
+# Characters of remembered lines per encoding; past it the memo starts afresh (≈ tens of MB).
+_MEMO_CHARS = 1 << 22
 
 
 class TokenizerFallbackWarning(UserWarning):
@@ -105,11 +116,45 @@ def get_tokenizer(encoding_or_model: str = "cl100k_base") -> Tokenizer:
             name = fallback
 
 
+class _LineMemo:
+    """Counts a text as the sum of its lines' counts, remembering each line's count."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._encode = tokenizer.encode_ordinary
+        self._counts: dict[str, int] = {}
+        self._chars = 0
+
+    def __call__(self, text: str) -> int:
+        counts, total = self._counts, 0
+        for line in _LINE_START.split(text):
+            n = counts.get(line)
+            if n is None:
+                n = len(self._encode(line))
+                if self._chars > _MEMO_CHARS:
+                    # Threads racing here only make the bound approximate; a dict is safe to share.
+                    counts = self._counts = {}
+                    self._chars = 0
+                counts[line] = n
+                self._chars += len(line)
+            total += n
+        return total
+
+
+@lru_cache(maxsize=None)
+def _counter(encoding_or_model: str) -> Callable[[str], int]:
+    """text → token count for an encoding or model name (one per name, shared by all callers)."""
+    tokenizer = get_tokenizer(encoding_or_model)
+    if tokenizer.name in _LINE_ADDITIVE:
+        return _LineMemo(tokenizer)
+    encode = tokenizer.encode_ordinary
+    return lambda text: len(encode(text))
+
+
 def count_tokens(text: str, encoding_or_model: str = "cl100k_base") -> int:
     """Number of tokens of `text` under an encoding or model name (special tokens as text)."""
     if not isinstance(text, str):
         raise TypeError(f"text must be str, got {type(text).__name__}")
-    return len(get_tokenizer(encoding_or_model).encode_ordinary(text))
+    return _counter(encoding_or_model)(text)
 
 
 def count_tokens_batch(texts: Sequence[str], encoding_or_model: str = "cl100k_base") -> list[int]:
@@ -121,8 +166,8 @@ def count_tokens_batch(texts: Sequence[str], encoding_or_model: str = "cl100k_ba
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] must be str, got {type(t).__name__}")
-    encode = get_tokenizer(encoding_or_model).encode_ordinary
-    return [len(encode(t)) for t in texts]
+    count = _counter(encoding_or_model)
+    return [count(t) for t in texts]
 
 
 def content_text(content: Any) -> str:
@@ -148,7 +193,7 @@ def count_message_tokens(
     tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> int:
     """Prompt tokens of chat messages ({"role", "content", optional "name"}) plus tool schemas."""
-    tok = get_tokenizer(encoding_or_model)
+    count = _counter(encoding_or_model)
     texts: list[str] = []
     total = _REPLY_PRIMING
     for i, message in enumerate(messages):
@@ -164,4 +209,4 @@ def count_message_tokens(
             texts.append(json.dumps(message["tool_calls"], separators=(",", ":"), default=str))
     for schema in tools or ():
         texts.append(json.dumps(schema, separators=(",", ":"), sort_keys=True, default=str))
-    return total + sum(len(tok.encode_ordinary(t)) for t in texts)
+    return total + sum(map(count, texts))

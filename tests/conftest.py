@@ -42,6 +42,15 @@ def routerbench(routerbench_path):
 
 
 @pytest.fixture(scope="session")
+def llmrouter(llmrouter_paths):
+    """The LLMRouter dataset with its price table, loaded once per test session."""
+    from shared_core.data import load_dataset
+
+    data_path, prices = llmrouter_paths
+    return load_dataset(data_path, prices=prices)
+
+
+@pytest.fixture(scope="session")
 def train(routerbench):
     """RouterBench's training split."""
     return routerbench.subset("train")

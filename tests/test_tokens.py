@@ -5,6 +5,8 @@ from __future__ import annotations
 import warnings
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared_core import tokens
 from shared_core.tokens import (
@@ -21,9 +23,11 @@ from shared_core.tokens import (
 def fresh_tokenizers():
     """Forget cached encodings and warnings so a test sees the loading path again."""
     get_tokenizer.cache_clear()
+    tokens._counter.cache_clear()
     tokens._warned.clear()
     yield
     get_tokenizer.cache_clear()
+    tokens._counter.cache_clear()
     tokens._warned.clear()
 
 
@@ -97,3 +101,89 @@ def test_no_encoding_at_all_falls_back_to_length_estimate(fresh_tokenizers, monk
         n = count_tokens("x" * 41)
     assert n == 11 == -(-41 // int(CHARS_PER_TOKEN))
     assert count_message_tokens([{"role": "user", "content": "abcd"}]) > 0
+
+
+# --- Counting line by line (the memo) -------------------------------------------------------
+
+# Texts made of fragments that exercise the pre-tokenizers: line breaks of every kind, spaces
+# before them, contractions, digit runs, punctuation, marks and letters outside ASCII.
+_LINES = st.lists(
+    st.sampled_from(list("aZ09 _.,:;!?/'\"-\t\n\r\x0b\x0c\u2028\u00a0éİΩ中\u0301😀")
+                    + ["\n\n", "'s", "'LL", " 123", "1234", "\r\n", " \n", "word", "Word", " /path"]),
+    max_size=40,
+).map("".join)
+
+
+def _pattern(name):
+    """The pre-tokenizer pattern of a tiktoken encoding, without loading its (network) ranks file."""
+    import tiktoken_ext.openai_public as openai_public
+
+    original = openai_public.load_tiktoken_bpe
+    openai_public.load_tiktoken_bpe = lambda *args, **kwargs: {}
+    try:
+        return getattr(openai_public, name)()["pat_str"]
+    finally:
+        openai_public.load_tiktoken_bpe = original
+
+
+def test_counting_line_by_line_is_exact_on_both_datasets(routerbench, llmrouter):
+    import tiktoken
+
+    encode = tiktoken.get_encoding("cl100k_base").encode_ordinary
+    for data in (routerbench, llmrouter):
+        prompts = list(data.prompts)
+        expected = [len(encode(p)) for p in prompts]
+        assert count_tokens_batch(prompts) == expected
+        assert count_tokens_batch(prompts) == expected  # again, from remembered lines
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_LINES)
+def test_counting_line_by_line_is_exact_on_any_text(text):
+    import tiktoken
+
+    assert count_tokens(text) == len(tiktoken.get_encoding("cl100k_base").encode_ordinary(text))
+    assert count_tokens(text + "\nA line after it") == count_tokens(text + "\n") + count_tokens("A line after it")
+
+
+@pytest.mark.parametrize("encoding", sorted(tokens._LINE_ADDITIVE))
+@settings(max_examples=300, deadline=None)
+@given(text=_LINES)
+def test_the_pre_tokenizer_never_joins_a_line_break_to_the_letter_after_it(encoding, text):
+    """What makes counting line by line exact, checked on each encoding's own pattern."""
+    import regex
+
+    pattern = regex.compile(_pattern(encoding))
+    lines = tokens._LINE_START.split(text)
+    assert pattern.findall(text) == [piece for line in lines for piece in pattern.findall(line)]
+
+
+def test_the_pattern_stands_for_tiktokens_own_pre_tokenizer(routerbench):
+    """The regex module splits cl100k_base text into the pieces tiktoken's BPE sees."""
+    import regex
+    import tiktoken
+
+    encode = tiktoken.get_encoding("cl100k_base").encode_ordinary
+    pattern = regex.compile(_pattern("cl100k_base"))
+    for prompt in routerbench.prompts[:200]:
+        assert sum(len(encode(piece)) for piece in pattern.findall(prompt)) == len(encode(prompt))
+
+
+def test_the_length_estimate_counts_whole_texts(fresh_tokenizers, monkeypatch):
+    import tiktoken
+
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: (_ for _ in ()).throw(ConnectionError("offline")))
+    text = "ab\nCd\nEf\nGh"  # line by line the rounding would give 4 tokens, not 3
+    with pytest.warns(TokenizerFallbackWarning):
+        assert count_tokens(text) == -(-len(text) // int(CHARS_PER_TOKEN)) == 3
+
+
+def test_the_memo_of_lines_stays_bounded(monkeypatch):
+    import tiktoken
+
+    encode = tiktoken.get_encoding("cl100k_base").encode_ordinary
+    memo = tokens._LineMemo(tiktoken.get_encoding("cl100k_base"))
+    monkeypatch.setattr(tokens, "_MEMO_CHARS", 1_000)
+    texts = [f"line {i} of a long log\nSecond line {i}" for i in range(500)]
+    assert [memo(t) for t in texts] == [len(encode(t)) for t in texts]
+    assert sum(map(len, memo._counts)) <= 1_000 + 40

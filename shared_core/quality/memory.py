@@ -8,6 +8,7 @@ each query's k most similar remembered prompts, per model, among those labelled 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,21 @@ class _Snapshot:
     X: np.ndarray
     Y: np.ndarray
     n: int
-    rows: dict[int, np.ndarray] = field(default_factory=dict)  # labelled rows per model, filled lazily
+    derived: dict[Any, Any] = field(default_factory=dict)  # arrays computed from X, Y on first use
+
+    def labels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Which labels are known (bool), the same as float, and the labels with NaN as 0."""
+        if "labels" not in self.derived:
+            Y = self.Y[: self.n]
+            known = ~np.isnan(Y)
+            self.derived["labels"] = (known, known.astype(np.float64), np.where(known, Y, 0.0))
+        return self.derived["labels"]
+
+    def rows(self, j: int) -> np.ndarray:
+        """The rows labelled for model j."""
+        if ("rows", j) not in self.derived:
+            self.derived[("rows", j)] = np.flatnonzero(self.labels()[0][:, j])
+        return self.derived[("rows", j)]
 
 
 class LabelMemory:
@@ -92,48 +107,61 @@ class LabelMemory:
         model averages over a neighbourhood of about the same size.
         """
         s = self._snap
-        X, Y = s.X[: s.n], s.Y[: s.n]
+        X = s.X[: s.n]
         Q = l2_normalise(Q)
-        labelled = ~np.isnan(Y)
-        n_labels = labelled.sum(axis=0)
+        n_labels = s.labels()[1].sum(axis=0)
         ks = np.minimum(n_labels, np.maximum(1, np.round(k * n_labels / max(1, n_labels.max())))).astype(int)
-        out = np.empty((len(Q), Y.shape[1]))
+        out = np.empty((len(Q), len(ks)))
         for start in range(0, len(Q), _CHUNK):
-            S = Q[start:start + _CHUNK] @ X.T
-            sums, counts = _sums(s, S, Y, labelled, ks)
+            sums, counts = _sums(s, Q[start:start + _CHUNK] @ X.T, ks)
             with np.errstate(invalid="ignore", divide="ignore"):
                 est = (sums + shrinkage * prior) / (counts + shrinkage)
             out[start:start + _CHUNK] = np.where(counts + shrinkage > 0, est, prior)
         return out
 
 
-def _sums(
-    snap: _Snapshot, S: np.ndarray, Y: np.ndarray, labelled: np.ndarray, ks: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Label sums and counts over each query's ks[j] nearest rows labelled for model j."""
-    c = min(S.shape[1], int(ks.max(initial=0)) + _SLACK)
-    idx = _top(S, c)
-    lab = labelled[idx]
-    use = lab & (np.cumsum(lab, axis=1) <= ks)
-    sums = np.where(use, np.nan_to_num(Y[idx]), 0.0).sum(axis=1)
-    counts = use.sum(axis=1).astype(np.float64)
-    # Models with too few labels among the c nearest rows (an added model, sparse feedback)
-    # are searched among their own labelled rows.
-    for j in np.flatnonzero((counts < ks).any(axis=0)):
-        rows = snap.rows.get(j)
-        if rows is None:
-            rows = snap.rows[j] = np.flatnonzero(labelled[:, j])
-        kj = int(ks[j])
-        top = rows[_top(S[:, rows], kj)] if kj < len(rows) else np.broadcast_to(rows, (len(S), len(rows)))
-        sums[:, j] = Y[top, j].sum(axis=1)
+def _sums(snap: _Snapshot, S: np.ndarray, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Label sums and counts over each query's ks[j] nearest rows labelled for model j.
+
+    One pass serves every model whose k_j is within the slack of k = max ks (a few missing
+    labels): the k0 = min of those k_j nearest rows are summed as a set (a 0/1 weight matrix
+    times the labels), and only the rows after them are put in order, each model taking the
+    first k_j − (its labels among the k0) of them.
+    """
+    known, known_f, Y0 = snap.labels()
+    k = int(ks.max(initial=0))
+    if k == 0 or not S.shape[1]:
+        return np.zeros((len(S), len(ks))), np.zeros((len(S), len(ks)))
+    k0 = max(1, int(ks[ks >= k - _SLACK].min()))
+    c = min(S.shape[1], k + _SLACK)
+    idx = _nearest(S, c)[:, :c]
+    if c > k0:  # the k0 nearest first, unordered (one partition of c columns is cheap)
+        idx = np.take_along_axis(idx, _nearest(np.take_along_axis(S, idx, axis=1), k0), axis=1)
+    W = np.zeros(S.shape)
+    np.put_along_axis(W, idx[:, :k0], 1.0, axis=1)
+    sums, counts = W @ Y0, W @ known_f
+    if c > k0:
+        after = _by_similarity(S, idx[:, k0:])
+        lab = known[after]
+        use = lab & (np.cumsum(lab, axis=1) <= (ks - counts)[:, None, :])
+        sums += np.where(use, Y0[after], 0.0).sum(axis=1)
+        counts += use.sum(axis=1)
+    # Models with far fewer neighbours (one added from a small profile), or with too few
+    # labels among the c nearest rows (sparse feedback), are searched among their own rows.
+    for j in np.flatnonzero((counts < ks).any(axis=0) | (ks < k0)):
+        rows, kj = snap.rows(j), int(ks[j])
+        top = rows[_nearest(S[:, rows], kj)[:, :kj]] if kj < len(rows) else rows[None, :]
+        sums[:, j] = Y0[top, j].sum(axis=1)
         counts[:, j] = kj
     return sums, counts
 
 
-def _top(S: np.ndarray, c: int) -> np.ndarray:
-    """Column indices of each row's c largest entries, most similar first."""
-    if c >= S.shape[1]:
-        return np.argsort(-S, axis=1, kind="stable")
-    part = np.argpartition(-S, c - 1, axis=1)[:, :c]
-    order = np.argsort(-np.take_along_axis(S, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+def _nearest(S: np.ndarray, c: int) -> np.ndarray:
+    """Column indices of each row's entries, its c largest first (in no particular order)."""
+    return np.argpartition(-S, c - 1, axis=1) if c < S.shape[1] else np.broadcast_to(np.arange(S.shape[1]), S.shape)
+
+
+def _by_similarity(S: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Column indices idx of each row, most similar first."""
+    order = np.argsort(-np.take_along_axis(S, idx, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(idx, order, axis=1)
