@@ -56,7 +56,6 @@ def main() -> None:
     one_request = float(np.nanmax(test.cost))  # the most a single test request can cost
 
     router = fit_router(train, args.predictor, candidates=train.candidates(max_output_tokens=1024))
-    router.warm_start(train.prompts)
     est_test, est_train = router.estimate(test.prompts), router.estimate(train.prompts)
     curve = deferral_curve(est_test.quality, est_test.cost, test.quality, test.cost, ref_cost)
 
@@ -122,7 +121,6 @@ def tune_warm_step(train, predictor: str, steps: list[float]) -> None:
         ref = reference_column(fit.quality)
         ref_cost = float(replay.cost[:, ref].sum())
         router = fit_router(fit, predictor, candidates=fit.candidates(max_output_tokens=1024))
-        router.warm_start(fit.prompts)
         est = router.estimate(replay.prompts)
         curve = deferral_curve(est.quality, est.cost, replay.quality, replay.cost, ref_cost)
         warm = router.pacer

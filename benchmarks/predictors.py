@@ -324,7 +324,7 @@ def main() -> None:
                 ["what", "p50 ms", "p90 ms", "p99 ms"],
                 [[k, *s[k].values()] for k in ("predict_quality_and_length_one_prompt", "embed_one_prompt",
                                                "estimate_one_prompt", "prior_estimate_one_prompt")])
-    print(f"fit_router (embedder + quality + lengths): {s['fit_s']:.1f} s")
+    print(f"fit_router (embedder + quality + lengths + warm start): {s['fit_s']:.1f} s")
 
     if not args.quick:
         results["embedders"] = embedder_table(train, test)

@@ -114,6 +114,7 @@ def fit_router(
     *,
     candidates: Sequence[Candidate] | None = None,
     embedder: Any = None,
+    warm_start: bool = True,
     show_progress: bool = False,
     **router_kwargs: Any,
 ) -> Router:
@@ -121,7 +122,8 @@ def fit_router(
 
     `embedder=None` fits the default offline TfidfSvdEmbedder on the prompts; a given embedder
     is used as it is (pretrained, or fitted before). Candidates default to the dataset's price
-    table, else to prices learned from its recorded costs (`fit_prices`).
+    table, else to prices learned from its recorded costs (`fit_prices`). With `warm_start`,
+    live budgets are priced from the batch solution on the dataset's prompts (`Router.warm_start`).
     """
     if len(dataset) == 0:
         raise ValueError("cannot fit on an empty dataset")
@@ -155,5 +157,8 @@ def fit_router(
     label = f"fitting {predictor} on {len(dataset)} prompts × {len(dataset.models)} models"
     for step in progress(steps, label=label, enabled=show_progress):
         step()
-    return Router(cands, quality=quality, lengths=lengths, embedder=embedder if needs_embedding else None,
-                  **router_kwargs)
+    router = Router(cands, quality=quality, lengths=lengths, embedder=embedder if needs_embedding else None,
+                    **router_kwargs)
+    if warm_start:
+        router.warm_start(dataset.prompts)
+    return router

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import string
-from collections import Counter
 from collections.abc import Callable, Sequence
 from itertools import chain, repeat
 

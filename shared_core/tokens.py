@@ -37,7 +37,7 @@ _FALLBACKS = {"o200k_harmony": "o200k_base", "o200k_base": "cl100k_base", "p50k_
 # counts there (tests/test_tokens.py checks both patterns). Repeated lines — few-shot examples,
 # system prompts, chat history — are then encoded once. Other encodings (and the length
 # estimate, whose rounding is not additive) count whole texts.
-_LINE_START = re.compile(r"(?<=\n)(?=[A-Za-z0-9])")
+_LINE_BREAK = re.compile(r"\n(?=[A-Za-z0-9])")
 _LINE_ADDITIVE = frozenset({"cl100k_base", "o200k_base"})
 # Characters of remembered lines per encoding; past it the memo starts afresh (≈ tens of MB).
 _MEMO_CHARS = 1 << 22
@@ -116,6 +116,18 @@ def get_tokenizer(encoding_or_model: str = "cl100k_base") -> Tokenizer:
             name = fallback
 
 
+def _lines(text: str) -> list[str]:
+    """`text` cut after each line break that a letter or digit follows (pieces keep their "\n")."""
+    if "\n" not in text:
+        return [text]
+    pieces, start = [], 0
+    for match in _LINE_BREAK.finditer(text):
+        pieces.append(text[start:match.end()])
+        start = match.end()
+    pieces.append(text[start:])
+    return pieces
+
+
 class _LineMemo:
     """Counts a text as the sum of its lines' counts, remembering each line's count."""
 
@@ -126,7 +138,7 @@ class _LineMemo:
 
     def __call__(self, text: str) -> int:
         counts, total = self._counts, 0
-        for line in _LINE_START.split(text):
+        for line in _lines(text):
             n = counts.get(line)
             if n is None:
                 n = len(self._encode(line))

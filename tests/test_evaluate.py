@@ -109,7 +109,6 @@ def default_runs(split):
     (benchmarks/budget_runs.py adds 25 % and the fixed-λ comparison)."""
     train, test, ref, ref_cost = split
     router = fit_router(train, DEFAULT_PREDICTOR, candidates=train.candidates(max_output_tokens=1024))
-    router.warm_start(train.prompts)
     est = router.estimate(test.prompts)
     curve = deferral_curve(est.quality, est.cost, test.quality, test.cost, ref_cost)
     runs = {}

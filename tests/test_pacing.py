@@ -149,7 +149,6 @@ def test_warm_started_replay_of_the_real_test_split_lands_on_budget(routerbench,
     predictor the last few cents sit below GPT-4's worst-case reservation and nothing else is worth them.)"""
     train, test = routerbench.subset("train"), routerbench.subset("test")
     router = fit_router(train, "prior", candidates=train.candidates(max_output_tokens=1024))
-    router.warm_start(train.prompts)
     budget = fraction * float(test.cost[:, reference_column(train.quality)].sum())
     router.set_budget("probe", Budget(usd=budget, horizon=len(test)))
     first = router.decide(test.prompts[0], "probe")
@@ -172,3 +171,15 @@ def test_budget_exceeded_still_guards_a_warm_pacer():
     router.set_budget("tiny", Budget(usd=1e-7, horizon=10))
     with pytest.raises(BudgetExceeded):
         router.decide("hello", "tiny")
+
+
+def test_a_fitted_router_is_warm_started_on_its_training_prompts(train_sample, tmp_path):
+    sample = train_sample(300, seed=3)
+    router = fit_router(sample, "knn")
+    cold = fit_router(sample, "knn", warm_start=False)
+    assert router.pacer.is_warm and not cold.pacer.is_warm
+    cold.warm_start(sample.prompts)
+    assert cold.pacer.warm_rates == router.pacer.warm_rates
+    assert cold.pacer.warm_lambdas == router.pacer.warm_lambdas
+    router.save(tmp_path / "router")
+    assert Router.load(tmp_path / "router").pacer.warm_lambdas == router.pacer.warm_lambdas

@@ -154,7 +154,8 @@ def test_the_pre_tokenizer_never_joins_a_line_break_to_the_letter_after_it(encod
     import regex
 
     pattern = regex.compile(_pattern(encoding))
-    lines = tokens._LINE_START.split(text)
+    lines = tokens._lines(text)
+    assert "".join(lines) == text
     assert pattern.findall(text) == [piece for line in lines for piece in pattern.findall(line)]
 
 

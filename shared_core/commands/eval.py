@@ -128,7 +128,6 @@ def _evaluate(
     """Fit one predictor and run its curve, batch, online and fixed-λ runs."""
     router = fit_router(train, name, candidates=train.candidates(max_output_tokens=args.max_output_tokens),
                         show_progress=show)
-    router.warm_start(train.prompts)
     est_test = router.estimate(test.prompts)
     est_train = router.estimate(train.prompts)
     curve = deferral_curve(est_test.quality, est_test.cost, test.quality, test.cost, ref_cost, keep_choices=True)
