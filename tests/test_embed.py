@@ -133,7 +133,7 @@ def test_each_request_is_embedded_once(small, tfidf):
 
 @pytest.mark.parametrize("options", [{}, {"char_ngrams": (3, 5), "tail_weight": 0.5}])
 def test_one_prompt_path_gives_the_same_vectors_as_the_batch_path(small, options):
-    """Routing embeds prompts one at a time through a faster path; it must agree with the batch one."""
+    """A prompt embeds the same alone as inside a batch: no n-gram spans two prompts of a batch."""
     embedder = TfidfSvdEmbedder(dim=32, **options).fit(small.prompts)
     prompts = small.prompts[:12] + ["", "zyxwvut only unseen words"]
     batch = embedder.transform(prompts)  # more than a few: the sparse path
