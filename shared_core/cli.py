@@ -10,13 +10,13 @@ from collections.abc import Sequence
 __all__ = ["main", "COMMANDS"]
 
 #: Subcommand name → module in shared_core.commands defining `add_parser(sub)` and `run(args)`.
-COMMANDS = ["demo", "budget", "eval", "fit"]
+COMMANDS = ["demo", "budget", "eval", "fit", "route"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every available subcommand."""
     parser = argparse.ArgumentParser(
-        prog="omniroute", description="Budgeted LLM routing: demo, fit, evaluate and inspect routers."
+        prog="omniroute", description="Budgeted LLM routing: demo, fit, evaluate, plan batches and inspect budgets."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
