@@ -24,6 +24,16 @@ def percentiles_ms(seconds: Sequence[float]) -> dict[str, float]:
             "p99_ms": float(np.percentile(ms, 99))}
 
 
+def cold(fn):
+    """fn, run with an empty token-count memo: its text is counted as never seen before."""
+    from shared_core import tokens
+
+    def run():
+        tokens._counter.cache_clear()
+        return fn()
+    return run
+
+
 def timed(fn, repeat: int) -> list[float]:
     """Wall time of `repeat` calls of fn(), one measurement per call."""
     out = []

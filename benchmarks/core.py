@@ -14,19 +14,11 @@ import time
 
 import tiktoken
 
-from _common import DATA, percentiles_ms, print_table, timed, write_json
-from shared_core import Budget, tokens
+from _common import DATA, cold, percentiles_ms, print_table, timed, write_json
+from shared_core import Budget
 from shared_core.data import load_dataset
 from shared_core.fitting import fit_router
 from shared_core.tokens import count_message_tokens, count_tokens, count_tokens_batch
-
-
-def cold(fn):
-    """fn, run with an empty token-count memo."""
-    def run():
-        tokens._counter.cache_clear()
-        return fn()
-    return run
 
 
 def main() -> None:
@@ -63,9 +55,12 @@ def main() -> None:
     train, test = data.subset("train"), data.subset("test")
     router = fit_router(train, "prior", candidates=train.candidates(max_output_tokens=1024))
     router.set_budget("bench", Budget(usd=1e6, horizon=10**9))
-    tokens._counter.cache_clear()
-    for p in train.prompts[:50]:  # warm up on training prompts only: test lines are counted fresh
-        router.release(router.decide(p, "bench"))
+
+    def warm_up() -> None:  # on training prompts only: the test prompts' lines are counted fresh
+        for p in train.prompts[:50]:
+            router.release(router.decide(p, "bench"))
+
+    cold(warm_up)()
     lat_decide, lat_full = [], []
     for p in test.prompts:
         t0 = time.perf_counter()

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from _common import DATA, percentiles_ms, print_table, timed, write_json
+from _common import DATA, cold, percentiles_ms, print_table, timed, write_json
 from shared_core import Budget, tokens
 from shared_core.data import load_dataset
 from shared_core.embed import l2_normalise
@@ -35,14 +35,6 @@ from shared_core.solver import solve
 
 REPEAT = 5
 ENCODING = "cl100k_base"
-
-
-def cold(fn):
-    """fn, run with an empty token-count memo (as for a batch of prompts never seen before)."""
-    def run():
-        tokens._counter.cache_clear()
-        return fn()
-    return run
 
 
 def sklearn_embedding(embedder):

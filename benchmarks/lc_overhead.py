@@ -13,10 +13,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from _common import percentiles_ms, print_table, write_json
+from _common import cold, percentiles_ms, print_table, write_json
 from omniroute_lc import ChatOmniRoute
 from omniroute_lc.fakes import FakeToolChatModel
-from shared_core import Budget, tokens
+from shared_core import Budget
 from shared_core.defaults import DEMO_PROMPTS, default_candidates
 from shared_core.tokens import count_tokens
 
@@ -51,9 +51,9 @@ def main() -> None:
         label = f"{count_tokens(prompt)}-token prompt"
         for mode, direct, routed in [
             ("invoke", lambda: direct_model.invoke(prompt),
-             lambda: (tokens._counter.cache_clear(), chat.invoke(prompt, session="bench"))),
+             cold(lambda: chat.invoke(prompt, session="bench"))),
             ("stream", lambda: list(direct_model.stream(prompt)),
-             lambda: (tokens._counter.cache_clear(), list(chat.stream(prompt, session="bench")))),
+             cold(lambda: list(chat.stream(prompt, session="bench")))),
         ]:
             base, via = (percentiles_ms(t) for t in paired(direct, routed))
             added = {k: via[k] - base[k] for k in base}

@@ -76,8 +76,8 @@ class WordNgramCounter:
 
     def _key(self, parts: Sequence[np.ndarray]) -> np.ndarray:
         """The n-gram keys Σ id_r · base^(n−1−r) of aligned word-id arrays, one per position r."""
-        key = np.zeros(len(parts[0]) if len(parts) else 0, dtype=np.int64)
-        for ids in parts:
+        key = np.asarray(parts[0], dtype=np.int64)
+        for ids in parts[1:]:
             key = key * self._base + ids
         return key
 
@@ -137,9 +137,9 @@ class AnalyzerCounter:
 
 def _tally(rows: np.ndarray, columns: np.ndarray, n_rows: int, n_columns: int) -> NgramCounts:
     """Occurrences (row, column) → CSR parts with each distinct pair once and its count."""
-    keys = np.sort(rows * max(1, n_columns) + columns)
+    width = max(1, n_columns)
+    keys = np.sort(rows * width + columns)
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.empty(0, np.int64)
     unique = keys[starts]
     counts = np.diff(np.r_[starts, len(keys)])
-    indptr = np.searchsorted(unique // max(1, n_columns), np.arange(n_rows + 1))
-    return indptr, unique % max(1, n_columns), counts
+    return np.searchsorted(unique // width, np.arange(n_rows + 1)), unique % width, counts

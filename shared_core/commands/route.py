@@ -12,7 +12,6 @@ import argparse
 import csv
 import json
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             writer = csv.writer(f)
             writer.writerow(["id", "model", "predicted_quality", "estimated_cost_usd"])
             writer.writerows(zip(ids, plan.models, quality.round(6), cost.round(9)))
-    _summary(plan.models, cost, quality, solution.lam, args, len(prompts), seconds)
+    _summary(est.candidates, solution.choice, cost, quality, solution.lam, args, seconds)
     return 0
 
 
@@ -118,15 +117,17 @@ def parse_capacities(items: list[str]) -> dict[str, float | int]:
     return out
 
 
-def _summary(models: list[str], cost: np.ndarray, quality: np.ndarray, lam: float,
-             args: argparse.Namespace, n: int, seconds: float) -> None:
-    counts = Counter(models)
-    spend = {m: float(cost[[x == m for x in models]].sum()) for m in counts}
-    name_w = max(24, *(len(m) for m in counts))
+def _summary(names: list[str], choice: np.ndarray, cost: np.ndarray, quality: np.ndarray, lam: float,
+             args: argparse.Namespace, seconds: float) -> None:
+    n = len(choice)
+    counts = np.bincount(choice, minlength=len(names))
+    spend = np.bincount(choice, weights=cost, minlength=len(names))
+    name_w = max(24, *(len(m) for m in names))
     print(f"{'model':<{name_w}} {'prompts':>8} {'share':>7} {'est. spend $':>13}")
     print("-" * (name_w + 31))
-    for m, k in sorted(counts.items(), key=lambda kv: -spend[kv[0]]):
-        print(f"{m:<{name_w}} {k:>8} {k / n:>7.1%} {spend[m]:>13.4f}")
+    for j in np.argsort(-spend, kind="stable"):
+        if counts[j]:
+            print(f"{names[j]:<{name_w}} {counts[j]:>8} {counts[j] / n:>7.1%} {spend[j]:>13.4f}")
     print("-" * (name_w + 31))
     print(f"{'total':<{name_w}} {n:>8} {1:>7.0%} {cost.sum():>13.4f}")
     goal = (f"budget ${args.budget:.4f}" if args.budget is not None
