@@ -21,6 +21,7 @@ from shared_core.candidates import Candidate
 from shared_core.router import Decision, Router
 
 from . import delegate
+from .limits import with_declared_limits
 from .metering import METADATA_KEY, StreamMeter, settle
 from .request import RoutedCall
 from .session import resolve_session
@@ -110,6 +111,10 @@ class ChatOmniRoute(BaseChatModel):
             if scope is not None:
                 scope_chain(scope)
         self._models = {c.name: c.model for c in self.candidates}
+        for candidate in self.router.candidates:
+            limited = with_declared_limits(candidate, self._models[candidate.name])
+            if limited is not candidate:
+                self.router.update_candidate(limited)
         return self
 
     @property
@@ -259,9 +264,10 @@ class ChatOmniRoute(BaseChatModel):
     ) -> ChatResult:
         call, decision = self._route(messages, stop, kwargs)
 
-        def run(candidate: Candidate, _: Decision) -> ChatResult:
+        def run(candidate: Candidate, decision: Decision) -> ChatResult:
             model = self._models[candidate.name]
-            return delegate.generate(model, messages, call.stop, run_manager, call.candidate_kwargs(candidate, model))
+            kwargs = call.candidate_kwargs(candidate, model, decision)
+            return delegate.generate(model, messages, call.stop, run_manager, kwargs)
 
         result, decision = call_with_fallbacks(self.router, decision, run)
         return self._settled(call, decision, result)
@@ -275,9 +281,9 @@ class ChatOmniRoute(BaseChatModel):
     ) -> ChatResult:
         call, decision = self._route(messages, stop, kwargs)
 
-        async def run(candidate: Candidate, _: Decision) -> ChatResult:
+        async def run(candidate: Candidate, decision: Decision) -> ChatResult:
             model = self._models[candidate.name]
-            kwargs = call.candidate_kwargs(candidate, model)
+            kwargs = call.candidate_kwargs(candidate, model, decision)
             return await delegate.agenerate(model, messages, call.stop, run_manager, kwargs)
 
         result, decision = await acall_with_fallbacks(self.router, decision, run)
@@ -292,9 +298,10 @@ class ChatOmniRoute(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         call, decision = self._route(messages, stop, kwargs)
 
-        def start(candidate: Candidate, _: Decision) -> Iterator[ChatGenerationChunk]:
+        def start(candidate: Candidate, decision: Decision) -> Iterator[ChatGenerationChunk]:
             model = self._models[candidate.name]
-            return delegate.stream(model, messages, call.stop, run_manager, call.candidate_kwargs(candidate, model))
+            kwargs = call.candidate_kwargs(candidate, model, decision, streaming=True)
+            return delegate.stream(model, messages, call.stop, run_manager, kwargs)
 
         routed: FallbackStream[ChatGenerationChunk] = FallbackStream(self.router, decision, start)
         meter = StreamMeter()
@@ -318,9 +325,10 @@ class ChatOmniRoute(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         call, decision = self._route(messages, stop, kwargs)
 
-        def start(candidate: Candidate, _: Decision) -> AsyncIterator[ChatGenerationChunk]:
+        def start(candidate: Candidate, decision: Decision) -> AsyncIterator[ChatGenerationChunk]:
             model = self._models[candidate.name]
-            return delegate.astream(model, messages, call.stop, run_manager, call.candidate_kwargs(candidate, model))
+            kwargs = call.candidate_kwargs(candidate, model, decision, streaming=True)
+            return delegate.astream(model, messages, call.stop, run_manager, kwargs)
 
         routed: FallbackStream[ChatGenerationChunk] = FallbackStream(self.router, decision, start)
         meter = StreamMeter()

@@ -88,6 +88,7 @@ class FakeToolChatModel(BaseChatModel):
     model_name: str = Field("fake-tool-model", description="Reported as response_metadata['model_name'].")
     answers: dict[str, str] = Field(default_factory=dict, description="Scripted replies by prompt text.")
     latency_s: float = Field(0.0, ge=0, description="Seconds each call waits before answering.")
+    max_tokens: int | None = Field(None, gt=0, description="Output cap of every call (a call's max_tokens wins).")
 
     @property
     def _llm_type(self) -> str:
@@ -154,7 +155,7 @@ class FakeToolChatModel(BaseChatModel):
             text = f"The tool returned: {messages[-1].text}"
         else:
             text = self.answers.get(prompt) or f"{self.model_name} heard: " + " ".join(prompt.split()[:_REPLY_WORDS])
-        text = self._limit(text, stop, kwargs.get("max_tokens"))
+        text = self._limit(text, stop, kwargs.get("max_tokens", self.max_tokens))
         produced = text + "".join(json.dumps(c["args"]) for c in tool_calls)
         input_tokens = count_tokens("\n".join(m.text for m in messages))
         output_tokens = count_tokens(produced)

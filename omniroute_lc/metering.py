@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from functools import reduce
 from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.ai import add_ai_message_chunks
+from langchain_core.messages.ai import add_ai_message_chunks, add_usage
 from langchain_core.outputs import ChatGenerationChunk
 
 from shared_core.calls import settle_usage
@@ -29,22 +30,12 @@ def _produced_text(message: BaseMessage) -> str:
 def settle(
     router: Router, decision: Decision, session: str | None, messages: Sequence[BaseMessage]
 ) -> dict[str, Any]:
-    """Commit the call's cost from the candidate's usage_metadata (tiktoken counts without it); the summary."""
+    """Commit the call's cost from the candidate's usage_metadata (cache and reasoning details
+    included; tiktoken counts without it); the routing summary."""
     usages = [m.usage_metadata for m in messages if isinstance(m, AIMessage) and m.usage_metadata]
-    settlement = settle_usage(
-        router,
-        decision,
-        sum(u["input_tokens"] for u in usages) if usages else None,
-        sum(u["output_tokens"] for u in usages) if usages else None,
-        "\n".join(_produced_text(m) for m in messages),
-    )
-    return {
-        **decision.to_dict(),
-        **settlement.to_dict(),
-        "session": session,
-        "usage_source": "candidate" if usages else "tiktoken",
-        "cached": False,
-    }
+    report = reduce(add_usage, usages) if usages else None
+    settlement = settle_usage(router, decision, report, "\n".join(_produced_text(m) for m in messages))
+    return {**decision.to_dict(), **settlement.to_dict(), "session": session, "cached": False}
 
 
 class StreamMeter:

@@ -11,15 +11,19 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from shared_core.candidates import Candidate
+from shared_core.router import Decision
 
+from .limits import CAP_FIELDS, cap_parameter
 from .structured import StructuredOutput, binding_kwargs
 
 __all__ = ["RoutedCall", "core_messages", "can_call_tools"]
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function"}
 
-# Kwargs the router consumes; every other call kwarg goes to the chosen candidate unchanged.
-_ROUTING_KEYS = ("session", "model", "max_tokens", "tools", "tool_choice", "tool_options", "structured_output")
+# Kwargs the router consumes; every other call kwarg goes to the chosen candidate unchanged. An
+# output cap under any integration's name is the call's max_tokens: the router sends it on in
+# the chosen candidate's own keyword.
+_ROUTING_KEYS = ("session", "model", "tools", "tool_choice", "tool_options", "structured_output", *CAP_FIELDS)
 
 
 def core_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
@@ -62,12 +66,13 @@ class RoutedCall:
     ) -> RoutedCall:
         """Split a hook's kwargs into routing options and kwargs for the candidate."""
         options = {k: kwargs[k] for k in _ROUTING_KEYS if k in kwargs}
+        caps = [options[k] for k in CAP_FIELDS if options.get(k) is not None]
         return cls(
             messages=core_messages(messages),
             stop=stop,
             session=session,
             model=options.get("model"),
-            max_tokens=options.get("max_tokens", max_tokens),
+            max_tokens=min(caps) if caps else max_tokens,
             tools=tuple(options.get("tools") or ()),
             tool_choice=options.get("tool_choice"),
             tool_options=options.get("tool_options") or {},
@@ -88,12 +93,19 @@ class RoutedCall:
             or (native and self.structured.support(name, model) is None)
         ]
 
-    def candidate_kwargs(self, candidate: Candidate, model: BaseChatModel) -> dict[str, Any]:
-        """The kwargs the candidate's hook gets: pass-through, output cap, its own tool / schema bindings."""
+    def candidate_kwargs(
+        self, candidate: Candidate, model: BaseChatModel, decision: Decision, *, streaming: bool = False
+    ) -> dict[str, Any]:
+        """The kwargs the candidate's hook gets: pass-through, the output cap the ledger reserved (in
+        the keyword its integration reads), stream usage, its own tool / schema bindings."""
         kwargs = dict(self.passthrough)
-        if self.max_tokens is not None:
-            # Never let the candidate write more than the reservation assumed.
-            kwargs["max_tokens"] = min(self.max_tokens, candidate.max_output_tokens)
+        cap, name = decision.output_caps.get(candidate.name), cap_parameter(model)
+        if cap is not None and name is not None:
+            # The cap reserved is the cap sent: the candidate cannot write more than was held for it.
+            kwargs[name] = cap
+        if streaming and "stream_usage" in type(model).model_fields:
+            # Ask the provider for the stream's usage, so its own figures are committed.
+            kwargs["stream_usage"] = True
         if self.tools:
             kwargs.update(binding_kwargs(
                 model.bind_tools(list(self.tools), tool_choice=self.tool_choice, **self.tool_options), model

@@ -25,9 +25,10 @@ from llama_index.core.tools import BaseTool
 from shared_core.budget import Budget
 from shared_core.calls import FallbackStream, Settlement, acall_with_fallbacks, call_with_fallbacks, settle_usage
 from shared_core.candidates import Candidate
-from shared_core.router import DEFAULT_SCOPE, Decision, Router
+from shared_core.router import Decision, Router
 
-from .messages import annotate, output_text, reported_usage, routed_model, to_request, tool_schemas
+from .limits import capped, stream_usage_kwargs, with_declared_limits
+from .messages import annotate, output_text, provider_usage, routed_model, to_request, tool_schemas
 
 __all__ = ["OmniRouteLLM"]
 
@@ -86,25 +87,37 @@ class _StreamBooks:
         """Settle the complete stream; the closing chunk with costs and usage (None if it was empty)."""
         decision = self.stream.decision
         if self.last is None:
-            settle_usage(self.router, decision, output_tokens=0)
+            settle_usage(self.router, decision)  # nothing was produced: the input, as counted
             return None
         return annotate(self.last, decision, _settle(self.router, decision, self.last), final_chunk=True)
 
 
 def _settle(router: Router, decision: Decision, response: AnyResponse) -> Settlement:
-    prompt_tokens, completion_tokens = reported_usage(response)
-    return settle_usage(router, decision, prompt_tokens, completion_tokens, output_text(response))
+    return settle_usage(router, decision, provider_usage(response), output_text(response))
+
+
+def _target(candidate: Candidate, decision: Decision, *, streaming: bool = False) -> tuple[LLM, dict[str, Any]]:
+    """The candidate's LLM as one call should use it, and the keywords it needs: the output cap the
+    ledger reserved (the cap reserved is the cap sent) and, for a stream, a request for its usage."""
+    llm, extra = capped(candidate.model, decision.output_caps.get(candidate.name))
+    return llm, {**extra, **(stream_usage_kwargs(llm) if streaming else {})}
 
 
 class OmniRouteLLM(FunctionCallingLLM):
     """A LlamaIndex LLM that routes each call to a candidate LLM under per-session budgets.
 
     Build it from candidates (`Candidate(model=<LlamaIndex LLM>, ...)`, a `Router` is made over
-    them) or from a fitted `router`; `budget=` sets the budget of the instance's session (or of
-    the default scope). Per call, `session=` and `model=` keywords override the instance's
-    `session` (the budget scope charged) and `model` (a candidate every call is pinned to). The
-    routing record and costs are in `response.additional_kwargs["omniroute"]`, exact usage in
-    `response.raw["usage"]`. Streams end with one extra chunk (empty delta) carrying them.
+    them) or from a fitted `router`. `budget=` is the budget each new session starts with, as in
+    `ChatOmniRoute`: the instance's session, a `for_session(...)` copy's and a call's `session=`
+    scope each get it the first time they are charged. Per call, `session=`, `model=` and
+    `max_tokens=` keywords override the instance's `session` (the budget scope charged), `model`
+    (a candidate every call is pinned to) and the output cap. Each candidate is called with the
+    output cap its reservation assumed (its own `max_tokens` / `metadata.num_output` lowers it;
+    its `metadata.context_window` bounds prompt + output), and streams from OpenAI-family clients
+    ask for the provider's usage. The routing record and costs are in
+    `response.additional_kwargs["omniroute"]` (`usage_source` says whether the figures are the
+    provider's or OmniRoute's own count), usage in `response.raw["usage"]`. Streams end with
+    one extra chunk (empty delta) carrying them.
 
     Callbacks: setting the router's `callback_manager` (LlamaIndex's `Settings.llm` does) hands it
     to every candidate; the router emits no LLM events itself, the candidate's call does, once.
@@ -124,15 +137,20 @@ class OmniRouteLLM(FunctionCallingLLM):
     ) -> None:
         if (candidates is None) == (router is None):
             raise ValueError("give exactly one of candidates= (a Router is built over them) or router=")
-        router = Router(candidates) if router is None else router
+        if router is None:
+            router = Router(candidates, default_budget=budget)
+        elif budget is not None and budget != router.default_budget:
+            raise ValueError("budget= differs from the given router's default_budget: set it on the Router")
         _check_candidates(router.candidates)
+        for candidate in router.candidates:
+            limited = with_declared_limits(candidate)
+            if limited is not candidate:
+                router.update_candidate(limited)
         if "callback_manager" in kwargs and kwargs["callback_manager"] is None:
             del kwargs["callback_manager"]  # None means "no handlers of its own": keep the candidates'
         super().__init__(router=router, **kwargs)
         if self.model is not None:
             router.candidate(self.model)
-        if budget is not None:
-            router.set_budget(self.session or DEFAULT_SCOPE, budget)
         if "callback_manager" in kwargs:
             self._share_callbacks()
 
@@ -177,7 +195,8 @@ class OmniRouteLLM(FunctionCallingLLM):
     def _decide(self, request: list[dict[str, Any]], kwargs: dict[str, Any], tools: list | None = None) -> Decision:
         session = kwargs.pop("session", self.session)
         model = kwargs.pop("model", self.model)
-        return self.router.decide(request, session, tools=tools, model=model)
+        max_tokens = kwargs.pop("max_tokens", None)
+        return self.router.decide(request, session, tools=tools, model=model, max_tokens=max_tokens)
 
     def _plan(
         self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
@@ -196,17 +215,21 @@ class OmniRouteLLM(FunctionCallingLLM):
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Chat with the candidate the router picks (falling back on errors), then settle its cost."""
         decision, arguments = self._plan(messages, kwargs)
-        response, decision = call_with_fallbacks(
-            self.router, decision, lambda c, _: c.model.chat(**arguments(c.model))
-        )
+        def run(candidate: Candidate, decision: Decision) -> ChatResponse:
+            llm, extra = _target(candidate, decision)
+            return llm.chat(**{**arguments(candidate.model), **extra})
+
+        response, decision = call_with_fallbacks(self.router, decision, run)
         return self._settled(response, decision)
 
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """The async form of chat (the same core decide / settle calls)."""
         decision, arguments = self._plan(messages, kwargs)
-        response, decision = await acall_with_fallbacks(
-            self.router, decision, lambda c, _: c.model.achat(**arguments(c.model))
-        )
+        async def run(candidate: Candidate, decision: Decision) -> ChatResponse:
+            llm, extra = _target(candidate, decision)
+            return await llm.achat(**{**arguments(candidate.model), **extra})
+
+        response, decision = await acall_with_fallbacks(self.router, decision, run)
         return self._settled(response, decision)
 
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
@@ -214,8 +237,12 @@ class OmniRouteLLM(FunctionCallingLLM):
 
         def chunks() -> Iterator[ChatResponse]:
             decision, arguments = self._plan(messages, kwargs)
-            stream = FallbackStream(self.router, decision, lambda c, _: c.model.stream_chat(**arguments(c.model)))
-            yield from self._settling(stream)
+
+            def start(candidate: Candidate, decision: Decision) -> ChatResponseGen:
+                llm, extra = _target(candidate, decision, streaming=True)
+                return llm.stream_chat(**{**arguments(candidate.model), **extra})
+
+            yield from self._settling(FallbackStream(self.router, decision, start))
 
         return chunks()
 
@@ -225,8 +252,9 @@ class OmniRouteLLM(FunctionCallingLLM):
         async def chunks() -> AsyncIterator[ChatResponse]:
             decision, arguments = self._plan(messages, kwargs)
 
-            async def start(candidate: Candidate, _: Decision) -> AsyncIterator[ChatResponse]:
-                async for chunk in await candidate.model.astream_chat(**arguments(candidate.model)):
+            async def start(candidate: Candidate, decision: Decision) -> AsyncIterator[ChatResponse]:
+                llm, extra = _target(candidate, decision, streaming=True)
+                async for chunk in await llm.astream_chat(**{**arguments(candidate.model), **extra}):
                     yield chunk
 
             async for chunk in self._asettling(FallbackStream(self.router, decision, start)):
@@ -238,17 +266,23 @@ class OmniRouteLLM(FunctionCallingLLM):
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Complete with the candidate the router picks, then settle its cost."""
         decision = self._decide([{"role": "user", "content": prompt}], kwargs)
-        response, decision = call_with_fallbacks(
-            self.router, decision, lambda c, _: c.model.complete(prompt, formatted=formatted, **kwargs)
-        )
+
+        def run(candidate: Candidate, decision: Decision) -> CompletionResponse:
+            llm, extra = _target(candidate, decision)
+            return llm.complete(prompt, formatted=formatted, **{**kwargs, **extra})
+
+        response, decision = call_with_fallbacks(self.router, decision, run)
         return self._settled(response, decision)
 
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """The async form of complete."""
         decision = self._decide([{"role": "user", "content": prompt}], kwargs)
-        response, decision = await acall_with_fallbacks(
-            self.router, decision, lambda c, _: c.model.acomplete(prompt, formatted=formatted, **kwargs)
-        )
+
+        async def run(candidate: Candidate, decision: Decision) -> CompletionResponse:
+            llm, extra = _target(candidate, decision)
+            return await llm.acomplete(prompt, formatted=formatted, **{**kwargs, **extra})
+
+        response, decision = await acall_with_fallbacks(self.router, decision, run)
         return self._settled(response, decision)
 
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
@@ -256,10 +290,12 @@ class OmniRouteLLM(FunctionCallingLLM):
 
         def chunks() -> Iterator[CompletionResponse]:
             decision = self._decide([{"role": "user", "content": prompt}], kwargs)
-            stream = FallbackStream(
-                self.router, decision, lambda c, _: c.model.stream_complete(prompt, formatted=formatted, **kwargs)
-            )
-            yield from self._settling(stream)
+
+            def start(candidate: Candidate, decision: Decision) -> CompletionResponseGen:
+                llm, extra = _target(candidate, decision, streaming=True)
+                return llm.stream_complete(prompt, formatted=formatted, **{**kwargs, **extra})
+
+            yield from self._settling(FallbackStream(self.router, decision, start))
 
         return chunks()
 
@@ -269,8 +305,9 @@ class OmniRouteLLM(FunctionCallingLLM):
         async def chunks() -> AsyncIterator[CompletionResponse]:
             decision = self._decide([{"role": "user", "content": prompt}], kwargs)
 
-            async def start(candidate: Candidate, _: Decision) -> AsyncIterator[CompletionResponse]:
-                async for chunk in await candidate.model.astream_complete(prompt, formatted=formatted, **kwargs):
+            async def start(candidate: Candidate, decision: Decision) -> AsyncIterator[CompletionResponse]:
+                llm, extra = _target(candidate, decision, streaming=True)
+                async for chunk in await llm.astream_complete(prompt, formatted=formatted, **{**kwargs, **extra}):
                     yield chunk
 
             async for chunk in self._asettling(FallbackStream(self.router, decision, start)):

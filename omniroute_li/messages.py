@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, ToolCallBlock
-from llama_index.core.callbacks.token_counting import get_tokens_from_response
 from llama_index.core.tools import BaseTool
 
 from shared_core.calls import Settlement
@@ -17,7 +16,7 @@ __all__ = [
     "METADATA_KEY",
     "annotate",
     "output_text",
-    "reported_usage",
+    "provider_usage",
     "routed_model",
     "to_request",
     "tool_schemas",
@@ -52,14 +51,19 @@ def tool_schemas(tools: Sequence[BaseTool]) -> list[dict[str, Any]]:
     return [tool.metadata.to_openai_tool(skip_length_check=True) for tool in tools]
 
 
-def reported_usage(response: ChatResponse | CompletionResponse) -> tuple[int | None, int | None]:
-    """(input, output) tokens the provider reported, None for each it did not.
+def provider_usage(response: ChatResponse | CompletionResponse) -> Any:
+    """The token report a candidate's response carries, for `pricing.usage_from_report`; None if none.
 
-    Read with LlamaIndex's own parser, the one TokenCountingHandler uses, so the ledger and the
-    handler agree; that parser reports a missing count as 0.
+    The provider's own `usage` in `raw` (OpenAI and Anthropic shapes, as a dict or SDK object,
+    cache and reasoning details included), else the token counts LlamaIndex integrations copy
+    into `additional_kwargs` (prompt_tokens / completion_tokens).
     """
-    prompt, completion = get_tokens_from_response(response)
-    return (int(prompt) if prompt else None), (int(completion) if completion else None)
+    raw = response.raw
+    usage = raw.get("usage") if isinstance(raw, Mapping) else getattr(raw, "usage", None)
+    if usage is not None:
+        return usage
+    counts = {k: v for k, v in response.additional_kwargs.items() if k in ("prompt_tokens", "completion_tokens")}
+    return counts or None
 
 
 def output_text(response: ChatResponse | CompletionResponse) -> str:
@@ -72,11 +76,13 @@ def output_text(response: ChatResponse | CompletionResponse) -> str:
 
 
 def _with_usage(raw: Any, settlement: Settlement) -> dict[str, Any]:
-    usage = {
+    usage: dict[str, Any] = {
         "prompt_tokens": settlement.input_tokens,
         "completion_tokens": settlement.output_tokens,
         "total_tokens": settlement.input_tokens + settlement.output_tokens,
     }
+    if settlement.usage_source != "provider":
+        usage["usage_source"] = settlement.usage_source  # these are OmniRoute's counts, not the bill
     if raw is None:
         return {"usage": usage}
     if isinstance(raw, Mapping):

@@ -48,12 +48,30 @@ DEFAULT_RETENTION_S = 86_400.0
 
 
 class BudgetExceeded(RuntimeError):
-    """No candidate's worst-case cost fits what is left of every enclosing budget."""
+    """No candidate's worst-case cost fits what is left of every enclosing budget.
 
-    def __init__(self, message: str, *, scope: str | None = None, remaining: float | None = None):
+    Attributes: `scope`, the scope whose budget is exhausted (an enclosing tenant's, when that is
+    the one that refuses); `remaining`, USD left there; and, when the router raised it,
+    `worst_case_usd` of the cheapest feasible call, the `model` it would have gone to and the
+    `output_tokens` that worst case assumed — lower it with `max_tokens=`.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        scope: str | None = None,
+        remaining: float | None = None,
+        worst_case_usd: float | None = None,
+        output_tokens: int | None = None,
+        model: str | None = None,
+    ):
         super().__init__(message)
         self.scope = scope
         self.remaining = remaining
+        self.worst_case_usd = worst_case_usd
+        self.output_tokens = output_tokens
+        self.model = model
 
     @classmethod
     def no_room(cls, scope: str, amount: int, left: int) -> BudgetExceeded:
@@ -148,6 +166,18 @@ class ScopeState:
         return to_usd(max(0, budget - committed - reserved))
 
     @property
+    def overdrawn(self) -> float:
+        """Money spent beyond the budget (0.0 when not; exact to the nano-dollar).
+
+        Only committed spend counts: a commit records what a provider really billed, so one that
+        arrives after its hold lapsed, or bills more than was held, can pass the budget. An
+        overdrawn scope refuses every hold of a positive amount until its period rolls over or
+        its budget is raised; holds of 0 USD are still granted.
+        """
+        budget, committed = (round(usd * NANOS_PER_USD) for usd in (self.budget.usd, self.committed))
+        return to_usd(max(0, committed - budget))
+
+    @property
     def remaining_requests(self) -> int | None:
         """Requests left of the horizon (at least 1), or None when the horizon is unknown."""
         if self.budget.horizon is None:
@@ -186,9 +216,13 @@ class ScopeBooks:
         return to_nanos(self.budget.usd) - self.committed - self.reserved
 
     def check(self, amount: int) -> None:
-        """Raise BudgetExceeded unless `amount` nano-dollars fit what is left."""
+        """Raise BudgetExceeded unless `amount` nano-dollars fit what is left.
+
+        A hold of 0 always fits, even in an exhausted or overdrawn scope (left < 0): it takes
+        nothing from anyone, and a $0 model must stay usable once the money is gone.
+        """
         left = self.left()
-        if amount > left:
+        if amount > 0 and amount > left:
             raise BudgetExceeded.no_room(self.scope, amount, left)
 
     def charge(self, actual: int, model: str | None) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from .candidates import Candidate
-from .router import Decision, Router
+from .pricing import Usage, usage_from_report
+from .router import Decision, Router, overrun_usd
 from .tokens import count_tokens
 
 __all__ = ["call_with_fallbacks", "acall_with_fallbacks", "FallbackStream", "Settlement", "settle_usage"]
@@ -110,39 +111,66 @@ class FallbackStream(Generic[C]):
 
 @dataclass(frozen=True)
 class Settlement:
-    """What one finished call was charged: its tokens, their cost, and the money left after it."""
+    """What one finished call was charged: its usage, its cost, any overrun, and the money left after it.
 
-    input_tokens: int
-    output_tokens: int
+    `usage_source` says where the token counts came from: "provider" (its own report), "counted"
+    (OmniRoute's tiktoken count: the provider reported nothing) or "partial" (one total reported,
+    the other counted). `overrun_usd` is what the call cost beyond its reservation.
+    """
+
+    usage: Usage
     cost_usd: float
     remaining_usd: float | None
+    overrun_usd: float = 0.0
+    usage_source: str = "provider"
+
+    @property
+    def input_tokens(self) -> int:
+        """Input (prompt) tokens charged."""
+        return self.usage.input_tokens
+
+    @property
+    def output_tokens(self) -> int:
+        """Output (completion) tokens charged."""
+        return self.usage.output_tokens
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able summary for response metadata."""
         return {
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
+            "input_tokens": self.usage.input_tokens,
+            "output_tokens": self.usage.output_tokens,
+            "usage": self.usage.to_dict(),
+            "usage_source": self.usage_source,
             "actual_cost_usd": self.cost_usd,
+            "overrun_usd": self.overrun_usd,
             "remaining_usd": self.remaining_usd,
         }
 
 
-def settle_usage(
-    router: Router,
-    decision: Decision,
-    input_tokens: int | None = None,
-    output_tokens: int | None = None,
-    output_text: str = "",
-) -> Settlement:
-    """Settle a finished call with the tokens its provider reported, counting those it did not.
+def settle_usage(router: Router, decision: Decision, report: Any = None, output_text: str = "") -> Settlement:
+    """Settle a finished call with the usage its provider reported, counting what it did not.
 
-    A missing input count is the router's own count of the request; a missing output count is
-    `output_text` counted with the chosen candidate's encoding. Settling twice charges once.
+    `report` is a `Usage`, or any token report `pricing.usage_from_report` reads (a LangChain
+    `usage_metadata`, an OpenAI or Anthropic `usage`), or None. A missing input total is the
+    router's own count of the request; a missing output total is `output_text` counted with the
+    chosen candidate's encoding. Settling twice charges once.
     """
-    if input_tokens is None:
-        input_tokens = decision.input_tokens[decision.chosen]
-    if output_tokens is None:
-        output_tokens = count_tokens(output_text, router.candidate(decision.chosen).encoding)
-    cost = router.settle(decision, input_tokens, output_tokens)
+    if isinstance(report, Usage):
+        usage, source = report, "provider"
+    else:
+        reported = usage_from_report(report)
+        has_input = reported is not None and reported.has_input
+        has_output = reported is not None and reported.has_output
+        usage = reported.usage if reported is not None else Usage()
+        if not (has_input and has_output):
+            fill: dict[str, int] = {}
+            if not has_input:
+                fill["input_tokens"] = decision.input_tokens[decision.chosen] + usage.input_tokens
+            if not has_output:
+                counted = count_tokens(output_text, router.candidate(decision.chosen).encoding)
+                fill["output_tokens"] = max(counted, usage.reasoning_tokens)
+            usage = replace(usage, **fill)
+        source = "provider" if has_input and has_output else "partial" if has_input or has_output else "counted"
+    cost = router.settle(decision, usage=usage)
     remaining = router.remaining(decision.scope) if decision.scopes else None
-    return Settlement(input_tokens, output_tokens, cost, remaining)
+    return Settlement(usage, cost, remaining, overrun_usd(decision, cost), source)

@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .pricing import price_tokens
+
 __all__ = ["Candidate", "validate_candidates"]
 
 
@@ -19,8 +21,18 @@ class Candidate(BaseModel):
     name: str = Field(description="Unique name; matches the model's column in a routing dataset.")
     input_price: float = Field(description="USD per 1M input (prompt) tokens.")
     output_price: float = Field(description="USD per 1M output (completion) tokens.")
-    context_window: int = Field(128_000, description="Most tokens of prompt + output accepted.")
-    max_output_tokens: int = Field(4096, description="Most output tokens; the worst case reserved.")
+    cache_read_price: float | None = Field(
+        None, description="USD per 1M input tokens read from the provider's prompt cache; None = input_price."
+    )
+    cache_write_price: float | None = Field(
+        None, description="USD per 1M input tokens written to the provider's prompt cache; None = input_price."
+    )
+    context_window: int = Field(
+        128_000, description="Most tokens of prompt + output accepted (read from the framework model when unset)."
+    )
+    max_output_tokens: int = Field(
+        4096, description="Most output tokens per call: reserved as the worst case and sent as the cap."
+    )
     encoding: str = Field("cl100k_base", description="tiktoken encoding or model name for counting.")
     supports_tools: bool = Field(True, description="Can serve requests that carry tool schemas.")
     supports_structured_output: bool = Field(True, description="Can serve structured-output requests.")
@@ -34,9 +46,11 @@ class Candidate(BaseModel):
             raise ValueError("candidate name must be a non-empty string")
         return v
 
-    @field_validator("input_price", "output_price")
+    @field_validator("input_price", "output_price", "cache_read_price", "cache_write_price")
     @classmethod
-    def _price_valid(cls, v: float) -> float:
+    def _price_valid(cls, v: float | None) -> float | None:
+        if v is None:
+            return None
         if not math.isfinite(v) or v < 0:
             raise ValueError(f"price must be a finite number >= 0 (USD per 1M tokens), got {v}")
         return float(v)
@@ -59,12 +73,29 @@ class Candidate(BaseModel):
         """US dollars for a call with these token counts."""
         if input_tokens < 0 or output_tokens < 0:
             raise ValueError(f"token counts must be >= 0, got {input_tokens}, {output_tokens}")
-        return (input_tokens * self.input_price + output_tokens * self.output_price) / 1e6
+        return float(price_tokens(input_tokens, output_tokens, self.input_price, self.output_price))
 
     def worst_case_cost(self, input_tokens: float, max_tokens: int | None = None) -> float:
-        """The most a call can cost: its input plus the full output allowance."""
+        """The most a call can cost: every input token at the dearest input rate (plain or prompt-cache)
+        plus the full output allowance (`max_tokens`, at most `max_output_tokens`)."""
         out = self.max_output_tokens if max_tokens is None else min(max_tokens, self.max_output_tokens)
-        return self.cost(input_tokens, out)
+        dearest = max(self.input_price, self.cache_read_price or 0.0, self.cache_write_price or 0.0)
+        return float(price_tokens(input_tokens, out, dearest, self.output_price))
+
+    def with_limits(self, *, context_window: int | None = None, max_output_tokens: int | None = None) -> Candidate:
+        """This candidate with the limits its framework model declares (None = not declared).
+
+        The model's context window replaces the default one (a window stated here wins); its
+        output limit (the client's own max_tokens, or the model's) lowers `max_output_tokens`,
+        which is then both reserved and sent as the cap.
+        """
+        update: dict[str, int] = {}
+        if context_window is not None and context_window > 0 and "context_window" not in self.model_fields_set:
+            update["context_window"] = int(context_window)
+        if max_output_tokens is not None and 0 < max_output_tokens < self.max_output_tokens:
+            update["max_output_tokens"] = int(max_output_tokens)
+        update = {k: v for k, v in update.items() if v != getattr(self, k)}
+        return self.model_copy(update=update) if update else self
 
 
 def validate_candidates(candidates: Iterable[Candidate]) -> tuple[Candidate, ...]:

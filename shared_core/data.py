@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .candidates import Candidate
+from .pricing import price_tokens
 from .tokens import count_tokens_batch
 
 __all__ = [
@@ -284,12 +285,12 @@ def load_dataset(
         missing = [m for m in models if m not in table]
         if missing:
             raise ValueError(f"price table has no entry for models {missing}")
-        p_in = np.array([table[m][0] for m in models]) / 1e6
-        p_out = np.array([table[m][1] for m in models]) / 1e6
+        p_in = np.array([table[m][0] for m in models])
+        p_out = np.array([table[m][1] for m in models])
         inp = dataset.prompt_tokens()[:, None].astype(np.float64)
         out = dataset.output_tokens()
         out_f = np.full((n, len(models)), float(assumed_output_tokens)) if out is None else out.astype(float)
-        cost = inp * p_in + out_f * p_out
+        cost = price_tokens(inp, out_f, p_in, p_out)
     else:
         cost = None
     object.__setattr__(dataset, "cost", cost)

@@ -12,6 +12,7 @@ from .candidates import Candidate
 from .data import DEFAULT_ASSUMED_OUTPUT_TOKENS, RoutingDataset
 from .embed import TfidfSvdEmbedder
 from .length import HybridLength, LengthPrior
+from .pricing import price_tokens
 from .progress import progress
 from .quality import (
     ClusterQuality, HybridQuality, KNNQuality, LearnedMapQuality, LogisticQuality, PriorQuality,
@@ -80,12 +81,12 @@ def fit_prices(dataset: RoutingDataset, assumed_output_tokens: float = DEFAULT_A
         if ok.sum() < 2:
             raise ValueError(f"model {model!r} has fewer than 2 recorded costs to learn its prices from")
         coef, _ = nnls(A[ok], c[ok])
-        pred = A[ok] @ coef
+        prices[model] = (float(coef[0] * 1e6), float(coef[1] * 1e6))
+        pred = price_tokens(inp[ok], second[ok], *prices[model])
         total = float(((c[ok] - c[ok].mean()) ** 2).sum())
         r2[model] = 1.0 - float(((c[ok] - pred) ** 2).sum()) / total if total > 0 else 1.0
         pos = c[ok] > 0
         rel[model] = float(np.median(np.abs(pred[pos] - c[ok][pos]) / c[ok][pos])) if pos.any() else 0.0
-        prices[model] = (float(coef[0] * 1e6), float(coef[1] * 1e6))
     return CostFit(prices, r2, rel, None if out is not None else float(assumed_output_tokens))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -11,16 +12,19 @@ from typing import Any
 
 import numpy as np
 
-from .budget import Budget, BudgetExceeded, LedgerStore, ScopeState, UnknownScope, scope_chain
+from .budget import Budget, BudgetExceeded, LedgerStore, ScopeState, UnknownScope, scope_chain, to_nanos, to_usd
 from .candidates import Candidate, validate_candidates
 from .length import LengthPrior
 from .pacing import DualPacer
+from .pricing import Usage, price, price_tokens
 from .quality.base import QualityPredictor
 from .solver import BatchRouting, budget_curve, capacity_counts, solve
 from .stores import open_store
 from .tokens import content_text, count_message_tokens, count_tokens_batch
 
 __all__ = ["Router", "Decision", "RoutingError", "NoFeasibleCandidate", "Estimate", "DEFAULT_SCOPE"]
+
+logger = logging.getLogger("omniroute")
 
 #: The scope of requests that name none.
 DEFAULT_SCOPE = "default"
@@ -62,6 +66,7 @@ class Decision:
     input_tokens: dict[str, int]
     ranking: tuple[str, ...]
     max_tokens: int | None = None
+    output_caps: dict[str, int] = field(default_factory=dict)
     attempt: int = 0
     failed: tuple[str, ...] = ()
     text: str = field(default="", repr=False)
@@ -70,6 +75,11 @@ class Decision:
     def scope(self) -> str | None:
         """The innermost scope charged, or None when no budget applies."""
         return self.scopes[-1] if self.scopes else None
+
+    @property
+    def output_cap(self) -> int | None:
+        """Output tokens the chosen candidate may write: reserved as the worst case, sent as its cap."""
+        return self.output_caps.get(self.chosen)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able summary for response metadata and logs."""
@@ -81,6 +91,7 @@ class Decision:
             "estimated_cost_usd": self.cost[self.chosen],
             "predicted_quality": self.quality[self.chosen],
             "reserved_usd": self.reserved,
+            "max_output_tokens": self.output_cap,
             "attempt": self.attempt,
             "failed": list(self.failed),
         }
@@ -139,14 +150,24 @@ class Router:
         self._q_cols = np.array([known_q.index(c.name) if c.name in known_q else -1 for c in cands])
         self._l_cols = np.array([known_l.index(c.name) if c.name in known_l else -1 for c in cands])
         self._priors = np.array([c.prior_quality if c.prior_quality is not None else np.nan for c in cands])
-        self._p_in = np.array([c.input_price for c in cands]) / 1e6
-        self._p_out = np.array([c.output_price for c in cands]) / 1e6
+        self._p_in = np.array([c.input_price for c in cands])
+        self._p_out = np.array([c.output_price for c in cands])
+        # The worst case assumes every input token may be billed at the dearest input rate (a
+        # prompt written to the provider's cache costs more than plain input).
+        self._p_in_worst = np.array([c.worst_case_cost(1e6, 0) for c in cands])
         self._max_out = np.array([c.max_output_tokens for c in cands], dtype=np.float64)
+        self._window = np.array([c.context_window for c in cands], dtype=np.float64)
 
     @property
     def candidates(self) -> tuple[Candidate, ...]:
         """The candidates, in routing-column order."""
         return self._candidates
+
+    def update_candidate(self, candidate: Candidate) -> None:
+        """Replace the routed candidate of the same name (new prices, limits or model), keeping its predictions."""
+        with self._models_lock:
+            self.candidate(candidate.name)
+            self._set_candidates([candidate if c.name == candidate.name else c for c in self._candidates])
 
     def candidate(self, name: str) -> Candidate:
         """The candidate called `name` (KeyError naming the known ones otherwise)."""
@@ -222,7 +243,7 @@ class Router:
                 input_tokens = np.tile(input_tokens[:, None], (1, len(self._candidates)))
         q, out = self._predict(self._features(prompts), n)
         out = np.minimum(out, self._max_out)
-        cost = input_tokens * self._p_in + out * self._p_out
+        cost = price_tokens(input_tokens, out, self._p_in, self._p_out)
         return Estimate([c.name for c in self._candidates], q, input_tokens, out, cost)
 
     def _count_prompt_tokens(self, prompts: list[str]) -> np.ndarray:
@@ -266,21 +287,23 @@ class Router:
             input_tokens[j] = counts[c.encoding]
         q, out = self._predict(self._features([text]), 1)
         q, out = q[0], out[0]
-        limit = self._max_out if max_tokens is None else np.minimum(self._max_out, max_tokens)
-        out = np.minimum(out, limit)
-        cost = input_tokens * self._p_in + out * self._p_out
-        worst = input_tokens * self._p_in + limit * self._p_out
+        caps = output_caps(input_tokens, self._max_out, self._window, max_tokens)
+        out = np.minimum(out, caps)
+        cost = price_tokens(input_tokens, out, self._p_in, self._p_out)
+        worst = price_tokens(input_tokens, caps, self._p_in_worst, self._p_out)
 
         feasible = np.array([
             (model is None or c.name == model)
             and c.name not in exclude
-            and input_tokens[j] < c.context_window
+            and caps[j] >= 1
             and (not tool_list or c.supports_tools)
             and (not structured_output or c.supports_structured_output)
             for j, c in enumerate(cands)
         ])
         if not feasible.any():
-            raise NoFeasibleCandidate(_why_infeasible(cands, input_tokens, tool_list, structured_output, exclude, model))
+            raise NoFeasibleCandidate(
+                _why_infeasible(cands, input_tokens, max_tokens, tool_list, structured_output, exclude, model)
+            )
         lam = max([self.cost_weight] + [self.pacer.price(s) for s in states])
         score = np.where(feasible, q - lam * cost, -np.inf)
         ranking = tuple(cands[j].name for j in np.argsort(-score, kind="stable") if feasible[j])
@@ -290,6 +313,7 @@ class Router:
             cost={c.name: float(cost[j]) for j, c in enumerate(cands)},
             input_tokens={c.name: int(input_tokens[j]) for j, c in enumerate(cands)},
             ranking=ranking, max_tokens=max_tokens, text=text,
+            output_caps={c.name: int(caps[j]) for j, c in enumerate(cands) if feasible[j]},
         )
         worst_by_name = {c.name: float(worst[j]) for j, c in enumerate(cands)}
         return self._reserve_first(base, list(ranking), worst_by_name, states)
@@ -313,13 +337,7 @@ class Router:
                 states = [s or st for s, st in zip(self.store.states(base.scopes), states)]
                 continue
             return replace(base, id=rid, chosen=name, reserved=worst[name])
-        left = min(s.remaining for s in states)
-        cheapest = min(worst[n] for n in order)
-        raise BudgetExceeded(
-            f"no candidate fits the budget of scope {base.scopes[-1]!r}: {left:.6g} USD left, the "
-            f"cheapest feasible call may cost up to {cheapest:.6g} USD",
-            scope=base.scopes[-1], remaining=left,
-        ) from last
+        raise _refusal(base, order, worst, states) from last
 
     def reroute(self, decision: Decision, error: BaseException | None = None) -> Decision | None:
         """Release a failed decision and reserve for the next-best candidate; None when out of tries."""
@@ -329,9 +347,7 @@ class Router:
         if decision.attempt >= self.max_fallbacks or not order:
             return None
         states = [s for s in self.store.states(decision.scopes) if s]
-        worst = {
-            n: self.candidate(n).worst_case_cost(decision.input_tokens[n], decision.max_tokens) for n in order
-        }
+        worst = {n: self.candidate(n).worst_case_cost(decision.input_tokens[n], decision.output_caps[n]) for n in order}
         try:
             new = self._reserve_first(replace(decision, failed=failed, attempt=decision.attempt + 1), order, worst, states)
         except BudgetExceeded:
@@ -344,18 +360,25 @@ class Router:
         input_tokens: int | None = None,
         output_tokens: int | None = None,
         *,
+        usage: Usage | None = None,
         cost: float | None = None,
     ) -> float:
-        """Commit the call's actual cost (from tokens, or given in USD) and update λ; returns USD.
+        """Commit the call's actual cost and update λ; returns it in USD.
 
-        Input tokens default to the router's own count; for a reply without reported usage use
-        `shared_core.calls.settle_usage`, which counts its text. Settling twice charges once.
+        The cost is `usage` priced for the chosen candidate (cache reads and writes at its cache
+        prices), or `input_tokens` / `output_tokens` (input defaults to the router's own count),
+        or `cost` in USD. A cost above the reservation is committed all the same — it was spent —
+        and logged as an overrun; the scope then refuses paid calls until it is within budget.
+        For a reply without reported usage use `shared_core.calls.settle_usage`, which counts its
+        text. Settling twice charges once.
         """
         if cost is None:
-            if output_tokens is None:
-                raise ValueError("settle needs output_tokens, or cost=")
-            inp = decision.input_tokens[decision.chosen] if input_tokens is None else input_tokens
-            cost = self.candidate(decision.chosen).cost(inp, output_tokens)
+            if usage is None:
+                if output_tokens is None:
+                    raise ValueError("settle needs output_tokens (or usage=, or cost=)")
+                inp = decision.input_tokens[decision.chosen] if input_tokens is None else input_tokens
+                usage = Usage(input_tokens=inp, output_tokens=output_tokens)
+            cost = price(self.candidate(decision.chosen), usage)
         cost = float(cost)
         if not np.isfinite(cost) or cost < 0:
             raise ValueError(f"cost must be finite and >= 0, got {cost}")
@@ -363,6 +386,13 @@ class Router:
             return cost
         before = dict(zip(decision.scopes, self.store.states(decision.scopes)))
         if self.store.commit(decision.id, cost, model=decision.chosen):
+            overrun = overrun_usd(decision, cost)
+            if overrun:
+                logger.warning(
+                    "overrun: %s cost %.9g USD, %.9g USD over the %.9g USD reserved for it (cap %s output "
+                    "tokens) in scope %r; recorded, and the scope refuses paid calls until it is within budget",
+                    decision.chosen, cost, overrun, decision.reserved, decision.output_cap, decision.scope,
+                )
             for scope, state in before.items():
                 if state is not None:
                     theta = self.pacer.update(state, cost)
@@ -520,8 +550,54 @@ def _normalise(request: str | Messages) -> tuple[list[Mapping[str, Any]], str]:
     return list(request), text
 
 
+def output_caps(
+    input_tokens: np.ndarray, max_output: np.ndarray, window: np.ndarray, max_tokens: int | None
+) -> np.ndarray:
+    """Output tokens each candidate may write for a prompt (≤ 0: it cannot serve it).
+
+    Input plus output must fit the context window. An explicit `max_tokens` is the cap asked
+    for (above the candidate's own output limit it is lowered to it), and a prompt too long to
+    leave room for it makes the candidate infeasible; without one the cap is the candidate's
+    output limit, shortened to the room the prompt leaves, as providers do.
+    """
+    if max_tokens is None:
+        return np.minimum(max_output, window - input_tokens)
+    caps = np.minimum(max_output, float(max_tokens))
+    return np.where(input_tokens + caps <= window, caps, 0.0)
+
+
+def overrun_usd(decision: Decision, cost: float) -> float:
+    """USD by which a settled cost exceeds what the decision reserved (0.0 when within it or unbudgeted)."""
+    if not decision.scopes:
+        return 0.0
+    return to_usd(max(0, to_nanos(cost) - to_nanos(decision.reserved)))
+
+
+def _refusal(
+    base: Decision, order: Sequence[str], worst: Mapping[str, float], states: Sequence[ScopeState]
+) -> BudgetExceeded:
+    """The BudgetExceeded for a request none of whose feasible candidates fits: which scope, why, what to do."""
+    cheapest = min(order, key=lambda n: worst[n])
+    tight = min(states, key=lambda s: s.remaining)
+    cap = base.output_caps[cheapest]
+    overdrawn = getattr(tight, "overdrawn", 0.0)
+    state = (f"is overdrawn by {overdrawn:.6g} USD" if overdrawn > 0 else f"has {tight.remaining:.6g} USD left")
+    hint = (
+        f" Pass a smaller max_tokens= to lower the worst case, or raise the budget of {tight.scope!r}."
+        if base.input_tokens[cheapest] and cap > 1 else f" Raise the budget of {tight.scope!r}."
+    )
+    return BudgetExceeded(
+        f"no candidate fits the budget of scope {tight.scope!r}, which {state}: the cheapest feasible call "
+        f"({cheapest}) may cost up to {worst[cheapest]:.6g} USD — {base.input_tokens[cheapest]} input tokens "
+        f"plus its full output allowance of {cap} tokens, reserved before the call.{hint}",
+        scope=tight.scope, remaining=tight.remaining, worst_case_usd=worst[cheapest], output_tokens=cap,
+        model=cheapest,
+    )
+
+
 def _why_infeasible(
-    cands: Sequence[Candidate], tokens: np.ndarray, tools: list, structured: bool, exclude: Sequence[str], model: str | None
+    cands: Sequence[Candidate], tokens: np.ndarray, max_tokens: int | None, tools: list, structured: bool,
+    exclude: Sequence[str], model: str | None,
 ) -> str:
     reasons = []
     for j, c in enumerate(cands):
@@ -530,8 +606,10 @@ def _why_infeasible(
         why = []
         if c.name in exclude:
             why.append("excluded")
-        if tokens[j] >= c.context_window:
-            why.append(f"prompt of {int(tokens[j])} tokens exceeds its context window of {c.context_window}")
+        need = int(tokens[j]) + (min(max_tokens, c.max_output_tokens) if max_tokens is not None else 1)
+        if need > c.context_window:
+            asked = "" if max_tokens is None else f" plus max_tokens={max_tokens}"
+            why.append(f"prompt of {int(tokens[j])} tokens{asked} exceeds its context window of {c.context_window}")
         if tools and not c.supports_tools:
             why.append("cannot call tools")
         if structured and not c.supports_structured_output:

@@ -183,7 +183,11 @@ def count_tokens_batch(texts: Sequence[str], encoding_or_model: str = "cl100k_ba
 
 
 def content_text(content: Any) -> str:
-    """Text of a message content: a string, or a list of content blocks (text parts only)."""
+    """Text of a message content: a string, or a list of content blocks (text parts only).
+
+    Text parts are strings and blocks with a string "text" field. Image, audio, file and tool
+    blocks are left out (no base64 reaches the embedder); count_message_tokens prices them.
+    """
     if content is None:
         return ""
     if isinstance(content, str):
@@ -204,7 +208,12 @@ def count_message_tokens(
     encoding_or_model: str = "cl100k_base",
     tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> int:
-    """Prompt tokens of chat messages ({"role", "content", optional "name"}) plus tool schemas."""
+    """Prompt tokens of chat messages ({"role", "content", optional "name"}) plus tool schemas.
+
+    List contents count their text parts as text (content_text) plus every other block —
+    images, audio, files, tool blocks — by shared_core.media.block_tokens (images by the
+    provider's pixel rule, not by the length of their base64).
+    """
     count = _counter(encoding_or_model)
     texts: list[str] = []
     total = _REPLY_PRIMING
@@ -213,7 +222,11 @@ def count_message_tokens(
             raise TypeError(f"messages[{i}] must be a mapping with a 'role', got {message!r}")
         total += _TOKENS_PER_MESSAGE
         texts.append(str(message["role"]))
-        texts.append(content_text(message.get("content")))
+        content = message.get("content")
+        if content is not None and not isinstance(content, str):
+            content, media_tokens = _media_tokens(content, count)
+            total += media_tokens
+        texts.append(content_text(content))
         if message.get("name"):
             total += _TOKENS_PER_NAME
             texts.append(str(message["name"]))
@@ -222,3 +235,19 @@ def count_message_tokens(
     for schema in tools or ():
         texts.append(json.dumps(schema, separators=(",", ":"), sort_keys=True, default=str))
     return total + sum(map(count, texts))
+
+
+def _media_tokens(content: Any, count: Callable[[str], int]) -> tuple[Any, int]:
+    """(content, tokens of its non-text blocks); a one-shot iterable comes back as a list."""
+    if not isinstance(content, (list, tuple)):
+        if isinstance(content, (Mapping, bytes, bytearray)) or not isinstance(content, Iterable):
+            return content, 0
+        content = list(content)
+    total = 0
+    for block in content:
+        # Text blocks (a string "text" field) are content_text's; media prices all others.
+        if isinstance(block, Mapping) and not isinstance(block.get("text"), str):
+            from .media import block_tokens  # only messages with such blocks need the module
+
+            total += block_tokens(block, count) or 0
+    return content, total

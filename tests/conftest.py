@@ -74,3 +74,22 @@ def train_sample(train):
 
     return sample
 
+
+@pytest.fixture(scope="session")
+def provider_server():
+    """A local OpenAI + Anthropic compatible provider on 127.0.0.1 (tests/provider_server.py), started
+    once per session and stopped at the end."""
+    from provider_server import ProviderServer
+
+    server = ProviderServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def provider(provider_server):
+    """The session's ProviderServer after reset(): no behaviours configured and an empty bill."""
+    provider_server.reset()
+    return provider_server

@@ -33,7 +33,7 @@ def test_commits_the_cost_from_the_candidates_reported_usage():
     expected = _usd(usage["input_tokens"], usage["output_tokens"], chosen.input_price, chosen.output_price)
 
     assert info["actual_cost_usd"] == pytest.approx(expected)
-    assert info["usage_source"] == "candidate"
+    assert info["usage_source"] == "provider"
     state = chat.router.budget_state("s")
     assert state.committed == pytest.approx(expected)
     assert state.reserved == 0
@@ -53,7 +53,7 @@ def test_counts_tokens_with_tiktoken_when_the_candidate_reports_none():
     info = chat.invoke(prompt, session="s").response_metadata["omniroute"]
 
     expected = _usd(_prompt_tokens(prompt), len(ENC.encode_ordinary(answer)), 0.15, 0.60)
-    assert info["usage_source"] == "tiktoken"
+    assert info["usage_source"] == "counted"
     assert info["actual_cost_usd"] == pytest.approx(expected)
     assert chat.router.budget_state("s").committed == pytest.approx(expected)
 

@@ -6,9 +6,9 @@ import json
 import math
 
 import pytest
-from ledger_support import STORES, FakeClock, ledger, store_url
+from ledger_support import STORES, FakeClock, ledger, redis_admin, store_url
 
-from shared_core.budget import MAX_USD, Budget, BudgetExceeded, UnknownScope, to_nanos
+from shared_core.budget import MAX_USD, Budget, BudgetExceeded, ScopeState, UnknownScope, to_nanos
 from shared_core.candidates import Candidate
 from shared_core.cli import main
 from shared_core.router import Router
@@ -278,3 +278,208 @@ def test_the_budget_command_sets_budgets_and_reports_spend_per_scope_and_model(k
 def test_the_budget_command_reports_an_unreachable_store(capsys):
     assert main(["budget", "show", "--store", "redis://127.0.0.1:1/0"]) == 1
     assert "Redis ledger at redis://127.0.0.1:1/0 is unreachable" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- holds of 0 USD, overdrawn scopes
+def _overdraw_the_bot(store, clock) -> None:
+    """Spend 0.75 USD in acme/bot (budget 0.5): a late commit of a lapsed hold records it all."""
+    store.reserve("slow", CHAIN, 0.5, ttl_s=10)
+    clock.advance(10)
+    store.reserve("fast", CHAIN, 0.25, ttl_s=60)
+    store.commit("fast", 0.25, "m")
+    store.commit("slow", 0.5, "m")  # the provider billed it after all: the money was spent
+
+
+def test_a_zero_hold_in_an_overdrawn_scope_is_a_real_hold(store, clock):
+    _overdraw_the_bot(store, clock)
+    st = store.state("acme/bot")
+    assert (st.committed, st.reserved, st.overdrawn, st.remaining) == (0.75, 0.0, 0.25, 0.0)
+    with pytest.raises(BudgetExceeded, match="'acme/bot'"):
+        store.reserve("paid", CHAIN, 1e-9, ttl_s=60)
+
+    store.reserve("free", CHAIN, 0.0, ttl_s=60)  # a $0 local model still gets its hold
+    store.reserve("free", CHAIN, 0.0, ttl_s=60)  # a retry holds once
+    assert store.open_reservations() == 1
+    with pytest.raises(ValueError, match="already used"):
+        store.reserve("free", CHAIN, 0.1, ttl_s=60)
+    assert store.commit("free", 0.0, "local") is True
+    assert store.commit("free", 0.0, "local") is False
+    st = store.state("acme/bot")
+    assert (st.committed, st.reserved, st.requests) == (0.75, 0.0, 3)
+    assert st.by_model == {"m": 0.75, "local": 0.0} and st.calls_by_model == {"m": 2, "local": 1}
+
+    store.reserve("dropped", CHAIN, 0.0, ttl_s=60)
+    assert store.release("dropped") is True
+    assert store.release("dropped") is False
+    assert store.state("acme/bot").released == 1
+
+    store.reserve("lapsing", CHAIN, 0.0, ttl_s=30)
+    clock.advance(29.9)
+    assert store.open_reservations() == 1
+    clock.advance(0.1)
+    assert store.open_reservations() == 0
+    st = store.state("acme/bot")
+    assert (st.reserved, st.expired, st.overdrawn) == (0.0, 2, 0.25)  # "slow" and "lapsing"
+    assert store.commit("lapsing", 0.0, "local") is True  # a late commit of 0 still counts the request
+    assert store.state("acme/bot").requests == 4
+    assert store.state("acme").committed == 0.75  # the parent saw every commit, and no more
+
+
+def test_a_zero_hold_fits_an_exhausted_scope_and_one_whose_holds_pass_a_lowered_budget(store):
+    store.reserve("all", CHAIN, 0.5, ttl_s=60)  # acme/bot has nothing left
+    store.reserve("z1", CHAIN, 0.0, ttl_s=60)
+    store.set_budget("acme/bot", Budget(usd=0.25))  # now it holds more than its budget
+    st = store.state("acme/bot")
+    assert (st.reserved, st.remaining, st.overdrawn) == (0.5, 0.0, 0.0)  # held, not spent
+    with pytest.raises(BudgetExceeded):
+        store.reserve("r", CHAIN, 1e-9, ttl_s=60)
+    store.reserve("z2", CHAIN, 0.0, ttl_s=60)
+    assert store.open_reservations() == 3
+    assert store.commit("z2", 0.0) is True and store.release("z1") is True and store.release("all") is True
+    assert store.state("acme/bot").remaining == 0.25
+
+
+def test_a_zero_hold_naming_an_unknown_scope_is_still_refused(store):
+    with pytest.raises(UnknownScope, match="'acme/ghost'"):
+        store.reserve("z", ("acme", "acme/ghost"), 0.0, ttl_s=60)
+    assert store.open_reservations() == 0
+
+
+def test_the_ledger_keeps_working_after_zero_holds_lapse(store, clock):
+    # On Redis, returning a lapsed hold of 0 once sent HINCRBY "-0", which Redis refuses; the
+    # sweep runs first in every script, so every later operation on the prefix failed.
+    for i in range(3):
+        store.reserve(f"z{i}", CHAIN, 0.0, ttl_s=5)
+    store.commit("z1", 0.0, "local")
+    store.release("z2")
+    clock.advance(5)  # z0 lapses
+    assert store.open_reservations() == 0
+    assert store.state("acme/bot").expired == 1
+    store.reserve("r", CHAIN, 0.3, ttl_s=5)
+    store.reserve("z3", CHAIN, 0.0, ttl_s=5)
+    assert store.commit("r", 0.2, "m") is True
+    assert store.release("z3") is True
+    store.reserve("z4", CHAIN, 0.0, ttl_s=5)
+    clock.advance(5)  # z4 lapses, and the sweep of each call below returns it
+    store.set_budget("acme/bot", Budget(usd=0.6))
+    store.adjust_lambda("acme/bot", 0.5)
+    assert [s.scope for s in store.report()] == list(CHAIN)
+    assert store.commit("z0", 0.0) is True  # late, after the lapse
+    store.reserve("r2", CHAIN, 0.4, ttl_s=5)
+    st = store.state("acme/bot")
+    assert (st.committed, st.reserved, st.requests, st.released, st.expired) == (0.2, 0.4, 3, 2, 2)
+    assert st.remaining == 0.0 and st.overdrawn == 0.0
+
+
+def test_a_redis_prefix_keeps_integer_books_after_zero_holds(tmp_path, clock):
+    with ledger("redis", tmp_path, clock=clock) as store:
+        store.set_budget("acme", Budget(usd=1.0))
+        for rid in ("lapses", "committed", "released", "late"):
+            store.reserve(rid, ("acme",), 0.0, ttl_s=5)
+        store.commit("committed", 0.0, "local")
+        store.release("released")
+        clock.advance(5)
+        assert store.open_reservations() == 0
+        store.commit("late", 0.0, "local")
+        admin = redis_admin()
+        try:
+            books = admin.hgetall(store.prefix + "scope:acme")
+            spend = admin.hgetall(store.prefix + "spend:acme")
+            held = admin.hget(store.prefix + "hold:lapses", "amount")
+        finally:
+            admin.close()
+        fields = ("committed", "reserved", "requests", "released", "expired")
+        assert [books[f] for f in fields] == ["0", "0", "2", "1", "2"]
+        assert spend == {"local": "0"} and held == "0"
+
+
+def test_committing_zero_records_a_free_request(store, clock):
+    store.reserve("r", CHAIN, 0.3, ttl_s=60)
+    assert store.commit("r", 0.0, "local") is True  # the call turned out to cost nothing
+    assert store.commit("r", 0.0, "local") is False
+    for s in CHAIN:
+        st = store.state(s)
+        assert (st.committed, st.reserved, st.requests, st.overdrawn) == (0.0, 0.0, 1, 0.0)
+        assert st.by_model == {"local": 0.0} and st.calls_by_model == {"local": 1}
+    store.reserve("released", CHAIN, 0.1, ttl_s=60)
+    store.release("released")
+    assert store.commit("released", 0.0) is True  # after a release, without a model
+    store.reserve("lapsed", CHAIN, 0.1, ttl_s=5)
+    clock.advance(5)
+    assert store.commit("lapsed", 0.0, "local") is True
+    st = store.state("acme/bot")
+    assert (st.committed, st.requests, st.remaining, st.calls_by_model) == (0.0, 3, 0.5, {"local": 2})
+
+
+@pytest.mark.parametrize("how", ["late commit of a lapsed hold", "commit larger than the hold"])
+def test_an_overdrawn_scope_shows_by_how_much_and_takes_only_zero_holds(kind, tmp_path, clock, how):
+    with ledger(kind, tmp_path, clock=clock) as store:
+        store.set_budget("solo", Budget(usd=1.0))
+        assert store.state("solo").overdrawn == 0.0
+        if how == "late commit of a lapsed hold":
+            store.reserve("slow", ("solo",), 0.5, ttl_s=10)
+            clock.advance(10)
+            store.reserve("next", ("solo",), 1.0, ttl_s=60)
+            store.commit("next", 1.0, "m")
+            assert store.state("solo").overdrawn == 0.0  # all of it spent, none beyond
+            store.commit("slow", 0.5, "m")
+        else:
+            store.reserve("small", ("solo",), 0.25, ttl_s=60)
+            store.commit("small", 1.5, "m")  # the provider billed more than was held
+        st = store.state("solo")
+        assert (st.committed, st.reserved, st.overdrawn, st.remaining) == (1.5, 0.0, 0.5, 0.0)
+        with pytest.raises(BudgetExceeded, match="'solo'") as info:
+            store.reserve("paid", ("solo",), 1e-9, ttl_s=60)
+        assert info.value.scope == "solo" and info.value.remaining == 0.0
+        store.reserve("free", ("solo",), 0.0, ttl_s=60)
+        assert store.open_reservations() == 1
+        assert store.state("solo").overdrawn == 0.5
+
+
+def test_an_overdrawn_child_refuses_for_the_whole_chain(store, clock):
+    _overdraw_the_bot(store, clock)
+    with pytest.raises(BudgetExceeded, match="'acme/bot'"):
+        store.reserve("r", CHAIN, 0.1, ttl_s=60)
+    assert store.state("acme").reserved == 0.0 and store.state("acme").overdrawn == 0.0
+    store.reserve("r", ("acme",), 0.25, ttl_s=60)  # the parent alone still has room
+
+
+def test_overdrawn_is_exact_to_the_nano_dollar(kind, tmp_path, clock):
+    with ledger(kind, tmp_path, clock=clock) as store:
+        store.set_budget("tiny", Budget(usd=0.1))
+        for rid, cost in (("a", 0.1), ("b", 0.2)):
+            store.reserve(rid, ("tiny",), 0.0, ttl_s=60)
+            store.commit(rid, cost)  # a $0 hold billed after all
+        st = store.state("tiny")
+        assert st.overdrawn == 0.2 and to_nanos(st.overdrawn) == 200_000_000  # 0.3 - 0.1 != 0.2 in floats
+        store.reserve("c", ("tiny",), 0.0, ttl_s=60)
+        store.commit("c", 1e-9)
+        assert to_nanos(store.state("tiny").overdrawn) == 200_000_001
+
+
+def test_a_periodic_budget_is_no_longer_overdrawn_in_its_next_period(kind, tmp_path, clock):
+    with ledger(kind, tmp_path, clock=clock) as store:
+        store.set_budget("daily", Budget(usd=1.0, period_s=100))
+        store.reserve("a", ("daily",), 0.5, ttl_s=1000)
+        store.commit("a", 1.25, "m")
+        store.reserve("free", ("daily",), 0.0, ttl_s=1000)  # held across the boundary
+        st = store.state("daily")
+        assert (st.overdrawn, st.remaining) == (0.25, 0.0)
+        with pytest.raises(BudgetExceeded):
+            store.reserve("b", ("daily",), 0.5, ttl_s=1000)
+
+        clock.advance(100)
+        st = store.state("daily")
+        assert (st.committed, st.overdrawn, st.remaining, st.reserved) == (0.0, 0.0, 1.0, 0.0)
+        store.reserve("b", ("daily",), 1.0, ttl_s=1000)
+        assert store.commit("free", 0.0, "local") is True
+        assert store.state("daily").overdrawn == 0.0
+
+
+def test_a_scope_state_computes_overdrawn_in_whole_nano_dollars():
+    budget = Budget(usd=0.1)
+    assert ScopeState("s", budget, committed=0.3).overdrawn == 0.2  # floats: 0.19999999999999998
+    assert ScopeState("s", budget, committed=0.1, reserved=0.5).overdrawn == 0.0  # holds are not spend
+    assert ScopeState("s", budget, committed=0.05).overdrawn == 0.0
+    st = ScopeState("s", Budget(usd=MAX_USD), committed=MAX_USD)
+    assert (st.overdrawn, st.remaining) == (0.0, 0.0)

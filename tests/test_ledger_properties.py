@@ -79,7 +79,7 @@ def _run(store, clock: FakeClock, operations) -> None:
         if op[0] == "reserve":
             _, chain, how, cents, ttl = op
             amount, rid = model.amount(chain, how, cents), f"r{len(model.holds)}"
-            if amount <= model.left(chain):
+            if amount == 0 or amount <= model.left(chain):  # a free call is never refused for money
                 store.reserve(rid, chain, amount / 1e9, ttl_s=ttl)
                 model.holds.append(_Hold(rid, chain, amount, clock() + ttl))
             else:

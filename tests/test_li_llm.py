@@ -86,7 +86,8 @@ async def test_a_candidate_without_usage_is_charged_by_counting_tokens():
     llm = OmniRouteLLM([candidate(CHEAP, MockLLM(max_tokens=7), supports_tools=False)], budget=Budget(usd=1.0))
     response = llm.complete(QUESTION)
     out = count_tokens(response.text)  # "text text ... text": 7 words
-    usage = {"prompt_tokens": QUESTION_TOKENS, "completion_tokens": out, "total_tokens": QUESTION_TOKENS + out}
+    usage = {"prompt_tokens": QUESTION_TOKENS, "completion_tokens": out, "total_tokens": QUESTION_TOKENS + out,
+             "usage_source": "counted"}  # OmniRoute's own count, and it says so
     assert response.raw["usage"] == usage
     assert response.additional_kwargs["omniroute"]["input_tokens"] == QUESTION_TOKENS
     assert llm.router.budget_state("default").committed == pytest.approx(
@@ -127,7 +128,8 @@ def test_sessions_are_charged_separately_and_models_can_be_pinned():
     one, two, tenant = (llm.router.budget_state(s) for s in ("acme/agent-1", "acme/agent-2", "acme"))
     assert one.by_model == {EXPENSIVE: pytest.approx(big.usage_log[0][0] * 10e-6 + big.usage_log[0][1] * 30e-6)}
     assert two.by_model == {CHEAP: pytest.approx(sum(small.usage_log[0]) * 0.2e-6)}
-    assert tenant is None and llm.router.budget_state("default").committed == 0
+    # budget= is each new session's budget: the default scope, never charged, has none yet
+    assert tenant is None and llm.router.budget_state("default") is None
 
 
 def test_a_budget_too_small_for_any_worst_case_refuses_and_holds_nothing():

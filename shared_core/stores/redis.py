@@ -56,6 +56,17 @@ local OPEN, DONE = P .. 'open', P .. 'done'
 
 local function skey(s) return P .. 'scope:' .. s end
 
+-- A whole number of nano-dollars as the plain digits HINCRBY accepts. Lua numbers are doubles,
+-- and Redis turns a number argument into text itself: negating a zero gives -0, which becomes
+-- "-0", and HINCRBY refuses it ("value is not an integer or out of range"). Money and counts
+-- therefore reach HINCRBY only through incr, as text made here.
+local function int(n)
+  if n == 0 then return '0' end
+  return string.format('%.0f', n)
+end
+
+local function incr(k, field, n) return redis.call('HINCRBY', k, field, int(n)) end
+
 -- Start a new period when the current one is over: spend and counts of the old one reset.
 local function roll(s)
   local k = skey(s)
@@ -84,8 +95,8 @@ local function sweep()
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', OPEN, '-inf', now)) do
     local f = redis.call('HMGET', P .. 'hold:' .. id, 'scopes', 'amount')
     for _, s in ipairs(cjson.decode(f[1])) do
-      redis.call('HINCRBY', skey(s), 'reserved', -tonumber(f[2]))
-      redis.call('HINCRBY', skey(s), 'expired', 1)
+      incr(skey(s), 'reserved', -tonumber(f[2]))
+      incr(skey(s), 'expired', 1)
     end
     finish(id, 'lapsed')
   end
@@ -144,11 +155,12 @@ for _, s in ipairs(scopes) do
   roll(s)
   local f = redis.call('HMGET', skey(s), 'usd', 'committed', 'reserved')
   local left = tonumber(f[1]) - tonumber(f[2]) - tonumber(f[3])
-  if amount > left then return {'exceeded', s, left} end
+  -- a hold of 0 always fits, even where spend is past the budget (left < 0)
+  if amount > 0 and amount > left then return {'exceeded', s, int(left)} end
 end
-for _, s in ipairs(scopes) do redis.call('HINCRBY', skey(s), 'reserved', amount) end
+for _, s in ipairs(scopes) do incr(skey(s), 'reserved', amount) end
 local expires = now + tonumber(ARGV[7])
-redis.call('HSET', h, 'status', 'open', 'scopes', scopes_json, 'amount', amount)
+redis.call('HSET', h, 'status', 'open', 'scopes', scopes_json, 'amount', int(amount))
 redis.call('ZADD', OPEN, expires, id)
 return {'ok'}
 """,
@@ -163,12 +175,12 @@ if f[1] == 'committed' then return 'repeat' end
 for _, s in ipairs(cjson.decode(f[2])) do
   roll(s)
   local k = skey(s)
-  if f[1] == 'open' then redis.call('HINCRBY', k, 'reserved', -tonumber(f[3])) end
-  redis.call('HINCRBY', k, 'committed', actual)
-  redis.call('HINCRBY', k, 'requests', 1)
+  if f[1] == 'open' then incr(k, 'reserved', -tonumber(f[3])) end
+  incr(k, 'committed', actual)
+  incr(k, 'requests', 1)
   if model then
-    redis.call('HINCRBY', P .. 'spend:' .. s, model, actual)
-    redis.call('HINCRBY', P .. 'calls:' .. s, model, 1)
+    incr(P .. 'spend:' .. s, model, actual)
+    incr(P .. 'calls:' .. s, model, 1)
   end
 end
 finish(id, 'committed')
@@ -183,8 +195,8 @@ local f = redis.call('HMGET', h, 'status', 'scopes', 'amount')
 if f[1] ~= 'open' then return 0 end
 for _, s in ipairs(cjson.decode(f[2])) do
   roll(s)
-  redis.call('HINCRBY', skey(s), 'reserved', -tonumber(f[3]))
-  redis.call('HINCRBY', skey(s), 'released', 1)
+  incr(skey(s), 'reserved', -tonumber(f[3]))
+  incr(skey(s), 'released', 1)
 end
 finish(id, 'released')
 return 1
