@@ -6,7 +6,16 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, ToolCallBlock
+from llama_index.core.base.llms.types import (
+    AudioBlock,
+    ChatMessage,
+    ChatResponse,
+    CompletionResponse,
+    DocumentBlock,
+    ImageBlock,
+    TextBlock,
+    ToolCallBlock,
+)
 from llama_index.core.tools import BaseTool
 
 from shared_core.calls import Settlement
@@ -34,11 +43,37 @@ def _tool_calls(message: ChatMessage) -> list[dict[str, Any]]:
     ]
 
 
+def _content_block(block: Any) -> dict[str, Any] | None:
+    """A LlamaIndex content block in the OpenAI shape the core counts (None: not input content)."""
+    if isinstance(block, TextBlock):
+        return {"type": "text", "text": block.text}
+    if isinstance(block, ImageBlock):
+        if block.image:  # kept base64-encoded by LlamaIndex
+            mime = block.image_mimetype or "image/png"
+            url = f"data:{mime};base64,{block.image.decode('ascii', 'replace')}"
+        else:  # a URL or a file: its size is not read here, so the documented upper bound counts
+            url = str(block.url or block.path or "")
+        return {"type": "image_url", "image_url": {"url": url, "detail": block.detail or "auto"}}
+    if isinstance(block, AudioBlock):
+        return {"type": "input_audio", "input_audio": {"data": (block.audio or b"").decode("ascii", "replace")}}
+    if isinstance(block, DocumentBlock):
+        return {"type": "file", "file": {"file_data": (block.data or b"").decode("ascii", "replace")}}
+    return None
+
+
+def _content(message: ChatMessage) -> str | list[dict[str, Any]]:
+    """Plain text, or content blocks when the message carries images, audio or documents."""
+    if all(isinstance(b, (TextBlock, ToolCallBlock)) for b in message.blocks):
+        return message.content or ""
+    return [c for c in map(_content_block, message.blocks) if c is not None]
+
+
 def to_request(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
-    """The core's request for chat messages: role, text and any tool calls, which cost tokens too."""
+    """The core's request for chat messages: role, content (images and other media included) and
+    any tool calls, all of which cost tokens."""
     request = []
     for message in messages:
-        entry: dict[str, Any] = {"role": message.role.value, "content": message.content or ""}
+        entry: dict[str, Any] = {"role": message.role.value, "content": _content(message)}
         calls = _tool_calls(message)
         if calls:
             entry["tool_calls"] = calls

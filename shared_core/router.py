@@ -268,8 +268,14 @@ class Router:
     ) -> Decision:
         """Choose a candidate for one request and reserve its worst-case cost in every scope.
 
+        `max_tokens` is the output cap asked for; each candidate's cap (`Decision.output_caps`)
+        is it lowered to the candidate's `max_output_tokens`, or without it that limit shortened
+        to the room the prompt leaves in the context window. The worst case reserved is the input
+        at the candidate's dearest input rate plus its cap; the caller must send that cap.
         Raises RoutingError for malformed requests, NoFeasibleCandidate when no candidate can
-        serve it, and BudgetExceeded when none of those that can fits what is left.
+        serve it (input + cap over its window, tools, structured output, exclusions), and
+        BudgetExceeded (naming the exhausted scope and the worst case) when none of those that
+        can fits what is left.
         """
         messages, text = _normalise(request)
         if max_tokens is not None and max_tokens <= 0:

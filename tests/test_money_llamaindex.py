@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 from llama_index.core.agent.workflow import FunctionAgent
-from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.base.llms.types import ChatMessage, ImageBlock, TextBlock
 from llama_index.core.tools import FunctionTool
 from llama_index.llms.openai import OpenAI
 from llama_index.llms.openai_like import OpenAILike
 
 from omniroute_li import BudgetExceeded, OmniRouteLLM
+from omniroute_li.messages import to_request
 from shared_core import Budget, Candidate, NoFeasibleCandidate
 
 GPT, MINI = "gpt-4o-mini", "local-mini"
@@ -142,3 +143,19 @@ def test_cache_reads_are_priced_like_the_bill(billing):
     response = llm.chat([ChatMessage(role="user", content="A cached system prompt. " * 500)])
     assert record(response)["usage"]["cache_read_tokens"] == 2_000
     assert record(response)["actual_cost_usd"] == pytest.approx(billing.bill_usd, abs=EXACT)
+
+
+def test_images_are_counted_before_the_call(billing):
+    from test_money_langchain import png
+
+    llm = OmniRouteLLM(candidates(billing)[:1], budget=Budget(usd=1.0))
+    data = png(1024, 1024).split(",", 1)[1].encode()
+    message = ChatMessage(role="user", blocks=[TextBlock(text="What is in these pictures?")]
+                          + [ImageBlock(image=data, image_mimetype="image/png") for _ in range(4)])
+    response = llm.chat([message])
+    billed = billing.requests[0].prompt_tokens
+    assert billed > 4 * 765
+    estimate = llm.router.decide(to_request([message]), max_tokens=1).input_tokens["gpt"]
+    assert estimate == billed
+    assert record(response)["overrun_usd"] == 0 and record(response)["actual_cost_usd"] == pytest.approx(
+        billing.bill_usd, abs=EXACT)
