@@ -77,6 +77,9 @@ class ChatOmniRoute(BaseChatModel):
         None, description="A (fitted) routing core over these candidates; built from their priors if None."
     )
     budget: Budget | None = Field(None, description="The budget each new session starts with.")
+    store: str | None = Field(
+        None, description="Ledger URL (memory://, sqlite:///path, redis://host/db) for the router built here."
+    )
     max_fallbacks: int | None = Field(None, description="Candidates to try after a failure (router's default if None).")
     session: str | None = Field(None, description="Charged by every call naming none itself; beats the run config.")
     default_session: str | None = Field(None, description="The session when neither call nor config names one.")
@@ -92,13 +95,15 @@ class ChatOmniRoute(BaseChatModel):
             if not self.candidates:
                 raise ValueError("ChatOmniRoute needs candidates= (each Candidate with model=<chat model>) or router=")
             options = {} if self.max_fallbacks is None else {"max_fallbacks": self.max_fallbacks}
-            self.router = Router(self.candidates, default_budget=self.budget, **options)
+            self.router = Router(self.candidates, default_budget=self.budget, store=self.store, **options)
         else:
             # Settings of a router given ready-made stay on it; repeating them here must agree.
             if self.budget is not None and self.budget != self.router.default_budget:
                 raise ValueError("budget= differs from the given router's default_budget: set it on the Router")
             if self.max_fallbacks is not None and self.max_fallbacks != self.router.max_fallbacks:
                 raise ValueError("max_fallbacks= differs from the given router's: set it on the Router")
+            if self.store is not None:
+                raise ValueError("store= applies to the router ChatOmniRoute builds; give the Router its store")
             routed = [c.name for c in self.router.candidates]
             if not self.candidates:
                 self.candidates = list(self.router.candidates)
@@ -309,8 +314,8 @@ class ChatOmniRoute(BaseChatModel):
         try:
             for chunk in chunks:
                 yield from meter.feed(chunk)
-        except BaseException:
-            self._settle_partial(call, routed, meter)
+        except BaseException as error:
+            self._settle_partial(call, routed, meter, error)
             raise
         finally:
             chunks.close()
@@ -337,18 +342,20 @@ class ChatOmniRoute(BaseChatModel):
             async for chunk in chunks:
                 for ready in meter.feed(chunk):
                     yield ready
-        except BaseException:
-            self._settle_partial(call, routed, meter)
+        except BaseException as error:
+            self._settle_partial(call, routed, meter, error)
             raise
         finally:
             await chunks.aclose()
         yield meter.closing_chunk(settle(self.router, routed.decision, call.session, [meter.message()]))
 
-    def _settle_partial(self, call: RoutedCall, routed: FallbackStream, meter: StreamMeter) -> None:
-        # A stream that broke or was abandoned after its first chunk is charged for what it produced;
+    def _settle_partial(
+        self, call: RoutedCall, routed: FallbackStream, meter: StreamMeter, error: BaseException
+    ) -> None:
+        # A stream that broke or was abandoned after its first chunk is settled by the core's rule;
         # one that failed before it was already released by the fallback loop.
         if meter.started:
-            settle(self.router, routed.decision, call.session, [meter.message()])
+            settle(self.router, routed.decision, call.session, [meter.message()], interrupted=error)
 
     def _convert_cached_generations(self, cache_val: list[Generation]) -> list[ChatGeneration]:
         generations = super()._convert_cached_generations(cache_val)

@@ -8,7 +8,7 @@ from langchain_core.language_models import BaseChatModel
 
 from shared_core.candidates import Candidate
 
-__all__ = ["CAP_FIELDS", "cap_parameter", "declared_limits", "with_declared_limits"]
+__all__ = ["CAP_FIELDS", "cap_parameter", "declared_limits", "provider_of", "with_declared_limits"]
 
 #: Fields that hold a chat model's output cap, in the order integrations name them: OpenAI and
 #: Anthropic `max_tokens`, Google `max_output_tokens`, Ollama `num_predict`, Hugging Face
@@ -41,7 +41,18 @@ def declared_limits(model: BaseChatModel) -> tuple[int | None, int | None]:
     return window, cap if cap is not None else _positive_int(profile.get("max_output_tokens"))
 
 
+def provider_of(model: BaseChatModel) -> str | None:
+    """The API the chat model speaks, from its tracing parameters ("openai", "anthropic", ...)."""
+    try:
+        provider = model._get_ls_params().get("ls_provider")
+    except Exception:  # a model whose tracing parameters cannot be built says nothing about it
+        return None
+    if not isinstance(provider, str):
+        return None
+    return "openai" if provider.startswith("azure") else provider
+
+
 def with_declared_limits(candidate: Candidate, model: BaseChatModel) -> Candidate:
-    """The candidate with the limits its chat model declares applied (see Candidate.with_limits)."""
+    """The candidate with the limits and provider its chat model declares (see Candidate.with_limits)."""
     window, cap = declared_limits(model)
-    return candidate.with_limits(context_window=window, max_output_tokens=cap)
+    return candidate.with_limits(context_window=window, max_output_tokens=cap, provider=provider_of(model))

@@ -11,7 +11,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import add_ai_message_chunks, add_usage
 from langchain_core.outputs import ChatGenerationChunk
 
-from shared_core.calls import settle_usage
+from shared_core.calls import settle_interrupted, settle_usage
 from shared_core.router import Decision, Router
 
 __all__ = ["METADATA_KEY", "settle", "StreamMeter"]
@@ -28,13 +28,17 @@ def _produced_text(message: BaseMessage) -> str:
 
 
 def settle(
-    router: Router, decision: Decision, session: str | None, messages: Sequence[BaseMessage]
+    router: Router, decision: Decision, session: str | None, messages: Sequence[BaseMessage],
+    interrupted: BaseException | None = None,
 ) -> dict[str, Any]:
     """Commit the call's cost from the candidate's usage_metadata (cache and reasoning details
-    included; tiktoken counts without it); the routing summary."""
+    included; tiktoken counts without it); the routing summary. A stream `interrupted` after its
+    first chunk is charged by `calls.settle_interrupted`'s rule."""
     usages = [m.usage_metadata for m in messages if isinstance(m, AIMessage) and m.usage_metadata]
     report = reduce(add_usage, usages) if usages else None
-    settlement = settle_usage(router, decision, report, "\n".join(_produced_text(m) for m in messages))
+    text = "\n".join(_produced_text(m) for m in messages)
+    settlement = (settle_usage(router, decision, report, text) if interrupted is None
+                  else settle_interrupted(router, decision, interrupted, report, text))
     return {**decision.to_dict(), **settlement.to_dict(), "session": session, "cached": False}
 
 

@@ -9,7 +9,7 @@ from llama_index.core.llms.llm import LLM
 
 from shared_core.candidates import Candidate
 
-__all__ = ["capped", "declared_limits", "stream_usage_kwargs", "with_declared_limits"]
+__all__ = ["capped", "declared_limits", "provider_of", "stream_usage_kwargs", "with_declared_limits"]
 
 
 def _positive_int(value: Any) -> int | None:
@@ -36,10 +36,19 @@ def declared_limits(llm: LLM) -> tuple[int | None, int | None]:
     return _declared(llm, "context_window", metadata.context_window, DEFAULT_CONTEXT_WINDOW), cap
 
 
+def provider_of(llm: LLM) -> str | None:
+    """The API the LLM's client speaks, from its integration package (llama_index.llms.<name>)."""
+    for cls in type(llm).__mro__:
+        for provider in ("anthropic", "openai"):
+            if cls.__module__.startswith(f"llama_index.llms.{provider}."):
+                return provider
+    return None
+
+
 def with_declared_limits(candidate: Candidate) -> Candidate:
-    """The candidate with the limits its LLM declares applied (see Candidate.with_limits)."""
+    """The candidate with the limits and provider its LLM declares (see Candidate.with_limits)."""
     window, cap = declared_limits(candidate.model)
-    return candidate.with_limits(context_window=window, max_output_tokens=cap)
+    return candidate.with_limits(context_window=window, max_output_tokens=cap, provider=provider_of(candidate.model))
 
 
 def capped(llm: LLM, cap: int | None) -> tuple[LLM, dict[str, Any]]:

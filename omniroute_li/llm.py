@@ -22,8 +22,15 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
 from llama_index.core.tools import BaseTool
 
-from shared_core.budget import Budget
-from shared_core.calls import FallbackStream, Settlement, acall_with_fallbacks, call_with_fallbacks, settle_usage
+from shared_core.budget import Budget, LedgerStore
+from shared_core.calls import (
+    FallbackStream,
+    Settlement,
+    acall_with_fallbacks,
+    call_with_fallbacks,
+    settle_interrupted,
+    settle_usage,
+)
 from shared_core.candidates import Candidate
 from shared_core.router import Decision, Router
 
@@ -78,10 +85,11 @@ class _StreamBooks:
         self.last = chunk
         return annotate(chunk, self.stream.decision)
 
-    def interrupted(self) -> None:
-        """The stream failed or was closed after its first chunk: charge what was produced."""
+    def interrupted(self, error: BaseException) -> None:
+        """The stream failed or was closed after its first chunk: settle it by the core's rule."""
         if self.last is not None:
-            _settle(self.router, self.stream.decision, self.last)
+            response = self.last
+            settle_interrupted(self.router, self.stream.decision, error, provider_usage(response), output_text(response))
 
     def finished(self) -> AnyResponse | None:
         """Settle the complete stream; the closing chunk with costs and usage (None if it was empty)."""
@@ -133,14 +141,21 @@ class OmniRouteLLM(FunctionCallingLLM):
         *,
         router: Router | None = None,
         budget: Budget | None = None,
+        store: LedgerStore | str | None = None,
         **kwargs: Any,
     ) -> None:
         if (candidates is None) == (router is None):
             raise ValueError("give exactly one of candidates= (a Router is built over them) or router=")
+        unknown = sorted(set(kwargs) - set(type(self).model_fields))
+        if unknown:
+            # A misspelt setting (budjet=, stroe=) must fail loudly, not leave calls unbudgeted.
+            raise TypeError(f"OmniRouteLLM got unexpected keyword arguments {unknown}")
         if router is None:
-            router = Router(candidates, default_budget=budget)
+            router = Router(candidates, default_budget=budget, store=store)
         elif budget is not None and budget != router.default_budget:
             raise ValueError("budget= differs from the given router's default_budget: set it on the Router")
+        elif store is not None:
+            raise ValueError("store= applies to the router OmniRouteLLM builds; give the Router its store")
         _check_candidates(router.candidates)
         for candidate in router.candidates:
             limited = with_declared_limits(candidate)
@@ -321,8 +336,8 @@ class OmniRouteLLM(FunctionCallingLLM):
         try:
             for chunk in stream:
                 yield books.passing(chunk)
-        except BaseException:
-            books.interrupted()
+        except BaseException as error:
+            books.interrupted(error)
             raise
         final = books.finished()
         if final is not None:
@@ -333,8 +348,8 @@ class OmniRouteLLM(FunctionCallingLLM):
         try:
             async for chunk in stream:
                 yield books.passing(chunk)
-        except BaseException:
-            books.interrupted()
+        except BaseException as error:
+            books.interrupted(error)
             raise
         final = books.finished()
         if final is not None:

@@ -4,6 +4,7 @@ from .budget import Budget, BudgetExceeded, LedgerStore, LedgerUnavailable, Memo
 from .candidates import Candidate
 from .data import RoutingDataset, load_dataset, load_prices
 from .pacing import DualPacer
+from .pricing import Usage
 from .solver import Infeasible, Solution, solve
 from .stores import SQLiteStore, open_store
 from .router import Decision, Estimate, NoFeasibleCandidate, Router, RoutingError
@@ -12,7 +13,7 @@ from .tokens import count_message_tokens, count_tokens, count_tokens_batch
 __all__ = [
     "Budget", "BudgetExceeded", "Candidate", "Decision", "DualPacer", "Estimate", "LedgerStore",
     "LedgerUnavailable", "MemoryStore", "SQLiteStore", "open_store", "NoFeasibleCandidate", "Router", "RoutingDataset", "RoutingError", "ScopeState",
-    "UnknownScope", "Infeasible", "Solution", "solve", "count_message_tokens", "count_tokens", "count_tokens_batch", "load_dataset",
+    "UnknownScope", "Usage", "Infeasible", "Solution", "solve", "count_message_tokens", "count_tokens", "count_tokens_batch", "load_dataset",
     "load_prices",
 ]
 __version__ = "0.1.0"

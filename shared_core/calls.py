@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from .candidates import Candidate
 from .pricing import Usage, usage_from_report
-from .router import Decision, Router, overrun_usd
+from .router import Decision, Router
 from .tokens import count_tokens
 
-__all__ = ["call_with_fallbacks", "acall_with_fallbacks", "FallbackStream", "Settlement", "settle_usage"]
+__all__ = [
+    "call_with_fallbacks", "acall_with_fallbacks", "FallbackStream", "Settlement", "settle_interrupted", "settle_usage",
+]
+
+logger = logging.getLogger("omniroute")
 
 T = TypeVar("T")
 C = TypeVar("C")
@@ -171,6 +176,29 @@ def settle_usage(router: Router, decision: Decision, report: Any = None, output_
                 fill["output_tokens"] = max(counted, usage.reasoning_tokens)
             usage = replace(usage, **fill)
         source = "provider" if has_input and has_output else "partial" if has_input or has_output else "counted"
-    cost = router.settle(decision, usage=usage)
+    charge = router.commit(decision, usage)
     remaining = router.remaining(decision.scope) if decision.scopes else None
-    return Settlement(usage, cost, remaining, overrun_usd(decision, cost), source)
+    return Settlement(usage, charge.cost_usd, remaining, charge.overrun_usd, source)
+
+
+def settle_interrupted(
+    router: Router, decision: Decision, error: BaseException, report: Any = None, output_text: str = ""
+) -> Settlement:
+    """Settle a stream that stopped after its first chunk without finishing.
+
+    A provider error (an `Exception`) ended the provider's work: what it produced is charged, from
+    its report or counted (as settle_usage). The reader stopping (GeneratorExit, cancellation,
+    an interrupt) did not: the provider may go on writing — and billing — up to the cap, so the
+    whole worst case reserved for the call is charged (`usage_source` "reserved"), never less
+    than the bill.
+    """
+    if isinstance(error, Exception):
+        return settle_usage(router, decision, report, output_text)
+    name = decision.chosen
+    cap = decision.output_caps.get(name) or router.candidate(name).max_output_tokens
+    usage = Usage(input_tokens=decision.input_tokens[name], output_tokens=cap)
+    charge = router.commit(decision, cost=router.candidate(name).worst_case_cost(usage.input_tokens, cap))
+    logger.info("the reader stopped a stream of %s early (%s); charged its worst case, %.9g USD, since the "
+                "provider may have kept writing", name, type(error).__name__, charge.cost_usd)
+    remaining = router.remaining(decision.scope) if decision.scopes else None
+    return Settlement(usage, charge.cost_usd, remaining, charge.overrun_usd, "reserved")

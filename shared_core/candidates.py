@@ -34,6 +34,11 @@ class Candidate(BaseModel):
         4096, description="Most output tokens per call: reserved as the worst case and sent as the cap."
     )
     encoding: str = Field("cl100k_base", description="tiktoken encoding or model name for counting.")
+    provider: str | None = Field(
+        None,
+        description="The API its client speaks ('openai', 'anthropic', ...): whose image token rule applies; "
+        "read from the framework model when unset.",
+    )
     supports_tools: bool = Field(True, description="Can serve requests that carry tool schemas.")
     supports_structured_output: bool = Field(True, description="Can serve structured-output requests.")
     prior_quality: float | None = Field(None, description="Expected quality in [0, 1] without data.")
@@ -82,14 +87,18 @@ class Candidate(BaseModel):
         dearest = max(self.input_price, self.cache_read_price or 0.0, self.cache_write_price or 0.0)
         return float(price_tokens(input_tokens, out, dearest, self.output_price))
 
-    def with_limits(self, *, context_window: int | None = None, max_output_tokens: int | None = None) -> Candidate:
-        """This candidate with the limits its framework model declares (None = not declared).
+    def with_limits(
+        self, *, context_window: int | None = None, max_output_tokens: int | None = None, provider: str | None = None
+    ) -> Candidate:
+        """This candidate with the limits (and provider) its framework model declares (None = not declared).
 
         The model's context window replaces the default one (a window stated here wins); its
         output limit (the client's own max_tokens, or the model's) lowers `max_output_tokens`,
         which is then both reserved and sent as the cap.
         """
-        update: dict[str, int] = {}
+        update: dict[str, Any] = {}
+        if provider and self.provider is None:
+            update["provider"] = provider
         if context_window is not None and context_window > 0 and "context_window" not in self.model_fields_set:
             update["context_window"] = int(context_window)
         if max_output_tokens is not None and 0 < max_output_tokens < self.max_output_tokens:

@@ -345,7 +345,9 @@ def anthropic_image_tokens(width: int, height: int) -> int:
 # Content blocks
 
 
-def block_tokens(block: Mapping[str, Any], count_text: Callable[[str], int]) -> int | None:
+def block_tokens(
+    block: Mapping[str, Any], count_text: Callable[[str], int], image_rule: str | None = None
+) -> int | None:
     """Input tokens of one non-text content block; None for a text block (the caller counts text).
 
     A text block is a string, or a mapping with a string "text" field whatever its "type"
@@ -357,9 +359,11 @@ def block_tokens(block: Mapping[str, Any], count_text: Callable[[str], int]) -> 
     "data" | "url" | "id"} and v1 {"type": "image", "base64" | "url" | "file_id"}, and
     Anthropic {"type": "image", "source": {"type": "base64", "data"} | {"type": "url", "url"}}.
     The size is read from the header of base64 data (raw or a data: URL; only the header is
-    decoded) and priced by `anthropic_image_tokens` for Anthropic-shaped blocks (a "source"
-    mapping) and by `openai_image_tokens` (with the block's detail; unknown → "auto") for all
-    others. When the size cannot be read (http URL, file id, unreadable data) the image counts
+    decoded) and priced by the provider's rule that `image_rule` names ("openai" or "anthropic":
+    the API the candidate's client speaks, which converts blocks of any shape to its own), or,
+    when it is None, by the rule the block's shape implies: `anthropic_image_tokens` for
+    Anthropic-shaped blocks (a "source" mapping), `openai_image_tokens` (with the block's detail;
+    unknown → "auto") for all others. When the size cannot be read (http URL, file id, unreadable data) the image counts
     the most its rule gives: OPENAI_MAX_IMAGE_TOKENS (1445; 85 at detail "low") or
     ANTHROPIC_MAX_IMAGE_TOKENS (1640). An image block with no image at all counts 0.
 
@@ -386,24 +390,26 @@ def block_tokens(block: Mapping[str, Any], count_text: Callable[[str], int]) -> 
     if isinstance(block.get("text"), str):
         return None
     kind = block.get("type")
+    if not isinstance(kind, str):
+        kind = None
     if kind in _OPENAI_IMAGE_TYPES:
-        return _openai_image_block(block)
+        return _image_tokens(_openai_image_ref(block), image_rule)
     if kind == "image":
         if isinstance(block.get("source"), Mapping):
-            return _anthropic_image_block(block["source"])
-        return _langchain_image_block(block)
+            return _image_tokens(_anthropic_image_ref(block["source"]), image_rule)
+        return _image_tokens(_langchain_image_ref(block), image_rule)
     if kind in _TOOL_CALL_TYPES:
         return _tool_call_tokens(block, count_text)
     if kind in _TOOL_RESULT_TYPES:
         content = block.get("content", block.get("output"))
-        return _content_tokens(content, count_text)
+        return _content_tokens(content, count_text, image_rule)
     return _other_tokens(block, count_text)
 
 
 def _detail(*candidates: Any) -> str:
     for value in candidates:
         if value is not None:
-            return value if value in _DETAILS else "auto"
+            return value if isinstance(value, str) and value in _DETAILS else "auto"
     return "auto"
 
 
@@ -432,7 +438,12 @@ def _source_size(source: Any) -> tuple[int, int] | None:
     return _base64_size(source)
 
 
-def _openai_image_block(block: Mapping[str, Any]) -> int:
+# An image block's reference: (source — base64, a data: URL, a URL, bytes or None when its size
+# cannot be known —, detail, the rule its own shape implies), or None when it carries no image.
+_ImageRef = tuple[Any, str, str]
+
+
+def _openai_image_ref(block: Mapping[str, Any]) -> _ImageRef | None:
     ref = block.get("image_url")
     detail = block.get("detail")
     if isinstance(ref, Mapping):
@@ -441,34 +452,41 @@ def _openai_image_block(block: Mapping[str, Any]) -> int:
     else:
         detail = _detail(detail)
     if ref:
-        return _openai_priced(ref, detail)
+        return ref, detail, "openai"
     if block.get("file_id"):  # Responses API input_image by file id: size unknown
-        return _openai_priced(None, detail)
-    return 0
+        return None, detail, "openai"
+    return None
 
 
-def _langchain_image_block(block: Mapping[str, Any]) -> int:
+def _langchain_image_ref(block: Mapping[str, Any]) -> _ImageRef | None:
     detail = _detail(block.get("detail"))
     source_type = block.get("source_type")
     if source_type is not None:  # v0
-        key = {"base64": "data", "url": "url", "id": "id"}.get(source_type, "data")
+        key = {"base64": "data", "url": "url", "id": "id"}.get(source_type, "data") if isinstance(
+            source_type, str) else "data"
         ref = block.get(key)
         if not ref:
-            return 0
-        return _openai_priced(None if source_type == "id" else ref, detail)
+            return None
+        return (None if source_type == "id" else ref), detail, "openai"
     for key in ("base64", "url"):  # v1
         if block.get(key):
-            return _openai_priced(block[key], detail)
-    return _openai_priced(None, detail) if block.get("file_id") else 0
+            return block[key], detail, "openai"
+    return (None, detail, "openai") if block.get("file_id") else None
 
 
-def _anthropic_image_block(source: Mapping[str, Any]) -> int:
+def _anthropic_image_ref(source: Mapping[str, Any]) -> _ImageRef:
     kind = source.get("type")
-    if kind == "base64":
-        return _anthropic_priced(source.get("data"))
-    if kind == "url":
-        return _anthropic_priced(source.get("url"))
-    return _anthropic_priced(None)  # file id or an unknown source: size unknown
+    ref = source.get("data") if kind == "base64" else source.get("url") if kind == "url" else None
+    return ref, "auto", "anthropic"  # a file id or an unknown source: size unknown
+
+
+def _image_tokens(ref: _ImageRef | None, rule: str | None) -> int:
+    if ref is None:
+        return 0
+    source, detail, native = ref
+    if (rule or native) == "anthropic":
+        return _anthropic_priced(source)
+    return _openai_priced(source, detail)
 
 
 def _json(value: Any) -> str:
@@ -491,7 +509,7 @@ def _tool_call_tokens(block: Mapping[str, Any], count_text: Callable[[str], int]
     return total
 
 
-def _content_tokens(content: Any, count_text: Callable[[str], int]) -> int:
+def _content_tokens(content: Any, count_text: Callable[[str], int], image_rule: str | None = None) -> int:
     """Tokens of a tool result's content: a string, blocks, or anything else as compact JSON."""
     if content is None:
         return 0
@@ -505,10 +523,10 @@ def _content_tokens(content: Any, count_text: Callable[[str], int]) -> int:
             elif isinstance(block, Mapping) and isinstance(block.get("text"), str):
                 total += count_text(block["text"])
             else:
-                total += block_tokens(block, count_text) or 0
+                total += block_tokens(block, count_text, image_rule) or 0
         return total
     if isinstance(content, Mapping) and "type" in content:  # a single block
-        return _content_tokens([content], count_text)
+        return _content_tokens([content], count_text, image_rule)
     return count_text(_json(content))
 
 

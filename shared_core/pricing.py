@@ -13,6 +13,7 @@ detail fields are parts of those totals, so reasoning is charged once, as output
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -22,7 +23,7 @@ import numpy as np
 if TYPE_CHECKING:
     from .candidates import Candidate
 
-__all__ = ["Reported", "Usage", "price", "price_tokens", "usage_from_report"]
+__all__ = ["MAX_REPORTED_TOKENS", "Reported", "Usage", "price", "price_tokens", "usage_from_report"]
 
 logger = logging.getLogger("omniroute")
 
@@ -86,21 +87,40 @@ def price(candidate: Candidate, usage: Usage) -> float:
                               candidate.output_price) + cached / 1e6)
 
 
+#: The most tokens one call is believed to report; a larger (or negative, NaN, infinite) count is
+#: a provider's garbage, read as missing so that OmniRoute counts the call itself.
+MAX_REPORTED_TOKENS = 10**9
+
+
 def _count(report: Mapping[str, Any], *keys: str) -> int | None:
     for key in keys:
         value = report.get(key)
         if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
-            return max(0, int(value))
+            if math.isfinite(value) and 0 <= value <= MAX_REPORTED_TOKENS:
+                return int(value)
+            logger.warning("usage report has %s=%r; reading it as missing", key, value)
+            return None
     return None
 
 
-def _details(report: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = report.get(key)
+def _as_mapping(value: Any) -> Mapping[str, Any]:
+    """A report (or its details) as a mapping: a dict, or a provider SDK object's model_dump(); {} otherwise."""
     if isinstance(value, Mapping):
         return value
-    # Provider SDK objects (openai's CompletionUsage details) expose attributes, not keys.
     dump = getattr(value, "model_dump", None)
-    return dump() if callable(dump) else {}
+    if not callable(dump):
+        return {}
+    try:
+        dumped = dump()
+    except Exception as error:  # a paid call must still be settled: read what can be read
+        logger.warning("usage report %s could not be read (%s); counting the call instead", type(value).__name__, error)
+        return {}
+    return dumped if isinstance(dumped, Mapping) else {}
+
+
+def _details(report: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    # Provider SDK objects (openai's CompletionUsage details) expose attributes, not keys.
+    return _as_mapping(report.get(key))
 
 
 class Reported(NamedTuple):
@@ -121,17 +141,16 @@ def usage_from_report(report: Any) -> Reported | None:
       (cached_tokens, audio_tokens) and `completion_tokens_details` (reasoning_tokens, audio_tokens);
     - Anthropic `usage`: input_tokens *beside* cache_read_input_tokens and
       cache_creation_input_tokens (Anthropic's input_tokens excludes them; they are added here).
-    A missing total reads as 0 with `has_input` / `has_output` False, for the caller to count.
+    A missing total reads as 0 with `has_input` / `has_output` False, for the caller to count; so
+    does a count that is negative, NaN, infinite or above MAX_REPORTED_TOKENS (with a warning),
+    and a report that cannot be read at all gives None: after the model answered, nothing here
+    raises.
     Parts larger than their totals (a provider's inconsistency) are clamped with a warning rather
     than losing the call's cost.
     """
     if report is None:
         return None
-    if not isinstance(report, Mapping):
-        dump = getattr(report, "model_dump", None)
-        if not callable(dump):
-            return None
-        report = dump()
+    report = _as_mapping(report)
     inp = _count(report, "input_tokens", "prompt_tokens")
     out = _count(report, "output_tokens", "completion_tokens")
     if inp is None and out is None:

@@ -22,7 +22,7 @@ from .solver import BatchRouting, budget_curve, capacity_counts, solve
 from .stores import open_store
 from .tokens import content_text, count_message_tokens, count_tokens_batch
 
-__all__ = ["Router", "Decision", "RoutingError", "NoFeasibleCandidate", "Estimate", "DEFAULT_SCOPE"]
+__all__ = ["Router", "Charge", "Decision", "RoutingError", "NoFeasibleCandidate", "Estimate", "DEFAULT_SCOPE"]
 
 logger = logging.getLogger("omniroute")
 
@@ -50,6 +50,14 @@ class Estimate:
     input_tokens: np.ndarray
     output_tokens: np.ndarray
     cost: np.ndarray
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What committing a call cost (USD), and how much of it no reservation covered (`overrun_usd`)."""
+
+    cost_usd: float
+    overrun_usd: float
 
 
 @dataclass(frozen=True)
@@ -278,19 +286,22 @@ class Router:
         can fits what is left.
         """
         messages, text = _normalise(request)
-        if max_tokens is not None and max_tokens <= 0:
-            raise RoutingError(f"max_tokens must be > 0, got {max_tokens}")
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens <= 0
+        ):
+            raise RoutingError(f"max_tokens must be a whole number of tokens > 0, got {max_tokens!r}")
         if model is not None:
             self.candidate(model)
         states = self._scope_states(session)
         cands = self._candidates
         tool_list = list(tools or [])
-        counts: dict[str, int] = {}
+        counts: dict[tuple[str, str | None], int] = {}
         input_tokens = np.empty(len(cands))
         for j, c in enumerate(cands):
-            if c.encoding not in counts:
-                counts[c.encoding] = count_message_tokens(messages, c.encoding, tools=tool_list)
-            input_tokens[j] = counts[c.encoding]
+            key = (c.encoding, c.provider)
+            if key not in counts:
+                counts[key] = count_message_tokens(messages, c.encoding, tools=tool_list, image_rule=_image_rule(c))
+            input_tokens[j] = counts[key]
         q, out = self._predict(self._features([text]), 1)
         q, out = q[0], out[0]
         caps = output_caps(input_tokens, self._max_out, self._window, max_tokens)
@@ -369,42 +380,58 @@ class Router:
         usage: Usage | None = None,
         cost: float | None = None,
     ) -> float:
-        """Commit the call's actual cost and update λ; returns it in USD.
+        """Commit the call's actual cost and update λ; returns it in USD (`commit` also gives the overrun).
 
         The cost is `usage` priced for the chosen candidate (cache reads and writes at its cache
         prices), or `input_tokens` / `output_tokens` (input defaults to the router's own count),
-        or `cost` in USD. A cost above the reservation is committed all the same — it was spent —
-        and logged as an overrun; the scope then refuses paid calls until it is within budget.
-        For a reply without reported usage use `shared_core.calls.settle_usage`, which counts its
-        text. Settling twice charges once.
+        or `cost` in USD. For a reply without reported usage use `shared_core.calls.settle_usage`,
+        which counts its text. Settling twice charges once.
+        """
+        if cost is None and usage is None:
+            if output_tokens is None:
+                raise ValueError("settle needs output_tokens (or usage=, or cost=)")
+            inp = decision.input_tokens[decision.chosen] if input_tokens is None else input_tokens
+            usage = Usage(input_tokens=inp, output_tokens=output_tokens)
+        return self.commit(decision, usage, cost=cost).cost_usd
+
+    def commit(self, decision: Decision, usage: Usage | None = None, *, cost: float | None = None) -> Charge:
+        """Commit `usage` (priced for the chosen candidate) or `cost` USD for a decision; the Charge.
+
+        Money beyond the decision's reservation — or, when its hold had lapsed, money that takes a
+        scope over its budget — is committed all the same (it was spent) and reported as the
+        charge's `overrun_usd`, with a warning; an overdrawn scope refuses paid calls until it is
+        within budget. Committing twice charges once (the second Charge has no overrun).
         """
         if cost is None:
             if usage is None:
-                if output_tokens is None:
-                    raise ValueError("settle needs output_tokens (or usage=, or cost=)")
-                inp = decision.input_tokens[decision.chosen] if input_tokens is None else input_tokens
-                usage = Usage(input_tokens=inp, output_tokens=output_tokens)
+                raise ValueError("commit needs usage= or cost=")
             cost = price(self.candidate(decision.chosen), usage)
         cost = float(cost)
         if not np.isfinite(cost) or cost < 0:
             raise ValueError(f"cost must be finite and >= 0, got {cost}")
         if not decision.scopes:
-            return cost
-        before = dict(zip(decision.scopes, self.store.states(decision.scopes)))
-        if self.store.commit(decision.id, cost, model=decision.chosen):
-            overrun = overrun_usd(decision, cost)
-            if overrun:
-                logger.warning(
-                    "overrun: %s cost %.9g USD, %.9g USD over the %.9g USD reserved for it (cap %s output "
-                    "tokens) in scope %r; recorded, and the scope refuses paid calls until it is within budget",
-                    decision.chosen, cost, overrun, decision.reserved, decision.output_cap, decision.scope,
-                )
-            for scope, state in before.items():
-                if state is not None:
-                    theta = self.pacer.update(state, cost)
-                    if theta is not None:
-                        self.store.adjust_lambda(scope, theta)
-        return cost
+            return Charge(cost, 0.0)
+        before = [s for s in self.store.states(decision.scopes) if s is not None]
+        if not self.store.commit(decision.id, cost, model=decision.chosen):
+            return Charge(cost, 0.0)
+        overrun = _overrun(decision, cost, before)
+        if overrun:
+            after = [s for s in self.store.states(decision.scopes) if s is not None and s.overdrawn > 0]
+            consequence = (
+                "; ".join(f"scope {s.scope!r} is overdrawn by {s.overdrawn:.9g} USD" for s in after)
+                + " and refuses paid calls until it is within budget" if after
+                else "every scope is still within its budget"
+            )
+            logger.warning(
+                "overrun: %s cost %.9g USD, %.9g USD beyond what its reservation of %.9g USD covered (cap %s "
+                "output tokens) in scope %r; recorded: %s",
+                decision.chosen, cost, overrun, decision.reserved, decision.output_cap, decision.scope, consequence,
+            )
+        for state in before:
+            theta = self.pacer.update(state, cost)
+            if theta is not None:
+                self.store.adjust_lambda(state.scope, theta)
+        return Charge(cost, overrun)
 
     def release(self, decision: Decision) -> None:
         """Return a decision's reservation unspent (a failed or cancelled call)."""
@@ -556,6 +583,11 @@ def _normalise(request: str | Messages) -> tuple[list[Mapping[str, Any]], str]:
     return list(request), text
 
 
+def _image_rule(candidate: Candidate) -> str | None:
+    """The image token rule of the API the candidate speaks (None: the rule of each block's shape)."""
+    return candidate.provider if candidate.provider in ("openai", "anthropic") else None
+
+
 def output_caps(
     input_tokens: np.ndarray, max_output: np.ndarray, window: np.ndarray, max_tokens: int | None
 ) -> np.ndarray:
@@ -572,11 +604,16 @@ def output_caps(
     return np.where(input_tokens + caps <= window, caps, 0.0)
 
 
-def overrun_usd(decision: Decision, cost: float) -> float:
-    """USD by which a settled cost exceeds what the decision reserved (0.0 when within it or unbudgeted)."""
-    if not decision.scopes:
-        return 0.0
-    return to_usd(max(0, to_nanos(cost) - to_nanos(decision.reserved)))
+def _overrun(decision: Decision, cost: float, before: Sequence[ScopeState]) -> float:
+    """USD of a committed cost that no reservation covered: beyond the decision's own hold, or —
+    when the hold had lapsed before the commit — what took a scope (in `before`, its books just
+    before the commit) over its budget. Exact in nano-dollars."""
+    spent = to_nanos(cost)
+    over = spent - to_nanos(decision.reserved)
+    for state in before:
+        budget, committed = to_nanos(state.budget.usd), to_nanos(state.committed)
+        over = max(over, max(0, committed + spent - budget) - max(0, committed - budget))
+    return to_usd(max(0, over))
 
 
 def _refusal(
@@ -584,14 +621,17 @@ def _refusal(
 ) -> BudgetExceeded:
     """The BudgetExceeded for a request none of whose feasible candidates fits: which scope, why, what to do."""
     cheapest = min(order, key=lambda n: worst[n])
-    tight = min(states, key=lambda s: s.remaining)
+    tight = min(states, key=lambda s: (s.remaining, -s.overdrawn))
     cap = base.output_caps[cheapest]
-    overdrawn = getattr(tight, "overdrawn", 0.0)
-    state = (f"is overdrawn by {overdrawn:.6g} USD" if overdrawn > 0 else f"has {tight.remaining:.6g} USD left")
-    hint = (
-        f" Pass a smaller max_tokens= to lower the worst case, or raise the budget of {tight.scope!r}."
-        if base.input_tokens[cheapest] and cap > 1 else f" Raise the budget of {tight.scope!r}."
-    )
+    overdrawn = tight.overdrawn
+    if overdrawn > 0:
+        state = f"is overdrawn by {overdrawn:.6g} USD"
+        hint = (f" It refuses paid calls until it is within budget again: raise the budget of {tight.scope!r}"
+                " or wait for its next period.")
+    else:
+        state = f"has {tight.remaining:.6g} USD left"
+        hint = (f" Pass a smaller max_tokens= to lower the worst case, or raise the budget of {tight.scope!r}."
+                if cap > 1 else f" Raise the budget of {tight.scope!r}.")
     return BudgetExceeded(
         f"no candidate fits the budget of scope {tight.scope!r}, which {state}: the cheapest feasible call "
         f"({cheapest}) may cost up to {worst[cheapest]:.6g} USD — {base.input_tokens[cheapest]} input tokens "

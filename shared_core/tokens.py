@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import threading
@@ -10,6 +11,8 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Protocol
+
+logger = logging.getLogger("omniroute")
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -207,12 +210,14 @@ def count_message_tokens(
     messages: Sequence[Mapping[str, Any]],
     encoding_or_model: str = "cl100k_base",
     tools: Sequence[Mapping[str, Any]] | None = None,
+    image_rule: str | None = None,
 ) -> int:
     """Prompt tokens of chat messages ({"role", "content", optional "name"}) plus tool schemas.
 
     List contents count their text parts as text (content_text) plus every other block —
     images, audio, files, tool blocks — by shared_core.media.block_tokens (images by the
-    provider's pixel rule, not by the length of their base64).
+    provider's pixel rule, not by the length of their base64: `image_rule` "openai" or
+    "anthropic", the API the candidate speaks; None = the rule each block's shape implies).
     """
     count = _counter(encoding_or_model)
     texts: list[str] = []
@@ -224,7 +229,7 @@ def count_message_tokens(
         texts.append(str(message["role"]))
         content = message.get("content")
         if content is not None and not isinstance(content, str):
-            content, media_tokens = _media_tokens(content, count)
+            content, media_tokens = _media_tokens(content, count, image_rule)
             total += media_tokens
         texts.append(content_text(content))
         if message.get("name"):
@@ -237,7 +242,7 @@ def count_message_tokens(
     return total + sum(map(count, texts))
 
 
-def _media_tokens(content: Any, count: Callable[[str], int]) -> tuple[Any, int]:
+def _media_tokens(content: Any, count: Callable[[str], int], image_rule: str | None) -> tuple[Any, int]:
     """(content, tokens of its non-text blocks); a one-shot iterable comes back as a list."""
     if not isinstance(content, (list, tuple)):
         if isinstance(content, (Mapping, bytes, bytearray)) or not isinstance(content, Iterable):
@@ -249,5 +254,14 @@ def _media_tokens(content: Any, count: Callable[[str], int]) -> tuple[Any, int]:
         if isinstance(block, Mapping) and not isinstance(block.get("text"), str):
             from .media import block_tokens  # only messages with such blocks need the module
 
-            total += block_tokens(block, count) or 0
+            try:
+                total += block_tokens(block, count, image_rule) or 0
+            except (TypeError, ValueError, RecursionError) as error:
+                # A malformed block must not stop the request: it counts as the largest image,
+                # more than most blocks cost, and the provider's own count settles the call.
+                from .media import OPENAI_MAX_IMAGE_TOKENS
+
+                logger.warning("could not count a %r content block (%s); counting %d tokens for it",
+                               type(block.get("type")).__name__, error, OPENAI_MAX_IMAGE_TOKENS)
+                total += OPENAI_MAX_IMAGE_TOKENS
     return content, total

@@ -389,3 +389,22 @@ def test_text_only_messages_count_as_before():
     for name, (messages, plain, with_tool) in cases.items():
         assert count_message_tokens(messages) == plain, name
         assert count_message_tokens(messages, tools=[tool]) == with_tool, name
+
+
+@pytest.mark.parametrize("block", [
+    {"type": ["image"]}, {"type": {"a": 1}}, {"type": "image_url", "image_url": {"url": None, "detail": ["x"]}},
+    {"type": "image", "source_type": ["url"]}, {"type": "input_image", "detail": {"x": 1}},
+])
+def test_malformed_blocks_never_raise(block):
+    assert count_message_tokens([{"role": "user", "content": [block]}]) >= 7
+
+
+def test_a_pathologically_nested_block_counts_as_the_largest_image():
+    root = {"type": "tool_result", "content": []}
+    node = root
+    for _ in range(5_000):
+        child = {"type": "tool_result", "content": []}
+        node["content"].append(child)
+        node = child
+    empty = count_message_tokens([{"role": "user", "content": []}])
+    assert count_message_tokens([{"role": "user", "content": [root]}]) == empty + OPENAI_MAX_IMAGE_TOKENS

@@ -272,3 +272,50 @@ def test_budget_exceeded_is_the_core_error_exported_by_both_adapters():
     from omniroute_li import BudgetExceeded as LlamaIndexBudgetExceeded
 
     assert BudgetExceeded is CoreBudgetExceeded is LlamaIndexBudgetExceeded
+
+
+def test_an_image_for_claude_is_priced_by_anthropics_rule(billing):
+    chat = ChatOmniRoute(candidates=candidates(billing)[1:], budget=Budget(usd=1.0))
+    assert chat.router.candidate("claude").provider == "anthropic"  # read from ChatAnthropic
+    content = [{"type": "text", "text": "Describe it."},
+               {"type": "image_url", "image_url": {"url": png(1000, 1000), "detail": "low"}}]
+    record = chat.invoke([HumanMessage(content=content)], session="s").response_metadata["omniroute"]
+    billed = billing.requests[0].prompt_tokens
+    estimate = chat.router.decide([{"role": "user", "content": content}], max_tokens=1).input_tokens["claude"]
+    assert estimate == billed and record["overrun_usd"] == 0
+
+
+def test_a_stream_the_reader_abandons_is_charged_its_worst_case(billing):
+    # The provider goes on writing after the reader stops; the ledger must never charge less than it bills.
+    billing.configure(GPT, answer_tokens=1_000, chunk_delay_s=0.0005, **PRICES[GPT])
+    chat = ChatOmniRoute(candidates=candidates(billing)[:1], budget=Budget(usd=1.0))
+    for _ in range(3):
+        stream = chat.stream("Tell me a long story.", session="s", max_tokens=1_000)
+        first = next(stream)
+        assert first.content is not None
+        stream.close()
+    assert billing.wait_idle()
+    state = chat.router.budget_state("s")
+    worst = chat.router.candidate("gpt").worst_case_cost(billing.requests[0].prompt_tokens, 1_000)
+    assert state.reserved == 0 and state.committed == pytest.approx(3 * worst, abs=EXACT)
+    assert state.committed >= billing.bill_usd - EXACT
+
+
+
+def test_both_adapters_take_a_ledger_url(billing, tmp_path):
+    from omniroute_li import OmniRouteLLM
+    from llama_index.core.llms import MockLLM
+    from shared_core.stores import SQLiteStore
+
+    chat = ChatOmniRoute(candidates=candidates(billing)[:1], budget=Budget(usd=1.0), store=f"sqlite:///{tmp_path}/lc.db")
+    chat.invoke("Hello.", session="s")
+    assert isinstance(chat.router.store, SQLiteStore)
+    assert chat.router.budget_state("s").committed == pytest.approx(billing.bill_usd, abs=EXACT)
+    llm = OmniRouteLLM([Candidate(name="mock", model=MockLLM(), input_price=1, output_price=1, prior_quality=0.5,
+                                  supports_tools=False)], store=f"sqlite:///{tmp_path}/li.db")
+    assert isinstance(llm.router.store, SQLiteStore)
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['budjet'\\]"):
+        OmniRouteLLM([Candidate(name="mock", model=MockLLM(), input_price=1, output_price=1, prior_quality=0.5,
+                                supports_tools=False)], budjet=Budget(usd=1.0))
+    with pytest.raises(ValueError, match="store= applies to the router"):
+        ChatOmniRoute(router=chat.router, store="memory://")

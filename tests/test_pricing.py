@@ -150,3 +150,72 @@ def test_the_worst_case_assumes_the_dearest_input_rate():
     # A provider that wrote the whole prompt to its cache billed within the reservation.
     usage = Usage(input_tokens=tokens, output_tokens=10, cache_write_tokens=tokens)
     assert settle_usage(router, decision, usage).overrun_usd == 0.0
+
+
+@pytest.mark.parametrize("report", [
+    {"prompt_tokens": float("nan"), "completion_tokens": 5},
+    {"prompt_tokens": 1e400, "completion_tokens": 5},
+    {"prompt_tokens": 10**30, "completion_tokens": 5},
+    {"prompt_tokens": 10, "completion_tokens": -5},
+    {"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": float("inf")}},
+])
+def test_a_garbage_report_is_read_as_missing_and_the_call_is_counted(report, caplog):
+    router = _pair()
+    router.set_budget("s", Budget(usd=1.0))
+    decision = router.decide("Hello there.", "s", max_tokens=20, model="small")
+    with caplog.at_level(logging.WARNING, logger="omniroute"):
+        settlement = settle_usage(router, decision, report, output_text="hello world")
+    assert settlement.usage_source in ("partial", "counted") or settlement.usage.cache_read_tokens == 0
+    assert settlement.cost_usd > 0 and router.budget_state("s").reserved == 0
+    assert "reading it as missing" in caplog.text
+
+
+def test_a_report_that_cannot_be_read_does_not_lose_the_call():
+    class Broken:
+        def model_dump(self):
+            raise RuntimeError("schema drift")
+
+    router = _pair()
+    router.set_budget("s", Budget(usd=1.0))
+    decision = router.decide("Hello there.", "s", max_tokens=20, model="small")
+    settlement = settle_usage(router, decision, Broken(), output_text="hello world")
+    assert settlement.usage_source == "counted" and settlement.output_tokens == 2
+    assert router.budget_state("s").committed == pytest.approx(settlement.cost_usd)
+
+
+def test_a_late_commit_that_overdraws_its_scope_is_an_overrun(caplog):
+    from shared_core.budget import MemoryStore
+
+    now = [1_000.0]
+    router = Router(_pair().candidates, store=MemoryStore(clock=lambda: now[0]), reservation_ttl_s=10)
+    router.set_budget("s", Budget(usd=0.0001))
+    slow = router.decide("Hello there.", "s", max_tokens=20, model="small")
+    now[0] += 11  # the slow call's hold lapses, and another call takes the money
+    fast = router.decide("Hello there.", "s", max_tokens=20, model="small")
+    router.settle(fast, cost=0.00009)
+    with caplog.at_level(logging.WARNING, logger="omniroute"):
+        charge = router.commit(slow, cost=slow.reserved)  # within its own reservation, but it had lapsed
+    assert charge.overrun_usd == pytest.approx(0.00009 + slow.reserved - 0.0001, abs=1e-12)
+    assert "overrun" in caplog.text and "is overdrawn by" in caplog.text
+    assert router.budget_state("s").overdrawn == pytest.approx(charge.overrun_usd, abs=1e-12)
+    # Committing it again charges nothing more and reports no overrun.
+    assert router.commit(slow, cost=slow.reserved).overrun_usd == 0.0
+
+
+@pytest.mark.parametrize("max_tokens", [0, -1, 1.5, float("nan"), True, "100"])
+def test_max_tokens_must_be_a_whole_positive_number(max_tokens):
+    from shared_core import RoutingError
+
+    with pytest.raises(RoutingError, match="max_tokens must be a whole number"):
+        _pair().decide("Hello.", max_tokens=max_tokens)
+
+
+def test_images_are_priced_by_the_rule_of_the_api_the_candidate_speaks():
+    from test_money_langchain import png
+
+    claude = Candidate(name="claude", input_price=3.0, output_price=15.0, prior_quality=0.5, provider="anthropic")
+    gpt = Candidate(name="gpt", input_price=3.0, output_price=15.0, prior_quality=0.5, provider="openai")
+    content = [{"type": "image_url", "image_url": {"url": png(1000, 1000), "detail": "low"}}]
+    tokens = Router([claude, gpt]).decide([{"role": "user", "content": content}], max_tokens=1).input_tokens
+    # The OpenAI-shaped block goes to Claude converted: Anthropic bills ceil(1000·1000 / 750) = 1334.
+    assert tokens["claude"] - tokens["gpt"] == 1334 - 85
