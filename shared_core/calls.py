@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from .candidates import Candidate
+from .fallbacks import AllCandidatesFailed, Attempt, ErrorKind, classify, falls_back
 from .pricing import Usage, usage_from_report
 from .router import Decision, Router
 from .tokens import count_tokens
@@ -18,27 +19,53 @@ __all__ = [
 
 logger = logging.getLogger("omniroute")
 
+logger = logging.getLogger("omniroute")
+
 T = TypeVar("T")
 C = TypeVar("C")
+
+
+def _fall_back(router: Router, decision: Decision, error: Exception, attempts: list[Attempt]) -> Decision:
+    """The decision for the next candidate after `error`, or raise: the error itself when the next
+    candidate would repeat it (or none was tried after it), AllCandidatesFailed when all failed."""
+    attempt = Attempt(decision.chosen, classify(error), error)
+    attempts.append(attempt)
+    level = logging.ERROR if attempt.kind == ErrorKind.MISCONFIGURED else logging.WARNING
+    if not falls_back(attempt.kind):
+        router.release(decision)
+        logger.warning("candidate %s failed (%s: %s: %s); not falling back: the next candidate would fail too",
+                       decision.chosen, attempt.kind, type(error).__name__, error)
+        raise error
+    following = router.reroute(decision, error)
+    if following is None:
+        logger.log(level, "candidate %s failed (%s: %s: %s); no candidate left to fall back to",
+                   decision.chosen, attempt.kind, type(error).__name__, error)
+        if len(attempts) == 1:
+            raise error
+        raise AllCandidatesFailed(attempts) from error
+    logger.log(level, "candidate %s failed (%s: %s: %s); falling back to %s",
+               decision.chosen, attempt.kind, type(error).__name__, error, following.chosen)
+    return following
 
 
 def call_with_fallbacks(
     router: Router, decision: Decision, call: Callable[[Candidate, Decision], T]
 ) -> tuple[T, Decision]:
-    """Run `call` on the chosen candidate; on an exception release and retry the next-best.
+    """Run `call` on the chosen candidate; on a failure that another candidate could avoid (see
+    `fallbacks.classify`), release and retry the next-best.
 
     Returns the result and the decision that produced it (still reserved: the caller settles it
-    with the usage it reads from the result). Re-raises the last real error when out of tries;
-    a cancellation or interrupt releases the reservation and propagates at once.
+    with the usage it reads from the result; its `failures` record every failed attempt). Raises
+    an error the next candidate would repeat at once, the only error when no other candidate was
+    tried, and AllCandidatesFailed (each candidate's error) when every one tried failed; a
+    cancellation or interrupt releases the reservation and propagates at once.
     """
+    attempts: list[Attempt] = []
     while True:
         try:
             return call(router.candidate(decision.chosen), decision), decision
         except Exception as error:
-            following = router.reroute(decision, error)
-            if following is None:
-                raise
-            decision = following
+            decision = _fall_back(router, decision, error, attempts)
         except BaseException:
             router.release(decision)
             raise
@@ -48,14 +75,12 @@ async def acall_with_fallbacks(
     router: Router, decision: Decision, call: Callable[[Candidate, Decision], Awaitable[T]]
 ) -> tuple[T, Decision]:
     """The async form of call_with_fallbacks (same decisions, same ledger calls)."""
+    attempts: list[Attempt] = []
     while True:
         try:
             return await call(router.candidate(decision.chosen), decision), decision
         except Exception as error:
-            following = router.reroute(decision, error)
-            if following is None:
-                raise
-            decision = following
+            decision = _fall_back(router, decision, error, attempts)
         except BaseException:
             router.release(decision)
             raise
@@ -73,12 +98,10 @@ class FallbackStream(Generic[C]):
         self.router = router
         self.decision = decision
         self._start = start
+        self._attempts: list[Attempt] = []
 
-    def _fail(self, error: BaseException) -> None:
-        following = self.router.reroute(self.decision, error)
-        if following is None:
-            raise error
-        self.decision = following
+    def _fail(self, error: Exception) -> None:
+        self.decision = _fall_back(self.router, self.decision, error, self._attempts)
 
     def __iter__(self) -> Iterator[C]:
         while True:

@@ -15,6 +15,7 @@ import numpy as np
 from .budget import Budget, BudgetExceeded, LedgerStore, ScopeState, UnknownScope, scope_chain, to_nanos, to_usd
 from .candidates import Candidate, validate_candidates
 from .length import LengthPrior
+from .fallbacks import Attempt, ErrorKind, classify
 from .pacing import DualPacer
 from .pricing import Usage, price, price_tokens
 from .quality.base import QualityPredictor
@@ -77,6 +78,7 @@ class Decision:
     output_caps: dict[str, int] = field(default_factory=dict)
     attempt: int = 0
     failed: tuple[str, ...] = ()
+    failures: tuple[dict[str, str], ...] = ()
     text: str = field(default="", repr=False)
 
     @property
@@ -102,6 +104,7 @@ class Decision:
             "max_output_tokens": self.output_cap,
             "attempt": self.attempt,
             "failed": list(self.failed),
+            "failures": [dict(f) for f in self.failures],
         }
 
 
@@ -357,19 +360,26 @@ class Router:
         raise _refusal(base, order, worst, states) from last
 
     def reroute(self, decision: Decision, error: BaseException | None = None) -> Decision | None:
-        """Release a failed decision and reserve for the next-best candidate; None when out of tries."""
+        """Release a failed decision and reserve for the next-best candidate; None when out of tries.
+
+        The new decision records the failure (`failed`, and `failures` with the error's kind and
+        message). Whether an error should fall back at all is `fallbacks.classify`'s business;
+        `calls.call_with_fallbacks` asks it before calling this.
+        """
         self.release(decision)
         failed = decision.failed + (decision.chosen,)
+        record = Attempt(decision.chosen, classify(error) if error is not None else ErrorKind.UNKNOWN,
+                         error if error is not None else RuntimeError("failed")).to_dict()
         order = [n for n in decision.ranking if n not in failed]
         if decision.attempt >= self.max_fallbacks or not order:
             return None
         states = [s for s in self.store.states(decision.scopes) if s]
         worst = {n: self.candidate(n).worst_case_cost(decision.input_tokens[n], decision.output_caps[n]) for n in order}
+        following = replace(decision, failed=failed, failures=decision.failures + (record,), attempt=decision.attempt + 1)
         try:
-            new = self._reserve_first(replace(decision, failed=failed, attempt=decision.attempt + 1), order, worst, states)
+            return self._reserve_first(following, order, worst, states)
         except BudgetExceeded:
             return None
-        return new
 
     def settle(
         self,

@@ -11,6 +11,7 @@ from llama_index.core.llms import ChatMessage, MockLLM
 from llama_index.core.llms.mock import MockLLMWithNonyieldingChatStream
 
 from omniroute_li import OmniRouteLLM
+from shared_core.fallbacks import AllCandidatesFailed
 from shared_core import Budget, BudgetExceeded, Router, count_message_tokens, count_tokens
 from li_fakes import CHEAP, EXPENSIVE, ProviderError, UsageLLM, candidate, words
 
@@ -154,12 +155,14 @@ async def test_a_failing_candidate_falls_back_to_the_next_best(form):
     assert state.by_model == {CHEAP: pytest.approx(record["actual_cost_usd"])} and state.reserved == 0
 
 
-async def test_when_every_candidate_fails_the_last_error_surfaces_and_nothing_is_held():
+async def test_when_every_candidate_fails_each_error_surfaces_and_nothing_is_held():
     big, small, llm = _pair(failures=5)
     small.failures = 5
-    with pytest.raises(ProviderError, match="small"):
+    with pytest.raises(AllCandidatesFailed, match="big.*small") as failed:
         await llm.achat(_messages())
-    with pytest.raises(ProviderError, match="small"):
+    assert [type(e) for e in failed.value.errors] == [ProviderError, ProviderError]
+    assert isinstance(failed.value.__cause__, ProviderError) and "small" in str(failed.value.__cause__)
+    with pytest.raises(AllCandidatesFailed, match="small"):
         list(llm.stream_complete(QUESTION))
     state = llm.router.budget_state("default")
     assert state.committed == 0 and state.reserved == 0

@@ -1,0 +1,116 @@
+"""Which failures move a request to the next candidate, and the error raised when every candidate failed.
+
+A failure is classified once, by what a different candidate could do about it:
+
+- "transient" — rate limits (429), overload (529), server errors (5xx), timeouts, dropped
+  connections: another provider is likely to answer, so the request falls back (logged at WARNING).
+- "misconfigured" — authentication, permission or not-found errors (401, 403, 404): this
+  candidate's key, URL or model name is wrong, so the request falls back, and the error is
+  logged at ERROR on every occurrence: a silently skipped premium model is a bug to fix.
+- "invalid_request" — the provider rejected the request itself (400, 422): the next candidate
+  would repeat it, so it is raised at once.
+- "programming" — TypeError, AttributeError and the like, from code rather than a provider: raised
+  at once.
+- "unknown" — anything else falls back (logged at WARNING).
+
+Status codes are read from the exception's `status_code` (openai, anthropic), its `response`
+(httpx), or its `code`; timeouts and connection errors by their standard bases or type names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["AllCandidatesFailed", "Attempt", "ErrorKind", "classify", "falls_back"]
+
+logger = logging.getLogger("omniroute")
+
+
+class ErrorKind:
+    """The kinds of failure `classify` tells apart (plain strings, stable in logs and metadata)."""
+
+    TRANSIENT = "transient"
+    MISCONFIGURED = "misconfigured"
+    INVALID_REQUEST = "invalid_request"
+    PROGRAMMING = "programming"
+    UNKNOWN = "unknown"
+
+
+_PROGRAMMING = (TypeError, AttributeError, NameError, ImportError, NotImplementedError, AssertionError,
+                RecursionError)
+_MISCONFIGURED = {401, 403, 404}
+_INVALID = {400, 413, 422}
+
+
+def _status(error: BaseException) -> int | None:
+    for value in (
+        getattr(error, "status_code", None),
+        getattr(getattr(error, "response", None), "status_code", None),
+        getattr(error, "code", None),
+        getattr(error, "status", None),
+    ):
+        if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+            return value
+    return None
+
+
+def classify(error: BaseException) -> str:
+    """The ErrorKind of a candidate's failure (see the module docstring for the rules)."""
+    status = _status(error)
+    if status is not None:
+        if status in _MISCONFIGURED:
+            return ErrorKind.MISCONFIGURED
+        if status in _INVALID:
+            return ErrorKind.INVALID_REQUEST
+        return ErrorKind.TRANSIENT  # 408, 409, 425, 429, 5xx, 529, ...
+    if isinstance(error, (TimeoutError, asyncio.TimeoutError, ConnectionError)):
+        return ErrorKind.TRANSIENT
+    names = " ".join(cls.__name__ for cls in type(error).__mro__)
+    if any(word in names for word in ("Timeout", "Connection", "RateLimit", "Overloaded", "ServiceUnavailable")):
+        return ErrorKind.TRANSIENT
+    if any(word in names for word in ("Authentication", "PermissionDenied", "NotFound")):
+        return ErrorKind.MISCONFIGURED
+    if any(word in names for word in ("BadRequest", "UnprocessableEntity", "InvalidRequest")):
+        return ErrorKind.INVALID_REQUEST
+    if isinstance(error, _PROGRAMMING):
+        return ErrorKind.PROGRAMMING
+    return ErrorKind.UNKNOWN
+
+
+def falls_back(kind: str) -> bool:
+    """Whether a failure of this kind moves the request to the next candidate."""
+    return kind not in (ErrorKind.INVALID_REQUEST, ErrorKind.PROGRAMMING)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One failed call: the candidate, the kind of failure, and the error itself."""
+
+    candidate: str
+    kind: str
+    error: BaseException
+
+    def to_dict(self) -> dict[str, str]:
+        """A JSON-able record for response metadata: candidate, kind, error type and message."""
+        return {"model": self.candidate, "kind": self.kind, "error": type(self.error).__name__,
+                "message": str(self.error)[:500]}
+
+
+class AllCandidatesFailed(RuntimeError):
+    """Every candidate tried for a request failed; `attempts` holds each one's error, in order.
+
+    The last provider error is also its `__cause__`; `errors` lists them all.
+    """
+
+    def __init__(self, attempts: Sequence[Attempt]):
+        self.attempts = tuple(attempts)
+        tried = "; ".join(f"{a.candidate}: {a.kind} {type(a.error).__name__}: {a.error}" for a in self.attempts)
+        super().__init__(f"all {len(self.attempts)} candidates tried failed ({tried})")
+
+    @property
+    def errors(self) -> tuple[BaseException, ...]:
+        """The provider errors, one per candidate tried."""
+        return tuple(a.error for a in self.attempts)
