@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any
@@ -12,20 +14,23 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough, ensure_config
 from langchain_core.tools import BaseTool
-from pydantic import Field, PrivateAttr, model_validator
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from typing_extensions import Self
 
 from shared_core.budget import Budget, scope_chain
 from shared_core.calls import FallbackStream, acall_with_fallbacks, call_with_fallbacks
 from shared_core.candidates import Candidate
 from shared_core.router import Decision, Router
+from shared_core.tokens import count_message_tokens, count_tokens
 
 from . import delegate
+from .events import REPORTER_KWARG, config_reporter, failure_reporter
 from .limits import with_declared_limits
 from .metering import METADATA_KEY, StreamMeter, settle
-from .request import RoutedCall
+from .request import RoutedCall, core_messages
 from .session import resolve_session
-from .structured import StructuredOutput, routed_parser
+from .structured import CALL_KWARGS, CallKwargsToConfig, StructuredOutput, routed_parser, tool_parser
 
 __all__ = ["ChatOmniRoute"]
 
@@ -86,6 +91,15 @@ class ChatOmniRoute(BaseChatModel):
     model: str = Field("omniroute", description="The name this router reports to tracing.")
     max_tokens: int | None = Field(None, description="Output cap per call, passed to the candidate.")
     stop: list[str] | None = Field(None, description="Stop sequences for every call.")
+    temperature: float | None = Field(None, description="Sampling temperature sent to every candidate (theirs if None).")
+    streaming: bool = Field(False, description="Whether invoke streams from the candidate (LangChain's flag).")
+    timeout: float | None = Field(
+        None, gt=0, description="Seconds each attempt may take before the next candidate is tried (router's if None)."
+    )
+
+    # A misspelt setting (budjet=, stroe=) must fail loudly, not leave calls unbudgeted. There is no
+    # api_key or max_retries here: those belong to each candidate's own client.
+    model_config = ConfigDict(extra="forbid")
 
     _models: dict[str, BaseChatModel] = PrivateAttr(default_factory=dict)
 
@@ -94,7 +108,9 @@ class ChatOmniRoute(BaseChatModel):
         if self.router is None:
             if not self.candidates:
                 raise ValueError("ChatOmniRoute needs candidates= (each Candidate with model=<chat model>) or router=")
-            options = {} if self.max_fallbacks is None else {"max_fallbacks": self.max_fallbacks}
+            options: dict[str, Any] = {} if self.max_fallbacks is None else {"max_fallbacks": self.max_fallbacks}
+            if self.timeout is not None:
+                options["attempt_timeout_s"] = self.timeout
             self.router = Router(self.candidates, default_budget=self.budget, store=self.store, **options)
         else:
             # Settings of a router given ready-made stay on it; repeating them here must agree.
@@ -104,6 +120,8 @@ class ChatOmniRoute(BaseChatModel):
                 raise ValueError("max_fallbacks= differs from the given router's: set it on the Router")
             if self.store is not None:
                 raise ValueError("store= applies to the router ChatOmniRoute builds; give the Router its store")
+            if self.timeout is not None and self.timeout != self.router.attempt_timeout_s:
+                raise ValueError("timeout= differs from the given router's attempt_timeout_s: set it on the Router")
             routed = [c.name for c in self.router.candidates]
             if not self.candidates:
                 self.candidates = list(self.router.candidates)
@@ -144,6 +162,30 @@ class ChatOmniRoute(BaseChatModel):
             params["ls_stop"] = stop or self.stop
         return params
 
+    @property
+    def model_name(self) -> str:
+        """The name this router reports to tracing (LangChain's usual attribute; same as `model`)."""
+        return self.model
+
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens of `text` as the router counts them: the most any candidate's tokenizer gives (tiktoken)."""
+        return max(count_tokens(text, encoding) for encoding in self._encodings())
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Prompt tokens of `messages` (and `tools`) as the router counts them for its budget: the most
+        any candidate gives (tiktoken, images by the provider's rule). Works with `trim_messages`."""
+        request = core_messages(messages)
+        schemas = [convert_to_openai_tool(t) for t in tools or ()]
+        return max(
+            count_message_tokens(request, c.encoding, tools=schemas, image_rule=c.provider)
+            for c in self.router.candidates
+        )
+
+    def _encodings(self) -> set[str]:
+        return {c.encoding for c in self.router.candidates}
+
     def for_session(self, session: str) -> ChatOmniRoute:
         """This model with every call charged to `session` (e.g. "acme/agent-7"), sharing the budgets."""
         scope_chain(session)
@@ -153,7 +195,26 @@ class ChatOmniRoute(BaseChatModel):
     # Only the public methods see a standalone call's config, so the session is resolved here
     # and travels to the hooks as the `session` kwarg (a call's own kwarg or binding wins).
     def _with_session(self, config: RunnableConfig, kwargs: dict[str, Any]) -> dict[str, Any]:
+        # Call keywords a wrapping runnable could not pass on (with_structured_output(include_raw=True))
+        # travel in the config; the call's own keywords win.
+        kwargs = {**(config.get("configurable") or {}).get(CALL_KWARGS, {}), **kwargs}
+        if self.temperature is not None:
+            kwargs.setdefault("temperature", self.temperature)
         return {**kwargs, "session": resolve_session(kwargs.get("session"), self.session, config, self.default_session)}
+
+    @staticmethod
+    def _with_reporter(
+        config: RunnableConfig, kwargs: dict[str, Any], *, asynchronous: bool
+    ) -> tuple[RunnableConfig, dict[str, Any]]:
+        # LangChain gives a stream's hook no run manager: the run id is fixed here so that failed
+        # attempts can still be reported on the run that callback handlers see.
+        run_id = config.get("run_id") or uuid.uuid4()
+        config = {**config, "run_id": run_id}
+        return config, {**kwargs, REPORTER_KWARG: config_reporter(config, run_id, asynchronous=asynchronous)}
+
+    def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        kwargs.pop(REPORTER_KWARG, None)  # plumbing, not a parameter of the call
+        return super()._get_invocation_params(stop=stop, **kwargs)
 
     def invoke(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
@@ -176,7 +237,7 @@ class ChatOmniRoute(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[AIMessageChunk]:
         """Route one input and stream the chosen candidate's answer."""
-        config = ensure_config(config)
+        config, kwargs = self._with_reporter(ensure_config(config), kwargs, asynchronous=False)
         return super().stream(input, config, stop=stop, **self._with_session(config, kwargs))
 
     def astream(
@@ -184,7 +245,7 @@ class ChatOmniRoute(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[AIMessageChunk]:
         """Route one input and stream the chosen candidate's answer, asynchronously."""
-        config = ensure_config(config)
+        config, kwargs = self._with_reporter(ensure_config(config), kwargs, asynchronous=True)
         return super().astream(input, config, stop=stop, **self._with_session(config, kwargs))
 
     # ------------------------------------------------------------------ tools and structured output
@@ -219,28 +280,32 @@ class ChatOmniRoute(BaseChatModel):
     ) -> Runnable[LanguageModelInput, Any]:
         """Answers parsed into `schema`, by any method the chosen candidate supports.
 
-        "function_calling" binds the schema as a tool (any tool-calling candidate; `strict` is not
-        forwarded). "json_schema" and "json_mode" use the chosen candidate's own
-        `with_structured_output(schema, method=..., strict=...)` request and parser; candidates
-        that do not support the method are not chosen; their answers are parsed once complete, so
-        streaming yields the parsed object once. Only candidates whose Candidate allows
-        structured output are chosen either way.
+        "function_calling" binds the schema as the tool every answer calls (any tool-calling
+        candidate; `strict` goes to candidates whose `bind_tools` takes it). "json_schema" and
+        "json_mode" use the chosen candidate's own `with_structured_output(schema, method=...,
+        strict=...)` request and parser; candidates that do not support the method are not
+        chosen; their answers are parsed once complete, so streaming yields the parsed object
+        once. Only candidates whose Candidate allows structured output are chosen either way.
+        Call keywords (`session=`, `model=`) reach the router, with `include_raw` too.
         """
         spec = StructuredOutput(schema, method, strict)
-        if not spec.native:
-            return super().with_structured_output(schema, include_raw=include_raw, **kwargs)
         if kwargs:
             raise ValueError(f"unsupported arguments for with_structured_output: {sorted(kwargs)}")
-        llm = self.bind(
-            structured_output=spec,
-            ls_structured_output_format={"kwargs": {"method": method, "strict": strict}, "schema": schema},
-        )
-        parser = routed_parser(spec, self._models)
+        marker = {"kwargs": {"method": method, "strict": strict}, "schema": schema}
+        if spec.native:
+            llm = self.bind(structured_output=spec, ls_structured_output_format=marker)
+            parser = routed_parser(spec, self._models)
+        else:
+            name = convert_to_openai_tool(schema)["function"]["name"]
+            strictness = {} if strict is None else {"strict": strict}
+            llm = self.bind_tools([schema], tool_choice="any", ls_structured_output_format=marker, **strictness)
+            parser = tool_parser(schema, name)
         if not include_raw:
-            return llm | parser
+            return CallKwargsToConfig(llm | parser)
         parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
         unparsed = RunnablePassthrough.assign(parsed=lambda _: None)
-        return RunnableMap(raw=llm) | parsed.with_fallbacks([unparsed], exception_key="parsing_error")
+        chain = RunnableMap(raw=llm) | parsed.with_fallbacks([unparsed], exception_key="parsing_error")
+        return CallKwargsToConfig(chain)
 
     # ------------------------------------------------------------------ hooks
     def _route(
@@ -274,7 +339,7 @@ class ChatOmniRoute(BaseChatModel):
             kwargs = call.candidate_kwargs(candidate, model, decision)
             return delegate.generate(model, messages, call.stop, run_manager, kwargs)
 
-        result, decision = call_with_fallbacks(self.router, decision, run)
+        result, decision = call_with_fallbacks(self.router, decision, run, on_failure=failure_reporter(run_manager))
         return self._settled(call, decision, result)
 
     async def _agenerate(
@@ -291,7 +356,9 @@ class ChatOmniRoute(BaseChatModel):
             kwargs = call.candidate_kwargs(candidate, model, decision)
             return await delegate.agenerate(model, messages, call.stop, run_manager, kwargs)
 
-        result, decision = await acall_with_fallbacks(self.router, decision, run)
+        result, decision = await acall_with_fallbacks(
+            self.router, decision, run, on_failure=failure_reporter(run_manager)
+        )
         return self._settled(call, decision, result)
 
     def _stream(
@@ -308,7 +375,9 @@ class ChatOmniRoute(BaseChatModel):
             kwargs = call.candidate_kwargs(candidate, model, decision, streaming=True)
             return delegate.stream(model, messages, call.stop, run_manager, kwargs)
 
-        routed: FallbackStream[ChatGenerationChunk] = FallbackStream(self.router, decision, start)
+        routed: FallbackStream[ChatGenerationChunk] = FallbackStream(
+            self.router, decision, start, on_failure=failure_reporter(run_manager) or kwargs.get(REPORTER_KWARG)
+        )
         meter = StreamMeter()
         chunks = iter(routed)
         try:
@@ -335,7 +404,9 @@ class ChatOmniRoute(BaseChatModel):
             kwargs = call.candidate_kwargs(candidate, model, decision, streaming=True)
             return delegate.astream(model, messages, call.stop, run_manager, kwargs)
 
-        routed: FallbackStream[ChatGenerationChunk] = FallbackStream(self.router, decision, start)
+        routed: FallbackStream[ChatGenerationChunk] = FallbackStream(
+            self.router, decision, start, on_failure=failure_reporter(run_manager) or kwargs.get(REPORTER_KWARG)
+        )
         meter = StreamMeter()
         chunks = routed.__aiter__()
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from shared_core.candidates import Candidate
 from shared_core.router import Decision
 
+from .events import REPORTER_KWARG
 from .limits import CAP_FIELDS, cap_parameter
 from .structured import StructuredOutput, binding_kwargs
 
@@ -23,7 +25,9 @@ _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"
 # Kwargs the router consumes; every other call kwarg goes to the chosen candidate unchanged. An
 # output cap under any integration's name is the call's max_tokens: the router sends it on in
 # the chosen candidate's own keyword.
-_ROUTING_KEYS = ("session", "model", "tools", "tool_choice", "tool_options", "structured_output", *CAP_FIELDS)
+_ROUTING_KEYS = (
+    "session", "model", "tools", "tool_choice", "tool_options", "structured_output", REPORTER_KWARG, *CAP_FIELDS,
+)
 
 
 def core_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
@@ -107,8 +111,11 @@ class RoutedCall:
             # Ask the provider for the stream's usage, so its own figures are committed.
             kwargs["stream_usage"] = True
         if self.tools:
+            options = dict(self.tool_options)
+            if "strict" in options and "strict" not in inspect.signature(type(model).bind_tools).parameters:
+                del options["strict"]  # strict schemas only where the candidate's integration offers them
             kwargs.update(binding_kwargs(
-                model.bind_tools(list(self.tools), tool_choice=self.tool_choice, **self.tool_options), model
+                model.bind_tools(list(self.tools), tool_choice=self.tool_choice, **options), model
             ))
         if self.structured is not None and self.structured.native:
             kwargs.update(self.structured.support(candidate.name, model)[0])

@@ -9,9 +9,18 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
-from langchain_core.runnables import Runnable, RunnableBinding, RunnableLambda, RunnableSequence
+from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableLambda, RunnableSequence
+from langchain_core.runnables.config import ensure_config
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import BaseModel
 
-__all__ = ["METHODS", "StructuredOutput", "binding_kwargs", "routed_parser"]
+__all__ = [
+    "CALL_KWARGS", "CallKwargsToConfig", "METHODS", "StructuredOutput", "binding_kwargs", "routed_parser", "tool_parser",
+]
+
+#: The `config["configurable"]` key under which CallKwargsToConfig hands call keywords to ChatOmniRoute.
+CALL_KWARGS = "omniroute_call_kwargs"
 
 #: The `with_structured_output` methods ChatOmniRoute accepts.
 METHODS = ("function_calling", "json_schema", "json_mode")
@@ -95,3 +104,61 @@ def routed_parser(spec: StructuredOutput, models: Mapping[str, BaseChatModel]) -
         return support[1].invoke(message)
 
     return RunnableLambda(parse, name="OmniRouteStructuredParser")
+
+
+def tool_parser(schema: Any, name: str) -> Runnable[BaseMessage, Any]:
+    """The parser of a function-calling answer: the schema's pydantic object, or the tool call's arguments."""
+    if isinstance(schema, type) and is_basemodel_subclass(schema):  # pydantic v2 or v1
+        return PydanticToolsParser(tools=[schema], first_tool_only=True)
+    return JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+
+
+class CallKwargsToConfig(Runnable[Any, Any]):
+    """A chain whose call keywords (`session=`, `model=`, `max_tokens=`) reach ChatOmniRoute inside it.
+
+    Composite runnables (a RunnableMap, a step after the first) drop call keywords; the run config
+    reaches every step, so the keywords travel there, under CALL_KWARGS.
+    """
+
+    def __init__(self, bound: Runnable[Any, Any]) -> None:
+        self.bound = bound
+
+    @property
+    def InputType(self) -> Any:  # noqa: N802 - LangChain's name
+        return self.bound.InputType
+
+    @property
+    def OutputType(self) -> Any:  # noqa: N802 - LangChain's name
+        return self.bound.OutputType
+
+    def get_input_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
+        return self.bound.get_input_schema(config)
+
+    def get_output_schema(self, config: RunnableConfig | None = None) -> type[BaseModel]:
+        return self.bound.get_output_schema(config)
+
+    @staticmethod
+    def _config(config: RunnableConfig | None, kwargs: dict[str, Any]) -> RunnableConfig | None:
+        if not kwargs:
+            return config
+        config = ensure_config(config)
+        configurable = dict(config.get("configurable") or {})
+        configurable[CALL_KWARGS] = {**configurable.get(CALL_KWARGS, {}), **kwargs}
+        return {**config, "configurable": configurable}
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        """The chain's answer, its call keywords handed to the router."""
+        return self.bound.invoke(input, self._config(config, kwargs))
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        """The async form of invoke."""
+        return await self.bound.ainvoke(input, self._config(config, kwargs))
+
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        """The chain's stream, its call keywords handed to the router."""
+        yield from self.bound.stream(input, self._config(config, kwargs))
+
+    async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        """The async form of stream."""
+        async for chunk in self.bound.astream(input, self._config(config, kwargs)):
+            yield chunk

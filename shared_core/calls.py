@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import inspect
 import logging
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
@@ -14,73 +19,151 @@ from .router import Decision, Router
 from .tokens import count_tokens
 
 __all__ = [
-    "call_with_fallbacks", "acall_with_fallbacks", "FallbackStream", "Settlement", "settle_interrupted", "settle_usage",
+    "AttemptTimeout", "FallbackStream", "OnFailure", "Settlement", "acall_with_fallbacks", "call_with_fallbacks",
+    "settle_interrupted", "settle_usage",
 ]
-
-logger = logging.getLogger("omniroute")
 
 logger = logging.getLogger("omniroute")
 
 T = TypeVar("T")
 C = TypeVar("C")
 
+#: Called with each failed attempt (before the next is tried); may return an awaitable in async code.
+OnFailure = Callable[[Attempt], Any]
 
-def _fall_back(router: Router, decision: Decision, error: Exception, attempts: list[Attempt]) -> Decision:
-    """The decision for the next candidate after `error`, or raise: the error itself when the next
-    candidate would repeat it (or none was tried after it), AllCandidatesFailed when all failed."""
-    attempt = Attempt(decision.chosen, classify(error), error)
-    attempts.append(attempt)
-    level = logging.ERROR if attempt.kind == ErrorKind.MISCONFIGURED else logging.WARNING
-    if not falls_back(attempt.kind):
-        router.release(decision)
-        logger.warning("candidate %s failed (%s: %s: %s); not falling back: the next candidate would fail too",
-                       decision.chosen, attempt.kind, type(error).__name__, error)
-        raise error
-    following = router.reroute(decision, error)
-    if following is None:
-        logger.log(level, "candidate %s failed (%s: %s: %s); no candidate left to fall back to",
-                   decision.chosen, attempt.kind, type(error).__name__, error)
-        if len(attempts) == 1:
+
+class AttemptTimeout(TimeoutError):
+    """A candidate did not answer (or start streaming) within the router's per-attempt timeout or deadline."""
+
+
+class _Tries:
+    """One request's attempts: the failure policy, the time it has left, and who hears of each failure."""
+
+    def __init__(self, router: Router, on_failure: OnFailure | None) -> None:
+        self.router = router
+        self.on_failure = on_failure
+        self.attempts: list[Attempt] = []
+        self.deadline = None if router.deadline_s is None else time.monotonic() + router.deadline_s
+
+    def timeout(self) -> float | None:
+        """Seconds the next attempt may take: the per-attempt timeout, within the overall deadline."""
+        limits = [self.router.attempt_timeout_s]
+        if self.deadline is not None:
+            limits.append(max(0.0, self.deadline - time.monotonic()))
+        limits = [t for t in limits if t is not None]
+        return min(limits) if limits else None
+
+    def failed(self, decision: Decision, error: Exception) -> Any:
+        """Record a failed attempt; what `on_failure` returned (an awaitable in async code, or None)."""
+        attempt = Attempt(decision.chosen, classify(error), error)
+        self.attempts.append(attempt)
+        return self.on_failure(attempt) if self.on_failure is not None else None
+
+    def next(self, decision: Decision, error: Exception) -> Decision:
+        """The decision for the next candidate after `error`, or raise: the error itself when the
+        next candidate would repeat it (or none was tried after it), AllCandidatesFailed when all
+        tried failed."""
+        attempt = self.attempts[-1]
+        level = logging.ERROR if attempt.kind == ErrorKind.MISCONFIGURED else logging.WARNING
+        what = f"candidate {decision.chosen} failed ({attempt.kind}: {type(error).__name__}: {error})"
+        if not falls_back(attempt.kind):
+            self.router.release(decision)
+            logger.warning("%s; not falling back: the next candidate would fail too", what)
             raise error
-        raise AllCandidatesFailed(attempts) from error
-    logger.log(level, "candidate %s failed (%s: %s: %s); falling back to %s",
-               decision.chosen, attempt.kind, type(error).__name__, error, following.chosen)
-    return following
+        out_of_time = self.deadline is not None and time.monotonic() >= self.deadline
+        following = None if out_of_time else self.router.reroute(decision, error)
+        if following is None:
+            if out_of_time:
+                self.router.release(decision)
+            reason = "the deadline has passed" if out_of_time else "no candidate left to fall back to"
+            logger.log(level, "%s; %s", what, reason)
+            if len(self.attempts) == 1:
+                raise error
+            raise AllCandidatesFailed(self.attempts) from error
+        logger.log(level, "%s; falling back to %s", what, following.chosen)
+        return following
+
+
+def _within(timeout: float | None, fn: Callable[[], T]) -> T:
+    """fn() — in a worker thread when a timeout applies, so that a hung call can be given up on.
+
+    A call given up on cannot be stopped: it finishes (or fails) in its thread, unseen. The
+    client's own timeout is what ends its connection; set one too.
+    """
+    if timeout is None:
+        return fn()
+    done = threading.Event()
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as error:  # handed to the caller's thread below
+            outcome.append((False, error))
+        finally:
+            done.set()
+
+    context = contextvars.copy_context()  # callbacks and tracing follow the call into the thread
+    threading.Thread(target=context.run, args=(run,), name="omniroute-attempt", daemon=True).start()
+    if not done.wait(timeout):
+        raise AttemptTimeout(f"no answer within {timeout:.3g} s")
+    ok, value = outcome[0]
+    if ok:
+        return value
+    raise value
+
+
+async def _awithin(timeout: float | None, awaitable: Awaitable[T]) -> T:
+    if timeout is None:
+        return await awaitable
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:
+        raise AttemptTimeout(f"no answer within {timeout:.3g} s") from None
 
 
 def call_with_fallbacks(
-    router: Router, decision: Decision, call: Callable[[Candidate, Decision], T]
+    router: Router, decision: Decision, call: Callable[[Candidate, Decision], T], *,
+    on_failure: OnFailure | None = None,
 ) -> tuple[T, Decision]:
     """Run `call` on the chosen candidate; on a failure that another candidate could avoid (see
     `fallbacks.classify`), release and retry the next-best.
 
     Returns the result and the decision that produced it (still reserved: the caller settles it
-    with the usage it reads from the result; its `failures` record every failed attempt). Raises
-    an error the next candidate would repeat at once, the only error when no other candidate was
+    with the usage it reads from the result; its `failures` record every failed attempt). Each
+    attempt is bounded by the router's `attempt_timeout_s` and all of them by its `deadline_s`
+    (AttemptTimeout, which falls back). `on_failure` hears of each failed attempt. Raises an
+    error the next candidate would repeat at once, the only error when no other candidate was
     tried, and AllCandidatesFailed (each candidate's error) when every one tried failed; a
     cancellation or interrupt releases the reservation and propagates at once.
     """
-    attempts: list[Attempt] = []
+    tries = _Tries(router, on_failure)
     while True:
         try:
-            return call(router.candidate(decision.chosen), decision), decision
+            candidate = router.candidate(decision.chosen)
+            return _within(tries.timeout(), lambda: call(candidate, decision)), decision
         except Exception as error:
-            decision = _fall_back(router, decision, error, attempts)
+            tries.failed(decision, error)
+            decision = tries.next(decision, error)
         except BaseException:
             router.release(decision)
             raise
 
 
 async def acall_with_fallbacks(
-    router: Router, decision: Decision, call: Callable[[Candidate, Decision], Awaitable[T]]
+    router: Router, decision: Decision, call: Callable[[Candidate, Decision], Awaitable[T]], *,
+    on_failure: OnFailure | None = None,
 ) -> tuple[T, Decision]:
-    """The async form of call_with_fallbacks (same decisions, same ledger calls)."""
-    attempts: list[Attempt] = []
+    """The async form of call_with_fallbacks (same decisions, same ledger calls); `on_failure` may be async."""
+    tries = _Tries(router, on_failure)
     while True:
         try:
-            return await call(router.candidate(decision.chosen), decision), decision
+            return await _awithin(tries.timeout(), call(router.candidate(decision.chosen), decision)), decision
         except Exception as error:
-            decision = _fall_back(router, decision, error, attempts)
+            notified = tries.failed(decision, error)
+            if inspect.isawaitable(notified):
+                await notified
+            decision = tries.next(decision, error)
         except BaseException:
             router.release(decision)
             raise
@@ -90,29 +173,36 @@ class FallbackStream(Generic[C]):
     """Chunks from the chosen candidate's stream, falling back to the next-best before the first.
 
     Once a chunk has been yielded the answer is committed to that candidate: a later error
-    propagates, and the caller settles what was produced. `decision` is the one that streamed.
-    Iterate it once, with `for` (sync) or `async for` (when `start` returns an async iterator).
+    propagates, and the caller settles what was produced. The router's `attempt_timeout_s` and
+    `deadline_s` bound the wait for the first chunk. `decision` is the one that streamed. Iterate
+    it once, with `for` (sync) or `async for` (when `start` returns an async iterator).
     """
 
-    def __init__(self, router: Router, decision: Decision, start: Callable[[Candidate, Decision], Any]) -> None:
+    def __init__(
+        self, router: Router, decision: Decision, start: Callable[[Candidate, Decision], Any], *,
+        on_failure: OnFailure | None = None,
+    ) -> None:
         self.router = router
         self.decision = decision
         self._start = start
-        self._attempts: list[Attempt] = []
-
-    def _fail(self, error: Exception) -> None:
-        self.decision = _fall_back(self.router, self.decision, error, self._attempts)
+        self._tries = _Tries(router, on_failure)
 
     def __iter__(self) -> Iterator[C]:
         while True:
             try:
-                chunks = iter(self._start(self.router.candidate(self.decision.chosen), self.decision))
-                first = next(chunks)
+                candidate, decision = self.router.candidate(self.decision.chosen), self.decision
+
+                def begin() -> tuple[Iterator[C], C]:
+                    chunks = iter(self._start(candidate, decision))
+                    return chunks, next(chunks)
+
+                chunks, first = _within(self._tries.timeout(), begin)
                 break
             except StopIteration:
                 return
             except Exception as error:
-                self._fail(error)
+                self._tries.failed(self.decision, error)
+                self.decision = self._tries.next(self.decision, error)
             except BaseException:
                 self.router.release(self.decision)
                 raise
@@ -123,12 +213,15 @@ class FallbackStream(Generic[C]):
         while True:
             try:
                 chunks = self._start(self.router.candidate(self.decision.chosen), self.decision).__aiter__()
-                first = await chunks.__anext__()
+                first = await _awithin(self._tries.timeout(), chunks.__anext__())
                 break
             except StopAsyncIteration:
                 return
             except Exception as error:
-                self._fail(error)
+                notified = self._tries.failed(self.decision, error)
+                if inspect.isawaitable(notified):
+                    await notified
+                self.decision = self._tries.next(self.decision, error)
             except BaseException:
                 self.router.release(self.decision)
                 raise

@@ -125,6 +125,8 @@ class Router:
         strict_scopes: bool = False,
         max_fallbacks: int = 2,
         reservation_ttl_s: float = 600.0,
+        attempt_timeout_s: float | None = None,
+        deadline_s: float | None = None,
     ) -> None:
         # Guards the predictors' columns together with the candidate column map (re-entrant:
         # add_candidate holds it while it calls _set_candidates).
@@ -143,6 +145,13 @@ class Router:
             raise ValueError(f"max_fallbacks must be >= 0, got {max_fallbacks}")
         self.max_fallbacks = max_fallbacks
         self.reservation_ttl_s = reservation_ttl_s
+        for name, value in (("attempt_timeout_s", attempt_timeout_s), ("deadline_s", deadline_s)):
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+                raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
+        # Bounds on the calls made with shared_core.calls' fallback loop: each attempt (to its
+        # answer, or a stream's first chunk) and all attempts of one request together.
+        self.attempt_timeout_s = attempt_timeout_s
+        self.deadline_s = deadline_s
         self._set_candidates(candidates)
 
     # ----------------------------------------------------------------- candidates
@@ -343,7 +352,7 @@ class Router:
     ) -> Decision:
         """Reserve for the best-ranked candidate that fits every scope; BudgetExceeded if none."""
         if not base.scopes:
-            return replace(base, id=uuid.uuid4().hex, chosen=order[0])
+            return _routed(replace(base, id=uuid.uuid4().hex, chosen=order[0]))
         last: BudgetExceeded | None = None
         for name in order:
             left = min(s.remaining for s in states)
@@ -356,7 +365,7 @@ class Router:
                 last = e
                 states = [s or st for s, st in zip(self.store.states(base.scopes), states)]
                 continue
-            return replace(base, id=rid, chosen=name, reserved=worst[name])
+            return _routed(replace(base, id=rid, chosen=name, reserved=worst[name]))
         raise _refusal(base, order, worst, states) from last
 
     def reroute(self, decision: Decision, error: BaseException | None = None) -> Decision | None:
@@ -591,6 +600,18 @@ def _normalise(request: str | Messages) -> tuple[list[Mapping[str, Any]], str]:
             raise RoutingError(f"messages[{i}] must be a mapping with 'role' and 'content', got {m!r}")
     text = "\n".join(t for t in (content_text(m.get("content")) for m in request) if t)
     return list(request), text
+
+
+def _routed(decision: Decision) -> Decision:
+    """The decision, logged at DEBUG (the `omniroute` logger)."""
+    if logger.isEnabledFor(logging.DEBUG):
+        name = decision.chosen
+        logger.debug(
+            "routed to %s in scope %r: λ %.4g, predicted quality %.3f, estimated %.6g USD, reserved %.6g USD "
+            "(cap %d output tokens), attempt %d", name, decision.scope, decision.lam, decision.quality[name],
+            decision.cost[name], decision.reserved, decision.output_cap or 0, decision.attempt,
+        )
+    return decision
 
 
 def _image_rule(candidate: Candidate) -> str | None:

@@ -22,6 +22,15 @@ class _Wiring:
         return {"candidates": two_candidates(), "budget": Budget(usd=5.0)}
 
     @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        # A router has no API key or client retries of its own (its candidates' clients do), and
+        # refuses keywords it does not know; temperature, max_tokens, timeout and stop it takes.
+        params = dict(super().standard_chat_model_params)
+        for own_client_setting in ("api_key", "max_retries"):
+            params.pop(own_client_setting, None)
+        return params
+
+    @property
     def model_override_value(self) -> str:
         # The router's default choice is gpt-4o (higher prior quality, no pacing): override to the other.
         return "gpt-4o-mini"

@@ -1,0 +1,202 @@
+"""Failures you can see, through real LangChain clients against the local provider: which errors fall
+back, what is logged, what callback handlers receive, deadlines, strict construction, LangChain habits."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from langchain_anthropic import ChatAnthropic
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, trim_messages
+from langchain_openai import ChatOpenAI
+from pydantic import BaseModel, ValidationError
+
+from lc_fakes import FailingChatModel
+from omniroute_lc import ChatOmniRoute
+from omniroute_lc.events import FALLBACK_EVENT
+from omniroute_lc.fakes import FakeToolChatModel
+from shared_core import Budget, Candidate, Router
+from shared_core.calls import AttemptTimeout
+from shared_core.fallbacks import AllCandidatesFailed
+
+GPT, CLAUDE = "gpt-4o-mini", "claude-3-5-haiku-latest"
+
+
+def gpt(provider, **kwargs) -> Candidate:
+    model = ChatOpenAI(base_url=provider.openai_url, api_key="test", model=GPT, max_retries=0, timeout=10, **kwargs)
+    return Candidate(name="gpt", model=model, input_price=0.15, output_price=0.6, prior_quality=0.8)
+
+
+def claude(provider, **kwargs) -> Candidate:
+    model = ChatAnthropic(base_url=provider.anthropic_url, api_key="test", model=CLAUDE, max_retries=0, timeout=10,
+                          **kwargs)
+    return Candidate(name="claude", model=model, input_price=0.8, output_price=4.0, prior_quality=0.7)
+
+
+class Events(BaseCallbackHandler):
+    """Records the custom events and errors a LangChain callback handler sees."""
+
+    def __init__(self) -> None:
+        self.custom: list[tuple[str, dict]] = []
+        self.errors: list[BaseException] = []
+
+    def on_custom_event(self, name: str, data: Any, **kwargs: Any) -> None:
+        self.custom.append((name, data))
+
+    def on_llm_error(self, error: BaseException, **kwargs: Any) -> None:
+        self.errors.append(error)
+
+
+@pytest.mark.parametrize("form", ["invoke", "ainvoke", "stream", "astream"])
+@pytest.mark.asyncio(loop_scope="module")  # the provider clients cache their async HTTP client per process
+async def test_a_server_error_falls_back_visibly(provider, caplog, form):
+    provider.configure(GPT, fail_status=500)
+    chat = ChatOmniRoute(candidates=[gpt(provider), claude(provider)], budget=Budget(usd=1.0))
+    events = Events()
+    config = {"callbacks": [events]}
+    with caplog.at_level(logging.WARNING, logger="omniroute"):
+        if form == "invoke":
+            reply = chat.invoke("Hello.", config=config)
+        elif form == "ainvoke":
+            reply = await chat.ainvoke("Hello.", config=config)
+        elif form == "stream":
+            reply = list(chat.stream("Hello.", config=config))[-1]
+        else:
+            reply = [c async for c in chat.astream("Hello.", config=config)][-1]
+    record = reply.response_metadata["omniroute"]
+    assert record["model"] == "claude" and record["failed"] == ["gpt"]
+    (failure,) = record["failures"]
+    assert (failure["model"], failure["kind"]) == ("gpt", "transient") and "500" in failure["message"]
+    assert failure["error"] in ("InternalServerError", "OpenAIAPIError")  # langchain-openai may re-classify
+    assert [name for name, _ in events.custom] == [FALLBACK_EVENT]
+    assert events.custom[0][1]["model"] == "gpt" and events.custom[0][1]["kind"] == "transient"
+    assert "candidate gpt failed (transient: " in caplog.text and "falling back to claude" in caplog.text
+    assert [r.status for r in provider.requests] == [500, 200]
+    assert chat.router.budget_state("default").reserved == 0
+
+
+def test_a_bad_request_is_raised_at_once_without_trying_the_next(provider, caplog):
+    provider.configure(GPT, fail_status=400)
+    chat = ChatOmniRoute(candidates=[gpt(provider), claude(provider)], budget=Budget(usd=1.0))
+    with caplog.at_level(logging.WARNING, logger="omniroute"), pytest.raises(openai.BadRequestError):
+        chat.invoke("Hello.")
+    assert len(provider.requests) == 1  # claude was never asked: it would reject the same request
+    assert "not falling back" in caplog.text
+    assert chat.router.budget_state("default").reserved == 0
+
+
+def test_a_programming_error_is_raised_at_once():
+    broken = FailingChatModel(error=TypeError("unexpected keyword argument 'temprature'"))
+    fine = FailingChatModel(error=RuntimeError("never reached"))
+    chat = ChatOmniRoute(candidates=[
+        Candidate(name="broken", model=broken, input_price=1, output_price=1, prior_quality=0.9),
+        Candidate(name="fine", model=fine, input_price=1, output_price=1, prior_quality=0.5),
+    ])
+    with pytest.raises(TypeError, match="temprature"):
+        chat.invoke("Hello.")
+    assert fine.calls == 0
+
+
+def test_a_misconfigured_candidate_falls_back_and_is_reported_loudly_every_time(provider, caplog):
+    provider.configure(GPT, fail_status=401)
+    chat = ChatOmniRoute(candidates=[gpt(provider), claude(provider)], budget=Budget(usd=1.0))
+    with caplog.at_level(logging.WARNING, logger="omniroute"):
+        for _ in range(2):
+            assert chat.invoke("Hello.").response_metadata["omniroute"]["model"] == "claude"
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2 and all("candidate gpt failed (misconfigured: " in r.getMessage() for r in errors)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_when_every_candidate_fails_one_error_names_each(provider):
+    provider.configure(GPT, fail_status=503)
+    provider.configure(CLAUDE, fail_status=529)
+    chat = ChatOmniRoute(candidates=[gpt(provider), claude(provider)], budget=Budget(usd=1.0))
+    with pytest.raises(AllCandidatesFailed) as failed:
+        await chat.ainvoke("Hello.")
+    assert [a.candidate for a in failed.value.attempts] == ["gpt", "claude"]
+    assert isinstance(failed.value.errors[0], openai.InternalServerError)
+    assert isinstance(failed.value.errors[1], anthropic.APIStatusError)
+    assert "(gpt: transient " in str(failed.value) and "; claude: transient " in str(failed.value)
+    assert failed.value.__cause__ is failed.value.errors[1]
+    assert chat.router.budget_state("default").reserved == 0
+
+
+@pytest.mark.parametrize("form", ["invoke", "ainvoke", "stream", "astream"])
+@pytest.mark.asyncio(loop_scope="module")  # the provider clients cache their async HTTP client per process
+async def test_a_hung_candidate_is_given_up_on_after_the_timeout(provider, form):
+    provider.configure(GPT, hang_s=3.0)
+    chat = ChatOmniRoute(candidates=[gpt(provider), claude(provider)], budget=Budget(usd=1.0), timeout=0.3)
+    start = time.monotonic()
+    if form == "invoke":
+        reply = chat.invoke("Hello.")
+    elif form == "ainvoke":
+        reply = await chat.ainvoke("Hello.")
+    elif form == "stream":
+        reply = list(chat.stream("Hello."))[-1]
+    else:
+        reply = [c async for c in chat.astream("Hello.")][-1]
+    assert time.monotonic() - start < 2.0
+    record = reply.response_metadata["omniroute"]
+    assert record["model"] == "claude"
+    assert record["failures"][0]["error"] == "AttemptTimeout" and record["failures"][0]["kind"] == "transient"
+
+
+def test_the_deadline_bounds_all_attempts_together(provider):
+    provider.configure(GPT, hang_s=3.0)
+    provider.configure(CLAUDE, hang_s=3.0)
+    router = Router([gpt(provider), claude(provider)], attempt_timeout_s=0.4, deadline_s=0.6)
+    chat = ChatOmniRoute(router=router, candidates=[gpt(provider), claude(provider)])
+    start = time.monotonic()
+    with pytest.raises(AllCandidatesFailed) as failed:
+        chat.invoke("Hello.")
+    assert time.monotonic() - start < 1.5
+    assert all(isinstance(e, AttemptTimeout) for e in failed.value.errors)
+
+
+def test_a_misspelt_setting_is_refused():
+    with pytest.raises(ValidationError, match="budjet"):
+        ChatOmniRoute(candidates=[Candidate(name="a", model=FakeToolChatModel(), input_price=1,
+                                            output_price=1, prior_quality=0.5)], budjet=Budget(usd=1.0))
+    chat = ChatOmniRoute(candidates=[Candidate(name="a", model=FakeToolChatModel(), input_price=1, output_price=1,
+                                               prior_quality=0.5)])
+    with pytest.raises(ValueError, match="timeout= differs"):
+        ChatOmniRoute(router=chat.router, timeout=5)
+
+
+def test_tokens_are_counted_by_the_core_counter(provider):
+    chat = ChatOmniRoute(candidates=[gpt(provider), claude(provider)])
+    history = [SystemMessage("You are terse."), HumanMessage("What is 2 + 2?"), AIMessage("4"),
+               HumanMessage("And 3 + 3?")]
+    counted = chat.get_num_tokens_from_messages(history)
+    assert chat.get_num_tokens("hello world") == 2
+    trimmed = trim_messages(history, max_tokens=counted - 1, token_counter=chat, strategy="last")
+    assert 0 < len(trimmed) < len(history)
+    # What the router counts is what the provider bills for the same messages.
+    chat.invoke(history, model="gpt")
+    assert provider.requests[-1].prompt_tokens == counted
+
+
+class Answer(BaseModel):
+    """A short answer."""
+
+    answer: str
+
+
+def test_structured_output_keeps_the_session_and_forwards_strict(provider):
+    chat = ChatOmniRoute(candidates=[gpt(provider), claude(provider)], budget=Budget(usd=1.0))
+    result = chat.with_structured_output(Answer, include_raw=True, strict=True).invoke(
+        "Answer briefly.", session="acme/agent-7", model="gpt")
+    assert isinstance(result["parsed"], Answer)
+    assert result["raw"].response_metadata["omniroute"]["session"] == "acme/agent-7"
+    assert chat.router.budget_state("acme/agent-7").requests == 1
+    assert chat.router.budget_state("default") is None
+    assert provider.requests[-1].body["tools"][0]["function"]["strict"] is True
+    # Anthropic's bind_tools takes strict too; a candidate without it is simply not sent it.
+    chat.with_structured_output(Answer, strict=True).invoke("Answer briefly.", model="claude")
+    assert chat.model_name == "omniroute"
