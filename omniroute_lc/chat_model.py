@@ -9,6 +9,7 @@ from operator import itemgetter
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation
@@ -18,17 +19,17 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from typing_extensions import Self
 
-from shared_core.budget import Budget, scope_chain
+from shared_core.budget import Budget, BudgetExceeded, scope_chain
 from shared_core.calls import FallbackStream, acall_with_fallbacks, call_with_fallbacks
 from shared_core.candidates import Candidate
-from shared_core.router import Decision, Router
+from shared_core.router import Decision, Router, RoutingError
 from shared_core.tokens import count_message_tokens, count_tokens
 
 from . import delegate
 from .events import REPORTER_KWARG, config_reporter, failure_reporter
 from .limits import with_declared_limits
 from .metering import METADATA_KEY, StreamMeter, settle
-from .request import RoutedCall, core_messages
+from .request import ROUTED_KWARG, RoutedCall, core_messages
 from .session import resolve_session
 from .structured import CALL_KWARGS, CallKwargsToConfig, StructuredOutput, routed_parser, tool_parser
 
@@ -152,9 +153,16 @@ class ChatOmniRoute(BaseChatModel):
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = LangSmithParams(
-            ls_provider="omniroute", ls_model_name=kwargs.get("model") or self.model, ls_model_type="chat"
-        )
+        # Tracers attribute a run (and its cost) to ls_provider / ls_model_name: when the run was
+        # routed before it started, they are the chosen candidate's own.
+        routed = kwargs.get(ROUTED_KWARG)
+        provider, name = "omniroute", kwargs.get("model") or self.model
+        if routed is not None:
+            chosen = routed[1].chosen
+            own = self._models[chosen]._get_ls_params()
+            provider = own.get("ls_provider") or self.router.candidate(chosen).provider or provider
+            name = own.get("ls_model_name") or chosen
+        params = LangSmithParams(ls_provider=provider, ls_model_name=name, ls_model_type="chat")
         max_tokens = kwargs.get("max_tokens", self.max_tokens)
         if max_tokens is not None:
             params["ls_max_tokens"] = max_tokens
@@ -202,6 +210,12 @@ class ChatOmniRoute(BaseChatModel):
             kwargs.setdefault("temperature", self.temperature)
         return {**kwargs, "session": resolve_session(kwargs.get("session"), self.session, config, self.default_session)}
 
+    def _release(self, routed: tuple[RoutedCall, Decision] | None) -> None:
+        # Frees the hold of a run that ended before its call (a callback raised, the reader never
+        # read): once the call was settled — or fell back to another decision — this does nothing.
+        if routed is not None:
+            self.router.release(routed[1])
+
     @staticmethod
     def _with_reporter(
         config: RunnableConfig, kwargs: dict[str, Any], *, asynchronous: bool
@@ -213,8 +227,27 @@ class ChatOmniRoute(BaseChatModel):
         return config, {**kwargs, REPORTER_KWARG: config_reporter(config, run_id, asynchronous=asynchronous)}
 
     def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
-        kwargs.pop(REPORTER_KWARG, None)  # plumbing, not a parameter of the call
+        for plumbing in (REPORTER_KWARG, ROUTED_KWARG):  # not parameters of the call
+            kwargs.pop(plumbing, None)
         return super()._get_invocation_params(stop=stop, **kwargs)
+
+    def _get_llm_string(self, stop: list[str] | None = None, **kwargs: Any) -> str:
+        for plumbing in (REPORTER_KWARG, ROUTED_KWARG):  # a cache key must not depend on them
+            kwargs.pop(plumbing, None)
+        return super()._get_llm_string(stop=stop, **kwargs)
+
+    def _route_early(
+        self, input: LanguageModelInput, stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[RoutedCall, Decision] | None:
+        """Route before LangChain starts the run, so tracing names the chosen model; None to route in
+        the hook instead: when a cache may answer (no money should be held for it), or when routing
+        fails (the error then surfaces inside the run, where callback handlers see it)."""
+        if self.cache is False or (self.cache is None and get_llm_cache() is None):
+            try:
+                return self._route(self._convert_input(input).to_messages(), stop, kwargs)
+            except (RoutingError, BudgetExceeded):
+                return None
+        return None
 
     def invoke(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
@@ -222,7 +255,12 @@ class ChatOmniRoute(BaseChatModel):
     ) -> AIMessage:
         """Route and answer one input."""
         config = ensure_config(config)
-        return super().invoke(input, config, stop=stop, **self._with_session(config, kwargs))
+        kwargs = self._with_session(config, kwargs)
+        routed = self._route_early(input, stop, kwargs)
+        try:
+            return super().invoke(input, config, stop=stop, **kwargs, **{ROUTED_KWARG: routed})
+        finally:
+            self._release(routed)
 
     async def ainvoke(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
@@ -230,15 +268,30 @@ class ChatOmniRoute(BaseChatModel):
     ) -> AIMessage:
         """Route and answer one input, asynchronously."""
         config = ensure_config(config)
-        return await super().ainvoke(input, config, stop=stop, **self._with_session(config, kwargs))
+        kwargs = self._with_session(config, kwargs)
+        routed = self._route_early(input, stop, kwargs)
+        try:
+            return await super().ainvoke(input, config, stop=stop, **kwargs, **{ROUTED_KWARG: routed})
+        finally:
+            self._release(routed)
 
     def stream(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
         **kwargs: Any,
     ) -> Iterator[AIMessageChunk]:
-        """Route one input and stream the chosen candidate's answer."""
+        """Route one input and stream the chosen candidate's answer (routed when iteration starts)."""
         config, kwargs = self._with_reporter(ensure_config(config), kwargs, asynchronous=False)
-        return super().stream(input, config, stop=stop, **self._with_session(config, kwargs))
+        kwargs = self._with_session(config, kwargs)
+        stream = super().stream
+
+        def chunks() -> Iterator[AIMessageChunk]:
+            routed = self._route_early(input, stop, kwargs)
+            try:
+                yield from stream(input, config, stop=stop, **kwargs, **{ROUTED_KWARG: routed})
+            finally:
+                self._release(routed)
+
+        return chunks()
 
     def astream(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
@@ -246,7 +299,20 @@ class ChatOmniRoute(BaseChatModel):
     ) -> AsyncIterator[AIMessageChunk]:
         """Route one input and stream the chosen candidate's answer, asynchronously."""
         config, kwargs = self._with_reporter(ensure_config(config), kwargs, asynchronous=True)
-        return super().astream(input, config, stop=stop, **self._with_session(config, kwargs))
+        kwargs = self._with_session(config, kwargs)
+        astream = super().astream
+
+        async def chunks() -> AsyncIterator[AIMessageChunk]:
+            routed = self._route_early(input, stop, kwargs)
+            inner = astream(input, config, stop=stop, **kwargs, **{ROUTED_KWARG: routed})
+            try:
+                async for chunk in inner:
+                    yield chunk
+            finally:
+                await inner.aclose()  # `async for` does not pass on a reader's aclose(): settle first
+                self._release(routed)
+
+        return chunks()
 
     # ------------------------------------------------------------------ tools and structured output
     def bind_tools(
@@ -311,6 +377,9 @@ class ChatOmniRoute(BaseChatModel):
     def _route(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> tuple[RoutedCall, Decision]:
+        routed = kwargs.get(ROUTED_KWARG)
+        if routed is not None:  # decided before the run started (see _route_early)
+            return routed
         session = resolve_session(kwargs.get("session"), self.session, None, self.default_session)
         call = RoutedCall.from_call(messages, stop or self.stop, kwargs, session=session, max_tokens=self.max_tokens)
         decision = self.router.decide(

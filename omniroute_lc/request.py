@@ -18,15 +18,19 @@ from .events import REPORTER_KWARG
 from .limits import CAP_FIELDS, cap_parameter
 from .structured import StructuredOutput, binding_kwargs
 
-__all__ = ["RoutedCall", "core_messages", "can_call_tools"]
+__all__ = ["ROUTED_KWARG", "RoutedCall", "core_messages", "can_call_tools"]
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function"}
 
 # Kwargs the router consumes; every other call kwarg goes to the chosen candidate unchanged. An
 # output cap under any integration's name is the call's max_tokens: the router sends it on in
 # the chosen candidate's own keyword.
+#: The hook keyword that carries a call routed before its run started (RoutedCall, Decision).
+ROUTED_KWARG = "omniroute_routed"
+
 _ROUTING_KEYS = (
-    "session", "model", "tools", "tool_choice", "tool_options", "structured_output", REPORTER_KWARG, *CAP_FIELDS,
+    "session", "model", "tools", "tool_choice", "tool_options", "structured_output", REPORTER_KWARG, ROUTED_KWARG,
+    *CAP_FIELDS,
 )
 
 

@@ -200,3 +200,32 @@ def test_structured_output_keeps_the_session_and_forwards_strict(provider):
     # Anthropic's bind_tools takes strict too; a candidate without it is simply not sent it.
     chat.with_structured_output(Answer, strict=True).invoke("Answer briefly.", model="claude")
     assert chat.model_name == "omniroute"
+
+
+class Starts(BaseCallbackHandler):
+    """Records what tracers see when a chat model run starts."""
+
+    def __init__(self) -> None:
+        self.metadata: list[dict] = []
+
+    def on_chat_model_start(self, serialized: Any, messages: Any, *, metadata: dict | None = None, **kwargs: Any):
+        self.metadata.append(dict(metadata or {}))
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_tracing_names_the_routed_model(provider):
+    chat = ChatOmniRoute(candidates=[gpt(provider), claude(provider)], budget=Budget(usd=1.0))
+    starts = Starts()
+    config = {"callbacks": [starts]}
+    chat.invoke("Hello.", config=config)
+    await chat.ainvoke("Hello.", config=config, model="claude")
+    list(chat.stream("Hello.", config=config, model="claude"))
+    [c async for c in chat.astream("Hello.", config=config)]
+    named = [(m["ls_provider"], m["ls_model_name"]) for m in starts.metadata]
+    assert named == [("openai", GPT), ("anthropic", CLAUDE), ("anthropic", CLAUDE), ("openai", GPT)]
+    # A run routed inside the hook (a refusal surfaces there) keeps the router's own name.
+    chat.router.set_budget("broke", Budget(usd=1e-9))
+    with pytest.raises(Exception, match="no candidate fits"):
+        chat.invoke("Hello.", config=config, session="broke")
+    assert (starts.metadata[-1]["ls_provider"], starts.metadata[-1]["ls_model_name"]) == ("omniroute", "omniroute")
+    assert chat.router.budget_state("default").reserved == 0
