@@ -285,6 +285,8 @@ class Router:
         max_tokens: int | None = None,
         exclude: Sequence[str] = (),
         model: str | None = None,
+        weights: Mapping[str, float] | None = None,
+        extra_input_tokens: int = 0,
     ) -> Decision:
         """Choose a candidate for one request and reserve its worst-case cost in every scope.
 
@@ -292,7 +294,11 @@ class Router:
         is it lowered to the candidate's `max_output_tokens`, or without it that limit shortened
         to the room the prompt leaves in the context window. The worst case reserved is the input
         at the candidate's dearest input rate plus its cap; the caller must send that cap.
-        Raises RoutingError for malformed requests, NoFeasibleCandidate when no candidate can
+        `weights` (candidate → a factor in [0, 1], 1 when absent) scale the predicted quality of
+        this request — e.g. how relevant the engine behind a candidate is to it; 0 rules a
+        candidate out. `extra_input_tokens` are prompt tokens the call will carry beyond `request`
+        (e.g. the context a query engine retrieves), counted in its cost and worst case. Raises
+        RoutingError for malformed requests (and weights), NoFeasibleCandidate when no candidate can
         serve it (input + cap over its window, tools, structured output, exclusions), and
         BudgetExceeded (naming the exhausted scope and the worst case) when none of those that
         can fits what is left.
@@ -304,6 +310,9 @@ class Router:
             raise RoutingError(f"max_tokens must be a whole number of tokens > 0, got {max_tokens!r}")
         if model is not None:
             self.candidate(model)
+        if isinstance(extra_input_tokens, bool) or not isinstance(extra_input_tokens, (int, np.integer)) \
+                or extra_input_tokens < 0:
+            raise RoutingError(f"extra_input_tokens must be a whole number >= 0, got {extra_input_tokens!r}")
         states = self._scope_states(session)
         cands = self._candidates
         tool_list = list(tools or [])
@@ -313,7 +322,7 @@ class Router:
             key = (c.encoding, c.provider)
             if key not in counts:
                 counts[key] = count_message_tokens(messages, c.encoding, tools=tool_list, image_rule=_image_rule(c))
-            input_tokens[j] = counts[key]
+            input_tokens[j] = counts[key] + extra_input_tokens
         q, out = self._predict(self._features([text]), 1)
         q, out = q[0], out[0]
         caps = output_caps(input_tokens, self._max_out, self._window, max_tokens)
@@ -334,6 +343,11 @@ class Router:
                 _why_infeasible(cands, input_tokens, max_tokens, tool_list, structured_output, exclude, model)
             )
         lam = max([self.cost_weight] + [self.pacer.price(s) for s in states])
+        if weights:
+            q = q * _weights(weights, [c.name for c in cands])
+            feasible &= q > 0
+            if not feasible.any():
+                raise NoFeasibleCandidate("no candidate can serve this request: every feasible one has weight 0")
         score = np.where(feasible, q - lam * cost, -np.inf)
         ranking = tuple(cands[j].name for j in np.argsort(-score, kind="stable") if feasible[j])
         base = Decision(
@@ -600,6 +614,17 @@ def _normalise(request: str | Messages) -> tuple[list[Mapping[str, Any]], str]:
             raise RoutingError(f"messages[{i}] must be a mapping with 'role' and 'content', got {m!r}")
     text = "\n".join(t for t in (content_text(m.get("content")) for m in request) if t)
     return list(request), text
+
+
+def _weights(weights: Mapping[str, float], names: Sequence[str]) -> np.ndarray:
+    """The weights as an array in candidate order (1.0 where absent), after checking them."""
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise RoutingError(f"weights name unknown candidates {unknown}; candidates are {list(names)}")
+    values = np.array([weights.get(n, 1.0) for n in names], dtype=np.float64)
+    if not np.all(np.isfinite(values)) or (values < 0).any() or (values > 1).any():
+        raise RoutingError(f"weights must be numbers in [0, 1], got {dict(weights)}")
+    return values
 
 
 def _routed(decision: Decision) -> Decision:

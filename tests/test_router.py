@@ -210,3 +210,29 @@ def test_threads_never_overspend_the_in_memory_ledger():
     state = router.budget_state("shared")
     assert state.committed <= 0.05 and state.reserved == 0
     assert refused and state.committed > 0.05 - router.candidate("big").worst_case_cost(10, 200)
+
+
+def test_weights_scale_quality_and_zero_rules_a_candidate_out():
+    router = Router(_cands(), cost_weight=0.0)
+    best = router.decide("What is 2 + 2?")
+    weighted = router.decide("What is 2 + 2?", weights={best.chosen: 0.0})
+    assert weighted.chosen != best.chosen and best.chosen not in weighted.ranking
+    halved = router.decide("What is 2 + 2?", weights={best.chosen: 0.5})
+    assert halved.quality[best.chosen] == pytest.approx(best.quality[best.chosen] * 0.5)
+    with pytest.raises(RoutingError, match="unknown candidates"):
+        router.decide("x", weights={"nope": 1.0})
+    with pytest.raises(RoutingError, match=r"in \[0, 1\]"):
+        router.decide("x", weights={best.chosen: 1.5})
+    with pytest.raises(NoFeasibleCandidate, match="weight 0"):
+        router.decide("x", weights={c.name: 0.0 for c in router.candidates})
+
+
+def test_extra_input_tokens_are_priced_and_reserved():
+    router = Router(_cands())
+    router.set_budget("s", Budget(usd=10.0))
+    plain = router.decide("What is 2 + 2?", "s", max_tokens=10, model="big")
+    more = router.decide("What is 2 + 2?", "s", max_tokens=10, model="big", extra_input_tokens=2_000)
+    assert more.input_tokens["big"] == plain.input_tokens["big"] + 2_000
+    assert more.reserved == pytest.approx(router.candidate("big").worst_case_cost(plain.input_tokens["big"] + 2_000, 10))
+    with pytest.raises(RoutingError, match="extra_input_tokens"):
+        router.decide("x", extra_input_tokens=-1)
