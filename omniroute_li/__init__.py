@@ -1,9 +1,21 @@
-"""OmniRoute for LlamaIndex: a routed LLM (`OmniRouteLLM`) and a budget-aware selector."""
+"""OmniRoute for LlamaIndex: a routed LLM (`OmniRouteLLM`), a budget-aware selector and a spend tracker."""
 
 from shared_core.budget import BudgetExceeded
 
 from .embeddings import LlamaIndexEmbedder
 from .llm import OmniRouteLLM
 from .selector import OmniRouteSelector, RoutedSelection
+from .sharing import LedgerNotShared
+from .spend import CandidateFailedEvent, RoutedCallEndEvent, SpendTracker
 
-__all__ = ["BudgetExceeded", "LlamaIndexEmbedder", "OmniRouteLLM", "OmniRouteSelector", "RoutedSelection"]
+__all__ = [
+    "BudgetExceeded",
+    "CandidateFailedEvent",
+    "LedgerNotShared",
+    "LlamaIndexEmbedder",
+    "OmniRouteLLM",
+    "OmniRouteSelector",
+    "RoutedCallEndEvent",
+    "RoutedSelection",
+    "SpendTracker",
+]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llama_index.core.callbacks import CallbackManager
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW, DEFAULT_NUM_OUTPUTS
 from llama_index.core.llms.llm import LLM
 
@@ -51,19 +52,41 @@ def with_declared_limits(candidate: Candidate) -> Candidate:
     return candidate.with_limits(context_window=window, max_output_tokens=cap, provider=provider_of(candidate.model))
 
 
-def capped(llm: LLM, cap: int | None) -> tuple[LLM, dict[str, Any]]:
-    """The LLM to call and the keywords that cap one call's output at `cap` tokens.
+def capped(llm: LLM, cap: int | None, callback_manager: CallbackManager | None = None) -> tuple[LLM, dict[str, Any]]:
+    """The LLM one call uses and the keywords that cap its output at `cap` tokens.
 
     LlamaIndex's OpenAI-family clients put their own `max_tokens` over a call's keyword, so a
-    lower cap than the client's goes through a shallow copy that carries it. An LLM without a
+    lower cap than the client's goes through a per-call copy that carries it. An LLM without a
     `max_tokens` setting cannot be capped per call: its declared output limit is the worst case.
+    `callback_manager` is the manager whose handlers must hear this call: LlamaIndex's
+    `llm_chat_callback` / `llm_completion_callback` emit to `self.callback_manager`, so the
+    per-call copy carries it and the shared LLM's own manager is never touched. One copy at most.
     """
-    if cap is None or "max_tokens" not in type(llm).model_fields:
-        return llm, {}
-    own = getattr(llm, "max_tokens", None)
-    if own is not None and own > cap:
-        return llm.model_copy(update={"max_tokens": cap}), {}
-    return llm, {"max_tokens": cap}
+    update: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    if cap is not None and "max_tokens" in type(llm).model_fields:
+        own = getattr(llm, "max_tokens", None)
+        if own is not None and own > cap:
+            update["max_tokens"] = cap
+        else:
+            extra["max_tokens"] = cap
+    if callback_manager is not None and llm.callback_manager is not callback_manager:
+        update["callback_manager"] = callback_manager
+    return (_call_view(llm, update) if update else llm), extra
+
+
+def _call_view(llm: LLM, update: dict[str, Any]) -> LLM:
+    """A shallow copy of `llm` with `update` applied to its settings, for one call.
+
+    The copy shares the original's private runtime state (its HTTP clients and other lazily
+    built objects, `__pydantic_private__`), so a call through a copy reuses the connection pool
+    the candidate keeps instead of building a client (tens of milliseconds) it would throw away.
+    """
+    view = llm.model_copy(update=update)
+    private = getattr(llm, "__pydantic_private__", None)
+    if private is not None:
+        object.__setattr__(view, "__pydantic_private__", private)
+    return view
 
 
 def stream_usage_kwargs(llm: LLM) -> dict[str, Any]:

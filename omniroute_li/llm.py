@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import pickle
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import aclosing, closing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -17,9 +20,11 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
     MessageRole,
 )
-from llama_index.core.bridge.pydantic import Field
+from llama_index.core.bridge.pydantic import BaseModel, Field
+from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
+from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import BaseTool
 
 from shared_core.budget import Budget, LedgerStore
@@ -32,18 +37,27 @@ from shared_core.calls import (
     settle_usage,
 )
 from shared_core.candidates import Candidate
+from shared_core.fallbacks import Attempt
 from shared_core.router import Decision, Router
 
+from .held import claim
 from .limits import capped, stream_usage_kwargs, with_declared_limits
-from .messages import annotate, output_text, provider_usage, routed_model, to_request, tool_schemas
+from .messages import annotate, output_text, provider_usage, routed_model, routing_record, to_request, tool_schemas
+from .sharing import RouterRef, share_router
+from .spend import CandidateFailedEvent, RoutedCallEndEvent
 
 __all__ = ["OmniRouteLLM"]
+
+logger = logging.getLogger("omniroute")
+dispatcher = get_dispatcher(__name__)
 
 Response = TypeVar("Response", ChatResponse, CompletionResponse)
 AnyResponse = ChatResponse | CompletionResponse
 
 # The keyword that carries a tool call prepared by `_prepare_chat_with_tools` to the chat call.
 _PREPARED = "omniroute_prepared_tools"
+# The keyword that marks a call as a structured-output request (`structured_predict` and friends).
+_STRUCTURED = "structured_output"
 
 
 @dataclass(frozen=True)
@@ -88,27 +102,40 @@ class _StreamBooks:
     def interrupted(self, error: BaseException) -> None:
         """The stream failed or was closed after its first chunk: settle it by the core's rule."""
         if self.last is not None:
-            response = self.last
-            settle_interrupted(self.router, self.stream.decision, error, provider_usage(response), output_text(response))
+            response, decision = self.last, self.stream.decision
+            settlement = settle_interrupted(
+                self.router, decision, error, provider_usage(response), output_text(response)
+            )
+            _report(decision, settlement)
 
     def finished(self) -> AnyResponse | None:
         """Settle the complete stream; the closing chunk with costs and usage (None if it was empty)."""
         decision = self.stream.decision
         if self.last is None:
-            settle_usage(self.router, decision)  # nothing was produced: the input, as counted
+            _report(decision, settle_usage(self.router, decision))  # nothing was produced: the input, as counted
             return None
-        return annotate(self.last, decision, _settle(self.router, decision, self.last), final_chunk=True)
+        settlement = _settle(self.router, decision, self.last)
+        return _report(decision, settlement, annotate(self.last, decision, settlement, final_chunk=True))
 
 
 def _settle(router: Router, decision: Decision, response: AnyResponse) -> Settlement:
     return settle_usage(router, decision, provider_usage(response), output_text(response))
 
 
-def _target(candidate: Candidate, decision: Decision, *, streaming: bool = False) -> tuple[LLM, dict[str, Any]]:
-    """The candidate's LLM as one call should use it, and the keywords it needs: the output cap the
-    ledger reserved (the cap reserved is the cap sent) and, for a stream, a request for its usage."""
-    llm, extra = capped(candidate.model, decision.output_caps.get(candidate.name))
-    return llm, {**extra, **(stream_usage_kwargs(llm) if streaming else {})}
+def _report(decision: Decision, settlement: Settlement, response: Response | None = None) -> Response | None:
+    """Tell LlamaIndex instrumentation (e.g. a SpendTracker) that a routed call was settled."""
+    dispatcher.event(RoutedCallEndEvent(record=routing_record(decision, settlement), response=response))
+    return response
+
+
+def _failed(attempt: Attempt) -> None:
+    """Tell LlamaIndex instrumentation that an attempt failed (the fallback loop's on_failure)."""
+    dispatcher.event(CandidateFailedEvent(**attempt.to_dict()))
+
+
+def _structured(llm_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """A structured-output program's LLM keywords, marked so that the router honours the capability."""
+    return {**(llm_kwargs or {}), _STRUCTURED: True}
 
 
 class OmniRouteLLM(FunctionCallingLLM):
@@ -119,16 +146,37 @@ class OmniRouteLLM(FunctionCallingLLM):
     `ChatOmniRoute`: the instance's session, a `for_session(...)` copy's and a call's `session=`
     scope each get it the first time they are charged. Per call, `session=`, `model=` and
     `max_tokens=` keywords override the instance's `session` (the budget scope charged), `model`
-    (a candidate every call is pinned to) and the output cap. Each candidate is called with the
+    (a candidate every call is pinned to) and the output cap; `structured_output=True` (set by
+    `structured_predict`, `astructured_predict`, their stream forms and `as_structured_llm`)
+    routes only to candidates with `supports_structured_output`. Each candidate is called with the
     output cap its reservation assumed (its own `max_tokens` / `metadata.num_output` lowers it;
     its `metadata.context_window` bounds prompt + output), and streams from OpenAI-family clients
     ask for the provider's usage. The routing record and costs are in
     `response.additional_kwargs["omniroute"]` (`usage_source` says whether the figures are the
-    provider's or OmniRoute's own count), usage in `response.raw["usage"]`. Streams end with
-    one extra chunk (empty delta) carrying them.
+    provider's or OmniRoute's own count), the exact usage charged in `additional_kwargs`
+    (`prompt_tokens`, `completion_tokens`, `total_tokens`); `response.raw` stays the provider's
+    own response object (a dict `raw` gets the usage merged into `raw["usage"]`). Streams end
+    with one extra chunk (empty delta) carrying them. Each settled call also emits a
+    `RoutedCallEndEvent` to LlamaIndex instrumentation (see `SpendTracker`).
 
-    Callbacks: setting the router's `callback_manager` (LlamaIndex's `Settings.llm` does) hands it
-    to every candidate; the router emits no LLM events itself, the candidate's call does, once.
+    Callbacks: a call's LLM events go to this instance's `callback_manager` (LlamaIndex's
+    `Settings.llm` sets it), once: when it has handlers, the chosen candidate is called through a
+    per-call copy that carries it, so instances and `for_session` copies sharing candidates never
+    hear each other's calls. The candidates' own `callback_manager` is never changed; it hears
+    routed calls only while this instance has no handlers of its own.
+
+    Copies and pickles: `for_session`, `copy.copy` and `copy.deepcopy` share the router, its
+    ledger and candidates (a deep copy also keeps the callback manager): a copy charges the same
+    budgets. Pickling never changes the live object. The router pickles as its identity plus a
+    recipe to rebuild it (candidates with their LLMs, fitted predictors, settings, and how to
+    reopen its ledger): unpickled in the same process it is the same live router; in another
+    process (an `IngestionPipeline(..., num_workers=n)` worker) it is rebuilt once per process
+    and reopens the same ledger when that is a `sqlite://` file or a `redis://` server, so
+    budgets hold across processes. A `memory://` ledger lives only in the process that made it:
+    there the unpickled copy's calls raise `LedgerNotShared` saying so (give it a sqlite:// or
+    redis:// store, or build the LLM in each worker) rather than spend outside its budget.
+    Unpickling itself never fails, since a `multiprocessing.Pool` worker that cannot unpickle its
+    task hangs the pool.
     """
 
     router: Router = Field(exclude=True, description="The shared core router and its ledger.")
@@ -162,22 +210,44 @@ class OmniRouteLLM(FunctionCallingLLM):
             if limited is not candidate:
                 router.update_candidate(limited)
         if "callback_manager" in kwargs and kwargs["callback_manager"] is None:
-            del kwargs["callback_manager"]  # None means "no handlers of its own": keep the candidates'
+            del kwargs["callback_manager"]  # None means "no handlers of its own": LlamaIndex's default
         super().__init__(router=router, **kwargs)
         if self.model is not None:
             router.candidate(self.model)
-        if "callback_manager" in kwargs:
-            self._share_callbacks()
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        if name == "callback_manager":
-            self._share_callbacks()
+    # ------------------------------------------------------------------ copies and pickles
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> OmniRouteLLM:
+        """A copy sharing the router (ledger, candidates, locks) and the callback manager."""
+        memo = {} if memo is None else memo
+        share_router(self.router, memo)
+        memo.setdefault(id(self.callback_manager), self.callback_manager)
+        return super().__deepcopy__(memo)
 
-    def _share_callbacks(self) -> None:
-        # Candidates emit the LLM events; they must reach the handlers the router was given.
-        for candidate in self.router.candidates:
-            candidate.model.callback_manager = self.callback_manager
+    def __getstate__(self) -> dict[str, Any]:
+        """The pickled state, built beside the live object (LlamaIndex's BaseComponent deletes
+        unpicklable attributes from the live `__dict__`; this never touches it)."""
+        state = BaseModel.__getstate__(self)
+        fields: dict[str, Any] = {}
+        for name, value in state["__dict__"].items():
+            if name == "router":
+                fields[name] = RouterRef(value)
+                continue
+            try:
+                pickle.dumps(value)
+            except Exception as error:  # noqa: BLE001 - the copy gets the field's default instead
+                logger.warning("OmniRouteLLM: %s cannot be pickled (%s); the unpickled copy gets its default",
+                               name, error)
+                continue
+            fields[name] = value
+        return {**state, "__dict__": fields}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled OmniRouteLLM (fields that could not be pickled get their defaults)."""
+        fields = dict(state["__dict__"])
+        for name, info in type(self).model_fields.items():
+            if name not in fields and not info.is_required():
+                fields[name] = info.get_default(call_default_factory=True)
+        BaseModel.__setstate__(self, {**state, "__dict__": fields})
 
     @classmethod
     def class_name(cls) -> str:
@@ -211,7 +281,22 @@ class OmniRouteLLM(FunctionCallingLLM):
         session = kwargs.pop("session", self.session)
         model = kwargs.pop("model", self.model)
         max_tokens = kwargs.pop("max_tokens", None)
-        return self.router.decide(request, session, tools=tools, model=model, max_tokens=max_tokens)
+        structured = bool(kwargs.pop(_STRUCTURED, False))
+        claim(self.router, model)  # a selection held for this engine's call gives way to it
+        return self.router.decide(
+            request, session, tools=tools, structured_output=structured, model=model, max_tokens=max_tokens
+        )
+
+    def _target(
+        self, candidate: Candidate, decision: Decision, *, streaming: bool = False
+    ) -> tuple[LLM, dict[str, Any]]:
+        """The candidate's LLM as one call should use it, and the keywords it needs: the output cap
+        the ledger reserved (the cap reserved is the cap sent), this instance's callback manager
+        when it has handlers (on a per-call copy, never on the shared candidate) and, for a
+        stream, a request for its usage."""
+        callbacks = self.callback_manager if self.callback_manager.handlers else None
+        llm, extra = capped(candidate.model, decision.output_caps.get(candidate.name), callbacks)
+        return llm, {**extra, **(stream_usage_kwargs(llm) if streaming else {})}
 
     def _plan(
         self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
@@ -224,27 +309,28 @@ class OmniRouteLLM(FunctionCallingLLM):
         return decision, lambda llm: {"messages": messages, **kwargs}
 
     def _settled(self, response: Response, decision: Decision) -> Response:
-        return annotate(response, decision, _settle(self.router, decision, response))
+        settlement = _settle(self.router, decision, response)
+        return _report(decision, settlement, annotate(response, decision, settlement))
 
     # ------------------------------------------------------------------ chat
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Chat with the candidate the router picks (falling back on errors), then settle its cost."""
         decision, arguments = self._plan(messages, kwargs)
         def run(candidate: Candidate, decision: Decision) -> ChatResponse:
-            llm, extra = _target(candidate, decision)
+            llm, extra = self._target(candidate, decision)
             return llm.chat(**{**arguments(candidate.model), **extra})
 
-        response, decision = call_with_fallbacks(self.router, decision, run)
+        response, decision = call_with_fallbacks(self.router, decision, run, on_failure=_failed)
         return self._settled(response, decision)
 
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """The async form of chat (the same core decide / settle calls)."""
         decision, arguments = self._plan(messages, kwargs)
         async def run(candidate: Candidate, decision: Decision) -> ChatResponse:
-            llm, extra = _target(candidate, decision)
+            llm, extra = self._target(candidate, decision)
             return await llm.achat(**{**arguments(candidate.model), **extra})
 
-        response, decision = await acall_with_fallbacks(self.router, decision, run)
+        response, decision = await acall_with_fallbacks(self.router, decision, run, on_failure=_failed)
         return self._settled(response, decision)
 
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
@@ -254,10 +340,10 @@ class OmniRouteLLM(FunctionCallingLLM):
             decision, arguments = self._plan(messages, kwargs)
 
             def start(candidate: Candidate, decision: Decision) -> ChatResponseGen:
-                llm, extra = _target(candidate, decision, streaming=True)
+                llm, extra = self._target(candidate, decision, streaming=True)
                 return llm.stream_chat(**{**arguments(candidate.model), **extra})
 
-            yield from self._settling(FallbackStream(self.router, decision, start))
+            yield from self._settling(FallbackStream(self.router, decision, start, on_failure=_failed))
 
         return chunks()
 
@@ -268,12 +354,13 @@ class OmniRouteLLM(FunctionCallingLLM):
             decision, arguments = self._plan(messages, kwargs)
 
             async def start(candidate: Candidate, decision: Decision) -> AsyncIterator[ChatResponse]:
-                llm, extra = _target(candidate, decision, streaming=True)
+                llm, extra = self._target(candidate, decision, streaming=True)
                 async for chunk in await llm.astream_chat(**{**arguments(candidate.model), **extra}):
                     yield chunk
 
-            async for chunk in self._asettling(FallbackStream(self.router, decision, start)):
-                yield chunk
+            async with aclosing(self._asettling(FallbackStream(self.router, decision, start, on_failure=_failed))) as settled:
+                async for chunk in settled:  # aclose() on this generator settles at once, not when collected
+                    yield chunk
 
         return chunks()
 
@@ -283,10 +370,10 @@ class OmniRouteLLM(FunctionCallingLLM):
         decision = self._decide([{"role": "user", "content": prompt}], kwargs)
 
         def run(candidate: Candidate, decision: Decision) -> CompletionResponse:
-            llm, extra = _target(candidate, decision)
+            llm, extra = self._target(candidate, decision)
             return llm.complete(prompt, formatted=formatted, **{**kwargs, **extra})
 
-        response, decision = call_with_fallbacks(self.router, decision, run)
+        response, decision = call_with_fallbacks(self.router, decision, run, on_failure=_failed)
         return self._settled(response, decision)
 
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
@@ -294,10 +381,10 @@ class OmniRouteLLM(FunctionCallingLLM):
         decision = self._decide([{"role": "user", "content": prompt}], kwargs)
 
         async def run(candidate: Candidate, decision: Decision) -> CompletionResponse:
-            llm, extra = _target(candidate, decision)
+            llm, extra = self._target(candidate, decision)
             return await llm.acomplete(prompt, formatted=formatted, **{**kwargs, **extra})
 
-        response, decision = await acall_with_fallbacks(self.router, decision, run)
+        response, decision = await acall_with_fallbacks(self.router, decision, run, on_failure=_failed)
         return self._settled(response, decision)
 
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
@@ -307,10 +394,10 @@ class OmniRouteLLM(FunctionCallingLLM):
             decision = self._decide([{"role": "user", "content": prompt}], kwargs)
 
             def start(candidate: Candidate, decision: Decision) -> CompletionResponseGen:
-                llm, extra = _target(candidate, decision, streaming=True)
+                llm, extra = self._target(candidate, decision, streaming=True)
                 return llm.stream_complete(prompt, formatted=formatted, **{**kwargs, **extra})
 
-            yield from self._settling(FallbackStream(self.router, decision, start))
+            yield from self._settling(FallbackStream(self.router, decision, start, on_failure=_failed))
 
         return chunks()
 
@@ -321,39 +408,73 @@ class OmniRouteLLM(FunctionCallingLLM):
             decision = self._decide([{"role": "user", "content": prompt}], kwargs)
 
             async def start(candidate: Candidate, decision: Decision) -> AsyncIterator[CompletionResponse]:
-                llm, extra = _target(candidate, decision, streaming=True)
+                llm, extra = self._target(candidate, decision, streaming=True)
                 async for chunk in await llm.astream_complete(prompt, formatted=formatted, **{**kwargs, **extra}):
                     yield chunk
 
-            async for chunk in self._asettling(FallbackStream(self.router, decision, start)):
-                yield chunk
+            async with aclosing(self._asettling(FallbackStream(self.router, decision, start, on_failure=_failed))) as settled:
+                async for chunk in settled:  # aclose() on this generator settles at once, not when collected
+                    yield chunk
 
         return chunks()
 
     # ------------------------------------------------------------------ streams
     def _settling(self, stream: FallbackStream) -> Iterator[AnyResponse]:
         books = _StreamBooks(self.router, stream)
-        try:
-            for chunk in stream:
-                yield books.passing(chunk)
-        except BaseException as error:
-            books.interrupted(error)
-            raise
+        with closing(iter(stream)) as chunks:
+            try:
+                for chunk in chunks:
+                    yield books.passing(chunk)
+            except BaseException as error:
+                books.interrupted(error)
+                raise
         final = books.finished()
         if final is not None:
             yield final
 
     async def _asettling(self, stream: FallbackStream) -> AsyncIterator[AnyResponse]:
         books = _StreamBooks(self.router, stream)
-        try:
-            async for chunk in stream:
-                yield books.passing(chunk)
-        except BaseException as error:
-            books.interrupted(error)
-            raise
+        # Closed explicitly: an async generator left to the event loop is finalised later, and
+        # its reservation would be held until then.
+        async with aclosing(stream.__aiter__()) as chunks:
+            try:
+                async for chunk in chunks:
+                    yield books.passing(chunk)
+            except BaseException as error:
+                books.interrupted(error)
+                raise
         final = books.finished()
         if final is not None:
             yield final
+
+    # ------------------------------------------------------------------ structured output
+    def structured_predict(
+        self, output_cls: type[BaseModel], prompt: PromptTemplate, llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:
+        """LlamaIndex's structured_predict, routed only to candidates that support structured output."""
+        return super().structured_predict(output_cls, prompt, _structured(llm_kwargs), **prompt_args)
+
+    async def astructured_predict(
+        self, output_cls: type[BaseModel], prompt: PromptTemplate, llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:
+        """The async form of structured_predict."""
+        return await super().astructured_predict(output_cls, prompt, _structured(llm_kwargs), **prompt_args)
+
+    def _structured_stream_call(
+        self, output_cls: type[BaseModel], prompt: PromptTemplate, llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:
+        """stream_structured_predict's program call, routed as structured output."""
+        return super()._structured_stream_call(output_cls, prompt, _structured(llm_kwargs), **prompt_args)
+
+    async def _structured_astream_call(
+        self, output_cls: type[BaseModel], prompt: PromptTemplate, llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:
+        """astream_structured_predict's program call, routed as structured output."""
+        return await super()._structured_astream_call(output_cls, prompt, _structured(llm_kwargs), **prompt_args)
 
     # ------------------------------------------------------------------ tools
     def _prepare_chat_with_tools(

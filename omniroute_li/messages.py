@@ -27,6 +27,7 @@ __all__ = [
     "output_text",
     "provider_usage",
     "routed_model",
+    "routing_record",
     "to_request",
     "tool_schemas",
 ]
@@ -110,22 +111,32 @@ def output_text(response: ChatResponse | CompletionResponse) -> str:
     return text + (json.dumps(calls, separators=(",", ":"), default=str) if calls else "")
 
 
-def _with_usage(raw: Any, settlement: Settlement) -> dict[str, Any]:
-    usage: dict[str, Any] = {
+def _usage_counts(settlement: Settlement) -> dict[str, int]:
+    return {
         "prompt_tokens": settlement.input_tokens,
         "completion_tokens": settlement.output_tokens,
         "total_tokens": settlement.input_tokens + settlement.output_tokens,
     }
+
+
+def _with_usage(raw: Any, settlement: Settlement) -> Any:
+    """`raw` with the settled usage: merged into a dict's `usage`, a dict of its own for None; a
+    provider's own response object (an openai ChatCompletion, ...) is kept as it is."""
+    if raw is not None and not isinstance(raw, Mapping):
+        return raw
+    usage: dict[str, Any] = _usage_counts(settlement)
     if settlement.usage_source != "provider":
         usage["usage_source"] = settlement.usage_source  # these are OmniRoute's counts, not the bill
     if raw is None:
         return {"usage": usage}
-    if isinstance(raw, Mapping):
-        reported = raw.get("usage")
-        merged = {**reported, **usage} if isinstance(reported, Mapping) else usage
-        return {**raw, "usage": merged}
-    # A provider's own response object is kept whole beside the usage.
-    return {"usage": usage, "response": raw}
+    reported = raw.get("usage")
+    merged = {**reported, **usage} if isinstance(reported, Mapping) else usage
+    return {**raw, "usage": merged}
+
+
+def routing_record(decision: Decision, settlement: Settlement | None = None) -> dict[str, Any]:
+    """The routing record a response carries: the decision and, once settled, its usage and costs."""
+    return decision.to_dict() if settlement is None else {**decision.to_dict(), **settlement.to_dict()}
 
 
 def annotate(
@@ -133,12 +144,16 @@ def annotate(
 ) -> Response:
     """A copy of a candidate's response carrying the routing record (and, once settled, the costs).
 
-    With a settlement, exact usage goes to `raw["usage"]` (prompt_tokens, completion_tokens). A
+    With a settlement, the exact usage charged goes to `additional_kwargs` (prompt_tokens,
+    completion_tokens, total_tokens: where LlamaIndex integrations put it and where
+    `TokenCountingHandler` looks when `raw` reports none) and the record; `raw` stays the
+    provider's own response object, or, when it was a dict or nothing, gets `raw["usage"]`. A
     final stream chunk repeats the answer with an empty delta, so consumers add nothing twice.
     """
-    record = decision.to_dict() if settlement is None else {**decision.to_dict(), **settlement.to_dict()}
-    update: dict[str, Any] = {"additional_kwargs": {**response.additional_kwargs, METADATA_KEY: record}}
+    extra = {**response.additional_kwargs, METADATA_KEY: routing_record(decision, settlement)}
+    update: dict[str, Any] = {"additional_kwargs": extra}
     if settlement is not None:
+        extra.update(_usage_counts(settlement))
         update["raw"] = _with_usage(response.raw, settlement)
     if final_chunk:
         update["delta"] = ""

@@ -53,7 +53,6 @@ class Events(BaseCallbackHandler):
 
 
 @pytest.mark.parametrize("form", ["invoke", "ainvoke", "stream", "astream"])
-@pytest.mark.asyncio(loop_scope="module")  # the provider clients cache their async HTTP client per process
 async def test_a_server_error_falls_back_visibly(provider, caplog, form):
     provider.configure(GPT, fail_status=500)
     chat = ChatOmniRoute(candidates=[gpt(provider), claude(provider)], budget=Budget(usd=1.0))
@@ -112,7 +111,6 @@ def test_a_misconfigured_candidate_falls_back_and_is_reported_loudly_every_time(
     assert len(errors) == 2 and all("candidate gpt failed (misconfigured: " in r.getMessage() for r in errors)
 
 
-@pytest.mark.asyncio(loop_scope="module")
 async def test_when_every_candidate_fails_one_error_names_each(provider):
     provider.configure(GPT, fail_status=503)
     provider.configure(CLAUDE, fail_status=529)
@@ -128,7 +126,6 @@ async def test_when_every_candidate_fails_one_error_names_each(provider):
 
 
 @pytest.mark.parametrize("form", ["invoke", "ainvoke", "stream", "astream"])
-@pytest.mark.asyncio(loop_scope="module")  # the provider clients cache their async HTTP client per process
 async def test_a_hung_candidate_is_given_up_on_after_the_timeout(provider, form):
     provider.configure(GPT, hang_s=3.0)
     chat = ChatOmniRoute(candidates=[gpt(provider), claude(provider)], budget=Budget(usd=1.0), timeout=0.3)
@@ -212,7 +209,6 @@ class Starts(BaseCallbackHandler):
         self.metadata.append(dict(metadata or {}))
 
 
-@pytest.mark.asyncio(loop_scope="module")
 async def test_tracing_names_the_routed_model(provider):
     chat = ChatOmniRoute(candidates=[gpt(provider), claude(provider)], budget=Budget(usd=1.0))
     starts = Starts()

@@ -256,11 +256,13 @@ async def test_budget_holds_under_200_concurrent_achat_calls():
     assert sum(costs) == pytest.approx(state.committed, rel=1e-9) and state.requests == len(answers)
 
 
-def test_a_callback_manager_given_to_the_router_reaches_every_candidate():
+def test_a_callback_manager_given_to_the_router_hears_its_calls_and_leaves_the_candidates_alone():
     own = CallbackManager([])
     big, small = UsageLLM(callback_manager=own), UsageLLM(callback_manager=own)
-    shared = CallbackManager([TokenCountingHandler()])
     OmniRouteLLM([candidate(EXPENSIVE, big), candidate(CHEAP, small)], callback_manager=None)
     assert big.callback_manager is own and small.callback_manager is own  # None: candidates keep theirs
-    OmniRouteLLM([candidate(EXPENSIVE, big), candidate(CHEAP, small)], callback_manager=shared)
-    assert big.callback_manager is shared and small.callback_manager is shared
+    counter = TokenCountingHandler()
+    llm = OmniRouteLLM([candidate(EXPENSIVE, big), candidate(CHEAP, small)], callback_manager=CallbackManager([counter]))
+    llm.chat(_messages())
+    assert len(counter.llm_token_counts) == 1  # the router's handlers hear the call, through a per-call copy
+    assert big.callback_manager is own and small.callback_manager is own

@@ -8,6 +8,8 @@ from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.llms import MockLLM
 from llama_index.core.query_engine import RouterQueryEngine
 from llama_index.core.retrievers import RouterRetriever
+from llama_index.core.base.base_selector import BaseSelector, SelectorResult, SingleSelection
+from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.tools import QueryEngineTool, RetrieverTool, ToolMetadata
 
 from omniroute_li import OmniRouteSelector, RoutedSelection
@@ -91,7 +93,8 @@ def test_router_retriever_uses_the_selector(setup):
         name: VectorStoreIndex.from_documents([Document(text=f"{name} notes")], embed_model=MockEmbedding(embed_dim=8))
         for name in ("deep", "quick")
     }
-    selector = OmniRouteSelector(router, {"deep": EXPENSIVE, "quick": CHEAP}, session="tight")
+    # Retrievers make no LLM call to take a selection's hold over: release it at once.
+    selector = OmniRouteSelector(router, {"deep": EXPENSIVE, "quick": CHEAP}, session="tight", hold=False)
     tools = [RetrieverTool.from_defaults(indexes[n].as_retriever(), name=n, description=n) for n in ("deep", "quick")]
     nodes = RouterRetriever(selector=selector, retriever_tools=tools, llm=MockLLM()).retrieve(QUERY)
     assert [n.node.get_content() for n in nodes] == ["quick notes"]
@@ -110,3 +113,80 @@ def test_bad_choices_are_named():
                         QUERY)
     with pytest.raises(ValueError, match="None has no candidate: give its tool a name"):
         selector.select(["a bare description"], QUERY)
+
+
+class WordEmbedding(BaseEmbedding):
+    """A tiny deterministic bag-of-words embedding: one dimension per word of a fixed vocabulary."""
+
+    vocabulary: list[str] = ["plants", "photosynthesis", "light", "poems", "rhyme", "verse"]
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "WordEmbedding"
+
+    def _vector(self, text: str) -> list[float]:
+        words = text.lower().replace("?", " ").replace(".", " ").split()
+        return [float(sum(w.startswith(v[:5]) for w in words)) for v in self.vocabulary]
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._vector(query)
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._vector(query)
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._vector(text)
+
+
+class PickSecond(BaseSelector):
+    """A selector that always picks the second choice (stands in for an LLM selector)."""
+
+    def _get_prompts(self):
+        return {}
+
+    def _update_prompts(self, prompts):
+        pass
+
+    def _select(self, choices, query):
+        return SelectorResult(selections=[SingleSelection(index=1, reason="second")])
+
+    async def _aselect(self, choices, query):
+        return self._select(choices, query)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_relevance_of_the_descriptions_weighs_with_cost(setup, asynchronous):
+    router, deep, quick, _ = setup
+    index = VectorStoreIndex.from_documents([Document(text=t) for t in DOCS], embed_model=MockEmbedding(embed_dim=8))
+    # GPT-4 answers behind a poetry engine, Mistral behind a botany engine: with a generous budget
+    # GPT-4's predicted quality wins unless relevance says its engine is not for this query.
+    choices = {"poetry": EXPENSIVE, "botany": CHEAP}
+    descriptions = {"poetry": "Writes poems that rhyme, in verse.", "botany": "Answers questions on plants, light and photosynthesis."}
+
+    def engine(relevance):
+        selector = OmniRouteSelector(router, choices, session="generous", relevance=relevance)
+        tools = [QueryEngineTool.from_defaults(index.as_query_engine(llm=selector.llm_for(n)), name=n,
+                                               description=descriptions[n]) for n in choices]
+        return RouterQueryEngine(selector=selector, query_engine_tools=tools, llm=MockLLM())
+
+    for relevance, expected in ((None, EXPENSIVE), (WordEmbedding(), CHEAP), (PickSecond(), CHEAP)):
+        qe = engine(relevance)
+        response = await qe.aquery(QUERY) if asynchronous else qe.query(QUERY)
+        selection = response.metadata["selector_result"]
+        assert selection.decision.chosen == expected
+        if relevance is not None:
+            assert "relevance 1.00" in selection.selections[0].reason
+    assert router.store.open_reservations() == 0
+
+
+def test_the_selection_reserves_the_engines_call_and_hands_it_over(setup):
+    router, deep, quick, engine = setup
+    response = engine("generous").query(QUERY)
+    decision = response.metadata["selector_result"].decision
+    query_tokens = router.decide(QUERY, max_tokens=1).input_tokens[decision.chosen]
+    assert decision.input_tokens[decision.chosen] == query_tokens + 2_000  # the engine's context, reserved
+    # The engine's call took the hold over and settled exactly; nothing is left held.
+    state = router.budget_state("generous")
+    assert router.store.open_reservations() == 0 and state.reserved == 0
+    assert state.committed == pytest.approx(_spent(router, deep, EXPENSIVE) + _spent(router, quick, CHEAP))
+    assert state.released >= 1  # the selection's hold, given way to the engine's own reservation

@@ -1,0 +1,109 @@
+"""Failures you can see through real LlamaIndex clients: the fallback policy, instrumentation events,
+AllCandidatesFailed, deadlines."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import openai
+import pytest
+from llama_index.core.base.llms.types import ChatMessage
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.llms.openai import OpenAI
+from llama_index.llms.openai_like import OpenAILike
+
+from omniroute_li import CandidateFailedEvent, OmniRouteLLM
+from shared_core import Budget, Candidate, Router
+from shared_core.fallbacks import AllCandidatesFailed
+
+GPT, MINI = "gpt-4o-mini", "local-mini"
+
+
+def candidates(provider) -> list[Candidate]:
+    return [
+        Candidate(name="gpt", model=OpenAI(api_base=provider.openai_url, api_key="test", model=GPT, max_retries=0,
+                                           timeout=10), input_price=0.15, output_price=0.6, prior_quality=0.8),
+        Candidate(name="mini", model=OpenAILike(api_base=provider.openai_url, api_key="test", model=MINI,
+                                                is_chat_model=True, is_function_calling_model=True, max_retries=0,
+                                                timeout=10), input_price=0.1, output_price=0.4, prior_quality=0.6),
+    ]
+
+
+class Heard(BaseEventHandler):
+    """Records OmniRoute's failure events from LlamaIndex instrumentation."""
+
+    events: list = []
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "Heard"
+
+    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+        if isinstance(event, CandidateFailedEvent):
+            self.events.append(event)
+
+
+@pytest.fixture
+def heard():
+    handler = Heard(events=[])
+    root = get_dispatcher()
+    root.add_event_handler(handler)
+    try:
+        yield handler
+    finally:
+        root.event_handlers.remove(handler)
+
+
+MESSAGES = [ChatMessage(role="user", content="Hello.")]
+
+
+@pytest.mark.parametrize("form", ["chat", "achat", "stream_chat", "astream_chat"])
+async def test_a_server_error_falls_back_and_instrumentation_hears_it(provider, heard, caplog, form):
+    provider.configure(GPT, fail_status=503)
+    llm = OmniRouteLLM(candidates(provider), budget=Budget(usd=1.0))
+    with caplog.at_level(logging.WARNING, logger="omniroute"):
+        if form == "chat":
+            response = llm.chat(MESSAGES)
+        elif form == "achat":
+            response = await llm.achat(MESSAGES)
+        elif form == "stream_chat":
+            response = list(llm.stream_chat(MESSAGES))[-1]
+        else:
+            response = [c async for c in await llm.astream_chat(MESSAGES)][-1]
+    record = response.additional_kwargs["omniroute"]
+    assert record["model"] == "mini" and [f["model"] for f in record["failures"]] == ["gpt"]
+    assert [(e.model, e.kind) for e in heard.events] == [("gpt", "transient")]
+    assert "falling back to mini" in caplog.text
+    assert [r.status for r in provider.requests] == [503, 200]
+
+
+def test_a_bad_request_is_raised_at_once(provider):
+    provider.configure(GPT, fail_status=400)
+    llm = OmniRouteLLM(candidates(provider), budget=Budget(usd=1.0))
+    with pytest.raises(openai.BadRequestError):
+        llm.chat(MESSAGES)
+    assert len(provider.requests) == 1 and llm.router.budget_state("default").reserved == 0
+
+
+def test_when_every_candidate_fails_one_error_names_each(provider):
+    provider.configure(GPT, fail_status=500)
+    provider.configure(MINI, fail_status=429)
+    llm = OmniRouteLLM(candidates(provider), budget=Budget(usd=1.0))
+    with pytest.raises(AllCandidatesFailed) as failed:
+        llm.complete("Hello.")
+    assert [a.candidate for a in failed.value.attempts] == ["gpt", "mini"]
+    assert isinstance(failed.value.errors[1], openai.RateLimitError)
+
+
+def test_a_hung_candidate_is_given_up_on(provider):
+    provider.configure(GPT, hang_s=3.0)
+    router = Router(candidates(provider), attempt_timeout_s=0.3)
+    llm = OmniRouteLLM(router=router)
+    start = time.monotonic()
+    response = llm.chat(MESSAGES)
+    assert time.monotonic() - start < 2.0
+    assert response.additional_kwargs["omniroute"]["failures"][0]["error"] == "AttemptTimeout"
