@@ -256,6 +256,8 @@ class ChatOmniRoute(BaseChatModel):
         """Route and answer one input."""
         config = ensure_config(config)
         kwargs = self._with_session(config, kwargs)
+        if ROUTED_KWARG in kwargs:  # a stream LangChain turned into an invoke (disable_streaming): routed already
+            return super().invoke(input, config, stop=stop, **kwargs)
         routed = self._route_early(input, stop, kwargs)
         try:
             return super().invoke(input, config, stop=stop, **kwargs, **{ROUTED_KWARG: routed})
@@ -269,6 +271,8 @@ class ChatOmniRoute(BaseChatModel):
         """Route and answer one input, asynchronously."""
         config = ensure_config(config)
         kwargs = self._with_session(config, kwargs)
+        if ROUTED_KWARG in kwargs:  # a stream LangChain turned into an invoke (disable_streaming): routed already
+            return await super().ainvoke(input, config, stop=stop, **kwargs)
         routed = self._route_early(input, stop, kwargs)
         try:
             return await super().ainvoke(input, config, stop=stop, **kwargs, **{ROUTED_KWARG: routed})

@@ -45,17 +45,19 @@ def failure_reporter(
 
 
 def config_reporter(config: RunnableConfig, run_id: Any, *, asynchronous: bool) -> Callable[[Attempt], Any]:
-    """The fallback loop's `on_failure` for a stream whose run will have `run_id`, from its config."""
-    if asynchronous:
-        amanager = get_async_callback_manager_for_config(config)
+    """The fallback loop's `on_failure` for a stream whose run will have `run_id`, from its config.
 
+    The callback manager is built only when an attempt fails: most calls never need it.
+    """
+    if asynchronous:
         def areport(attempt: Attempt) -> Awaitable[None]:
-            return ahandle_event(amanager.handlers, "on_custom_event", "ignore_custom_event", FALLBACK_EVENT,
-                                 attempt.to_dict(), run_id=run_id, tags=amanager.tags, metadata=amanager.metadata)
+            manager = get_async_callback_manager_for_config(config)
+            return ahandle_event(manager.handlers, "on_custom_event", "ignore_custom_event", FALLBACK_EVENT,
+                                 attempt.to_dict(), run_id=run_id, tags=manager.tags, metadata=manager.metadata)
         return areport
-    manager = get_callback_manager_for_config(config)
 
     def report(attempt: Attempt) -> None:
+        manager = get_callback_manager_for_config(config)
         handle_event(manager.handlers, "on_custom_event", "ignore_custom_event", FALLBACK_EVENT,
                      attempt.to_dict(), run_id=run_id, tags=manager.tags, metadata=manager.metadata)
     return report

@@ -60,11 +60,17 @@ _PREPARED = "omniroute_prepared_tools"
 _STRUCTURED = "structured_output"
 
 
+# The call keywords the router consumes (the rest go to the candidate).
+_ROUTING = ("session", "model", "max_tokens", _STRUCTURED)
+
+
 @dataclass(frozen=True)
 class _PreparedTools:
-    """A tool call the router committed to: its decision and the arguments each candidate formats."""
+    """A tool call to route when it is made (a stream made but never read holds no money): the
+    request and its routing keywords, and the arguments each candidate formats."""
 
-    decision: Decision
+    request: list[dict[str, Any]]
+    routing: dict[str, Any]
     tools: Sequence[BaseTool]
     options: dict[str, Any]
 
@@ -304,7 +310,8 @@ class OmniRouteLLM(FunctionCallingLLM):
         """The decision for a chat call and, per candidate, the arguments of its own chat call."""
         prepared: _PreparedTools | None = kwargs.pop(_PREPARED, None)
         if prepared is not None:
-            return prepared.decision, prepared.arguments
+            decision = self._decide(prepared.request, dict(prepared.routing), tools=tool_schemas(prepared.tools))
+            return decision, prepared.arguments
         decision = self._decide(to_request(messages), kwargs)
         return decision, lambda llm: {"messages": messages, **kwargs}
 
@@ -487,19 +494,19 @@ class OmniRouteLLM(FunctionCallingLLM):
         tool_required: bool = False,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """Commit to a tool-capable candidate now; the chat call replays the tools in its format."""
+        """Prepare a tool call; the chat call routes it to a tool-capable candidate, which formats the tools."""
         messages = list(chat_history or [])
         if user_msg is not None:
             messages.append(ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str)
                             else user_msg)
         if not tools:  # a plain chat: any candidate may answer it, decided when chat runs
             return {"messages": messages, **kwargs}
-        decision = self._decide(to_request(messages), kwargs, tools=tool_schemas(tools))
+        routing = {key: kwargs.pop(key) for key in _ROUTING if key in kwargs}
         options = {
             "user_msg": user_msg, "chat_history": chat_history, "verbose": verbose,
             "allow_parallel_tool_calls": allow_parallel_tool_calls, "tool_required": tool_required, **kwargs,
         }
-        return {"messages": messages, _PREPARED: _PreparedTools(decision, tools, options)}
+        return {"messages": messages, _PREPARED: _PreparedTools(to_request(messages), routing, tools, options)}
 
     def _answering(self, response: ChatResponse) -> FunctionCallingLLM | None:
         """The function-calling candidate that produced `response`; None when no such one did."""

@@ -46,8 +46,9 @@ class OmniRouteSelector(BaseSelector):
     retrieved context and template, plus the candidate's output cap. With `hold=True` the
     reservation waits for the engine's first LLM call through `selector.llm_for(choice)` (an
     OmniRouteLLM pinned to the candidate), which releases it as it reserves and settles its
-    exact cost; so the money the selection counted on is there when the engine calls. Use
-    `hold=False` for RouterRetriever, whose retrievers make no LLM call to take the hold over.
+    exact cost; so the money the selection counted on is there when the engine calls. A hold no
+    call takes over (the engine failed first) lapses after `hold_ttl_s`. Use `hold=False` for
+    RouterRetriever, whose retrievers make no LLM call to take the hold over.
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class OmniRouteSelector(BaseSelector):
         relevance: BaseEmbedding | BaseSelector | None = None,
         engine_prompt_tokens: int = 2_000,
         hold: bool = True,
+        hold_ttl_s: float = 60.0,
     ) -> None:
         for candidate in choices.values():
             router.candidate(candidate)
@@ -74,6 +76,9 @@ class OmniRouteSelector(BaseSelector):
         self.relevance = relevance
         self.engine_prompt_tokens = engine_prompt_tokens
         self.hold = hold
+        if not (isinstance(hold_ttl_s, (int, float)) and 0 < hold_ttl_s < float("inf")):
+            raise ValueError(f"hold_ttl_s must be a positive number of seconds, got {hold_ttl_s!r}")
+        self.hold_ttl_s = float(hold_ttl_s)
         self._descriptions: dict[tuple[str, ...], list[list[float]]] = {}
 
     def llm_for(self, choice: str) -> OmniRouteLLM:
@@ -125,6 +130,7 @@ class OmniRouteSelector(BaseSelector):
             query.query_str, self.session, exclude=others,
             weights=None if scores is None else dict(zip(names, scores)),
             extra_input_tokens=self.engine_prompt_tokens,
+            reservation_ttl_s=self.hold_ttl_s if self.hold else None,
         )
         if self.hold:
             hold(self.router, decision)
@@ -160,10 +166,13 @@ def _relative(query: Sequence[float], descriptions: Sequence[Sequence[float]]) -
     """Cosine similarity of the query to each description, relative to the best (negatives → 0)."""
     q = np.asarray(query, dtype=np.float64)
     d = np.asarray(descriptions, dtype=np.float64)
-    norms = np.linalg.norm(d, axis=1) * np.linalg.norm(q)
-    cos = np.divide(d @ q, norms, out=np.zeros(len(d)), where=norms > 0)
+    with np.errstate(all="ignore"):  # extreme vectors overflow: then relevance says nothing
+        q = q / (np.abs(q).max(initial=0.0) or 1.0)
+        d = d / np.maximum(np.abs(d).max(axis=1, keepdims=True, initial=0.0), 1e-300)
+        norms = np.linalg.norm(d, axis=1) * np.linalg.norm(q)
+        cos = np.divide(d @ q, norms, out=np.zeros(len(d)), where=norms > 0)
     best = cos.max(initial=0.0)
-    if best <= 0:
+    if not np.all(np.isfinite(cos)) or best <= 0:
         return [1.0] * len(d)  # nothing resembles the query: relevance says nothing
     return [float(max(0.0, c) / best) for c in cos]
 

@@ -53,11 +53,39 @@ class _Tries:
         limits = [t for t in limits if t is not None]
         return min(limits) if limits else None
 
-    def failed(self, decision: Decision, error: Exception) -> Any:
-        """Record a failed attempt; what `on_failure` returned (an awaitable in async code, or None)."""
+    def fail(self, decision: Decision, error: Exception) -> Decision:
+        """Record a failed attempt, tell `on_failure`, and return the next decision (see `next`)."""
+        self._notify(self._record(decision, error), decision)
+        return self.next(decision, error)
+
+    async def afail(self, decision: Decision, error: Exception) -> Decision:
+        """The async form of fail: an async `on_failure` is awaited."""
+        notified = self._notify(self._record(decision, error), decision)
+        if inspect.isawaitable(notified):
+            try:
+                await notified
+            except BaseException:
+                self.router.release(decision)
+                raise
+        return self.next(decision, error)
+
+    def _record(self, decision: Decision, error: Exception) -> Attempt:
         attempt = Attempt(decision.chosen, classify(error), error)
         self.attempts.append(attempt)
-        return self.on_failure(attempt) if self.on_failure is not None else None
+        return attempt
+
+    def _notify(self, attempt: Attempt, decision: Decision) -> Any:
+        if self.on_failure is None:
+            return None
+        try:
+            return self.on_failure(attempt)
+        except BaseException:  # a handler that raises must not leave the attempt's money held
+            self.router.release(decision)
+            raise
+
+    def within(self, decision: Decision, fn: Callable[[], T]) -> T:
+        """fn() for `decision`'s attempt, bounded by the time it may take (see `_within`)."""
+        return _within(self.timeout(), fn, lambda: _charge_abandoned(self.router, decision))
 
     def next(self, decision: Decision, error: Exception) -> Decision:
         """The decision for the next candidate after `error`, or raise: the error itself when the
@@ -84,11 +112,21 @@ class _Tries:
         return following
 
 
-def _within(timeout: float | None, fn: Callable[[], T]) -> T:
+def _charge_abandoned(router: Router, decision: Decision) -> None:
+    """Commit the worst case of an attempt whose call goes on unseen in a worker thread: the
+    provider may still answer and bill it, and the ledger must not count less than the bill."""
+    if decision.scopes:
+        router.commit(decision, cost=decision.reserved)
+        logger.info("gave up on %s's call, which goes on in its thread: charged its worst case, %.9g USD",
+                    decision.chosen, decision.reserved)
+
+
+def _within(timeout: float | None, fn: Callable[[], T], abandon: Callable[[], None]) -> T:
     """fn() — in a worker thread when a timeout applies, so that a hung call can be given up on.
 
-    A call given up on cannot be stopped: it finishes (or fails) in its thread, unseen. The
-    client's own timeout is what ends its connection; set one too.
+    A call given up on (the timeout passed, or the waiting thread was interrupted) cannot be
+    stopped: it finishes in its thread, unseen, so `abandon` charges it first. The client's own
+    timeout is what ends its connection; set one too.
     """
     if timeout is None:
         return fn()
@@ -105,7 +143,13 @@ def _within(timeout: float | None, fn: Callable[[], T]) -> T:
 
     context = contextvars.copy_context()  # callbacks and tracing follow the call into the thread
     threading.Thread(target=context.run, args=(run,), name="omniroute-attempt", daemon=True).start()
-    if not done.wait(timeout):
+    try:
+        finished = done.wait(timeout)
+    except BaseException:
+        abandon()
+        raise
+    if not finished:
+        abandon()
         raise AttemptTimeout(f"no answer within {timeout:.3g} s")
     ok, value = outcome[0]
     if ok:
@@ -132,7 +176,8 @@ def call_with_fallbacks(
     Returns the result and the decision that produced it (still reserved: the caller settles it
     with the usage it reads from the result; its `failures` record every failed attempt). Each
     attempt is bounded by the router's `attempt_timeout_s` and all of them by its `deadline_s`
-    (AttemptTimeout, which falls back). `on_failure` hears of each failed attempt. Raises an
+    (AttemptTimeout, which falls back; an attempt given up on goes on in its worker thread, so its
+    worst case is charged). `on_failure` hears of each failed attempt. Raises an
     error the next candidate would repeat at once, the only error when no other candidate was
     tried, and AllCandidatesFailed (each candidate's error) when every one tried failed; a
     cancellation or interrupt releases the reservation and propagates at once.
@@ -141,10 +186,9 @@ def call_with_fallbacks(
     while True:
         try:
             candidate = router.candidate(decision.chosen)
-            return _within(tries.timeout(), lambda: call(candidate, decision)), decision
+            return tries.within(decision, lambda: call(candidate, decision)), decision
         except Exception as error:
-            tries.failed(decision, error)
-            decision = tries.next(decision, error)
+            decision = tries.fail(decision, error)
         except BaseException:
             router.release(decision)
             raise
@@ -160,10 +204,7 @@ async def acall_with_fallbacks(
         try:
             return await _awithin(tries.timeout(), call(router.candidate(decision.chosen), decision)), decision
         except Exception as error:
-            notified = tries.failed(decision, error)
-            if inspect.isawaitable(notified):
-                await notified
-            decision = tries.next(decision, error)
+            decision = await tries.afail(decision, error)
         except BaseException:
             router.release(decision)
             raise
@@ -196,13 +237,12 @@ class FallbackStream(Generic[C]):
                     chunks = iter(self._start(candidate, decision))
                     return chunks, next(chunks)
 
-                chunks, first = _within(self._tries.timeout(), begin)
+                chunks, first = self._tries.within(decision, begin)
                 break
             except StopIteration:
                 return
             except Exception as error:
-                self._tries.failed(self.decision, error)
-                self.decision = self._tries.next(self.decision, error)
+                self.decision = self._tries.fail(self.decision, error)
             except BaseException:
                 self.router.release(self.decision)
                 raise
@@ -218,10 +258,7 @@ class FallbackStream(Generic[C]):
             except StopAsyncIteration:
                 return
             except Exception as error:
-                notified = self._tries.failed(self.decision, error)
-                if inspect.isawaitable(notified):
-                    await notified
-                self.decision = self._tries.next(self.decision, error)
+                self.decision = await self._tries.afail(self.decision, error)
             except BaseException:
                 self.router.release(self.decision)
                 raise

@@ -287,6 +287,7 @@ class Router:
         model: str | None = None,
         weights: Mapping[str, float] | None = None,
         extra_input_tokens: int = 0,
+        reservation_ttl_s: float | None = None,
     ) -> Decision:
         """Choose a candidate for one request and reserve its worst-case cost in every scope.
 
@@ -297,7 +298,8 @@ class Router:
         `weights` (candidate → a factor in [0, 1], 1 when absent) scale the predicted quality of
         this request — e.g. how relevant the engine behind a candidate is to it; 0 rules a
         candidate out. `extra_input_tokens` are prompt tokens the call will carry beyond `request`
-        (e.g. the context a query engine retrieves), counted in its cost and worst case. Raises
+        (e.g. the context a query engine retrieves), counted in its cost and worst case.
+        `reservation_ttl_s` overrides the router's for this decision's hold. Raises
         RoutingError for malformed requests (and weights), NoFeasibleCandidate when no candidate can
         serve it (input + cap over its window, tools, structured output, exclusions), and
         BudgetExceeded (naming the exhausted scope and the worst case) when none of those that
@@ -359,10 +361,11 @@ class Router:
             output_caps={c.name: int(caps[j]) for j, c in enumerate(cands) if feasible[j]},
         )
         worst_by_name = {c.name: float(worst[j]) for j, c in enumerate(cands)}
-        return self._reserve_first(base, list(ranking), worst_by_name, states)
+        return self._reserve_first(base, list(ranking), worst_by_name, states, reservation_ttl_s)
 
     def _reserve_first(
-        self, base: Decision, order: list[str], worst: Mapping[str, float], states: list[ScopeState]
+        self, base: Decision, order: list[str], worst: Mapping[str, float], states: list[ScopeState],
+        ttl_s: float | None = None,
     ) -> Decision:
         """Reserve for the best-ranked candidate that fits every scope; BudgetExceeded if none."""
         if not base.scopes:
@@ -374,7 +377,7 @@ class Router:
                 continue
             rid = uuid.uuid4().hex
             try:
-                self.store.reserve(rid, base.scopes, worst[name], self.reservation_ttl_s)
+                self.store.reserve(rid, base.scopes, worst[name], ttl_s or self.reservation_ttl_s)
             except BudgetExceeded as e:  # another request took the money since our snapshot
                 last = e
                 states = [s or st for s, st in zip(self.store.states(base.scopes), states)]

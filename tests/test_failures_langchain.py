@@ -225,3 +225,50 @@ async def test_tracing_names_the_routed_model(provider):
         chat.invoke("Hello.", config=config, session="broke")
     assert (starts.metadata[-1]["ls_provider"], starts.metadata[-1]["ls_model_name"]) == ("omniroute", "omniroute")
     assert chat.router.budget_state("default").reserved == 0
+
+
+def test_an_attempt_given_up_on_is_charged_its_worst_case(provider):
+    # The hung call goes on in its worker thread and the provider bills it when it answers:
+    # the ledger must not hold less than the bill.
+    provider.configure(GPT, hang_s=1.0)
+    chat = ChatOmniRoute(candidates=[gpt(provider), claude(provider)], budget=Budget(usd=1.0), timeout=0.3,
+                         max_tokens=50)
+    reply = chat.invoke("Hello.", session="s")
+    assert reply.response_metadata["omniroute"]["model"] == "claude"
+    time.sleep(1.2)
+    assert provider.wait_idle()
+    state = chat.router.budget_state("s")
+    assert state.reserved == 0 and state.committed >= provider.bill_usd - 1e-12
+    assert state.by_model["gpt"] == pytest.approx(chat.router.candidate("gpt").worst_case_cost(
+        reply.response_metadata["omniroute"]["input_tokens"], 50), rel=0.2)
+
+
+def test_a_handler_that_raises_on_a_fallback_leaves_nothing_held(provider):
+    from langchain_core.caches import InMemoryCache
+    from langchain_core.globals import set_llm_cache
+
+    class Boom(BaseCallbackHandler):
+        raise_error = True
+
+        def on_custom_event(self, name: str, data: Any, **kwargs: Any) -> None:
+            raise RuntimeError("boom")
+
+    provider.configure(GPT, fail_status=500)
+    chat = ChatOmniRoute(candidates=[gpt(provider), claude(provider)], budget=Budget(usd=1.0))
+    for cache in (None, InMemoryCache()):  # with a cache, routing waits for the hook
+        set_llm_cache(cache)
+        try:
+            for call in (lambda: chat.invoke("hi", {"callbacks": [Boom()]}),
+                         lambda: list(chat.stream("hi", {"callbacks": [Boom()]}))):
+                with pytest.raises(RuntimeError, match="boom"):
+                    call()
+                assert chat.router.store.open_reservations() == 0
+        finally:
+            set_llm_cache(None)
+
+
+async def test_a_stream_turned_into_an_invoke_is_routed_once(provider):
+    chat = ChatOmniRoute(candidates=[gpt(provider), claude(provider)], budget=Budget(usd=1.0), disable_streaming=True)
+    assert list(chat.stream("Hello.", session="s"))[-1].response_metadata["omniroute"]["model"] == "gpt"
+    assert [c async for c in chat.astream("Hello.", session="s")][-1].content
+    assert chat.router.budget_state("s").requests == 2 and chat.router.store.open_reservations() == 0

@@ -107,3 +107,17 @@ def test_a_hung_candidate_is_given_up_on(provider):
     response = llm.chat(MESSAGES)
     assert time.monotonic() - start < 2.0
     assert response.additional_kwargs["omniroute"]["failures"][0]["error"] == "AttemptTimeout"
+
+
+async def test_a_tool_stream_never_read_holds_no_money(provider):
+    from llama_index.core.tools import FunctionTool
+
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    llm = OmniRouteLLM(candidates(provider), budget=Budget(usd=1.0))
+    tool = FunctionTool.from_defaults(add)
+    llm.stream_chat_with_tools([tool], user_msg="add 1 and 2")
+    await llm.astream_chat_with_tools([tool], user_msg="add 1 and 2")
+    assert llm.router.store.open_reservations() == 0 and not provider.requests

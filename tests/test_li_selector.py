@@ -190,3 +190,37 @@ def test_the_selection_reserves_the_engines_call_and_hands_it_over(setup):
     assert router.store.open_reservations() == 0 and state.reserved == 0
     assert state.committed == pytest.approx(_spent(router, deep, EXPENSIVE) + _spent(router, quick, CHEAP))
     assert state.released >= 1  # the selection's hold, given way to the engine's own reservation
+
+
+def test_a_hold_no_engine_call_takes_over_lapses(setup):
+    import time
+
+    from llama_index.core.query_engine import CustomQueryEngine
+
+    class Failing(CustomQueryEngine):
+        def custom_query(self, query_str: str):
+            raise RuntimeError("vector store down")
+
+    router, *_ = setup
+    selector = OmniRouteSelector(router, {"deep": EXPENSIVE, "quick": CHEAP}, session="generous", hold_ttl_s=0.2)
+    tools = [QueryEngineTool.from_defaults(Failing(), name=n, description=n) for n in ("deep", "quick")]
+    with pytest.raises(RuntimeError, match="vector store down"):
+        RouterQueryEngine(selector=selector, query_engine_tools=tools, llm=MockLLM()).query(QUERY)
+    assert router.store.open_reservations() == 1
+    time.sleep(0.3)
+    assert router.store.open_reservations() == 0
+
+
+def test_extreme_embeddings_say_nothing_rather_than_crash(setup):
+    router, *_ = setup
+
+    class Huge(WordEmbedding):
+        def _vector(self, text: str) -> list[float]:
+            return [1e300 * (x + 1) for x in super()._vector(text)]
+
+    selector = OmniRouteSelector(router, {"deep": EXPENSIVE, "quick": CHEAP}, session="generous", relevance=Huge(),
+                                 hold=False)
+    choices = [ToolMetadata(name="deep", description="plants"), ToolMetadata(name="quick", description="poems")]
+    from llama_index.core.schema import QueryBundle
+
+    assert selector.select(choices, QueryBundle(QUERY)).selections
