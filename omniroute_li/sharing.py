@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel
 
-from shared_core.budget import Budget, LedgerStore, LedgerUnavailable, MemoryStore, ScopeState
+from shared_core.budget import Budget, LedgerStore, MemoryStore, ScopeState
 from shared_core.router import Router
 from shared_core.stores import SQLiteStore
 
@@ -38,8 +38,12 @@ _HOW = (
 )
 
 
-class LedgerNotShared(LedgerUnavailable):
-    """The OmniRouteLLM was unpickled in another process, where its ledger cannot be reached."""
+class LedgerNotShared(Exception):
+    """The OmniRouteLLM was unpickled in another process, where its ledger cannot be reached.
+
+    Not a RuntimeError (as LedgerUnavailable is): LlamaIndex's `asyncio_run`, which extractors in
+    an IngestionPipeline worker go through, catches RuntimeError and replaces its message.
+    """
 
 
 class _Registry:
