@@ -86,6 +86,9 @@ class ChatOmniRoute(BaseChatModel):
     store: str | None = Field(
         None, description="Ledger URL (memory://, sqlite:///path, redis://host/db) for the router built here."
     )
+    scope_prefix: str | None = Field(
+        None, description="Tenant scope every session is nested in (callers cannot charge outside it)."
+    )
     max_fallbacks: int | None = Field(None, description="Candidates to try after a failure (router's default if None).")
     session: str | None = Field(None, description="Charged by every call naming none itself; beats the run config.")
     default_session: str | None = Field(None, description="The session when neither call nor config names one.")
@@ -112,6 +115,8 @@ class ChatOmniRoute(BaseChatModel):
             options: dict[str, Any] = {} if self.max_fallbacks is None else {"max_fallbacks": self.max_fallbacks}
             if self.timeout is not None:
                 options["attempt_timeout_s"] = self.timeout
+            if self.scope_prefix is not None:
+                options["scope_prefix"] = self.scope_prefix
             self.router = Router(self.candidates, default_budget=self.budget, store=self.store, **options)
         else:
             # Settings of a router given ready-made stay on it; repeating them here must agree.
@@ -121,6 +126,8 @@ class ChatOmniRoute(BaseChatModel):
                 raise ValueError("max_fallbacks= differs from the given router's: set it on the Router")
             if self.store is not None:
                 raise ValueError("store= applies to the router ChatOmniRoute builds; give the Router its store")
+            if self.scope_prefix is not None and self.scope_prefix != self.router.scope_prefix:
+                raise ValueError("scope_prefix= differs from the given router's: set it on the Router")
             if self.timeout is not None and self.timeout != self.router.attempt_timeout_s:
                 raise ValueError("timeout= differs from the given router's attempt_timeout_s: set it on the Router")
             routed = [c.name for c in self.router.candidates]

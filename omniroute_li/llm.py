@@ -196,6 +196,7 @@ class OmniRouteLLM(FunctionCallingLLM):
         router: Router | None = None,
         budget: Budget | None = None,
         store: LedgerStore | str | None = None,
+        scope_prefix: str | None = None,
         **kwargs: Any,
     ) -> None:
         if (candidates is None) == (router is None):
@@ -205,11 +206,11 @@ class OmniRouteLLM(FunctionCallingLLM):
             # A misspelt setting (budjet=, stroe=) must fail loudly, not leave calls unbudgeted.
             raise TypeError(f"OmniRouteLLM got unexpected keyword arguments {unknown}")
         if router is None:
-            router = Router(candidates, default_budget=budget, store=store)
+            router = Router(candidates, default_budget=budget, store=store, scope_prefix=scope_prefix)
         elif budget is not None and budget != router.default_budget:
             raise ValueError("budget= differs from the given router's default_budget: set it on the Router")
-        elif store is not None:
-            raise ValueError("store= applies to the router OmniRouteLLM builds; give the Router its store")
+        elif store is not None or scope_prefix is not None:
+            raise ValueError("store= and scope_prefix= apply to the router OmniRouteLLM builds; set them on the Router")
         _check_candidates(router.candidates)
         for candidate in router.candidates:
             limited = with_declared_limits(candidate)

@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 from .candidates import Candidate
 from .fallbacks import AllCandidatesFailed, Attempt, ErrorKind, classify, falls_back
 from .pricing import Usage, usage_from_report
+from .budget import LedgerUnavailable
 from .router import Decision, Router
 from .tokens import count_tokens
 
@@ -305,6 +306,16 @@ class Settlement:
         }
 
 
+def _remaining(router: Router, decision: Decision) -> float | None:
+    """Money left in the decision's scope for the response metadata; None without a budget or a ledger."""
+    if not decision.scopes:
+        return None
+    try:
+        return router.remaining(decision.scope)
+    except LedgerUnavailable:  # the answer was paid for; its figures must not cost the caller the answer
+        return None
+
+
 def settle_usage(router: Router, decision: Decision, report: Any = None, output_text: str = "") -> Settlement:
     """Settle a finished call with the usage its provider reported, counting what it did not.
 
@@ -325,13 +336,12 @@ def settle_usage(router: Router, decision: Decision, report: Any = None, output_
             if not has_input:
                 fill["input_tokens"] = decision.input_tokens[decision.chosen] + usage.input_tokens
             if not has_output:
-                counted = count_tokens(output_text, router.candidate(decision.chosen).encoding)
+                counted = count_tokens(output_text, router.priced(decision).encoding)
                 fill["output_tokens"] = max(counted, usage.reasoning_tokens)
             usage = replace(usage, **fill)
         source = "provider" if has_input and has_output else "partial" if has_input or has_output else "counted"
     charge = router.commit(decision, usage)
-    remaining = router.remaining(decision.scope) if decision.scopes else None
-    return Settlement(usage, charge.cost_usd, remaining, charge.overrun_usd, source)
+    return Settlement(usage, charge.cost_usd, _remaining(router, decision), charge.overrun_usd, source)
 
 
 def settle_interrupted(
@@ -347,11 +357,11 @@ def settle_interrupted(
     """
     if isinstance(error, Exception):
         return settle_usage(router, decision, report, output_text)
-    name = decision.chosen
-    cap = decision.output_caps.get(name) or router.candidate(name).max_output_tokens
+    name, candidate = decision.chosen, router.priced(decision)
+    cap = decision.output_caps.get(name) or candidate.max_output_tokens
     usage = Usage(input_tokens=decision.input_tokens[name], output_tokens=cap)
-    charge = router.commit(decision, cost=router.candidate(name).worst_case_cost(usage.input_tokens, cap))
+    charge = router.commit(decision, cost=candidate.worst_case_cost(usage.input_tokens, cap))
     logger.info("the reader stopped a stream of %s early (%s); charged its worst case, %.9g USD, since the "
                 "provider may have kept writing", name, type(error).__name__, charge.cost_usd)
-    remaining = router.remaining(decision.scope) if decision.scopes else None
+    remaining = _remaining(router, decision)
     return Settlement(usage, charge.cost_usd, remaining, charge.overrun_usd, "reserved")

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from .budget import Budget, BudgetExceeded, LedgerStore, ScopeState, UnknownScope, scope_chain, to_nanos, to_usd
+from .budget import (
+    Budget,
+    BudgetExceeded,
+    LedgerStore,
+    LedgerUnavailable,
+    ScopeState,
+    UnknownScope,
+    scope_chain,
+    to_nanos,
+    to_usd,
+)
 from .candidates import Candidate, validate_candidates
 from .length import LengthPrior
 from .fallbacks import Attempt, ErrorKind, classify
@@ -26,6 +38,11 @@ from .tokens import content_text, count_message_tokens, count_tokens_batch
 __all__ = ["Router", "Charge", "Decision", "RoutingError", "NoFeasibleCandidate", "Estimate", "DEFAULT_SCOPE"]
 
 logger = logging.getLogger("omniroute")
+
+T = TypeVar("T")
+
+#: The shortest hold a router makes: one shorter than a call lapses while the call runs.
+MIN_RESERVATION_TTL_S = 0.1
 
 #: The scope of requests that name none.
 DEFAULT_SCOPE = "default"
@@ -127,6 +144,7 @@ class Router:
         reservation_ttl_s: float = 600.0,
         attempt_timeout_s: float | None = None,
         deadline_s: float | None = None,
+        scope_prefix: str | None = None,
     ) -> None:
         # Guards the predictors' columns together with the candidate column map (re-entrant:
         # add_candidate holds it while it calls _set_candidates).
@@ -137,14 +155,30 @@ class Router:
         self.store = open_store(store)
         self.default_budget = default_budget
         self.pacer = pacer if pacer is not None else DualPacer()
-        if cost_weight < 0:
-            raise ValueError(f"cost_weight must be >= 0, got {cost_weight}")
+        if isinstance(cost_weight, bool) or not isinstance(cost_weight, (int, float)) \
+                or not math.isfinite(cost_weight) or cost_weight < 0:
+            raise ValueError(f"cost_weight must be a finite number >= 0 (quality per USD), got {cost_weight!r}")
         self.cost_weight = float(cost_weight)
         self.strict_scopes = strict_scopes
         if max_fallbacks < 0:
             raise ValueError(f"max_fallbacks must be >= 0, got {max_fallbacks}")
         self.max_fallbacks = max_fallbacks
-        self.reservation_ttl_s = reservation_ttl_s
+        if isinstance(reservation_ttl_s, bool) or not isinstance(reservation_ttl_s, (int, float)) \
+                or not MIN_RESERVATION_TTL_S <= reservation_ttl_s < float("inf"):
+            # A hold shorter than a call lapses while the call runs, and the budget stops holding.
+            raise ValueError(
+                f"reservation_ttl_s must be a number of seconds >= {MIN_RESERVATION_TTL_S}, got {reservation_ttl_s!r}"
+            )
+        self.reservation_ttl_s = float(reservation_ttl_s)
+        if scope_prefix is not None:
+            scope_chain(scope_prefix)
+        # Every session a caller names is nested in it: a tenant's router cannot charge another's.
+        self.scope_prefix = scope_prefix
+        # Candidates removed while their calls were in flight, so those calls can still be priced.
+        self._retired: dict[str, Candidate] = {}
+        # Commits the ledger could not take (it was unreachable), retried on later operations.
+        self._pending: list[tuple[Decision, float]] = []
+        self._pending_lock = threading.Lock()
         for name, value in (("attempt_timeout_s", attempt_timeout_s), ("deadline_s", deadline_s)):
             if value is not None and not (isinstance(value, (int, float)) and 0 < value < float("inf")):
                 raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
@@ -189,6 +223,11 @@ class Router:
             self.candidate(candidate.name)
             self._set_candidates([candidate if c.name == candidate.name else c for c in self._candidates])
 
+    def priced(self, decision: Decision) -> Candidate:
+        """The candidate a decision chose, even if it was removed since (its calls still cost money)."""
+        retired = self._retired.get(decision.chosen)
+        return self.candidate(decision.chosen) if retired is None or decision.chosen in self._index else retired
+
     def candidate(self, name: str) -> Candidate:
         """The candidate called `name` (KeyError naming the known ones otherwise)."""
         try:
@@ -197,12 +236,16 @@ class Router:
             raise KeyError(f"unknown candidate {name!r}; candidates are {list(self._index)}") from None
 
     # ----------------------------------------------------------------- budgets
-    def set_budget(self, scope: str, budget: Budget) -> None:
-        """Give `scope` (e.g. "acme/agent-7") a budget, keeping what it has already spent."""
+    def set_budget(self, scope: str, budget: Budget, *, reset: bool = False) -> None:
+        """Give `scope` (e.g. "acme/agent-7") a budget, keeping what it has already spent.
+
+        A changed period restarts now and keeps the current period's spend; `reset=True` zeroes
+        it (the rule is LedgerStore.set_budget's).
+        """
         scope_chain(scope)
         if not isinstance(budget, Budget):
             raise TypeError(f"budget must be a Budget, got {type(budget).__name__}")
-        self.store.set_budget(scope, budget)
+        self.store.set_budget(scope, budget, reset=reset)
 
     def budget_state(self, scope: str) -> ScopeState | None:
         """The scope's books (budget, committed, reserved, λ), or None when it has no budget."""
@@ -213,12 +256,21 @@ class Router:
         states = [s for s in self.store.states(scope_chain(scope or DEFAULT_SCOPE)) if s]
         return min((s.remaining for s in states), default=None)
 
-    def _scope_states(self, session: str | None) -> list[ScopeState]:
+    def scope_of(self, session: str | None) -> str:
+        """The scope a request naming `session` charges: the session (or DEFAULT_SCOPE), nested in
+        `scope_prefix` when the router has one. ValueError for a malformed session name."""
         scope = session if session is not None else DEFAULT_SCOPE
+        if self.scope_prefix is not None:
+            scope = f"{self.scope_prefix}/{scope}"
+        scope_chain(scope)
+        return scope
+
+    def _scope_states(self, session: str | None) -> list[ScopeState]:
+        scope = self.scope_of(session)
         chain = scope_chain(scope)
         states = self.store.states(chain)
         if states[-1] is None and self.default_budget is not None:
-            self.store.set_budget(scope, self.default_budget)
+            self.store.set_budget(scope, self.default_budget, only_if_absent=True)
             states[-1] = self.store.state(scope)
         if states[-1] is None and self.strict_scopes:
             raise UnknownScope(f"scope {scope!r} has no budget and the router is strict")
@@ -441,14 +493,24 @@ class Router:
         if cost is None:
             if usage is None:
                 raise ValueError("commit needs usage= or cost=")
-            cost = price(self.candidate(decision.chosen), usage)
+            cost = price(self.priced(decision), usage)
         cost = float(cost)
         if not np.isfinite(cost) or cost < 0:
             raise ValueError(f"cost must be finite and >= 0, got {cost}")
         if not decision.scopes:
             return Charge(cost, 0.0)
-        before = [s for s in self.store.states(decision.scopes) if s is not None]
-        if not self.store.commit(decision.id, cost, model=decision.chosen):
+        self.retry_pending()
+        try:
+            before = [s for s in self.store.states(decision.scopes) if s is not None]
+            committed = _with_retries(lambda: self.store.commit(decision.id, cost, model=decision.chosen))
+        except LedgerUnavailable as error:
+            # The call was made and its answer is the caller's: keep the money to commit later.
+            with self._pending_lock:
+                self._pending.append((decision, cost))
+            logger.error("the ledger could not record %.9g USD for %s in scope %r (%s); kept to retry on the "
+                         "next commit (Router.retry_pending)", cost, decision.chosen, decision.scope, error)
+            return Charge(cost, 0.0)
+        if not committed:
             return Charge(cost, 0.0)
         overrun = _overrun(decision, cost, before)
         if overrun:
@@ -468,6 +530,22 @@ class Router:
             if theta is not None:
                 self.store.adjust_lambda(state.scope, theta)
         return Charge(cost, overrun)
+
+    def retry_pending(self) -> int:
+        """Commit what the ledger could not take before (see `commit`); how many are still pending."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        for i, (decision, cost) in enumerate(pending):
+            try:
+                if self.store.commit(decision.id, cost, model=decision.chosen):
+                    logger.info("recorded %.9g USD for %s in scope %r, kept while the ledger was unreachable",
+                                cost, decision.chosen, decision.scope)
+            except LedgerUnavailable:
+                with self._pending_lock:
+                    self._pending[:0] = pending[i:]
+                break
+        with self._pending_lock:
+            return len(self._pending)
 
     def release(self, decision: Decision) -> None:
         """Return a decision's reservation unspent (a failed or cancelled call)."""
@@ -559,6 +637,7 @@ class Router:
             for predictor in (self.quality, self.lengths):
                 if name in getattr(predictor, "models_", ()) and callable(getattr(predictor, "remove_model", None)):
                     predictor.remove_model(name)
+            self._retired[name] = self.candidate(name)
             self._set_candidates(remaining)
 
     def feedback(self, decision: Decision, quality: float) -> None:
@@ -628,6 +707,18 @@ def _weights(weights: Mapping[str, float], names: Sequence[str]) -> np.ndarray:
     if not np.all(np.isfinite(values)) or (values < 0).any() or (values > 1).any():
         raise RoutingError(f"weights must be numbers in [0, 1], got {dict(weights)}")
     return values
+
+
+def _with_retries(operation: Callable[[], T], attempts: int = 3, first_wait_s: float = 0.05) -> T:
+    """operation(), retried on LedgerUnavailable with growing waits (ledger operations are idempotent)."""
+    for attempt in range(attempts):
+        try:
+            return operation()
+        except LedgerUnavailable:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(first_wait_s * 3**attempt)
+    raise AssertionError("unreachable")
 
 
 def _routed(decision: Decision) -> Decision:

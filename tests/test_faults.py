@@ -234,16 +234,18 @@ def test_a_redis_outage_fails_clearly_and_the_books_stay_consistent(proxy, silen
         stranded = router.decide(PROMPT, "acme")  # this call will fail while Redis is away
 
         proxy.cut()
-        with pytest.raises(LedgerUnavailable, match="unreachable"):
-            router.settle(answered, output_tokens=20)
+        # The answer was paid for: its settle does not fail the call; the money is kept to record.
+        kept = router.settle(answered, output_tokens=20)
+        assert router.retry_pending() == 1
         with pytest.raises(LedgerUnavailable, match="unreachable"):
             router.decide(PROMPT, "acme")  # no budget check, no call: the request fails at once
         with pytest.raises(LedgerUnavailable):
             call_with_fallbacks(router, stranded, _call(silent_server))  # the release cannot reach Redis
 
         proxy.restore()
-        costs.append(router.settle(answered, output_tokens=20))  # the retried settle lands once
-        router.settle(answered, output_tokens=20)
+        assert router.retry_pending() == 0  # the kept settle lands once
+        costs.append(kept)
+        router.settle(answered, output_tokens=20)  # settling again charges nothing more
         assert router.budget_state("acme").reserved == pytest.approx(stranded.reserved)
         clock.advance(60)  # the stranded reservation expires and its money returns
         st = router.budget_state("acme")

@@ -1,0 +1,106 @@
+"""Issue 13: money for removed candidates, a ledger that blinks at settle time, tenant-bound routers,
+validated router settings."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from shared_core import Budget, Candidate, Router
+from shared_core.budget import LedgerUnavailable, MemoryStore
+from shared_core.calls import settle_usage
+from shared_core.pricing import Usage
+
+
+def _cands() -> list[Candidate]:
+    return [Candidate(name="big", input_price=10.0, output_price=30.0, prior_quality=0.9),
+            Candidate(name="small", input_price=0.5, output_price=1.5, prior_quality=0.6)]
+
+
+def test_a_call_in_flight_when_its_model_is_removed_is_still_charged():
+    router = Router(_cands())
+    router.set_budget("s", Budget(usd=1.0))
+    decision = router.decide("Hello.", "s", model="big", max_tokens=10)
+    router.remove_candidate("big")
+    settlement = settle_usage(router, decision, Usage(input_tokens=12, output_tokens=10))
+    assert settlement.cost_usd == pytest.approx((12 * 10.0 + 10 * 30.0) / 1e6)
+    assert router.budget_state("s").by_model == {"big": pytest.approx(settlement.cost_usd)}
+
+
+class BlinkingStore(MemoryStore):
+    """A memory ledger whose commits fail while `down` is set, as an unreachable Redis would."""
+
+    down = False
+
+    def commit(self, reservation_id, actual, model=None):
+        if self.down:
+            raise LedgerUnavailable("redis: connection refused")
+        return super().commit(reservation_id, actual, model)
+
+
+def test_a_settle_the_ledger_cannot_take_is_kept_and_recorded_later(caplog):
+    store = BlinkingStore()
+    router = Router(_cands(), store=store)
+    router.set_budget("s", Budget(usd=1.0))
+    decision = router.decide("Hello.", "s", model="small", max_tokens=10)
+    store.down = True
+    with caplog.at_level(logging.ERROR, logger="omniroute"):
+        settlement = settle_usage(router, decision, Usage(input_tokens=12, output_tokens=10))
+    assert settlement.cost_usd > 0 and settlement.remaining_usd is not None  # the caller keeps the answer
+    assert "kept to retry" in caplog.text and router.retry_pending() == 1
+    store.down = False
+    assert router.retry_pending() == 0
+    assert router.budget_state("s").committed == pytest.approx(settlement.cost_usd)
+    assert router.budget_state("s").reserved == 0
+
+
+def test_a_chat_model_answers_through_a_ledger_blip():
+    from omniroute_lc import ChatOmniRoute
+    from omniroute_lc.fakes import FakeToolChatModel
+
+    store = BlinkingStore()
+    candidates = [c.model_copy(update={"model": FakeToolChatModel(model_name=c.name)}) for c in _cands()]
+    router = Router(candidates, store=store, default_budget=Budget(usd=1.0))
+    chat = ChatOmniRoute(router=router, candidates=candidates)
+    store.down = True
+    reply = chat.invoke("Hello.", session="s")
+    assert reply.content and reply.response_metadata["omniroute"]["actual_cost_usd"] > 0
+    store.down = False
+    chat.invoke("Hello again.", session="s")  # the next commit records the kept one first
+    assert router.budget_state("s").requests == 2 and router.budget_state("s").reserved == 0
+
+
+def test_a_tenant_router_keeps_every_session_inside_its_prefix():
+    router = Router(_cands(), scope_prefix="acme", default_budget=Budget(usd=1.0))
+    router.set_budget("victim", Budget(usd=1.0))
+    decision = router.decide("Hello.", "victim/x", max_tokens=10)
+    assert decision.scope == "acme/victim/x"
+    assert router.budget_state("victim").reserved == 0  # the other tenant's money is untouched
+    assert router.scope_of(None) == "acme/default"
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("reservation_ttl_s", 1e-9), ("reservation_ttl_s", 0), ("reservation_ttl_s", float("nan")),
+    ("reservation_ttl_s", "600"), ("cost_weight", float("nan")), ("cost_weight", -1.0), ("cost_weight", True),
+])
+def test_router_settings_are_validated_by_name(name, value):
+    with pytest.raises(ValueError, match=name):
+        Router(_cands(), **{name: value})
+
+
+def test_both_adapters_bind_callers_to_a_tenant():
+    from llama_index.core.llms import MockLLM
+
+    from omniroute_lc import ChatOmniRoute
+    from omniroute_lc.fakes import FakeToolChatModel
+    from omniroute_li import OmniRouteLLM
+
+    candidates = [c.model_copy(update={"model": FakeToolChatModel(model_name=c.name)}) for c in _cands()]
+    chat = ChatOmniRoute(candidates=candidates, budget=Budget(usd=1.0), scope_prefix="acme")
+    # A client-supplied LangGraph thread id naming another tenant stays inside this one.
+    reply = chat.invoke("Hello.", config={"configurable": {"thread_id": "victim-tenant/x"}})
+    assert reply.response_metadata["omniroute"]["scope"] == "acme/victim-tenant/x"
+    llm = OmniRouteLLM([Candidate(name="m", model=MockLLM(), input_price=1, output_price=1, prior_quality=0.5,
+                                  supports_tools=False)], budget=Budget(usd=1.0), scope_prefix="acme")
+    assert llm.complete("Hi", session="victim/x").additional_kwargs["omniroute"]["scope"] == "acme/victim/x"
