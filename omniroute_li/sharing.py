@@ -205,8 +205,10 @@ class _UnsharedLedger(LedgerStore):
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
         raise LedgerNotShared(self.why)
 
-    def set_budget(self, scope: str, budget: Budget) -> None:  # noqa: D102 - see LedgerStore
-        self._refuse()
+    def set_budget(  # noqa: D102 - see LedgerStore
+        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False
+    ) -> bool:
+        return self._refuse()
 
     def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:  # noqa: D102
         return self._refuse()

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 __all__ = [
     "Budget",
@@ -43,6 +43,13 @@ __all__ = [
 NANOS_PER_USD = 10**9
 #: The largest budget or amount a ledger takes (2⁵¹ nano-dollars, ≈ $2,251,799).
 MAX_USD = 2**51 / NANOS_PER_USD
+#: Limits on scope names (client-supplied session ids end up here).
+MAX_SCOPE_CHARS = 512
+MAX_SCOPE_DEPTH = 8
+#: Bounds on budget pacing and periods.
+MAX_HORIZON = 10**12
+MIN_PERIOD_S = 1e-3
+MAX_PERIOD_S = 100 * 365.25 * 86_400.0
 #: How long a finished reservation is remembered, so a repeated commit is recognised (a day).
 DEFAULT_RETENTION_S = 86_400.0
 
@@ -129,15 +136,16 @@ class Budget(BaseModel):
     @field_validator("horizon")
     @classmethod
     def _horizon_valid(cls, v: int | None) -> int | None:
-        if v is not None and v <= 0:
-            raise ValueError(f"horizon must be a positive number of requests, got {v}")
+        if v is not None and not 0 < v <= MAX_HORIZON:
+            raise ValueError(f"horizon must be a number of requests in 1..{MAX_HORIZON}, got {v}")
         return v
 
     @field_validator("horizon_s", "period_s")
     @classmethod
-    def _period_valid(cls, v: float | None) -> float | None:
-        if v is not None and (not math.isfinite(v) or v <= 0):
-            raise ValueError(f"must be a positive number of seconds, got {v}")
+    def _period_valid(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is not None and not (MIN_PERIOD_S <= v <= MAX_PERIOD_S):
+            raise ValueError(f"{info.field_name} must be a number of seconds in [{MIN_PERIOD_S}, {MAX_PERIOD_S:.0f}], "
+                             f"got {v}")
         return v
 
 
@@ -211,6 +219,25 @@ class ScopeBooks:
         self.spend, self.calls = {}, {}
         return True
 
+    def rebudget(self, budget: Budget, now: float, reset: bool = False) -> bool:
+        """Give the books a new budget by the rule of LedgerStore.set_budget; True if spend was zeroed.
+
+        The books first roll under the budget they had, then: `reset` zeroes the period's spend
+        and counts and restarts the period now; otherwise a changed `period_s` (none → some,
+        some → none, or another length) restarts the period now and keeps its spend; an
+        unchanged one keeps both. Open holds (`reserved`) and λ are kept in every case.
+        """
+        zeroed = self.roll(now)
+        if reset:
+            self.committed = self.requests = self.released = self.expired = 0
+            self.spend, self.calls = {}, {}
+            self.period_start = now
+            zeroed = True
+        elif budget.period_s != self.budget.period_s:
+            self.period_start = now
+        self.budget = budget
+        return zeroed
+
     def left(self) -> int:
         """Nano-dollars neither spent nor held (negative after a late commit overspent)."""
         return to_nanos(self.budget.usd) - self.committed - self.reserved
@@ -244,11 +271,32 @@ class ScopeBooks:
 
 
 def scope_chain(scope: str) -> tuple[str, ...]:
-    """The scope and every scope enclosing it: "acme/agent-7" → ("acme", "acme/agent-7")."""
-    if not isinstance(scope, str) or not scope or any(not part for part in scope.split("/")):
+    """The scope and every scope enclosing it: "acme/agent-7" → ("acme", "acme/agent-7").
+
+    ValueError for anything but a non-empty path of at most MAX_SCOPE_DEPTH non-empty parts and
+    MAX_SCOPE_CHARS characters, free of control characters and encodable as UTF-8 (every store
+    keeps it as text): a session id a client supplies must not cost seconds or megabytes.
+    """
+    if not isinstance(scope, str) or not scope:
         raise ValueError(f"scope must be a non-empty path like 'tenant/agent/session', got {scope!r}")
+    if len(scope) > MAX_SCOPE_CHARS:
+        raise ValueError(f"scope must be at most {MAX_SCOPE_CHARS} characters, got {len(scope)}")
     parts = scope.split("/")
+    if len(parts) > MAX_SCOPE_DEPTH:
+        raise ValueError(f"scope must be at most {MAX_SCOPE_DEPTH} levels deep, got {len(parts)}: {scope[:80]!r}...")
+    if any(not part for part in parts):
+        raise ValueError(f"scope must be a non-empty path like 'tenant/agent/session', got {scope!r}")
+    if not scope.isprintable() or not _encodable(scope):
+        raise ValueError(f"scope must be printable UTF-8 text, got {scope!r}")
     return tuple("/".join(parts[: i + 1]) for i in range(len(parts)))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 def check_reservation(scopes: Sequence[str], ttl_s: float) -> tuple[str, ...]:
@@ -277,8 +325,33 @@ class LedgerStore(ABC):
     """
 
     @abstractmethod
-    def set_budget(self, scope: str, budget: Budget) -> None:
-        """Create the scope or change its budget, keeping what it has spent."""
+    def set_budget(
+        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False
+    ) -> bool:
+        """Create the scope or change its budget, keeping what it has spent (see the rule below).
+
+        A new scope starts with no spend, its period (when `budget.period_s` is set) starting now.
+        For a scope that already has a budget, the rule is, in one atomic step:
+
+        1. The books first roll over under the budget they had: a period that has ended by now
+           ends as it would have anyway, and its spend no longer counts.
+        2. `reset=True` zeroes the spend of the current period — committed money, request,
+           release and lapse counts, spend per model — and starts a new period now.
+        3. Otherwise, when the period changes (none → some, some → none, or another length),
+           the current period is re-anchored to start now, and what was committed in the period
+           that was current stays counted in it: $9.99 spent of $10 stays $9.99 spent when
+           `period_s=86400` is added or a day shortened to an hour. Only `reset=True`, or the
+           new period's own roll-over (`period_s` after now), zeroes it.
+        4. When the period is unchanged, it keeps its start and its spend.
+
+        Money held by open reservations stays held, and λ is kept, whatever is asked.
+
+        `only_if_absent=True` creates the scope only if it has no budget and otherwise changes
+        nothing: a default budget set this way never overwrites an explicit one set before it,
+        even by another process an instant earlier.
+
+        Returns True when the budget was set, False when `only_if_absent` found one already.
+        """
 
     @abstractmethod
     def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
@@ -373,16 +446,20 @@ class MemoryStore(LedgerStore):
         books.roll(now)
         return books
 
-    def set_budget(self, scope: str, budget: Budget) -> None:
+    def set_budget(
+        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False
+    ) -> bool:
         scope_chain(scope)
         with self._lock:
             now = self._clock()
             books = self._books.get(scope)
             if books is None:
                 self._books[scope] = ScopeBooks(scope=scope, budget=budget, period_start=now)
+            elif only_if_absent:
+                return False
             else:
-                books.roll(now)
-                books.budget = budget
+                books.rebudget(budget, now, reset)
+            return True
 
     def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
         with self._lock:

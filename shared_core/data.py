@@ -46,7 +46,8 @@ ROUTERBENCH_PRICES: dict[str, tuple[float, float]] = {
 #: short-answer benchmark's typical reply; pass `assumed_output_tokens=` to change it.
 DEFAULT_ASSUMED_OUTPUT_TOKENS = 200
 
-_META_COLUMNS = {"sample_id", "prompt", "eval_name", "task", "split", "oracle_model_to_route_to"}
+#: Columns that are never model columns; CSV reads them (and other non-numeric columns) as text.
+_META_COLUMNS = {"sample_id", "id", "prompt", "eval_name", "task", "split", "oracle_model_to_route_to"}
 _RESPONSE = "|model_response"
 _COST = "|total_cost"
 
@@ -167,6 +168,22 @@ def _as_text(value: Any) -> str:
     return text
 
 
+def _restore_validated_arrow_array(data: Any) -> Any:
+    """pyarrow's own unpickling helper, then a full validation of the buffers it was given.
+
+    `pyarrow.lib._restore_array` trusts the offsets and lengths in the pickle; a crafted file
+    could point them outside the buffers, so the array is checked before pandas touches it.
+    """
+    from pyarrow.lib import _restore_array
+
+    array = _restore_array(data)
+    try:
+        array.validate(full=True)
+    except Exception as error:  # pyarrow.ArrowInvalid and friends
+        raise pickle.UnpicklingError(f"refusing a malformed Arrow array in the pickle: {error}") from None
+    return array
+
+
 class _DataFrameOnlyUnpickler(pickle.Unpickler):
     """Rebuilds pandas DataFrames and NumPy arrays; refuses every other global (no code runs)."""
 
@@ -181,14 +198,24 @@ class _DataFrameOnlyUnpickler(pickle.Unpickler):
         "_new_Index", "new_block", "_unpickle_block", "ObjectBlock", "FloatBlock", "IntBlock",
         "NumpyBlock", "Block", "BoolBlock", "_new_DatetimeIndex", "StringDtype", "Int64Index",
         "Float64Index",
+        # pandas 3 stores str columns (and a str column Index) as Arrow-backed string arrays.
+        "ArrowStringArray",
     }
     _BUILTINS = {("builtins", "slice"), ("builtins", "object"), ("functools", "partial"),
-                 ("copyreg", "_reconstructor"), ("builtins", "complex")}
+                 ("copyreg", "_reconstructor"), ("builtins", "complex"),
+                 # pickle protocols < 5 carry pyarrow's buffers as bytearrays.
+                 ("builtins", "bytearray")}
+    #: What pyarrow's Array.__reduce__ refers to: a type from its alias ("large_string"), a
+    #: buffer wrapping pickled bytes, and the array rebuilt from them (validated, see above).
+    _PYARROW = {("pyarrow.lib", "type_for_alias"), ("pyarrow.lib", "py_buffer")}
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("pyarrow.lib", "_restore_array"):
+            return _restore_validated_arrow_array
         allowed = (
             (module, name) in self._NUMPY
             or (module, name) in self._BUILTINS
+            or (module, name) in self._PYARROW
             or (module.split(".")[0] == "pandas" and name in self._PANDAS_NAMES)
         )
         if not allowed:
@@ -200,7 +227,45 @@ class _DataFrameOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_frame(path: Path) -> Any:
+def _is_text_column(name: str, split_column: str) -> bool:
+    """Columns that hold text or ids whatever they look like: never parsed as numbers."""
+    if name.endswith(_COST):
+        return False
+    return name in _META_COLUMNS or name == split_column or "|" in name
+
+
+def _numbers_where_numeric(frame: Any, split_column: str) -> Any:
+    """A CSV read as all-strings, with each numeric-looking non-text column parsed as numbers.
+
+    A column becomes numeric when every non-blank cell parses as a number (or is "nan", as
+    NumPy writes a missing value); blank and "nan" cells then become NaN (missing). A column of
+    only true/false cells becomes boolean. Any other column keeps its cells exactly as written.
+    """
+    import pandas as pd
+
+    for column in frame.columns:
+        name = str(column)
+        if _is_text_column(name, split_column):
+            continue
+        cells = frame[column]
+        folded = cells.str.strip().str.lower()
+        blank = folded.isin(["", "nan"])
+        if len(cells) and folded.isin(["true", "false"]).all():
+            frame[column] = (folded == "true").astype(bool)
+            continue
+        try:
+            numbers = pd.to_numeric(cells[~blank], errors="raise")
+        except (ValueError, TypeError):
+            if name.endswith(_COST):
+                raise ValueError(f"column {name!r} holds values that are not numbers") from None
+            continue
+        if blank.any():
+            numbers = numbers.astype(np.float64).reindex(cells.index)
+        frame[column] = numbers
+    return frame
+
+
+def _read_frame(path: Path, split_column: str = "split") -> Any:
     try:
         import pandas as pd
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -215,9 +280,12 @@ def _read_frame(path: Path) -> Any:
             raise ValueError(f"{path} holds a {type(frame).__name__}, not a pandas DataFrame")
         return frame
     if suffix == ".csv":
-        return pd.read_csv(path)
+        # Every cell as written ("NA", "None", "007" stay text); numbers are parsed per column.
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
+        return _numbers_where_numeric(frame, split_column)
     if suffix in {".jsonl", ".json"}:
-        return pd.read_json(path, lines=suffix == ".jsonl")
+        # JSON's own types: strings stay strings, numbers numbers, null missing; no guessing.
+        return pd.read_json(path, lines=suffix == ".jsonl", dtype=False, encoding="utf-8-sig")
     raise ValueError(f"unsupported dataset format {suffix!r} for {path}: use .parquet, .pkl, .csv or .jsonl")
 
 
@@ -237,7 +305,7 @@ def load_dataset(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset not found: {path}")
-    frame = _read_frame(path)
+    frame = _read_frame(path, split_column)
     if "prompt" not in frame.columns:
         raise ValueError(f"{path}: no 'prompt' column; columns are {list(frame.columns)[:12]}")
     columns = [str(c) for c in frame.columns]

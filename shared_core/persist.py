@@ -6,15 +6,39 @@ of the arrays file and of the manifest itself) and `arrays.npz` (read with allow
 Loading checks all of it and raises `PersistError` naming what is wrong; only component kinds
 listed in `COMPONENTS` are ever constructed, so loading an untrusted directory runs no code
 from it. Framework model objects and ledgers are not saved: reattach them when loading.
+
+Loading a directory from elsewhere is bounded and side-effect free:
+
+* The ledger is never chosen by the file. `save_router` writes no store, and a manifest whose
+  settings name one (or any setting not listed in `SETTINGS`) is refused with `PersistError`
+  before anything is opened; the caller passes `store=` to `load_router` (memory by default).
+* The manifest may be at most `max_manifest_bytes` (default `MAX_MANIFEST_BYTES`) long.
+  The arrays file is hashed in `CHUNK_BYTES` reads and compared with the manifest before it
+  is parsed; then each .npy member's header is read from the zip and the arrays are refused,
+  naming the array, when their declared shape x itemsize add up to more than
+  `max_array_bytes` (default `MAX_ARRAY_BYTES`), or when a dtype is not a plain number or
+  boolean (so never an object dtype) -- all before any array memory is allocated. An arrays
+  file larger than that limit allows (plus zip overhead) is refused before it is hashed.
+* Loading writes nothing: it takes a shared lock on an existing `.lock` opened read-only (so it
+  works from read-only directories) and never creates one. Without a usable lock it re-reads
+  the pair when the manifest is replaced mid-read, so it still returns one whole router.
+* Saving writes only inside the directory: each file goes to a fresh temporary name
+  (O_EXCL | O_NOFOLLOW) renamed over the old one, and a `.lock` that is a symbolic link is
+  refused, by saves and loads alike, instead of being followed out of the directory.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import io
 import json
+import math
 import os
+import stat
+import struct
+import time
 import uuid
 import zipfile
 from contextlib import contextmanager
@@ -37,13 +61,32 @@ from .quality import (
 if TYPE_CHECKING:
     from .router import Router
 
-__all__ = ["FORMAT", "VERSION", "COMPONENTS", "PersistError", "save_router", "load_router"]
+__all__ = [
+    "FORMAT", "VERSION", "COMPONENTS", "SETTINGS", "MAX_ARRAY_BYTES", "MAX_MANIFEST_BYTES", "CHUNK_BYTES",
+    "PersistError", "save_router", "load_router",
+]
 
 FORMAT = "omniroute-router"
 VERSION = 1
 MANIFEST = "router.json"
 ARRAYS = "arrays.npz"
 LOCK = ".lock"
+
+#: Most bytes all of a saved router's arrays may declare together (shape x itemsize, summed);
+#: `load_router(max_array_bytes=...)` overrides it.
+MAX_ARRAY_BYTES = 1 << 30
+#: Longest `router.json` that is read; `load_router(max_manifest_bytes=...)` overrides it.
+MAX_MANIFEST_BYTES = 64 << 20
+#: Files are hashed, and array data copied out of the zip, this many bytes at a time.
+CHUNK_BYTES = 1 << 20
+#: The settings a manifest may hold, all passed to the Router. No ledger: see load_router.
+SETTINGS = frozenset({"cost_weight", "strict_scopes", "max_fallbacks", "reservation_ttl_s", "default_budget", "pacer"})
+# Longest .npy header accepted (numpy writes a few hundred bytes at most).
+_MAX_NPY_HEADER = 1 << 16
+# A lockless load re-reads the pair this many times when the manifest is replaced meanwhile,
+# waiting up to _SETTLE_S each time for a save caught between its two renames to finish.
+_READ_ATTEMPTS = 5
+_SETTLE_S = 0.05
 
 #: Every class a saved router may name, by its kind in the manifest.
 COMPONENTS: dict[str, type] = {
@@ -65,6 +108,10 @@ _EXTERNAL = "external"
 
 class PersistError(ValueError):
     """A saved router that cannot be loaded: missing, truncated, tampered with, or another version."""
+
+
+class _ArraysMismatch(PersistError):
+    """The arrays file is not the one the manifest was saved with (tampered, or a save in between)."""
 
 
 def _sha256(data: bytes) -> str:
@@ -119,35 +166,111 @@ def save_router(router: Router, directory: str | Path) -> Path:
     }
     manifest = {**body, "manifest_sha256": _sha256(_canonical(body))}
     # Arrays first, manifest last, each by rename: a crash never leaves a manifest without its
-    # arrays; the directory lock keeps concurrent saves (and loads) from interleaving the pair.
-    with _locked(out, fcntl.LOCK_EX):
+    # arrays; the directory lock keeps concurrent saves (and locked loads) from interleaving the pair.
+    with _exclusive_lock(out):
         _write_atomic(out / ARRAYS, blob)
         _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False).encode())
     return out / MANIFEST
 
 
+def _symlinked_lock(path: Path) -> PersistError:
+    return PersistError(f"{path} is a symbolic link: refusing to follow it out of the router directory")
+
+
 @contextmanager
-def _locked(directory: Path, mode: int) -> Iterator[None]:
-    """Hold an advisory lock on the router directory (exclusive to save, shared to load)."""
-    with open(directory / LOCK, "a+b") as handle:
-        fcntl.flock(handle, mode)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _exclusive_lock(directory: Path) -> Iterator[None]:
+    """Hold the directory's lock exclusively (creating `.lock`, never through a symlink) to save."""
+    path = directory / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _symlinked_lock(path) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PersistError(f"{path} is not a regular file; cannot lock the router directory")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@contextmanager
+def _shared_lock(directory: Path) -> Iterator[bool]:
+    """Hold the directory's lock shared when `.lock` exists and opens read-only; yields whether it does.
+
+    Never creates, writes or follows a symlinked `.lock`, so loading works from read-only directories.
+    """
+    path = directory / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _symlinked_lock(path) from None
+        yield False  # no lock file (never saved here), or one we may not read: read lockless
+        return
+    try:
+        locked = stat.S_ISREG(os.fstat(fd).st_mode)
+        if locked:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        yield locked
+    finally:
+        os.close(fd)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """Write a fresh temporary file beside `path` and rename it over `path` (a symlink there is replaced)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise PersistError(f"{path} not found: not a saved router directory")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _open_regular(path: Path, missing: str) -> io.BufferedReader:
+    """`path` opened for reading, refusing anything but a regular file (a FIFO or device would hang or never end)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise PersistError(f"{path} not found: {missing}") from None
+    except OSError as e:
+        raise PersistError(f"{path} cannot be opened: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PersistError(f"{path} is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _stamp(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _sha256_file(f: io.BufferedReader) -> str:
+    """SHA-256 of an open file from its start, read CHUNK_BYTES at a time (memory stays bounded)."""
+    f.seek(0)
+    digest = hashlib.sha256()
+    while chunk := f.read(CHUNK_BYTES):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_manifest(path: Path, max_bytes: int) -> tuple[dict[str, Any], tuple[int, ...]]:
+    """The checked manifest and the stamp (device, inode, size, mtime) of the file it came from."""
+    with _open_regular(path, "not a saved router directory") as f:
+        st = os.fstat(f.fileno())
+        if st.st_size > max_bytes:
+            raise PersistError(f"{path} is {st.st_size} bytes, more than max_manifest_bytes={max_bytes}")
+        # Read what fstat says is there (plus a byte to notice growth): read(n) preallocates n bytes.
+        raw = f.read(st.st_size + 1)
+    if len(raw) > max_bytes:
+        raise PersistError(f"{path} is more than max_manifest_bytes={max_bytes} long")
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PersistError(f"{path} is not valid JSON (truncated or corrupted?): {e}") from None
     if not isinstance(manifest, dict):
@@ -166,32 +289,155 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     for key, kind in (("candidates", list), ("settings", dict), ("components", dict), ("arrays", dict)):
         if not isinstance(manifest.get(key), kind):
             raise PersistError(f"{path}: '{key}' must be a JSON {kind.__name__}")
-    return manifest
+    if "store" in manifest["settings"]:
+        raise PersistError(
+            f"{path} names a ledger store in its settings: a saved router never chooses its ledger "
+            "(Router.save writes none); pass store= to Router.load instead"
+        )
+    unknown = sorted(set(manifest["settings"]) - SETTINGS)
+    if unknown:
+        raise PersistError(f"{path}: unknown settings {unknown}; a saved router holds only {sorted(SETTINGS)}")
+    return manifest, _stamp(st)
 
 
-def _read_arrays(path: Path, manifest: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise PersistError(f"{path} not found: the router's arrays are missing")
-    blob = path.read_bytes()
-    if _sha256(blob) != manifest.get("arrays_sha256"):
-        raise PersistError(f"{path} does not match {MANIFEST} (tampered, truncated or from another save)")
-    try:
-        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise PersistError(f"{path} cannot be read as NumPy arrays: {e}") from None
-    expected = manifest["arrays"]
-    if set(arrays) != set(expected):
-        raise PersistError(f"{path} holds arrays {sorted(arrays)}, the manifest lists {sorted(expected)}")
-    for key, array in arrays.items():
+def _zip_allowance(max_array_bytes: int) -> int:
+    """The largest arrays file that can hold `max_array_bytes` of arrays (deflate or store, plus zip headers)."""
+    return max_array_bytes + max_array_bytes // 100 + (1 << 20)
+
+
+def _exactly(fp: Any, n: int, what: str) -> bytes:
+    data = fp.read(n)
+    if len(data) != n:
+        raise PersistError(f"{what} is truncated")
+    return data
+
+
+def _npy_header(fp: Any, key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype from a .npy stream's header, reading only the header."""
+    fmt = np.lib.format
+    version = fmt.read_magic(fp)
+    if version == (1, 0):
+        size_field = _exactly(fp, 2, f"array {key!r}")
+        length = struct.unpack("<H", size_field)[0]
+        parse = fmt.read_array_header_1_0
+    elif version == (2, 0):
+        size_field = _exactly(fp, 4, f"array {key!r}")
+        length = struct.unpack("<I", size_field)[0]
+        parse = fmt.read_array_header_2_0
+    else:
+        raise PersistError(f"array {key!r} is in .npy format version {version}, which is not read")
+    if length > _MAX_NPY_HEADER:
+        raise PersistError(f"array {key!r} has a {length}-byte header (at most {_MAX_NPY_HEADER} are read)")
+    header = io.BytesIO(fmt.magic(*version) + size_field + _exactly(fp, length, f"array {key!r}'s header"))
+    fmt.read_magic(header)
+    shape, fortran, dtype = parse(header, max_header_size=_MAX_NPY_HEADER)
+    if not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise PersistError(f"array {key!r} declares an invalid shape {shape}")
+    return tuple(shape), bool(fortran), dtype
+
+
+def _npy_data(fp: Any, key: str, shape: tuple[int, ...], fortran: bool, dtype: np.dtype) -> np.ndarray:
+    """The data following a header, copied into a new array CHUNK_BYTES at a time."""
+    out = np.empty(math.prod(shape), dtype=dtype)
+    view = memoryview(out).cast("B")
+    done = 0
+    while done < len(view):
+        n = fp.readinto(view[done:done + CHUNK_BYTES])
+        if not n:
+            raise PersistError(f"array {key!r} is truncated: {done} of {len(view)} bytes")
+        done += n
+    return out.reshape(shape[::-1]).T if fortran else out.reshape(shape)
+
+
+def _read_arrays(path: Path, manifest: Mapping[str, Any], max_array_bytes: int) -> dict[str, np.ndarray]:
+    with _open_regular(path, "the router's arrays are missing") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > _zip_allowance(max_array_bytes):
+            raise PersistError(
+                f"{path} is {size} bytes: too large to hold at most max_array_bytes={max_array_bytes} of arrays"
+            )
+        # The file is hashed and then parsed through one open handle: what is checked is what is read.
+        if _sha256_file(f) != manifest.get("arrays_sha256"):
+            raise _ArraysMismatch(f"{path} does not match {MANIFEST} (tampered, truncated or from another save)")
+        f.seek(0)
+        try:
+            with zipfile.ZipFile(f) as zf:
+                return _read_members(zf, path, manifest["arrays"], max_array_bytes)
+        except PersistError:
+            raise
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError) as e:
+            raise PersistError(f"{path} cannot be read as NumPy arrays: {e}") from None
+
+
+def _read_members(
+    zf: zipfile.ZipFile, path: Path, expected: Mapping[str, Any], max_array_bytes: int
+) -> dict[str, np.ndarray]:
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in zf.infolist():
+        if not info.filename.endswith(".npy") or info.filename[:-4] in members:
+            raise PersistError(f"{path} holds an unexpected member {info.filename!r}")
+        members[info.filename[:-4]] = info
+    if set(members) != set(expected):
+        raise PersistError(f"{path} holds arrays {sorted(members)}, the manifest lists {sorted(expected)}")
+    # Every header first: sizes and dtypes are checked before any array memory is allocated.
+    headers = {}
+    total = 0
+    for key, info in members.items():
+        with zf.open(info) as fp:
+            shape, fortran, dtype = _npy_header(fp, key)
+        if dtype.hasobject:
+            raise PersistError(f"array {key!r} has an object dtype ({dtype}); pickled objects are never loaded")
+        if dtype.kind not in "fiub":
+            raise PersistError(f"array {key!r} has non-numeric dtype {dtype}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        total += nbytes
+        if total > max_array_bytes:
+            raise PersistError(
+                f"array {key!r} declares {dtype.str}{list(shape)} ({nbytes} bytes), taking the arrays to "
+                f"{total} bytes, over max_array_bytes={max_array_bytes}; refused before reading it"
+            )
         spec = expected[key]
-        if not isinstance(spec, dict) or list(array.shape) != spec.get("shape") or array.dtype.str != spec.get("dtype"):
-            raise PersistError(f"array {key!r} is {array.dtype.str}{list(array.shape)}, the manifest says {spec}")
-        if array.dtype.kind not in "fiub":
-            raise PersistError(f"array {key!r} has non-numeric dtype {array.dtype}")
+        if not isinstance(spec, dict) or list(shape) != spec.get("shape") or dtype.str != spec.get("dtype"):
+            raise PersistError(f"array {key!r} is {dtype.str}{list(shape)}, the manifest says {spec}")
+        headers[key] = (shape, fortran, dtype)
+    arrays = {}
+    for key, info in members.items():
+        with zf.open(info) as fp:
+            _npy_header(fp, key)
+            array = _npy_data(fp, key, *headers[key])
         if array.dtype.kind == "f" and np.isinf(array).any():
             raise PersistError(f"array {key!r} holds infinite values")
+        arrays[key] = array
     return arrays
+
+
+def _read_saved(directory: Path, max_array_bytes: int, max_manifest_bytes: int) -> tuple[dict[str, Any], dict]:
+    """The manifest and its arrays, from one save even while other processes save over them."""
+    manifest_path = directory / MANIFEST
+    with _shared_lock(directory) as locked:
+        for attempt in range(_READ_ATTEMPTS):
+            manifest, stamp = _read_manifest(manifest_path, max_manifest_bytes)
+            try:
+                return manifest, _read_arrays(directory / ARRAYS, manifest, max_array_bytes)
+            except _ArraysMismatch as e:
+                # Under the lock no save is half done, so a mismatch is real. Without it, a save
+                # may sit between its two renames: retry once its manifest has replaced ours.
+                if locked or attempt + 1 == _READ_ATTEMPTS or not _manifest_replaced(manifest_path, stamp):
+                    raise PersistError(str(e)) from None
+    raise AssertionError("unreachable")
+
+
+def _manifest_replaced(path: Path, stamp: tuple[int, ...]) -> bool:
+    deadline = time.monotonic() + _SETTLE_S
+    while True:
+        try:
+            if _stamp(os.stat(path)) != stamp:
+                return True
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
 
 
 def _load_component(spec: Any, slot: str, arrays: Mapping[str, np.ndarray]) -> Any:
@@ -220,22 +466,24 @@ def load_router(
     *,
     models: Mapping[str, Any] | None = None,
     embedder: Any = None,
+    store: Any = None,
+    max_array_bytes: int = MAX_ARRAY_BYTES,
+    max_manifest_bytes: int = MAX_MANIFEST_BYTES,
     **router_kwargs: Any,
 ) -> Router:
     """Load a router saved by `save_router` (PersistError when anything is missing or inconsistent).
 
     `models` maps candidate names to the framework model objects to call; `embedder` replaces
-    the saved embedder (required when it was external); other keywords (e.g. `store=`) go to
-    the Router and override saved settings.
+    the saved embedder (required when it was external). `store` is the ledger (a LedgerStore
+    or URL; None = a new in-memory one): only the caller chooses it, and a manifest naming a
+    store is refused. `max_array_bytes` bounds the arrays' total declared size and
+    `max_manifest_bytes` the manifest's length (see the module docstring). Other keywords go
+    to the Router and override saved settings. Loading writes nothing to the directory.
     """
     from .router import Router
 
     d = Path(directory)
-    if not (d / MANIFEST).is_file():
-        raise PersistError(f"{d / MANIFEST} not found: not a saved router directory")
-    with _locked(d, fcntl.LOCK_SH):
-        manifest = _read_manifest(d / MANIFEST)
-        arrays = _read_arrays(d / ARRAYS, manifest)
+    manifest, arrays = _read_saved(d, max_array_bytes, max_manifest_bytes)
     models = dict(models or {})
     try:
         candidates = [Candidate.model_validate(c) for c in manifest["candidates"]]
@@ -255,6 +503,6 @@ def load_router(
     if embedder is not None:
         parts["embedder"] = embedder
     try:
-        return Router(candidates, **parts, **{**settings, **router_kwargs})
+        return Router(candidates, **parts, store=store, **{**settings, **router_kwargs})
     except (ValueError, TypeError) as e:
         raise PersistError(f"{MANIFEST}: the saved parts do not make a router: {e}") from None

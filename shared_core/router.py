@@ -669,8 +669,12 @@ class Router:
     def load(cls, directory: str | Path, *, models: Mapping[str, Any] | None = None, **kwargs: Any) -> Router:
         """A router saved by `save`; `models` = {candidate name: framework model} to reattach.
 
-        Other keywords (`embedder=`, `store=`, ...) override what was saved. Raises
-        persist.PersistError when the directory is missing, truncated, tampered with or foreign.
+        `store=` is the ledger (default: a new in-memory one); a saved router never chooses it,
+        and a manifest naming one is refused. `max_array_bytes=` (default
+        persist.MAX_ARRAY_BYTES, 1 GiB) bounds the arrays' total declared size, checked before
+        any is read. Loading writes nothing to the directory, so read-only ones work. Other
+        keywords (`embedder=`, `cost_weight=`, ...) override what was saved. Raises
+        persist.PersistError when the directory is missing, truncated, tampered with, too large or foreign.
         """
         from .persist import load_router
 

@@ -38,6 +38,8 @@ __all__ = ["Solution", "BatchRouting", "Infeasible", "solve", "budget_curve", "c
 _CHUNK = 8192
 # A quality target counts as met within float rounding of its sum (a budget is never exceeded).
 _TARGET_SLACK = 1e-9
+# Largest rows × capacity slots solved exactly when the repair heuristic finds no move.
+_EXACT_LIMIT = 4_000_000
 # With capacities: the smoothing temperatures (× the spread of values) the dual is solved at,
 # down to where the smoothed and the LP optimum differ by well under 0.01 %, and Newton steps per level.
 _TAUS = np.array([1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5])
@@ -565,7 +567,10 @@ def _restore(q: np.ndarray, c: np.ndarray, ok: np.ndarray, caps: np.ndarray, cho
         if not rows.size:  # only a longer chain of moves (or a cycle) can still fix anything
             moves = _best_chain(fix, choice, room)
             if not moves:
-                raise Infeasible("no assignment within the capacities meets the budget (or the quality target)")
+                # The moves above are a heuristic; whether any assignment fits is an exact question.
+                return _least_within(c if budget is not None else -q, ok, caps, excess_left=lambda ch: (
+                    c[r, ch].sum() - budget if budget is not None
+                    else target - q[r, ch].sum() - _TARGET_SLACK * max(1.0, abs(target))))  # type: ignore[operator]
             for i, j in moves:
                 choice[i] = j
             continue
@@ -576,6 +581,27 @@ def _restore(q: np.ndarray, c: np.ndarray, ok: np.ndarray, caps: np.ndarray, cho
         if not room[j]:
             choice[b_row[j, choice[i]]] = b_to[j, choice[i]]
         choice[i] = j
+
+
+def _least_within(weight: np.ndarray, ok: np.ndarray, caps: np.ndarray, excess_left) -> np.ndarray:
+    """The assignment with the least total weight within the capacities (an exact min-cost
+    assignment over each column's slots), when it meets the constraint; Infeasible otherwise, and
+    for instances too large to solve exactly here (n × slots over _EXACT_LIMIT)."""
+    from scipy.optimize import linear_sum_assignment
+
+    n, m = weight.shape
+    slots = np.minimum(caps, n).astype(np.int64)
+    if n * int(slots.sum()) > _EXACT_LIMIT:
+        raise Infeasible("no assignment within the capacities meets the budget (or the quality target) was found")
+    cols = np.repeat(np.arange(m), slots)
+    big = float(np.abs(np.where(ok, weight, 0.0)).sum()) * 2 + 1.0  # dearer than any feasible assignment
+    cost = np.where(ok[:, cols], weight[:, cols], big)
+    rows, picked = linear_sum_assignment(cost)
+    choice = np.empty(n, dtype=np.int64)
+    choice[rows] = cols[picked]
+    if (cost[rows, picked] >= big).any() or excess_left(choice) > 0:
+        raise Infeasible("no assignment within the capacities meets the budget (or the quality target)")
+    return choice
 
 
 def _best_chain(fix: np.ndarray, choice: np.ndarray, room: np.ndarray, start: int | None = None) -> list[tuple[int, int]]:

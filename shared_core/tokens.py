@@ -42,8 +42,11 @@ _FALLBACKS = {"o200k_harmony": "o200k_base", "o200k_base": "cl100k_base", "p50k_
 # estimate, whose rounding is not additive) count whole texts.
 _LINE_BREAK = re.compile(r"\n(?=[A-Za-z0-9])")
 _LINE_ADDITIVE = frozenset({"cl100k_base", "o200k_base"})
-# Characters of remembered lines per encoding; past it the memo starts afresh (≈ tens of MB).
+# Characters and lines remembered per encoding; past either the memo starts afresh. The line
+# bound caps what many short lines cost in dict entries: at most about 30 MB per encoding
+# (benchmarks/core.py measures it).
 _MEMO_CHARS = 1 << 22
+_MEMO_LINES = 1 << 17
 
 
 class TokenizerFallbackWarning(UserWarning):
@@ -145,7 +148,7 @@ class _LineMemo:
             n = counts.get(line)
             if n is None:
                 n = len(self._encode(line))
-                if self._chars > _MEMO_CHARS:
+                if self._chars > _MEMO_CHARS or len(counts) >= _MEMO_LINES:
                     # Threads racing here only make the bound approximate; a dict is safe to share.
                     counts = self._counts = {}
                     self._chars = 0

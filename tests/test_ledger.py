@@ -249,7 +249,7 @@ def test_a_router_opens_its_ledger_from_a_url(tmp_path):
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])  # each command opens the store anew
 def test_the_budget_command_sets_budgets_and_reports_spend_per_scope_and_model(kind, tmp_path, capsys):
     with store_url(kind, tmp_path) as url:
-        assert main(["budget", "set", "acme", "--usd", "50", "--period-s", "86400", "--store", url]) == 0
+        assert main(["budget", "set", "acme", "--usd", "50", "--period-s", "86400", "--create", "--store", url]) == 0
         assert main(["budget", "set", "acme/bot", "--usd", "5", "--horizon", "100", "--store", url]) == 0
         store = open_store(url)
         for i, (model, cost) in enumerate([("gpt-4o", 0.25), ("gpt-4o-mini", 0.0125), ("gpt-4o", 0.5)]):

@@ -98,3 +98,54 @@ def test_bad_files_are_refused_with_the_reason(saved, tmp_path, capsys):
     assert ".jsonl, .csv or .parquet" in capsys.readouterr().err
     assert main(["route", str(tmp_path), str(saved / "test.parquet"), "--budget", "1"]) == 2
     assert "not a saved router" in capsys.readouterr().err
+
+
+# --- issue 13 item 8: prompt files are read as written, the plan is written all or nothing ---
+
+
+def test_csv_with_byte_order_mark_keeps_its_first_column(saved, tmp_path):
+    path = tmp_path / "excel.csv"
+    # Excel's "CSV UTF-8" starts with a BOM; the first column is still called "prompt".
+    path.write_text("prompt,id\nWhat is 2 + 2?,007\nNA,008\nName a prime number.,009\n", encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbfprompt,")
+    out_csv = tmp_path / "plan.csv"
+    assert main(["route", str(saved / "router"), str(path), "--budget", "1", "--out", str(out_csv)]) == 0
+    assert [row["id"] for row in read_plan(out_csv)] == ["007", "008", "009"]
+
+
+def test_csv_field_over_128_kib_is_read(saved, tmp_path):
+    path = tmp_path / "long.csv"
+    long_prompt = "Summarise this log line by line. " + "word " * (200 * 1024 // 5)
+    assert len(long_prompt.encode()) > 200 * 1024
+    pd.DataFrame({"id": ["long", "short"], "prompt": [long_prompt, "Say hi."]}).to_csv(path, index=False)
+    limit = csv.field_size_limit()
+    out_csv = tmp_path / "plan.csv"
+    assert main(["route", str(saved / "router"), str(path), "--budget", "1", "--out", str(out_csv)]) == 0
+    assert [row["id"] for row in read_plan(out_csv)] == ["long", "short"]
+    assert csv.field_size_limit() == limit  # the process-wide limit is put back
+
+
+def test_jsonl_with_line_separators_inside_strings(saved, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    records = [{"id": "a", "prompt": "Line one\u2028line two\u2029paragraph\x85next"},
+               {"id": "b", "prompt": "Plain prompt."}]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    assert "\u2028" in path.read_text(encoding="utf-8")
+    out_csv = tmp_path / "plan.csv"
+    assert main(["route", str(saved / "router"), str(path), "--budget", "1", "--out", str(out_csv)]) == 0
+    assert [row["id"] for row in read_plan(out_csv)] == ["a", "b"]
+
+
+def test_a_route_that_fails_while_writing_leaves_no_plan(saved, tmp_path, capsys):
+    path = tmp_path / "prompts.jsonl"
+    # "\ud800" is valid JSON but a lone surrogate: it cannot be written as UTF-8.
+    path.write_text('{"id": "ok", "prompt": "Say hi."}\n{"id": "\\ud800", "prompt": "Say bye."}\n')
+    out_csv = tmp_path / "plans" / "plan.csv"
+    out_csv.parent.mkdir()
+    assert main(["route", str(saved / "router"), str(path), "--budget", "1", "--out", str(out_csv)]) == 2
+    assert "surrogate" in capsys.readouterr().err
+    assert list(out_csv.parent.iterdir()) == []  # neither a header-only plan nor a temporary file
+    # An earlier plan at that path is left exactly as it was.
+    out_csv.write_text("earlier plan\n")
+    assert main(["route", str(saved / "router"), str(path), "--budget", "1", "--out", str(out_csv)]) == 2
+    assert out_csv.read_text() == "earlier plan\n" and list(out_csv.parent.iterdir()) == [out_csv]

@@ -104,3 +104,17 @@ def test_both_adapters_bind_callers_to_a_tenant():
     llm = OmniRouteLLM([Candidate(name="m", model=MockLLM(), input_price=1, output_price=1, prior_quality=0.5,
                                   supports_tools=False)], budget=Budget(usd=1.0), scope_prefix="acme")
     assert llm.complete("Hi", session="victim/x").additional_kwargs["omniroute"]["scope"] == "acme/victim/x"
+
+
+@pytest.mark.parametrize(("session", "message"), [
+    ("a" * 600, "at most 512 characters"),
+    ("/".join(["s"] * 16_000), "at most 512 characters"),
+    ("/".join(["s"] * 9), "at most 8 levels"),
+    ("bad\ud800name", "printable UTF-8"),
+    ("tab\there", "printable UTF-8"),
+    ("acme//x", "non-empty path"),
+])
+def test_session_ids_are_bounded_and_clean(session, message):
+    router = Router(_cands(), default_budget=Budget(usd=1.0))
+    with pytest.raises(ValueError, match=message):
+        router.decide("Hello.", session)

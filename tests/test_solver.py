@@ -276,3 +276,13 @@ def test_route_batch_skips_candidates_whose_context_window_is_too_small():
     prompts = ["short question", "word " * 200]
     plan = router.route_batch(prompts, budget=1.0)
     assert plan.models == ["small-window", "wide"]
+
+
+def test_capacities_that_force_a_permutation_still_find_the_feasible_assignment():
+    # Found by Hypothesis: every column full (capacity 1 each, three rows); the repair moves find
+    # nothing to do, but a zero-cost assignment exists (row 1 → col 0 or 2, row 2 → the other).
+    q = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.1, 0.0]])
+    c = np.array([[0.0, 0.0, 0.0], [0.0, 0.25, 0.0], [0.0, 0.25, 1.0]])
+    sol = solve(q, c, budget=0.15625, capacity=np.array([1, 1, 1]))
+    assert c[np.arange(3), sol.choice].sum() <= 0.15625
+    assert sorted(sol.choice.tolist()) == [0, 1, 2]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..budget import Budget, LedgerUnavailable, ScopeState
@@ -28,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     put.add_argument("--horizon", type=int, help="requests the budget should last (pacing)")
     put.add_argument("--horizon-s", type=float, help="seconds the budget should last (pacing)")
     put.add_argument("--period-s", type=float, help="seconds after which spend resets (86400: per day)")
+    put.add_argument("--create", action="store_true",
+                     help="create the SQLite ledger file if it does not exist (without it, a missing file is an error)")
 
     for action in (show, put):
         action.add_argument("--store", required=True, metavar="URL", help=f"the ledger: {STORE_URLS}")
@@ -35,7 +39,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    store = open_store(args.store)
+    try:
+        return _run(args)
+    except LedgerUnavailable as error:
+        _error(error, args.store)
+        return 1
+    except (ValueError, FileNotFoundError, KeyError, ImportError) as error:
+        # Handled here, not in shared_core.cli, so the message is redacted and escaped like all others.
+        _error(error, args.store)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    create = args.action == "set" and args.create
+    try:
+        store = open_store(args.store, must_exist=not create)
+    except FileNotFoundError as error:
+        if error.filename is None:
+            raise
+        raise FileNotFoundError(_missing_ledger(args, str(error.filename))) from error
     try:
         if args.action == "set":
             budget = Budget(usd=args.usd, horizon=args.horizon, horizon_s=args.horizon_s, period_s=args.period_s)
@@ -44,19 +66,91 @@ def run(args: argparse.Namespace) -> int:
             return 0
         states = store.report(args.scope)
         if args.scope is not None and not states:
-            raise ValueError(f"scope {args.scope!r} has no budget in {args.store}")
+            raise ValueError(f"scope '{safe(args.scope)}' has no budget in {_where(args.store)}")
         if args.json:
+            # ensure_ascii (the default) writes every control or non-ASCII character as a \uXXXX escape.
             print(json.dumps([_as_dict(s) for s in states], indent=2))
         elif states:
             _print_table(states)
         else:
-            print(f"no budgets in {args.store}")
+            print(f"no budgets in {_where(args.store)}")
         return 0
-    except LedgerUnavailable as error:
-        print(f"omniroute budget: error: {error}", file=sys.stderr)
-        return 1
     finally:
         store.close()
+
+
+def _missing_ledger(args: argparse.Namespace, path: str) -> str:
+    where = safe(path)
+    if not Path(path).is_absolute():
+        where += f" (resolved: {safe(str(Path(path).resolve()))})"
+    if args.action == "set":
+        return f"no SQLite ledger at {where}; check the path, or pass --create to create a new, empty ledger there"
+    return (f"no SQLite ledger at {where}; check the path (budget show never creates a ledger: "
+            f"create one with `omniroute budget set SCOPE --usd AMOUNT --create --store URL`)")
+
+
+def _error(error: BaseException, store_url: str) -> None:
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    # Messages already show names as repr()s or through safe(): escape what is left, keep line breaks.
+    print(f"omniroute budget: error: {safe(redact(text, store_url), message=True)}", file=sys.stderr)
+
+
+def _where(store_url: str) -> str:
+    return safe(redact_url(store_url))
+
+
+# --------------------------------------------------------------------- what may reach the terminal
+#: scheme://userinfo@ within a text: group 1 is up to the password, group 2 the password itself.
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#:@'\"]*:)([^\s/?#'\"]*)@")
+#: Query options that carry a secret: ?password=..., &token=...
+_SECRET_OPTIONS = re.compile(r"([?&;](?:password|passwd|pass|pwd|secret|token|auth|key)=)([^&;#\s'\"]*)", re.I)
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password (and any password=/token= option) replaced by ***."""
+    netloc_start = url.find("://")
+    if netloc_start >= 0:
+        start = netloc_start + 3
+        end = min((i for i in (url.find(c, start) for c in "/?#") if i >= 0), default=len(url))
+        userinfo, at, host = url[start:end].rpartition("@")  # the host follows the last @
+        if at and ":" in userinfo:
+            user = userinfo.partition(":")[0]
+            url = f"{url[:start]}{user}:***@{host}{url[end:]}"
+    return _SECRET_OPTIONS.sub(r"\1***", url)
+
+
+def redact(text: str, url: str | None = None) -> str:
+    """`text` with the credentials of `url` (exactly as given, or as its repr) and of any other URL masked."""
+    if url:
+        clean = redact_url(url)
+        if clean != url:
+            text = text.replace(repr(url), repr(clean)).replace(url, clean)
+    return _SECRET_OPTIONS.sub(r"\1***", _CREDENTIALS.sub(r"\1***@", text))
+
+
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def safe(text: str, *, message: bool = False) -> str:
+    """`text` with each non-printable character (controls, ANSI escapes, bidi overrides, ...) written as
+    a backslash escape (\\x1b, \\r, \\u202e), and backslashes doubled so the escapes are unambiguous.
+
+    With `message=True` (a whole error message) line breaks are kept and backslashes left alone.
+    """
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        if message and ch in "\\\n":
+            out.append(ch)
+        elif ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
 
 
 def _as_dict(state: ScopeState) -> dict[str, Any]:
@@ -78,13 +172,17 @@ def _as_dict(state: ScopeState) -> dict[str, Any]:
 
 
 def _print_table(states: list[ScopeState]) -> None:
-    width = max(24, *(len(s.scope) for s in states), *(len(m) + 4 for s in states for m in s.by_model))
+    rows = [
+        (safe(s.scope), s, [(safe(m), usd, s.calls_by_model.get(m, 0))
+                            for m, usd in sorted(s.by_model.items(), key=lambda kv: -kv[1])])
+        for s in states
+    ]
+    width = max(24, *(len(scope) for scope, _, _ in rows), *(len(m) + 4 for _, _, models in rows for m, _, _ in models))
     print(f"{'scope / model':<{width}} {'budget $':>12} {'period':>8} {'spent $':>12} {'held $':>12} "
           f"{'left $':>12} {'requests':>9} {'released':>9} {'expired':>8}")
-    for s in states:
+    for scope, s, models in rows:
         period = f"{s.budget.period_s:g}s" if s.budget.period_s else "-"
-        print(f"{s.scope:<{width}} {s.budget.usd:>12.6f} {period:>8} {s.committed:>12.6f} {s.reserved:>12.6f} "
+        print(f"{scope:<{width}} {s.budget.usd:>12.6f} {period:>8} {s.committed:>12.6f} {s.reserved:>12.6f} "
               f"{s.remaining:>12.6f} {s.requests:>9} {s.released:>9} {s.expired:>8}")
-        for model, usd in sorted(s.by_model.items(), key=lambda kv: -kv[1]):
-            print(f"{'  ' + model:<{width}} {'':>12} {'':>8} {usd:>12.6f} {'':>12} {'':>12} "
-                  f"{s.calls_by_model.get(model, 0):>9}")
+        for model, usd, calls in models:
+            print(f"{'  ' + model:<{width}} {'':>12} {'':>8} {usd:>12.6f} {'':>12} {'':>12} {calls:>9}")

@@ -9,9 +9,13 @@ for whoever runs the calls.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
+import os
+import secrets
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +61,59 @@ def run(args: argparse.Namespace) -> int:
     rows = np.arange(len(prompts))
     quality, cost = est.quality[rows, solution.choice], est.cost[rows, solution.choice]
     if args.out:
-        with open(args.out, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["id", "model", "predicted_quality", "estimated_cost_usd"])
-            writer.writerows(zip(ids, plan.models, quality.round(6), cost.round(9)))
+        write_plan(Path(args.out), zip(ids, plan.models, quality.round(6), cost.round(9)))
     _summary(est.candidates, solution.choice, cost, quality, solution.lam, args, seconds)
     return 0
+
+
+def write_plan(out: Path, rows: Iterable[Sequence[object]]) -> None:
+    """Write the plan CSV all or nothing: a temporary file beside `out`, renamed over it on success."""
+    tmp = out.parent / f".{out.name}.{secrets.token_hex(8)}.tmp"
+    # os.open with 0o666 leaves the permissions to the umask, as a plain open() would.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "model", "predicted_quality", "estimated_cost_usd"])
+            writer.writerows(rows)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+#: csv's default field limit is 128 KiB; prompts can be longer. Raised to this, no further.
+CSV_FIELD_LIMIT = 64 * 1024 * 1024
+
+
+def _csv_records(path: Path) -> list[dict[str, str]]:
+    previous = csv.field_size_limit()
+    csv.field_size_limit(max(previous, CSV_FIELD_LIMIT))
+    try:
+        # utf-8-sig: a byte order mark written by Excel is not part of the first column's name.
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return list(csv.DictReader(f))
+    except csv.Error as error:
+        raise ValueError(f"{path}: not a readable CSV ({error})") from None
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _jsonl_records(path: Path, prompt_column: str) -> list[dict]:
+    records = []
+    text = path.read_text(encoding="utf-8-sig")
+    # JSON Lines are separated by \n only: str.splitlines() would also split inside strings
+    # holding U+2028, U+2029, U+0085 and other characters it treats as line breaks.
+    for n, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{n}: not JSON ({error.msg})") from None
+        records.append(record if isinstance(record, dict) else {prompt_column: record})
+    return records
 
 
 def read_prompts(path: Path, prompt_column: str, id_column: str) -> tuple[list[str], list[str]]:
@@ -71,18 +122,9 @@ def read_prompts(path: Path, prompt_column: str, id_column: str) -> tuple[list[s
         raise FileNotFoundError(f"prompts file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        records = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{n}: not JSON ({error.msg})") from None
-            records.append(record if isinstance(record, dict) else {prompt_column: record})
+        records: list[dict] = _jsonl_records(path, prompt_column)
     elif suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            records = list(csv.DictReader(f))
+        records = _csv_records(path)
     elif suffix == ".parquet":
         try:
             import pandas as pd

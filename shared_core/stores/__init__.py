@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -16,11 +18,15 @@ STORE_URLS = "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db
 _OPTIONS = {"sqlite": {"synchronous"}, "redis": {"prefix"}, "rediss": {"prefix"}}
 
 
-def open_store(target: str | LedgerStore | None = None, **options: Any) -> LedgerStore:
+def open_store(
+    target: str | LedgerStore | None = None, *, must_exist: bool = False, **options: Any
+) -> LedgerStore:
     """The ledger store a URL names (memory:// when None); a LedgerStore is returned as it is.
 
     `options` (clock, retention_s) go to the store's constructor. Paths follow SQLAlchemy:
-    three slashes for a relative path, four for an absolute one.
+    three slashes for a relative path, four for an absolute one. With `must_exist=True` a
+    sqlite:// URL naming a missing file raises FileNotFoundError (its `filename` is the path)
+    instead of creating an empty ledger; other store kinds ignore it.
     """
     if target is None:
         return MemoryStore(**options)
@@ -40,7 +46,10 @@ def open_store(target: str | LedgerStore | None = None, **options: Any) -> Ledge
             raise _malformed(target, f"a SQLite ledger is a local file, but {netloc!r} names a host")
         if not path.removeprefix("/"):
             raise _malformed(target, "no file path")
-        return SQLiteStore(path.removeprefix("/"), **query, **options)
+        file = path.removeprefix("/")
+        if must_exist and not Path(file).exists():
+            raise FileNotFoundError(errno.ENOENT, "no SQLite ledger file", file)
+        return SQLiteStore(file, **query, **options)
     if scheme in ("redis", "rediss"):
         return _redis(target, query, options)
     if not scheme:

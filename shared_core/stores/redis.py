@@ -107,7 +107,9 @@ end
 """
 
 _SCRIPTS = {
-    # ARGV[4] scope, ARGV[5] usd in nanos, ARGV[6] budget JSON, ARGV[7] period_s or ''
+    # ARGV[4] scope, ARGV[5] usd in nanos, ARGV[6] budget JSON, ARGV[7] period_s or '',
+    # ARGV[8] '1' to reset the period's spend, ARGV[9] '1' to set only a scope without a budget
+    # → 0 when ARGV[9] found a budget (nothing changed), else 1. The rule is LedgerStore.set_budget's.
     "set_budget": """
 local s = ARGV[4]
 local k = skey(s)
@@ -115,8 +117,17 @@ if redis.call('EXISTS', k) == 0 then
   redis.call('HSET', k, 'period_start', now, 'committed', 0, 'reserved', 0, 'requests', 0,
              'released', 0, 'expired', 0, 'lam', '')
   redis.call('SADD', P .. 'scopes', s)
+elseif ARGV[9] == '1' then
+  return 0
 else
   roll(s)
+  if ARGV[8] == '1' then
+    redis.call('HSET', k, 'period_start', now, 'committed', 0, 'requests', 0, 'released', 0, 'expired', 0)
+    redis.call('DEL', P .. 'spend:' .. s, P .. 'calls:' .. s)
+  elseif tonumber(redis.call('HGET', k, 'period_s')) ~= tonumber(ARGV[7]) then
+    -- a changed period (none, some or another length) starts now and keeps the spend it has
+    redis.call('HSET', k, 'period_start', now)
+  end
 end
 redis.call('HSET', k, 'usd', ARGV[5], 'budget', ARGV[6], 'period_s', ARGV[7])
 return 1
@@ -266,10 +277,13 @@ class RedisStore(LedgerStore):
         with self._reaching():
             return self._scripts[script](args=[self.prefix, now, self._retention_s, *args])
 
-    def set_budget(self, scope: str, budget: Budget) -> None:
+    def set_budget(
+        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False
+    ) -> bool:
         scope_chain(scope)
         period = "" if budget.period_s is None else repr(budget.period_s)
-        self._run("set_budget", scope, to_nanos(budget.usd), budget.model_dump_json(), period)
+        flags = ("1" if reset else "0", "1" if only_if_absent else "0")
+        return bool(self._run("set_budget", scope, to_nanos(budget.usd), budget.model_dump_json(), period, *flags))
 
     def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
         if not scopes:

@@ -216,7 +216,9 @@ class SQLiteStore(LedgerStore):
         )
 
     # ----------------------------------------------------------------- LedgerStore
-    def set_budget(self, scope: str, budget: Budget) -> None:
+    def set_budget(
+        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False
+    ) -> bool:
         scope_chain(scope)
         with self._transaction() as db:
             now = self._clock()
@@ -224,10 +226,15 @@ class SQLiteStore(LedgerStore):
                 "INSERT INTO scopes (name, budget, period_start) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
                 (scope, budget.model_dump_json(), now),
             ).rowcount
-            if not inserted:
-                (books,) = self._load(db, [scope], now)
-                books.budget = budget
-                self._save(db, [books])
+            if inserted:
+                return True
+            if only_if_absent:
+                return False
+            (books,) = self._load(db, [scope], now)
+            if books.rebudget(budget, now, reset):
+                db.execute("DELETE FROM spend WHERE scope = ?", (scope,))
+            self._save(db, [books])
+            return True
 
     def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
         now = self._clock()

@@ -1,0 +1,227 @@
+"""`omniroute budget show|set`: refuses missing SQLite ledgers, escapes hostile names, hides passwords."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ledger_support import REDIS_HOST, REDIS_PORT, store_url
+from shared_core.cli import main
+from shared_core.stores import open_store
+
+HOSTILE_SCOPE = "acme/\x1b[2J\x1b[31mevil\r\x00\u202etxt.exe"
+HOSTILE_MODEL = "gpt\x1b]0;pwned\x07-4o\u202e"
+
+
+def _no_control_characters(text: str) -> bool:
+    """True when `text` holds nothing a terminal would act on except line breaks."""
+    return all(ch.isprintable() or ch == "\n" for ch in text)
+
+
+# ----------------------------------------------------------------- a ledger path that does not exist
+def test_show_refuses_a_missing_sqlite_ledger_and_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "ledgr.db"  # a typo of ledger.db
+    assert main(["budget", "show", "--store", f"sqlite:///{missing}"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"no SQLite ledger at {missing}" in captured.err
+    assert "--create" in captured.err and "never creates" in captured.err
+    assert not missing.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_show_of_a_scope_in_a_missing_ledger_also_fails(tmp_path, capsys):
+    missing = tmp_path / "nope.db"
+    assert main(["budget", "show", "acme", "--json", "--store", f"sqlite:///{missing}"]) == 2
+    assert f"no SQLite ledger at {missing}" in capsys.readouterr().err
+    assert not missing.exists()
+
+
+def test_set_refuses_a_missing_ledger_without_create(tmp_path, capsys):
+    missing = tmp_path / "ledger.db"
+    assert main(["budget", "set", "acme", "--usd", "5", "--store", f"sqlite:///{missing}"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"no SQLite ledger at {missing}" in captured.err and "pass --create" in captured.err
+    assert not missing.exists()
+
+
+def test_a_relative_missing_path_is_shown_resolved(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["budget", "show", "--store", "sqlite:///typo.db"]) == 2
+    err = capsys.readouterr().err
+    assert "no SQLite ledger at typo.db" in err and str(tmp_path / "typo.db") in err
+    assert not (tmp_path / "typo.db").exists()
+
+
+def test_set_with_create_makes_the_ledger_and_later_commands_use_it(tmp_path, capsys):
+    path = tmp_path / "ledger.db"
+    url = f"sqlite:///{path}"
+    assert main(["budget", "set", "acme", "--usd", "5", "--create", "--store", url]) == 0
+    assert path.exists()
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["acme", "5.000000"]
+
+    # Once it exists, neither command needs --create; --create on an existing ledger keeps its contents.
+    assert main(["budget", "set", "acme/bot", "--usd", "2", "--store", url]) == 0
+    assert main(["budget", "set", "acme", "--usd", "7", "--create", "--store", url]) == 0
+    capsys.readouterr()
+    assert main(["budget", "show", "--json", "--store", url]) == 0
+    shown = {s["scope"]: s["budget"]["usd"] for s in json.loads(capsys.readouterr().out)}
+    assert shown == {"acme": 7.0, "acme/bot": 2.0}
+
+
+def test_show_of_an_existing_empty_ledger_says_so(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    open_store(url).close()
+    assert main(["budget", "show", "--store", url]) == 0
+    assert capsys.readouterr().out.strip() == f"no budgets in {url}"
+
+
+def test_open_store_must_exist_names_the_missing_file(tmp_path):
+    missing = tmp_path / "x.db"
+    with pytest.raises(FileNotFoundError) as caught:
+        open_store(f"sqlite:///{missing}", must_exist=True)
+    assert caught.value.filename == str(missing) and not missing.exists()
+    open_store(f"sqlite:///{missing}").close()  # the default still creates it
+    open_store(f"sqlite:///{missing}", must_exist=True).close()
+    open_store("memory://", must_exist=True).close()
+
+
+# ----------------------------------------------------------------- hostile scope and model names
+def _hostile_ledger(url: str) -> None:
+    """A ledger holding hostile names, as one written before scope names were validated (or by
+    another program) may: today's stores refuse such a scope, the CLI must still show it safely."""
+    from unittest import mock
+
+    import shared_core.stores.redis as redis_store
+    import shared_core.stores.sqlite as sqlite_store
+
+    def unchecked(scope: str) -> tuple[str, ...]:
+        parts = scope.split("/")
+        return tuple("/".join(parts[: i + 1]) for i in range(len(parts)))
+
+    store = open_store(url)
+    try:
+        from shared_core.budget import Budget
+
+        with mock.patch.object(sqlite_store, "scope_chain", unchecked), \
+                mock.patch.object(redis_store, "scope_chain", unchecked):
+            store.set_budget(HOSTILE_SCOPE, Budget(usd=5.0))
+        store.reserve("r1", ["acme", HOSTILE_SCOPE], 1.0, ttl_s=60)
+        store.commit("r1", 0.25, HOSTILE_MODEL)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_show_escapes_control_characters_in_scope_and_model_names(kind, tmp_path, capsys):
+    with store_url(kind, tmp_path) as url:
+        assert main(["budget", "set", "acme", "--usd", "50", "--create", "--store", url]) == 0
+        _hostile_ledger(url)
+        capsys.readouterr()
+
+        assert main(["budget", "show", "--store", url]) == 0
+        out = capsys.readouterr().out
+        assert _no_control_characters(out), out
+        assert "acme/\\x1b[2J\\x1b[31mevil\\r\\x00\\u202etxt.exe " in out
+        assert "  gpt\\x1b]0;pwned\\x07-4o\\u202e " in out
+        assert len(out.splitlines()) == 1 + 2 + 2  # header, two scopes, one model line under each
+
+        # JSON output escapes them too (and decodes back to the real names).
+        assert main(["budget", "show", "acme", "--json", "--store", url]) == 0
+        out = capsys.readouterr().out
+        assert _no_control_characters(out)
+        states = {s["scope"]: s for s in json.loads(out)}
+        assert states[HOSTILE_SCOPE]["by_model"] == {HOSTILE_MODEL: {"usd": 0.25, "calls": 1}}
+
+
+def test_the_table_columns_line_up_with_escaped_names(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    assert main(["budget", "set", "acme", "--usd", "50", "--create", "--store", url]) == 0
+    _hostile_ledger(url)
+    capsys.readouterr()
+    assert main(["budget", "show", "--store", url]) == 0
+    header, acme, _, hostile, model = capsys.readouterr().out.splitlines()
+    budget_end = header.index("budget $") + len("budget $")
+    for row, name, usd in [(acme, "acme", "50.000000"), (hostile, "acme/\\x1b[2J", "5.000000")]:
+        assert row[: budget_end - 13].startswith(name) and row[budget_end - 13] == " "
+        assert row[budget_end - 12 : budget_end].strip() == usd
+    spent_end = header.index("spent $") + len("spent $")
+    assert model[spent_end - 12 : spent_end].strip() == "0.250000"
+
+
+def test_errors_escape_hostile_scope_names(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    assert main(["budget", "set", "acme", "--usd", "1", "--create", "--store", url]) == 0
+    capsys.readouterr()
+    assert main(["budget", "show", "ghost\x1b[2J\u202e", "--store", url]) == 2
+    err = capsys.readouterr().err
+    assert _no_control_characters(err)
+    assert "scope must be printable UTF-8 text, got 'ghost\\x1b[2J\\u202e'" in err
+    assert main(["budget", "set", "bad//\x1b[1A\r", "--usd", "1", "--store", url]) == 2
+    err = capsys.readouterr().err
+    assert _no_control_characters(err) and "scope must be a non-empty path" in err
+
+
+def test_a_hostile_sqlite_path_is_escaped_in_the_error(tmp_path, capsys):
+    missing = f"{tmp_path}/\x1b[2Jx\x07\u202e.db"
+    assert main(["budget", "show", "--store", f"sqlite:///{missing}"]) == 2
+    err = capsys.readouterr().err
+    assert _no_control_characters(err) and "\\x1b[2Jx\\x07\\u202e.db" in err
+
+
+# ----------------------------------------------------------------- passwords in store URLs
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        # A bad port: open_store's message quotes the whole URL.
+        ("redis://user:s3cret-pw@127.0.0.1:notaport/0", "redis://user:***@127.0.0.1:notaport/0"),
+        # An option open_store does not accept: the password sits in the query.
+        ("redis://127.0.0.1:6379/0?password=s3cret-pw", "redis://127.0.0.1:6379/0?password=***"),
+        ("postgres://admin:s3cret-pw@db.example/ledger", "postgres://admin:***@db.example/ledger"),
+        ("redis://:s3cret-pw@/0", "redis://:***@/0"),
+    ],
+)
+def test_malformed_urls_are_reported_without_their_password(url, shown, capsys):
+    for argv in (["budget", "show"], ["budget", "set", "acme", "--usd", "1", "--create"]):
+        assert main([*argv, "--store", url]) == 2
+        captured = capsys.readouterr()
+        assert "s3cret-pw" not in captured.out + captured.err
+        assert "malformed ledger store URL" in captured.err and shown in captured.err
+
+
+def test_an_unreachable_store_with_a_password_is_reported_without_it(capsys):
+    assert main(["budget", "show", "--store", "redis://user:s3cret-pw@127.0.0.1:1/0"]) == 1
+    err = capsys.readouterr().err
+    assert "unreachable" in err and "s3cret-pw" not in err
+
+
+def test_a_wrong_redis_password_is_reported_without_it(tmp_path, capsys):
+    with store_url("redis", tmp_path) as url:
+        url = url.replace("redis://", "redis://nobody:s3cret-pw@")
+        assert main(["budget", "show", "--store", url]) == 1
+        captured = capsys.readouterr()
+        assert "s3cret-pw" not in captured.out + captured.err
+        assert captured.err.startswith("omniroute budget: error: Redis ledger at ")
+
+
+def test_messages_about_a_redis_store_with_a_password_redact_it(tmp_path, capsys):
+    with store_url("redis", tmp_path) as url:
+        # The test server's default user has no password, so it accepts any: the command really runs.
+        url = url.replace("redis://", "redis://default:s3cret-pw@")
+        shown = url.replace("s3cret-pw", "***")
+        assert main(["budget", "show", "--store", url]) == 0
+        assert capsys.readouterr().out.strip() == f"no budgets in {shown}"
+        assert main(["budget", "set", "acme", "--usd", "3", "--store", url]) == 0  # --create is for SQLite
+        assert main(["budget", "show", "ghost", "--store", url]) == 2
+        captured = capsys.readouterr()
+        assert "s3cret-pw" not in captured.out + captured.err
+        assert f"scope 'ghost' has no budget in {shown}" in captured.err
+
+
+def test_redaction_of_text_with_several_urls():
+    from shared_core.commands.budget import redact, redact_url
+
+    assert redact_url("redis://u:p@ss@h:1/0?prefix=a:") == "redis://u:***@h:1/0?prefix=a:"
+    assert redact_url("redis://u@h:1/0") == "redis://u@h:1/0"  # no password, nothing to hide
+    assert redact("see rediss://a:b@h:1/0 and redis://h:2/0") == "see rediss://a:***@h:1/0 and redis://h:2/0"
