@@ -174,6 +174,8 @@ class Router:
             scope_chain(scope_prefix)
         # Every session a caller names is nested in it: a tenant's router cannot charge another's.
         self.scope_prefix = scope_prefix
+        # Budgets set through this router (set_budget): the truth a lost ledger entry is restored from.
+        self._declared: dict[str, Budget] = {}
         # Candidates removed while their calls were in flight, so those calls can still be priced.
         self._retired: dict[str, Candidate] = {}
         # Commits the ledger could not take (it was unreachable), retried on later operations.
@@ -240,12 +242,15 @@ class Router:
         """Give `scope` (e.g. "acme/agent-7") a budget, keeping what it has already spent.
 
         A changed period restarts now and keeps the current period's spend; `reset=True` zeroes
-        it (the rule is LedgerStore.set_budget's).
+        it (the rule is LedgerStore.set_budget's). The router remembers the budget: should the
+        ledger lose the scope (a Redis restarted without persistence, or evicting keys), the next
+        request re-establishes it from here, with an ERROR log, instead of running unbudgeted.
         """
         scope_chain(scope)
         if not isinstance(budget, Budget):
             raise TypeError(f"budget must be a Budget, got {type(budget).__name__}")
         self.store.set_budget(scope, budget, reset=reset)
+        self._declared[scope] = budget
 
     def budget_state(self, scope: str) -> ScopeState | None:
         """The scope's books (budget, committed, reserved, λ), or None when it has no budget."""
@@ -269,6 +274,15 @@ class Router:
         scope = self.scope_of(session)
         chain = scope_chain(scope)
         states = self.store.states(chain)
+        for i, name in enumerate(chain):
+            if states[i] is None and name in self._declared:
+                # Budgets set in code are the truth the ledger is checked against: a lost one is
+                # re-established (its spend so far is gone with the ledger's copy), never dropped.
+                self.store.set_budget(name, self._declared[name], only_if_absent=True)
+                states[i] = self.store.state(name)
+                logger.error("the ledger had lost the budget of scope %r (a Redis restart without persistence, or "
+                             "evicted keys?); re-established it from the one set in code, without its past spend",
+                             name)
         if states[-1] is None and self.default_budget is not None:
             self.store.set_budget(scope, self.default_budget, only_if_absent=True)
             states[-1] = self.store.state(scope)

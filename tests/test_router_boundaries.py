@@ -118,3 +118,30 @@ def test_session_ids_are_bounded_and_clean(session, message):
     router = Router(_cands(), default_budget=Budget(usd=1.0))
     with pytest.raises(ValueError, match=message):
         router.decide("Hello.", session)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_budget_the_ledger_lost_is_re_established_not_dropped(kind, tmp_path, caplog):
+    from ledger_support import redis_admin, store_url
+
+    from shared_core.stores import open_store
+
+    with store_url(kind, tmp_path) as url:
+        router = Router(_cands(), store=url)
+        try:
+            router.set_budget("acme", Budget(usd=0.001))
+            # The ledger loses everything: Redis restarted without persistence, or a wiped file.
+            if kind == "redis":
+                admin = redis_admin()
+                admin.delete(*admin.keys(router.store.prefix + "*"))
+            else:
+                router.store.close()
+                (tmp_path / url.split("/")[-1]).unlink()
+                router.store = open_store(url)
+            with caplog.at_level(logging.ERROR, logger="omniroute"):
+                decision = router.decide("Hello.", "acme", max_tokens=10, model="small")
+            assert decision.scopes == ("acme",)  # still budgeted, not silently unbudgeted
+            assert "lost the budget of scope 'acme'" in caplog.text
+            assert router.budget_state("acme").budget.usd == 0.001
+        finally:
+            router.store.close()
