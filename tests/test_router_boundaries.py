@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 import pytest
 
 from shared_core import Budget, Candidate, Router
@@ -145,3 +147,32 @@ def test_a_budget_the_ledger_lost_is_re_established_not_dropped(kind, tmp_path, 
             assert router.budget_state("acme").budget.usd == 0.001
         finally:
             router.store.close()
+
+
+def test_feedback_memory_is_bounded_and_forgets_the_oldest_first(train_sample, test_split, tmp_path):
+    from shared_core.fitting import fit_router
+
+    router = fit_router(train_sample(300, 0), "knn", warm_start=False)
+    knn = router.quality
+    knn.max_feedback = 100
+    trained = len(knn.memory_.X)
+    prompts = list(dict.fromkeys(test_split.prompts))[:250]  # real prompts: distinct embeddings
+    decisions = [router.decide(p) for p in prompts]
+    for d in decisions:
+        router.feedback(d, 1.0)
+    assert trained + 90 <= len(knn.memory_.X) <= trained + 100
+    assert len(knn.feedback_rows_) == len(knn.memory_.X) - trained
+    # The newest feedback is remembered, the oldest forgotten.
+    def remembered(text: str) -> bool:
+        x = router._features([text])[0]
+        x = x / np.linalg.norm(x)
+        return bool(np.isclose(knn.memory_.X[knn.feedback_rows_] @ x, 1.0, atol=1e-9).any())
+
+    assert remembered(decisions[-1].text) and not remembered(decisions[0].text)
+    # Saved and loaded, the bound and the order survive; removing a model renumbers them.
+    router.save(tmp_path / "r")
+    loaded = Router.load(tmp_path / "r")
+    assert loaded.quality.max_feedback == 100
+    assert np.array_equal(loaded.quality.feedback_rows_, knn.feedback_rows_)
+    loaded.remove_candidate(loaded.candidates[0].name)
+    assert loaded.quality.feedback_rows_.max() < len(loaded.quality.memory_.X)

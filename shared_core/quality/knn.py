@@ -18,25 +18,33 @@ class KNNQuality:
 
     `shrinkage` adds that many pseudo-labels at the model's overall mean, which steadies models
     with few labels. New models (profile rows) and feedback join the memory without a refit.
+    At most `max_feedback` feedback rows are remembered: past it the oldest tenth of them is
+    forgotten at once (training and profile rows are never forgotten), so memory and decide
+    latency stay flat however much feedback arrives.
     """
 
     needs_embedding = True
 
-    def __init__(self, k: int = 200, shrinkage: float = 0.0) -> None:
+    def __init__(self, k: int = 200, shrinkage: float = 0.0, max_feedback: int = 10_000) -> None:
         self.k = k
         self.shrinkage = shrinkage
+        self.max_feedback = max_feedback
 
     def _check_params(self) -> None:
         if not isinstance(self.k, (int, np.integer)) or self.k < 1:
             raise ValueError(f"k must be a positive int, got {self.k!r}")
         if not self.shrinkage >= 0:
             raise ValueError(f"shrinkage must be >= 0, got {self.shrinkage}")
+        if isinstance(self.max_feedback, bool) or not isinstance(self.max_feedback, (int, np.integer)) \
+                or self.max_feedback < 1:
+            raise ValueError(f"max_feedback must be a positive int, got {self.max_feedback!r}")
 
     def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> "KNNQuality":
         """Remember the training embeddings and their qualities (NaN labels are never counted)."""
         self._check_params()
         X, Y, self.models_ = check_targets(X, Y, models)
         self.memory_ = LabelMemory(X, Y)
+        self.feedback_rows_ = np.empty(0, dtype=np.int64)  # memory rows that are feedback, oldest first
         self._update_means()
         return self
 
@@ -63,7 +71,7 @@ class KNNQuality:
         """Forget a model and every remembered prompt only it was labelled on."""
         check_fitted(self)
         j = model_index(self.models_, name)
-        self.memory_.drop_column(j)
+        self._keep_rows(self.memory_.drop_column(j))
         self.models_ = [m for m in self.models_ if m != name]
         self._update_means()
 
@@ -74,21 +82,39 @@ class KNNQuality:
         X, y = check_labels(X, y, self.memory_.X.shape[1], name=model)
         Y = np.full((len(X), len(self.models_)), np.nan)
         Y[:, j] = y
+        start = len(self.memory_.X)
         self.memory_.append(X, Y)
+        self.feedback_rows_ = np.concatenate([self.feedback_rows_, np.arange(start, start + len(X))])
+        excess = len(self.feedback_rows_) - int(self.max_feedback)
+        if excess > 0:
+            oldest = excess + int(self.max_feedback) // 10  # a tenth at once: eviction stays amortised
+            self._keep_rows(self.memory_.forget(self.feedback_rows_[:oldest]))
         self._update_means()
+
+    def _keep_rows(self, keep: np.ndarray) -> None:
+        """Renumber the feedback rows after the memory kept only `keep` (bool per old row)."""
+        new_index = np.cumsum(keep) - 1
+        rows = self.feedback_rows_
+        self.feedback_rows_ = new_index[rows[keep[rows]]]
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Parameters and model names, plus the remembered embeddings and labels."""
         check_fitted(self)
-        return ({"k": int(self.k), "shrinkage": float(self.shrinkage), "models": list(self.models_)},
-                {"X": self.memory_.X, "Y": self.memory_.Y})
+        return ({"k": int(self.k), "shrinkage": float(self.shrinkage), "max_feedback": int(self.max_feedback),
+                 "models": list(self.models_)},
+                {"X": self.memory_.X, "Y": self.memory_.Y, "feedback_rows": self.feedback_rows_})
 
     @classmethod
     def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "KNNQuality":
         """Rebuild a fitted predictor from get_state() output (ValueError when inconsistent)."""
-        self = cls(k=params["k"], shrinkage=params["shrinkage"])
+        self = cls(k=params["k"], shrinkage=params["shrinkage"], max_feedback=params.get("max_feedback", 10_000))
         self._check_params()
         X, Y, self.models_ = check_targets(arrays["X"], arrays["Y"], params["models"])
         self.memory_ = LabelMemory.restore(X, Y)
+        # Routers saved before feedback was bounded kept none apart: theirs is all remembered.
+        rows = np.asarray(arrays.get("feedback_rows", np.empty(0)), dtype=np.int64)
+        if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= len(X))):
+            raise ValueError("feedback_rows must be row indices of the memory")
+        self.feedback_rows_ = rows
         self._update_means()
         return self

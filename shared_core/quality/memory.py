@@ -92,12 +92,21 @@ class LabelMemory:
         self._snap = _Snapshot(np.concatenate([s.X[: s.n], l2_normalise(X)]), np.concatenate([Y_old, Y_new]),
                                s.n + len(X))
 
-    def drop_column(self, j: int) -> None:
-        """Forget model column j, and the rows left without any label."""
+    def drop_column(self, j: int) -> np.ndarray:
+        """Forget model column j, and the rows left without any label; which rows were kept (bool)."""
         s = self._snap
         Y = np.delete(s.Y[: s.n], j, axis=1)
         keep = ~np.isnan(Y).all(axis=1) if Y.shape[1] else np.zeros(s.n, dtype=bool)
         self._snap = _Snapshot(s.X[: s.n][keep], Y[keep], int(keep.sum()))
+        return keep
+
+    def forget(self, rows: np.ndarray) -> np.ndarray:
+        """Forget the given rows (a new snapshot: readers keep the old one); which rows were kept."""
+        s = self._snap
+        keep = np.ones(s.n, dtype=bool)
+        keep[rows] = False
+        self._snap = _Snapshot(s.X[: s.n][keep], s.Y[: s.n][keep], int(keep.sum()))
+        return keep
 
     def neighbour_means(self, Q: np.ndarray, k: int, prior: np.ndarray, shrinkage: float) -> np.ndarray:
         """Per query row and model: (sum of the k_j nearest labelled labels + s·prior) / (count + s).
