@@ -176,3 +176,51 @@ def test_feedback_memory_is_bounded_and_forgets_the_oldest_first(train_sample, t
     assert np.array_equal(loaded.quality.feedback_rows_, knn.feedback_rows_)
     loaded.remove_candidate(loaded.candidates[0].name)
     assert loaded.quality.feedback_rows_.max() < len(loaded.quality.memory_.X)
+
+
+def test_redis_expires_a_backlog_of_holds_in_bounded_batches():
+    from ledger_support import FakeClock, require_redis, redis_admin
+
+    from shared_core.stores import open_store
+
+    require_redis()
+    import uuid
+
+    prefix, clock = f"omniroute-test:{uuid.uuid4().hex}:", FakeClock()
+    store = open_store(f"redis://127.0.0.1:6379/0?prefix={prefix}", clock=clock)
+    try:
+        store.set_budget("s", Budget(usd=100.0))
+        for i in range(2_500):
+            store.reserve(f"r{i}", ["s"], 0.001, ttl_s=1)
+        clock.advance(2)
+        # Each operation lapses at most 1,000 holds; the rest stay counted as held meanwhile.
+        assert store.state("s").expired == 1_000
+        assert store.state("s").expired == 2_000
+        assert store.state("s").expired == 2_500 and store.state("s").reserved == 0
+    finally:
+        store.close()
+        admin = redis_admin()
+        keys = list(admin.scan_iter(match=prefix + "*"))
+        if keys:
+            admin.delete(*keys)
+
+
+def test_a_busy_redis_is_a_ledger_that_is_unavailable():
+    import redis
+
+    from ledger_support import require_redis
+
+    from shared_core.stores import open_store
+
+    require_redis()
+    store = open_store("redis://127.0.0.1:6379/0?prefix=omniroute-test-busy:")
+    try:
+        def busy(*args, **kwargs):
+            raise redis.ResponseError("BUSY Redis is busy running a script. You can only call SCRIPT KILL")
+
+        store.client.evalsha = busy
+        store.client.eval = busy
+        with pytest.raises(LedgerUnavailable, match="busy"):
+            store.state("s")
+    finally:
+        store.close()

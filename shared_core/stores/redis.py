@@ -92,7 +92,9 @@ end
 -- Lapse reservations whose time is up (their money returns; the record stays for late
 -- commits) and forget, a thousand at a time, those finished more than RETAIN seconds ago.
 local function sweep()
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', OPEN, '-inf', now)) do
+  -- At most SWEEP holds per script, so that a backlog never blocks the server (what is left
+  -- lapses in the next scripts; until then it is still counted as held: refusals err safe).
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', OPEN, '-inf', now, 'LIMIT', 0, 1000)) do
     local f = redis.call('HMGET', P .. 'hold:' .. id, 'scopes', 'amount')
     for _, s in ipairs(cjson.decode(f[1])) do
       incr(skey(s), 'reserved', -tonumber(f[2]))
@@ -271,6 +273,11 @@ class RedisStore(LedgerStore):
             yield
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise LedgerUnavailable(f"Redis ledger at {self.where} is unreachable: {e}") from e
+        except redis.ResponseError as e:
+            if str(e).startswith(("BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN")):
+                # The server is there but cannot answer now (a long script, loading its data).
+                raise LedgerUnavailable(f"Redis ledger at {self.where} is busy: {e}") from e
+            raise
 
     def _run(self, script: str, *args: Any) -> Any:
         now = "" if self._clock is None else repr(float(self._clock()))
