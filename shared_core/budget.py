@@ -131,7 +131,14 @@ class Budget(BaseModel):
     @classmethod
     def _usd_valid(cls, v: float) -> float:
         to_nanos(v, "budget usd")
-        return float(v)
+        return float(v) + 0.0  # -0.0 reads as 0.0
+
+    @field_validator("usd", "horizon", "horizon_s", "period_s", mode="before")
+    @classmethod
+    def _not_bool(cls, v: object, info: ValidationInfo) -> object:
+        if isinstance(v, bool):
+            raise ValueError(f"{info.field_name} must be a number, got {v!r}")
+        return v
 
     @field_validator("horizon")
     @classmethod

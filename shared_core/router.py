@@ -516,13 +516,17 @@ class Router:
         self.retry_pending()
         try:
             before = [s for s in self.store.states(decision.scopes) if s is not None]
-            committed = _with_retries(lambda: self.store.commit(decision.id, cost, model=decision.chosen))
+            committed = _with_retries(lambda: self._store_commit(decision, cost))
         except LedgerUnavailable as error:
             # The call was made and its answer is the caller's: keep the money to commit later.
             with self._pending_lock:
                 self._pending.append((decision, cost))
             logger.error("the ledger could not record %.9g USD for %s in scope %r (%s); kept to retry on the "
                          "next commit (Router.retry_pending)", cost, decision.chosen, decision.scope, error)
+            return Charge(cost, 0.0)
+        except KeyError as error:  # the ledger lost the scope itself while the call ran
+            logger.error("the ledger lost scope %r while %s answered; %.9g USD could not be recorded (%s)",
+                         decision.scope, decision.chosen, cost, error)
             return Charge(cost, 0.0)
         if not committed:
             return Charge(cost, 0.0)
@@ -545,19 +549,34 @@ class Router:
                 self.store.adjust_lambda(state.scope, theta)
         return Charge(cost, overrun)
 
+    def _store_commit(self, decision: Decision, cost: float) -> bool:
+        """The ledger's commit; for a reservation it no longer knows (forgotten after its retention,
+        or lost with the ledger), the money is recorded under a fresh zero hold instead."""
+        try:
+            return self.store.commit(decision.id, cost, model=decision.chosen)
+        except KeyError:
+            fresh = uuid.uuid4().hex
+            self.store.reserve(fresh, decision.scopes, 0.0, self.reservation_ttl_s)
+            logger.warning("the ledger no longer knew reservation %s; recorded %.9g USD for %s under a new one",
+                           decision.id, cost, decision.chosen)
+            return self.store.commit(fresh, cost, model=decision.chosen)
+
     def retry_pending(self) -> int:
         """Commit what the ledger could not take before (see `commit`); how many are still pending."""
         with self._pending_lock:
             pending, self._pending = self._pending, []
         for i, (decision, cost) in enumerate(pending):
             try:
-                if self.store.commit(decision.id, cost, model=decision.chosen):
+                if self._store_commit(decision, cost):
                     logger.info("recorded %.9g USD for %s in scope %r, kept while the ledger was unreachable",
                                 cost, decision.chosen, decision.scope)
             except LedgerUnavailable:
                 with self._pending_lock:
                     self._pending[:0] = pending[i:]
                 break
+            except (KeyError, ValueError) as error:  # the ledger lost its scopes: nothing can take it
+                logger.error("dropped %.9g USD for %s in scope %r, kept while the ledger was unreachable: %s",
+                             cost, decision.chosen, decision.scope, error)
         with self._pending_lock:
             return len(self._pending)
 

@@ -224,3 +224,60 @@ def test_a_busy_redis_is_a_ledger_that_is_unavailable():
             store.state("s")
     finally:
         store.close()
+
+
+def test_a_kept_settle_the_ledger_forgot_is_recorded_anew_and_never_blocks_others():
+    from ledger_support import FakeClock
+
+    clock = FakeClock()
+    store = BlinkingStore(clock=clock, retention_s=60)
+    router = Router(_cands(), store=store)
+    router.set_budget("s", Budget(usd=1.0))
+    first, second = (router.decide("Hello.", "s", model="small", max_tokens=10) for _ in range(2))
+    store.down = True
+    router.settle(first, output_tokens=10)
+    router.settle(second, output_tokens=10)
+    assert router.retry_pending() == 2
+    store.down = False
+    clock.advance(3_600)  # the outage outlasted the reservations' lapse and their retention
+    router.budget_state("s")
+    clock.advance(120)
+    third = router.decide("Hello.", "s", model="small", max_tokens=10)
+    router.settle(third, output_tokens=10)  # also records the two kept settles
+    state = router.budget_state("s")
+    assert state.requests == 3 and router.retry_pending() == 0
+    assert state.committed == pytest.approx(3 * router.candidate("small").cost(third.input_tokens["small"], 10))
+
+
+def test_a_scope_an_eviction_left_partial_is_rebuilt_by_its_budget():
+    import uuid
+
+    from ledger_support import redis_admin, require_redis
+
+    from shared_core.stores import open_store
+
+    require_redis()
+    prefix = f"omniroute-test:{uuid.uuid4().hex}:"
+    store = open_store(f"redis://127.0.0.1:6379/0?prefix={prefix}")
+    admin = redis_admin()
+    try:
+        router = Router(_cands(), store=store)
+        router.set_budget("b", Budget(usd=10.0))
+        decision = router.decide("Hello.", "b", model="small", max_tokens=10)
+        admin.delete(prefix + "scope:b")  # evicted under maxmemory while the call ran
+        router.settle(decision, output_tokens=10)  # a late commit must not leave a partial scope
+        assert router.budget_state("b") is None  # no half-scope: the ledger simply lacks it
+        # The next request re-establishes it from the budget set in code, whole.
+        assert router.decide("Hello.", "b", model="small", max_tokens=10).scopes == ("b",)
+        assert router.budget_state("b").budget.usd == 10.0
+    finally:
+        store.close()
+        keys = list(admin.scan_iter(match=prefix + "*"))
+        if keys:
+            admin.delete(*keys)
+
+
+@pytest.mark.parametrize("fields", [{"usd": True}, {"usd": 1.0, "horizon": True}, {"usd": 1.0, "period_s": True}])
+def test_a_budget_is_not_a_bool(fields):
+    with pytest.raises(ValueError, match="must be a number"):
+        Budget(**fields)

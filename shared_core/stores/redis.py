@@ -56,6 +56,10 @@ local OPEN, DONE = P .. 'open', P .. 'done'
 
 local function skey(s) return P .. 'scope:' .. s end
 
+-- A scope exists when its hash holds a budget: a hash an eviction left partial (or that only a
+-- late commit re-created) is no scope, and is never written to but by set_budget, which rebuilds it.
+local function scoped(s) return redis.call('HEXISTS', skey(s), 'budget') == 1 end
+
 -- A whole number of nano-dollars as the plain digits HINCRBY accepts. Lua numbers are doubles,
 -- and Redis turns a number argument into text itself: negating a zero gives -0, which becomes
 -- "-0", and HINCRBY refuses it ("value is not an integer or out of range"). Money and counts
@@ -97,8 +101,10 @@ local function sweep()
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', OPEN, '-inf', now, 'LIMIT', 0, 1000)) do
     local f = redis.call('HMGET', P .. 'hold:' .. id, 'scopes', 'amount')
     for _, s in ipairs(cjson.decode(f[1])) do
-      incr(skey(s), 'reserved', -tonumber(f[2]))
-      incr(skey(s), 'expired', 1)
+      if scoped(s) then
+        incr(skey(s), 'reserved', -tonumber(f[2]))
+        incr(skey(s), 'expired', 1)
+      end
     end
     finish(id, 'lapsed')
   end
@@ -115,7 +121,8 @@ _SCRIPTS = {
     "set_budget": """
 local s = ARGV[4]
 local k = skey(s)
-if redis.call('EXISTS', k) == 0 then
+if not scoped(s) then
+  redis.call('DEL', k, P .. 'spend:' .. s, P .. 'calls:' .. s)
   redis.call('HSET', k, 'period_start', now, 'committed', 0, 'reserved', 0, 'requests', 0,
              'released', 0, 'expired', 0, 'lam', '')
   redis.call('SADD', P .. 'scopes', s)
@@ -140,7 +147,7 @@ sweep()
 local found = {}
 for i = 4, #ARGV do
   local s = ARGV[i]
-  if redis.call('EXISTS', skey(s)) == 0 then
+  if not scoped(s) then
     found[#found + 1] = {}
   else
     roll(s)
@@ -162,7 +169,7 @@ if held[1] then
 end
 local scopes = cjson.decode(scopes_json)
 for _, s in ipairs(scopes) do
-  if redis.call('EXISTS', skey(s)) == 0 then return {'unknown', s} end
+  if not scoped(s) then return {'unknown', s} end
 end
 for _, s in ipairs(scopes) do
   roll(s)
@@ -186,14 +193,16 @@ local f = redis.call('HMGET', h, 'status', 'scopes', 'amount')
 if not f[1] then return 'unknown' end
 if f[1] == 'committed' then return 'repeat' end
 for _, s in ipairs(cjson.decode(f[2])) do
-  roll(s)
-  local k = skey(s)
-  if f[1] == 'open' then incr(k, 'reserved', -tonumber(f[3])) end
-  incr(k, 'committed', actual)
-  incr(k, 'requests', 1)
-  if model then
-    incr(P .. 'spend:' .. s, model, actual)
-    incr(P .. 'calls:' .. s, model, 1)
+  if scoped(s) then
+    roll(s)
+    local k = skey(s)
+    if f[1] == 'open' then incr(k, 'reserved', -tonumber(f[3])) end
+    incr(k, 'committed', actual)
+    incr(k, 'requests', 1)
+    if model then
+      incr(P .. 'spend:' .. s, model, actual)
+      incr(P .. 'calls:' .. s, model, 1)
+    end
   end
 end
 finish(id, 'committed')
@@ -207,16 +216,18 @@ local h = P .. 'hold:' .. id
 local f = redis.call('HMGET', h, 'status', 'scopes', 'amount')
 if f[1] ~= 'open' then return 0 end
 for _, s in ipairs(cjson.decode(f[2])) do
-  roll(s)
-  incr(skey(s), 'reserved', -tonumber(f[3]))
-  incr(skey(s), 'released', 1)
+  if scoped(s) then
+    roll(s)
+    incr(skey(s), 'reserved', -tonumber(f[3]))
+    incr(skey(s), 'released', 1)
+  end
 end
 finish(id, 'released')
 return 1
 """,
     # ARGV[4] scope, ARGV[5] λ → 0 when the scope has no budget
     "lambda": """
-if redis.call('EXISTS', skey(ARGV[4])) == 0 then return 0 end
+if not scoped(ARGV[4]) then return 0 end
 redis.call('HSET', skey(ARGV[4]), 'lam', ARGV[5])
 return 1
 """,
