@@ -225,3 +225,26 @@ def test_redaction_of_text_with_several_urls():
     assert redact_url("redis://u:p@ss@h:1/0?prefix=a:") == "redis://u:***@h:1/0?prefix=a:"
     assert redact_url("redis://u@h:1/0") == "redis://u@h:1/0"  # no password, nothing to hide
     assert redact("see rediss://a:b@h:1/0 and redis://h:2/0") == "see rediss://a:***@h:1/0 and redis://h:2/0"
+
+
+def test_set_keeps_spend_unless_asked_to_reset(tmp_path, capsys):
+    from shared_core.budget import Budget
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    assert main(["budget", "set", "acme", "--usd", "10", "--create", "--store", url]) == 0
+    store = open_store(url)
+    try:
+        store.reserve("r1", ["acme"], 5.0, ttl_s=60)
+        store.commit("r1", 4.0, "m")
+    finally:
+        store.close()
+    assert main(["budget", "set", "acme", "--usd", "10", "--period-s", "86400", "--store", url]) == 0
+    store = open_store(url)
+    assert store.state("acme").committed == 4.0  # a changed period keeps what was spent
+    store.close()
+    assert main(["budget", "set", "acme", "--usd", "10", "--period-s", "86400", "--reset", "--store", url]) == 0
+    store = open_store(url)
+    try:
+        assert store.state("acme").committed == 0.0 and store.state("acme").budget == Budget(usd=10, period_s=86400)
+    finally:
+        store.close()

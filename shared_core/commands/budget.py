@@ -30,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     put.add_argument("--horizon", type=int, help="requests the budget should last (pacing)")
     put.add_argument("--horizon-s", type=float, help="seconds the budget should last (pacing)")
     put.add_argument("--period-s", type=float, help="seconds after which spend resets (86400: per day)")
+    put.add_argument("--reset", action="store_true",
+                     help="zero the current period's spend (without it, what the scope spent is kept)")
     put.add_argument("--create", action="store_true",
                      help="create the SQLite ledger file if it does not exist (without it, a missing file is an error)")
 
@@ -61,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if args.action == "set":
             budget = Budget(usd=args.usd, horizon=args.horizon, horizon_s=args.horizon_s, period_s=args.period_s)
-            store.set_budget(args.scope, budget)
+            store.set_budget(args.scope, budget, reset=args.reset)
             _print_table(store.report(args.scope)[:1])
             return 0
         states = store.report(args.scope)
