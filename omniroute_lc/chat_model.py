@@ -194,7 +194,7 @@ class ChatOmniRoute(BaseChatModel):
         request = core_messages(messages)
         schemas = [convert_to_openai_tool(t) for t in tools or ()]
         return max(
-            count_message_tokens(request, c.encoding, tools=schemas, image_rule=c.provider)
+            count_message_tokens(request, c.encoding, tools=schemas, image_rule=c.image_rule)
             for c in self.router.candidates
         )
 

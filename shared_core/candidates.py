@@ -84,8 +84,17 @@ class Candidate(BaseModel):
         """The most a call can cost: every input token at the dearest input rate (plain or prompt-cache)
         plus the full output allowance (`max_tokens`, at most `max_output_tokens`)."""
         out = self.max_output_tokens if max_tokens is None else min(max_tokens, self.max_output_tokens)
-        dearest = max(self.input_price, self.cache_read_price or 0.0, self.cache_write_price or 0.0)
-        return float(price_tokens(input_tokens, out, dearest, self.output_price))
+        return float(price_tokens(input_tokens, out, self.dearest_input_price, self.output_price))
+
+    @property
+    def dearest_input_price(self) -> float:
+        """USD per 1M input tokens at the dearest input rate: plain, cache read or cache write."""
+        return max(self.input_price, self.cache_read_price or 0.0, self.cache_write_price or 0.0)
+
+    @property
+    def image_rule(self) -> str | None:
+        """The image token rule of the API it speaks ("openai", "anthropic"); None: each block's shape's."""
+        return self.provider if self.provider in ("openai", "anthropic") else None
 
     def with_limits(
         self, *, context_window: int | None = None, max_output_tokens: int | None = None, provider: str | None = None

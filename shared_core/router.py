@@ -210,7 +210,7 @@ class Router:
         self._p_out = np.array([c.output_price for c in cands])
         # The worst case assumes every input token may be billed at the dearest input rate (a
         # prompt written to the provider's cache costs more than plain input).
-        self._p_in_worst = np.array([c.worst_case_cost(1e6, 0) for c in cands])
+        self._p_in_worst = np.array([c.dearest_input_price for c in cands])
         self._max_out = np.array([c.max_output_tokens for c in cands], dtype=np.float64)
         self._window = np.array([c.context_window for c in cands], dtype=np.float64)
 
@@ -389,7 +389,7 @@ class Router:
         for j, c in enumerate(cands):
             key = (c.encoding, c.provider)
             if key not in counts:
-                counts[key] = count_message_tokens(messages, c.encoding, tools=tool_list, image_rule=_image_rule(c))
+                counts[key] = count_message_tokens(messages, c.encoding, tools=tool_list, image_rule=c.image_rule)
             input_tokens[j] = counts[key] + extra_input_tokens
         q, out = self._predict(self._features([text]), 1)
         q, out = q[0], out[0]
@@ -768,11 +768,6 @@ def _routed(decision: Decision) -> Decision:
             decision.cost[name], decision.reserved, decision.output_cap or 0, decision.attempt,
         )
     return decision
-
-
-def _image_rule(candidate: Candidate) -> str | None:
-    """The image token rule of the API the candidate speaks (None: the rule of each block's shape)."""
-    return candidate.provider if candidate.provider in ("openai", "anthropic") else None
 
 
 def output_caps(

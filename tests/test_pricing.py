@@ -219,3 +219,11 @@ def test_images_are_priced_by_the_rule_of_the_api_the_candidate_speaks():
     tokens = Router([claude, gpt]).decide([{"role": "user", "content": content}], max_tokens=1).input_tokens
     # The OpenAI-shaped block goes to Claude converted: Anthropic bills ceil(1000·1000 / 750) = 1334.
     assert tokens["claude"] - tokens["gpt"] == 1334 - 85
+
+
+def test_one_image_rule_per_candidate():
+    assert Candidate(name="a", input_price=1, output_price=1, provider="anthropic").image_rule == "anthropic"
+    assert Candidate(name="a", input_price=1, output_price=1, provider="openai").image_rule == "openai"
+    # An API without a rule of its own prices each block by its shape, wherever tokens are counted.
+    assert Candidate(name="a", input_price=1, output_price=1, provider="google").image_rule is None
+    assert SONNET.dearest_input_price == 3.75
