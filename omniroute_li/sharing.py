@@ -206,7 +206,8 @@ class _UnsharedLedger(LedgerStore):
         raise LedgerNotShared(self.why)
 
     def set_budget(  # noqa: D102 - see LedgerStore
-        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False
+        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False,
+        idle_ttl_s: float | None = None,
     ) -> bool:
         return self._refuse()
 

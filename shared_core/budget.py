@@ -37,6 +37,8 @@ __all__ = [
     "NANOS_PER_USD",
     "MAX_USD",
     "DEFAULT_RETENTION_S",
+    "MIN_IDLE_TTL_S",
+    "check_idle_ttl",
 ]
 
 #: Nano-dollars per US dollar: the ledgers' unit of account.
@@ -52,6 +54,10 @@ MIN_PERIOD_S = 1e-3
 MAX_PERIOD_S = 100 * 365.25 * 86_400.0
 #: How long a finished reservation is remembered, so a repeated commit is recognised (a day).
 DEFAULT_RETENTION_S = 86_400.0
+#: The shortest idle time after which a scope may be forgotten (see LedgerStore.set_budget).
+MIN_IDLE_TTL_S = 1.0
+#: How many idle scopes one ledger operation forgets at most: a backlog never stalls a request.
+IDLE_BATCH = 1_000
 
 
 class BudgetExceeded(RuntimeError):
@@ -171,6 +177,7 @@ class ScopeState:
     calls_by_model: dict[str, int] = field(default_factory=dict)
     released: int = 0
     expired: int = 0
+    idle_ttl_s: float | None = None
 
     @property
     def remaining(self) -> float:
@@ -215,6 +222,7 @@ class ScopeBooks:
     lam: float | None = None
     spend: dict[str, int] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
+    idle_ttl_s: float | None = None
 
     def roll(self, now: float) -> bool:
         """Start a new period when the current one is over (spend and counts reset); True if it did."""
@@ -274,6 +282,7 @@ class ScopeBooks:
             reserved=to_usd(self.reserved), requests=self.requests, lam=self.lam,
             period_start=self.period_start, by_model={m: to_usd(n) for m, n in self.spend.items()},
             calls_by_model=dict(self.calls), released=self.released, expired=self.expired,
+            idle_ttl_s=self.idle_ttl_s,
         )
 
 
@@ -316,6 +325,19 @@ def check_reservation(scopes: Sequence[str], ttl_s: float) -> tuple[str, ...]:
     return chain
 
 
+def check_idle_ttl(idle_ttl_s: float | None, name: str = "idle_ttl_s") -> float | None:
+    """idle_ttl_s as a float (None stays None), after checking it is a number of seconds in
+    [MIN_IDLE_TTL_S, MAX_PERIOD_S]; ValueError naming the parameter (`name`) otherwise."""
+    if idle_ttl_s is None:
+        return None
+    if isinstance(idle_ttl_s, bool) or not isinstance(idle_ttl_s, (int, float)) \
+            or not MIN_IDLE_TTL_S <= idle_ttl_s <= MAX_PERIOD_S:
+        raise ValueError(
+            f"{name} must be None or a number of seconds in [{MIN_IDLE_TTL_S}, {MAX_PERIOD_S:.0f}], got {idle_ttl_s!r}"
+        )
+    return float(idle_ttl_s)
+
+
 def check_retention(retention_s: float) -> float:
     """retention_s, after checking it is a positive number of seconds."""
     if not math.isfinite(retention_s) or retention_s <= 0:
@@ -333,7 +355,8 @@ class LedgerStore(ABC):
 
     @abstractmethod
     def set_budget(
-        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False
+        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False,
+        idle_ttl_s: float | None = None,
     ) -> bool:
         """Create the scope or change its budget, keeping what it has spent (see the rule below).
 
@@ -357,7 +380,17 @@ class LedgerStore(ABC):
         nothing: a default budget set this way never overwrites an explicit one set before it,
         even by another process an instant earlier.
 
+        `idle_ttl_s` (seconds, at least MIN_IDLE_TTL_S) makes the scope forgettable: once no
+        reservation, commit, release or budget change has touched it for that long and it holds
+        no money, the ledger deletes its books, so scopes made per session do not pile up. A
+        forgotten scope is a scope without a budget (its next budget starts with no spend); its
+        enclosing scopes keep everything it spent. Commits, releases and lapses of holds that
+        named it still go to those enclosing scopes. None (the default) keeps the scope until
+        it is deleted; setting a budget replaces the scope's `idle_ttl_s` with the one given.
+        Expiry runs inside later ledger operations, at most IDLE_BATCH scopes each.
+
         Returns True when the budget was set, False when `only_if_absent` found one already.
+        ValueError for a malformed scope or `idle_ttl_s`.
         """
 
     @abstractmethod
@@ -423,6 +456,8 @@ class MemoryStore(LedgerStore):
         self._clock = clock
         self._retention_s = check_retention(retention_s)
         self._books: dict[str, ScopeBooks] = {}
+        self._touched: dict[str, float] = {}  # last activity of each forgettable scope
+        self._idle: list[tuple[float, str]] = []  # heap of forgettable scopes by when they may go
         self._open: dict[str, _Hold] = {}
         self._done: dict[str, _Hold] = {}  # lapsed, committed or released, kept for retention_s
         self._expiry: list[tuple[float, str]] = []  # heap of open holds by expiry
@@ -433,11 +468,35 @@ class MemoryStore(LedgerStore):
             _, rid = heapq.heappop(self._expiry)
             if rid in self._open:
                 hold = self._finish(rid, "lapsed", now)
-                for s in hold.scopes:
-                    self._books[s].reserved -= hold.amount
-                    self._books[s].expired += 1
+                for b in self._present(hold.scopes):
+                    b.reserved -= hold.amount
+                    b.expired += 1
         while self._forget and self._forget[0][0] <= now:
             self._done.pop(self._forget.popleft()[1], None)
+        for _ in range(IDLE_BATCH):
+            if not self._idle or self._idle[0][0] > now:
+                break
+            _, scope = heapq.heappop(self._idle)
+            books = self._books.get(scope)
+            if books is None or books.idle_ttl_s is None:
+                self._touched.pop(scope, None)
+                continue
+            due = self._touched[scope] + books.idle_ttl_s
+            if books.reserved:  # still holding money: look again once its holds could have lapsed
+                due = max(due, now + books.idle_ttl_s)
+            if due > now:
+                heapq.heappush(self._idle, (due, scope))
+                continue
+            del self._books[scope], self._touched[scope]
+
+    def _touch(self, books: Sequence[ScopeBooks], now: float) -> None:
+        for b in books:
+            if b.idle_ttl_s is not None:
+                self._touched[b.scope] = now
+
+    def _present(self, scopes: Sequence[str]) -> list[ScopeBooks]:
+        """The books of those of `scopes` the ledger still has (a forgotten scope is skipped)."""
+        return [self._books[s] for s in scopes if s in self._books]
 
     def _finish(self, rid: str, status: str, now: float) -> _Hold:
         hold = self._open.pop(rid)
@@ -454,18 +513,25 @@ class MemoryStore(LedgerStore):
         return books
 
     def set_budget(
-        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False
+        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False,
+        idle_ttl_s: float | None = None,
     ) -> bool:
         scope_chain(scope)
+        idle_ttl_s = check_idle_ttl(idle_ttl_s)
         with self._lock:
             now = self._clock()
+            self._sweep(now)
             books = self._books.get(scope)
             if books is None:
-                self._books[scope] = ScopeBooks(scope=scope, budget=budget, period_start=now)
+                books = self._books[scope] = ScopeBooks(scope=scope, budget=budget, period_start=now)
             elif only_if_absent:
                 return False
             else:
                 books.rebudget(budget, now, reset)
+            if idle_ttl_s is not None and scope not in self._touched:
+                heapq.heappush(self._idle, (now + idle_ttl_s, scope))
+            books.idle_ttl_s = idle_ttl_s
+            self._touch([books], now)
             return True
 
     def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
@@ -476,6 +542,7 @@ class MemoryStore(LedgerStore):
 
     def scopes(self) -> list[str]:
         with self._lock:
+            self._sweep(self._clock())
             return sorted(self._books)
 
     def reserve(self, reservation_id: str, scopes: Sequence[str], amount: float, ttl_s: float) -> None:
@@ -494,6 +561,7 @@ class MemoryStore(LedgerStore):
                 b.check(nanos)
             for b in books:
                 b.reserved += nanos
+            self._touch(books, now)
             self._open[reservation_id] = _Hold(chain, nanos, now + ttl_s)
             heapq.heappush(self._expiry, (now + ttl_s, reservation_id))
 
@@ -511,11 +579,13 @@ class MemoryStore(LedgerStore):
             if was_open:
                 self._finish(reservation_id, "committed", now)
             hold.status = "committed"
-            for s in hold.scopes:
-                books = self._scope(s, now)
+            books = self._present(hold.scopes)
+            for b in books:
+                b.roll(now)
                 if was_open:
-                    books.reserved -= hold.amount
-                books.charge(nanos, model)
+                    b.reserved -= hold.amount
+                b.charge(nanos, model)
+            self._touch(books, now)
             return True
 
     def release(self, reservation_id: str) -> bool:
@@ -525,10 +595,12 @@ class MemoryStore(LedgerStore):
             if reservation_id not in self._open:
                 return False
             hold = self._finish(reservation_id, "released", now)
-            for s in hold.scopes:
-                books = self._scope(s, now)
-                books.reserved -= hold.amount
-                books.released += 1
+            books = self._present(hold.scopes)
+            for b in books:
+                b.roll(now)
+                b.reserved -= hold.amount
+                b.released += 1
+            self._touch(books, now)
             return True
 
     def adjust_lambda(self, scope: str, value: float) -> None:

@@ -80,7 +80,10 @@ MAX_MANIFEST_BYTES = 64 << 20
 #: Files are hashed, and array data copied out of the zip, this many bytes at a time.
 CHUNK_BYTES = 1 << 20
 #: The settings a manifest may hold, all passed to the Router. No ledger: see load_router.
-SETTINGS = frozenset({"cost_weight", "strict_scopes", "max_fallbacks", "reservation_ttl_s", "default_budget", "pacer"})
+SETTINGS = frozenset({
+    "cost_weight", "strict_scopes", "max_fallbacks", "reservation_ttl_s", "default_budget", "pacer",
+    "session_idle_ttl_s",
+})
 # Longest .npy header accepted (numpy writes a few hundred bytes at most).
 _MAX_NPY_HEADER = 1 << 16
 # A lockless load re-reads the pair this many times when the manifest is replaced meanwhile,
@@ -157,6 +160,7 @@ def save_router(router: Router, directory: str | Path) -> Path:
             "strict_scopes": router.strict_scopes,
             "max_fallbacks": router.max_fallbacks,
             "reservation_ttl_s": router.reservation_ttl_s,
+            "session_idle_ttl_s": router.session_idle_ttl_s,
             "default_budget": None if router.default_budget is None else router.default_budget.model_dump(mode="json"),
             "pacer": router.pacer.model_dump(mode="json"),
         },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ from .budget import (
     LedgerUnavailable,
     ScopeState,
     UnknownScope,
+    check_idle_ttl,
     scope_chain,
     to_nanos,
     to_usd,
@@ -29,13 +31,17 @@ from .candidates import Candidate, validate_candidates
 from .length import LengthPrior
 from .fallbacks import Attempt, ErrorKind, classify
 from .pacing import DualPacer
+from .pending import PendingCommit, PendingCommits, PendingJournal
 from .pricing import Usage, price, price_tokens
 from .quality.base import QualityPredictor
 from .solver import BatchRouting, budget_curve, capacity_counts, solve
 from .stores import open_store
 from .tokens import content_text, count_message_tokens, count_tokens_batch
 
-__all__ = ["Router", "Charge", "Decision", "RoutingError", "NoFeasibleCandidate", "Estimate", "DEFAULT_SCOPE"]
+__all__ = [
+    "Router", "Charge", "Decision", "RoutingError", "NoFeasibleCandidate", "Estimate", "DEFAULT_SCOPE",
+    "DEFAULT_SESSION_IDLE_TTL_S",
+]
 
 logger = logging.getLogger("omniroute")
 
@@ -46,6 +52,10 @@ MIN_RESERVATION_TTL_S = 0.1
 
 #: The scope of requests that name none.
 DEFAULT_SCOPE = "default"
+
+#: How long a session scope made from `default_budget` may sit idle before the ledger forgets it
+#: (a week): a long-running service sees sessions come and go, and must not keep them all.
+DEFAULT_SESSION_IDLE_TTL_S = 7 * 86_400.0
 
 
 class RoutingError(ValueError):
@@ -145,6 +155,8 @@ class Router:
         attempt_timeout_s: float | None = None,
         deadline_s: float | None = None,
         scope_prefix: str | None = None,
+        session_idle_ttl_s: float | None = DEFAULT_SESSION_IDLE_TTL_S,
+        pending_journal: str | os.PathLike[str] | None = None,
     ) -> None:
         # Guards the predictors' columns together with the candidate column map (re-entrant:
         # add_candidate holds it while it calls _set_candidates).
@@ -174,13 +186,15 @@ class Router:
             scope_chain(scope_prefix)
         # Every session a caller names is nested in it: a tenant's router cannot charge another's.
         self.scope_prefix = scope_prefix
+        self.session_idle_ttl_s = check_idle_ttl(session_idle_ttl_s, "session_idle_ttl_s")
         # Budgets set through this router (set_budget): the truth a lost ledger entry is restored from.
         self._declared: dict[str, Budget] = {}
         # Candidates removed while their calls were in flight, so those calls can still be priced.
         self._retired: dict[str, Candidate] = {}
-        # Commits the ledger could not take (it was unreachable), retried on later operations.
-        self._pending: list[tuple[Decision, float]] = []
-        self._pending_lock = threading.Lock()
+        # Commits the ledger could not take (it was unreachable), retried on later commits; in a
+        # file when one is given, so that a process dying before the ledger is back loses nothing.
+        self.pending_journal = pending_journal
+        self._kept = PendingCommits() if pending_journal is None else PendingJournal(pending_journal)
         for name, value in (("attempt_timeout_s", attempt_timeout_s), ("deadline_s", deadline_s)):
             if value is not None and not (isinstance(value, (int, float)) and 0 < value < float("inf")):
                 raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
@@ -284,7 +298,7 @@ class Router:
                              "evicted keys?); re-established it from the one set in code, without its past spend",
                              name)
         if states[-1] is None and self.default_budget is not None:
-            self.store.set_budget(scope, self.default_budget, only_if_absent=True)
+            self.store.set_budget(scope, self.default_budget, only_if_absent=True, idle_ttl_s=self.session_idle_ttl_s)
             states[-1] = self.store.state(scope)
         if states[-1] is None and self.strict_scopes:
             raise UnknownScope(f"scope {scope!r} has no budget and the router is strict")
@@ -427,7 +441,14 @@ class Router:
             output_caps={c.name: int(caps[j]) for j, c in enumerate(cands) if feasible[j]},
         )
         worst_by_name = {c.name: float(worst[j]) for j, c in enumerate(cands)}
-        return self._reserve_first(base, list(ranking), worst_by_name, states, reservation_ttl_s)
+        try:
+            return self._reserve_first(base, list(ranking), worst_by_name, states, reservation_ttl_s)
+        except UnknownScope:
+            # The session's scope was forgotten (idle) or lost between the read and the hold: its
+            # budget is re-established, once, as for any request that finds it missing.
+            states = self._scope_states(session)
+            base = replace(base, scopes=tuple(s.scope for s in states))
+            return self._reserve_first(base, list(ranking), worst_by_name, states, reservation_ttl_s)
 
     def _reserve_first(
         self, base: Decision, order: list[str], worst: Mapping[str, float], states: list[ScopeState],
@@ -514,15 +535,13 @@ class Router:
         if not decision.scopes:
             return Charge(cost, 0.0)
         self.retry_pending()
+        entry = PendingCommit(decision.id, decision.scopes, decision.chosen, cost, time.time())
         try:
             before = [s for s in self.store.states(decision.scopes) if s is not None]
-            committed = _with_retries(lambda: self._store_commit(decision, cost))
+            committed = _with_retries(lambda: self._store_commit(entry))
         except LedgerUnavailable as error:
             # The call was made and its answer is the caller's: keep the money to commit later.
-            with self._pending_lock:
-                self._pending.append((decision, cost))
-            logger.error("the ledger could not record %.9g USD for %s in scope %r (%s); kept to retry on the "
-                         "next commit (Router.retry_pending)", cost, decision.chosen, decision.scope, error)
+            self._keep(entry, error)
             return Charge(cost, 0.0)
         except KeyError as error:  # the ledger lost the scope itself while the call ran
             logger.error("the ledger lost scope %r while %s answered; %.9g USD could not be recorded (%s)",
@@ -549,36 +568,43 @@ class Router:
                 self.store.adjust_lambda(state.scope, theta)
         return Charge(cost, overrun)
 
-    def _store_commit(self, decision: Decision, cost: float) -> bool:
+    def _keep(self, entry: PendingCommit, error: Exception) -> None:
+        where = "in memory" if self.pending_journal is None else f"in {self.pending_journal}"
+        try:
+            self._kept.keep(entry)
+        except OSError as e:
+            logger.error("the ledger could not record %.9g USD for %s in scope %r (%s), and keeping it %s failed "
+                         "too (%s): the money is NOT recorded", entry.cost_usd, entry.model, entry.scopes[-1],
+                         error, where, e)
+            return
+        logger.error("the ledger could not record %.9g USD for %s in scope %r (%s); kept %s to retry on the next "
+                     "commit (Router.retry_pending)", entry.cost_usd, entry.model, entry.scopes[-1], error, where)
+
+    def _store_commit(self, entry: PendingCommit) -> bool:
         """The ledger's commit; for a reservation it no longer knows (forgotten after its retention,
         or lost with the ledger), the money is recorded under a fresh zero hold instead."""
         try:
-            return self.store.commit(decision.id, cost, model=decision.chosen)
+            return self.store.commit(entry.reservation_id, entry.cost_usd, model=entry.model)
         except KeyError:
             fresh = uuid.uuid4().hex
-            self.store.reserve(fresh, decision.scopes, 0.0, self.reservation_ttl_s)
+            # Scopes forgotten meanwhile (idle sessions) are left out; the enclosing ones are charged.
+            present = [s.scope for s in self.store.states(entry.scopes) if s is not None]
+            if not present:
+                raise
+            self.store.reserve(fresh, present, 0.0, self.reservation_ttl_s)
             logger.warning("the ledger no longer knew reservation %s; recorded %.9g USD for %s under a new one",
-                           decision.id, cost, decision.chosen)
-            return self.store.commit(fresh, cost, model=decision.chosen)
+                           entry.reservation_id, entry.cost_usd, entry.model)
+            return self.store.commit(fresh, entry.cost_usd, model=entry.model)
 
     def retry_pending(self) -> int:
-        """Commit what the ledger could not take before (see `commit`); how many are still pending."""
-        with self._pending_lock:
-            pending, self._pending = self._pending, []
-        for i, (decision, cost) in enumerate(pending):
-            try:
-                if self._store_commit(decision, cost):
-                    logger.info("recorded %.9g USD for %s in scope %r, kept while the ledger was unreachable",
-                                cost, decision.chosen, decision.scope)
-            except LedgerUnavailable:
-                with self._pending_lock:
-                    self._pending[:0] = pending[i:]
-                break
-            except (KeyError, ValueError) as error:  # the ledger lost its scopes: nothing can take it
-                logger.error("dropped %.9g USD for %s in scope %r, kept while the ledger was unreachable: %s",
-                             cost, decision.chosen, decision.scope, error)
-        with self._pending_lock:
-            return len(self._pending)
+        """Commit what the ledger could not take before (see `commit`); how many are still kept."""
+
+        def record(entry: PendingCommit) -> None:
+            if self._store_commit(entry):
+                logger.info("recorded %.9g USD for %s in scope %r, kept while the ledger was unreachable",
+                            entry.cost_usd, entry.model, entry.scopes[-1])
+
+        return self._kept.replay(record)
 
     def release(self, decision: Decision) -> None:
         """Return a decision's reservation unspent (a failed or cancelled call)."""

@@ -99,3 +99,62 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         """Move time forward."""
         self.now += seconds
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port (to restart it, or to fill it to its maxmemory)."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        import shutil
+        import socket
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            problem = "no redis-server program on PATH"
+            if os.environ.get("OMNIROUTE_REQUIRE_REDIS") == "1":
+                pytest.fail(f"OMNIROUTE_REQUIRE_REDIS=1 but {problem}")
+            pytest.skip(f"{problem}; install redis-server to run this test")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.command = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                        "--appendonly", "no", "--dir", str(tmp_path), *args]
+        self.process: Any = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        """The server's URL for open_store."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> Any:
+        """A plain client for inspecting and filling the server."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
+
+    def start(self) -> None:
+        """Start the server and wait until it answers."""
+        import subprocess
+        import time
+
+        import redis
+
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                if redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2).ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def kill(self) -> None:
+        """SIGKILL the server: without persistence, everything it held is gone."""
+        self.process.kill()
+        self.process.wait()
+
+    def close(self) -> None:
+        """Stop the server if it runs."""
+        if self.process is not None and self.process.poll() is None:
+            self.kill()

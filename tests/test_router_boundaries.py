@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from shared_core import Budget, Candidate, Router
-from shared_core.budget import LedgerUnavailable, MemoryStore
+from shared_core.budget import BudgetExceeded, LedgerUnavailable, MemoryStore
 from shared_core.calls import settle_usage
 from shared_core.pricing import Usage
 
@@ -50,7 +50,7 @@ def test_a_settle_the_ledger_cannot_take_is_kept_and_recorded_later(caplog):
     with caplog.at_level(logging.ERROR, logger="omniroute"):
         settlement = settle_usage(router, decision, Usage(input_tokens=12, output_tokens=10))
     assert settlement.cost_usd > 0 and settlement.remaining_usd is not None  # the caller keeps the answer
-    assert "kept to retry" in caplog.text and router.retry_pending() == 1
+    assert "kept in memory to retry" in caplog.text and router.retry_pending() == 1
     store.down = False
     assert router.retry_pending() == 0
     assert router.budget_state("s").committed == pytest.approx(settlement.cost_usd)
@@ -281,3 +281,74 @@ def test_a_scope_an_eviction_left_partial_is_rebuilt_by_its_budget():
 def test_a_budget_is_not_a_bool(fields):
     with pytest.raises(ValueError, match="must be a number"):
         Budget(**fields)
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    from ledger_support import PrivateRedis
+
+    servers = []
+
+    def start(*args: str):
+        servers.append(PrivateRedis(tmp_path, *args))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def _spend_until_refused(router: Router, session: str, tries: int) -> tuple[int, float]:
+    """Calls made and USD charged before the budget refuses (every call costs its full cap)."""
+    made, spent = 0, 0.0
+    for _ in range(tries):
+        try:
+            decision = router.decide("Hello.", session, max_tokens=10, model="small")
+        except BudgetExceeded:
+            continue
+        assert decision.scopes, "a request ran without a budget"
+        spent += router.settle(decision, output_tokens=10)
+        made += 1
+    return made, spent
+
+
+def test_a_redis_restarted_without_persistence_keeps_budgets_set_in_code(private_redis, caplog):
+    server = private_redis()
+    router = Router(_cands(), store=server.url)
+    try:
+        router.set_budget("acme", Budget(usd=0.001))
+        made, spent = _spend_until_refused(router, "acme", 200)
+        assert 0 < made < 200 and spent <= 0.001
+        server.kill()
+        server.start()  # empty: it kept nothing
+        with caplog.at_level(logging.ERROR, logger="omniroute"):
+            made_after, spent_after = _spend_until_refused(router, "acme", 200)
+        # The budget is back, without the spend the server forgot: at most one more budget's worth.
+        assert made_after == made and spent_after <= 0.001
+        assert caplog.text.count("lost the budget of scope 'acme'") == 1
+    finally:
+        router.store.close()
+
+
+def test_a_redis_evicting_under_maxmemory_keeps_budgets_set_in_code(private_redis, caplog):
+    server = private_redis("--maxmemory", "2mb", "--maxmemory-policy", "allkeys-lru")
+    router = Router(_cands(), store=server.url)
+    admin = server.client()
+    try:
+        router.set_budget("acme", Budget(usd=0.001))
+        made, _ = _spend_until_refused(router, "acme", 200)
+        scope_key = router.store.prefix + "scope:acme"
+        filler = "x" * 10_000
+        for i in range(5_000):  # other data fills the server until it evicts the ledger's keys
+            admin.set(f"filler:{i}", filler)
+            if not admin.exists(scope_key):
+                break
+        assert not admin.exists(scope_key), "maxmemory never evicted the scope"
+        admin.delete(*admin.keys("filler:*"))  # room for the ledger again
+        with caplog.at_level(logging.ERROR, logger="omniroute"):
+            made_after, spent_after = _spend_until_refused(router, "acme", 200)
+        assert made_after == made and spent_after <= 0.001
+        assert "lost the budget of scope 'acme'" in caplog.text
+    finally:
+        admin.close()
+        router.store.close()

@@ -32,6 +32,7 @@ from ..budget import (
     ScopeBooks,
     ScopeState,
     UnknownScope,
+    check_idle_ttl,
     check_reservation,
     check_retention,
     scope_chain,
@@ -52,7 +53,7 @@ if not now then
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local RETAIN = tonumber(ARGV[3])
-local OPEN, DONE = P .. 'open', P .. 'done'
+local OPEN, DONE, IDLE = P .. 'open', P .. 'done', P .. 'idle'
 
 local function skey(s) return P .. 'scope:' .. s end
 
@@ -70,6 +71,12 @@ local function int(n)
 end
 
 local function incr(k, field, n) return redis.call('HINCRBY', k, field, int(n)) end
+
+-- Activity on a forgettable scope (one with idle_ttl_s) restarts its idle time.
+local function touch(s)
+  local ttl = tonumber(redis.call('HGET', skey(s), 'idle_ttl_s'))
+  if ttl then redis.call('ZADD', IDLE, now + ttl, s) end
+end
 
 -- Start a new period when the current one is over: spend and counts of the old one reset.
 local function roll(s)
@@ -111,14 +118,27 @@ local function sweep()
   local old = redis.call('ZRANGEBYSCORE', DONE, '-inf', now, 'LIMIT', 0, 1000)
   for _, id in ipairs(old) do redis.call('DEL', P .. 'hold:' .. id) end
   if #old > 0 then redis.call('ZREM', DONE, unpack(old)) end
+  -- Forget, a thousand at a time, scopes idle past their idle_ttl_s that hold no money.
+  for _, s in ipairs(redis.call('ZRANGEBYSCORE', IDLE, '-inf', now, 'LIMIT', 0, 1000)) do
+    local f = redis.call('HMGET', skey(s), 'reserved', 'idle_ttl_s')
+    if tonumber(f[1]) and tonumber(f[1]) ~= 0 and tonumber(f[2]) then
+      redis.call('ZADD', IDLE, now + tonumber(f[2]), s)  -- look again once its holds could have lapsed
+    else
+      redis.call('DEL', skey(s), P .. 'spend:' .. s, P .. 'calls:' .. s)
+      redis.call('SREM', P .. 'scopes', s)
+      redis.call('ZREM', IDLE, s)
+    end
+  end
 end
 """
 
 _SCRIPTS = {
     # ARGV[4] scope, ARGV[5] usd in nanos, ARGV[6] budget JSON, ARGV[7] period_s or '',
-    # ARGV[8] '1' to reset the period's spend, ARGV[9] '1' to set only a scope without a budget
-    # → 0 when ARGV[9] found a budget (nothing changed), else 1. The rule is LedgerStore.set_budget's.
+    # ARGV[8] '1' to reset the period's spend, ARGV[9] '1' to set only a scope without a budget,
+    # ARGV[10] idle_ttl_s or '' → 0 when ARGV[9] found a budget (nothing changed), else 1.
+    # The rule is LedgerStore.set_budget's.
     "set_budget": """
+sweep()
 local s = ARGV[4]
 local k = skey(s)
 if not scoped(s) then
@@ -138,7 +158,8 @@ else
     redis.call('HSET', k, 'period_start', now)
   end
 end
-redis.call('HSET', k, 'usd', ARGV[5], 'budget', ARGV[6], 'period_s', ARGV[7])
+redis.call('HSET', k, 'usd', ARGV[5], 'budget', ARGV[6], 'period_s', ARGV[7], 'idle_ttl_s', ARGV[10])
+if ARGV[10] == '' then redis.call('ZREM', IDLE, s) else touch(s) end
 return 1
 """,
     # ARGV[4..] scopes → for each, {} when it has no budget, else {scope hash, spend, calls}
@@ -178,7 +199,10 @@ for _, s in ipairs(scopes) do
   -- a hold of 0 always fits, even where spend is past the budget (left < 0)
   if amount > 0 and amount > left then return {'exceeded', s, int(left)} end
 end
-for _, s in ipairs(scopes) do incr(skey(s), 'reserved', amount) end
+for _, s in ipairs(scopes) do
+  incr(skey(s), 'reserved', amount)
+  touch(s)
+end
 local expires = now + tonumber(ARGV[7])
 redis.call('HSET', h, 'status', 'open', 'scopes', scopes_json, 'amount', int(amount))
 redis.call('ZADD', OPEN, expires, id)
@@ -203,6 +227,7 @@ for _, s in ipairs(cjson.decode(f[2])) do
       incr(P .. 'spend:' .. s, model, actual)
       incr(P .. 'calls:' .. s, model, 1)
     end
+    touch(s)
   end
 end
 finish(id, 'committed')
@@ -220,6 +245,7 @@ for _, s in ipairs(cjson.decode(f[2])) do
     roll(s)
     incr(skey(s), 'reserved', -tonumber(f[3]))
     incr(skey(s), 'released', 1)
+    touch(s)
   end
 end
 finish(id, 'released')
@@ -234,6 +260,10 @@ return 1
     "open": """
 sweep()
 return redis.call('ZCARD', OPEN)
+""",
+    "scopes": """
+sweep()
+return redis.call('SMEMBERS', P .. 'scopes')
 """,
 }
 
@@ -296,12 +326,15 @@ class RedisStore(LedgerStore):
             return self._scripts[script](args=[self.prefix, now, self._retention_s, *args])
 
     def set_budget(
-        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False
+        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False,
+        idle_ttl_s: float | None = None,
     ) -> bool:
         scope_chain(scope)
+        idle_ttl_s = check_idle_ttl(idle_ttl_s)
         period = "" if budget.period_s is None else repr(budget.period_s)
         flags = ("1" if reset else "0", "1" if only_if_absent else "0")
-        return bool(self._run("set_budget", scope, to_nanos(budget.usd), budget.model_dump_json(), period, *flags))
+        idle = "" if idle_ttl_s is None else repr(idle_ttl_s)
+        return bool(self._run("set_budget", scope, to_nanos(budget.usd), budget.model_dump_json(), period, *flags, idle))
 
     def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
         if not scopes:
@@ -309,8 +342,7 @@ class RedisStore(LedgerStore):
         return [_snapshot(scope, found) for scope, found in zip(scopes, self._run("states", *scopes))]
 
     def scopes(self) -> list[str]:
-        with self._reaching():
-            return sorted(self.client.smembers(self.prefix + "scopes"))
+        return sorted(self._run("scopes"))
 
     def reserve(self, reservation_id: str, scopes: Sequence[str], amount: float, ttl_s: float) -> None:
         nanos = to_nanos(amount, "reservation amount")
@@ -359,6 +391,7 @@ def _snapshot(scope: str, found: Sequence[Sequence[str]]) -> ScopeState | None:
         period_start=float(fields["period_start"]), committed=int(fields["committed"]),
         reserved=int(fields["reserved"]), requests=int(fields["requests"]), released=int(fields["released"]),
         expired=int(fields["expired"]), lam=float(fields["lam"]) if fields["lam"] else None,
+        idle_ttl_s=float(fields["idle_ttl_s"]) if fields.get("idle_ttl_s") else None,
         spend={m: int(v) for m, v in spend.items()}, calls={m: int(v) for m, v in calls.items()},
     ).snapshot()
 

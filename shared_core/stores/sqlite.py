@@ -19,12 +19,14 @@ from pathlib import Path
 
 from ..budget import (
     DEFAULT_RETENTION_S,
+    IDLE_BATCH,
     Budget,
     LedgerStore,
     LedgerUnavailable,
     ScopeBooks,
     ScopeState,
     UnknownScope,
+    check_idle_ttl,
     check_reservation,
     check_retention,
     scope_chain,
@@ -33,7 +35,7 @@ from ..budget import (
 
 __all__ = ["SQLiteStore"]
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS scopes (
     name TEXT PRIMARY KEY,
@@ -44,8 +46,11 @@ CREATE TABLE IF NOT EXISTS scopes (
     requests INTEGER NOT NULL DEFAULT 0,
     released INTEGER NOT NULL DEFAULT 0,
     expired INTEGER NOT NULL DEFAULT 0,
-    lam REAL
+    lam REAL,
+    idle_ttl_s REAL,
+    idle_at REAL
 );
+CREATE INDEX IF NOT EXISTS scopes_idle ON scopes (idle_at) WHERE idle_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS spend (
     scope TEXT NOT NULL,
     model TEXT NOT NULL,
@@ -64,7 +69,9 @@ CREATE TABLE IF NOT EXISTS holds (
 CREATE INDEX IF NOT EXISTS holds_open ON holds (expires_at) WHERE status = 'open';
 CREATE INDEX IF NOT EXISTS holds_forget ON holds (forget_at) WHERE forget_at IS NOT NULL;
 """
-_COLUMNS = "name, budget, period_start, committed, reserved, requests, released, expired, lam"
+# Version 1 → 2: scopes may be forgotten when idle (LedgerStore.set_budget's idle_ttl_s).
+_MIGRATIONS = {1: ("ALTER TABLE scopes ADD COLUMN idle_ttl_s REAL", "ALTER TABLE scopes ADD COLUMN idle_at REAL")}
+_COLUMNS = "name, budget, period_start, committed, reserved, requests, released, expired, lam, idle_ttl_s"
 _SYNCHRONOUS = ("normal", "full")
 # Connections opened before a fork belong to the parent: the child must neither use nor close them.
 _INHERITED: list[sqlite3.Connection] = []
@@ -115,14 +122,25 @@ class SQLiteStore(LedgerStore):
     def _create_schema(self) -> None:
         conn = self._connect()
         try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("BEGIN IMMEDIATE")  # the version is read under the write lock: one migrates
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, _SCHEMA_VERSION):
+            if version not in (0, *_MIGRATIONS, _SCHEMA_VERSION):
+                conn.execute("ROLLBACK")
                 raise ValueError(
                     f"{self.path} holds ledger schema version {version}; this code reads {_SCHEMA_VERSION}"
                 )
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {_SCHEMA_VERSION}; COMMIT;")
+            for step in range(version, _SCHEMA_VERSION) if version else ():
+                for statement in _MIGRATIONS[step]:
+                    conn.execute(statement)
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            conn.execute("COMMIT")
         except sqlite3.OperationalError as e:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise LedgerUnavailable(f"cannot set up the SQLite ledger {self.path}: {e}") from e
         except sqlite3.DatabaseError as e:
             raise ValueError(f"cannot open the SQLite ledger {self.path}: {e}") from e
@@ -188,14 +206,25 @@ class SQLiteStore(LedgerStore):
                 (now + self._retention_s, now),
             )
         db.execute("DELETE FROM holds WHERE forget_at <= ?", (now,))
+        idle = db.execute(
+            "SELECT name FROM scopes WHERE idle_at <= ? AND reserved = 0 LIMIT ?", (now, IDLE_BATCH)
+        ).fetchall()
+        db.executemany("DELETE FROM scopes WHERE name = ?", idle)
+        db.executemany("DELETE FROM spend WHERE scope = ?", idle)
 
-    def _load(self, db: sqlite3.Connection, chain: Sequence[str], now: float) -> list[ScopeBooks]:
-        """The books of every scope in `chain`, in order, rolled into the current period."""
+    def _load(
+        self, db: sqlite3.Connection, chain: Sequence[str], now: float, present: bool = False
+    ) -> list[ScopeBooks]:
+        """The books of every scope in `chain`, in order, rolled into the current period.
+
+        UnknownScope for a scope without a budget, unless `present`: then it is skipped."""
         marks = ", ".join("?" * len(chain))
         rows = {r[0]: r for r in db.execute(f"SELECT {_COLUMNS} FROM scopes WHERE name IN ({marks})", tuple(chain))}
         books = []
         for s in chain:
             if s not in rows:
+                if present:
+                    continue
                 raise UnknownScope(f"scope {s!r} has no budget")
             b = _books(rows[s])
             if b.roll(now):
@@ -204,27 +233,33 @@ class SQLiteStore(LedgerStore):
         return books
 
     @staticmethod
-    def _save(db: sqlite3.Connection, books: Sequence[ScopeBooks]) -> None:
+    def _save(db: sqlite3.Connection, books: Sequence[ScopeBooks], now: float) -> None:
+        """Write the books back; every write is activity, so a forgettable scope's idle time restarts."""
         db.executemany(
             "UPDATE scopes SET budget = ?, period_start = ?, committed = ?, reserved = ?, requests = ?, "
-            "released = ?, expired = ?, lam = ? WHERE name = ?",
+            "released = ?, expired = ?, lam = ?, idle_ttl_s = ?, idle_at = ? WHERE name = ?",
             [
                 (b.budget.model_dump_json(), b.period_start, b.committed, b.reserved, b.requests,
-                 b.released, b.expired, b.lam, b.scope)
+                 b.released, b.expired, b.lam, b.idle_ttl_s,
+                 None if b.idle_ttl_s is None else now + b.idle_ttl_s, b.scope)
                 for b in books
             ],
         )
 
     # ----------------------------------------------------------------- LedgerStore
     def set_budget(
-        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False
+        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False,
+        idle_ttl_s: float | None = None,
     ) -> bool:
         scope_chain(scope)
+        idle_ttl_s = check_idle_ttl(idle_ttl_s)
         with self._transaction() as db:
             now = self._clock()
+            self._sweep(db, now)
             inserted = db.execute(
-                "INSERT INTO scopes (name, budget, period_start) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
-                (scope, budget.model_dump_json(), now),
+                "INSERT INTO scopes (name, budget, period_start, idle_ttl_s, idle_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (name) DO NOTHING",
+                (scope, budget.model_dump_json(), now, idle_ttl_s, None if idle_ttl_s is None else now + idle_ttl_s),
             ).rowcount
             if inserted:
                 return True
@@ -233,12 +268,13 @@ class SQLiteStore(LedgerStore):
             (books,) = self._load(db, [scope], now)
             if books.rebudget(budget, now, reset):
                 db.execute("DELETE FROM spend WHERE scope = ?", (scope,))
-            self._save(db, [books])
+            books.idle_ttl_s = idle_ttl_s
+            self._save(db, [books], now)
             return True
 
     def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
         now = self._clock()
-        if self._has_lapsed(now):
+        if self._due(now):
             with self._transaction() as db:
                 self._sweep(db, now)
         found: list[ScopeState | None] = []
@@ -257,13 +293,19 @@ class SQLiteStore(LedgerStore):
                 found.append(books.snapshot())
         return found
 
-    def _has_lapsed(self, now: float) -> bool:
+    def _due(self, now: float) -> bool:
+        """Whether a hold has lapsed or an idle scope is to be forgotten by `now` (a read checks first)."""
         with self._transaction(write=False) as db:
             return db.execute(
-                "SELECT 1 FROM holds WHERE status = 'open' AND expires_at <= ? LIMIT 1", (now,)
+                "SELECT 1 FROM holds WHERE status = 'open' AND expires_at <= ? "
+                "UNION ALL SELECT 1 FROM scopes WHERE idle_at <= ? AND reserved = 0 LIMIT 1", (now, now)
             ).fetchone() is not None
 
     def scopes(self) -> list[str]:
+        now = self._clock()
+        if self._due(now):
+            with self._transaction() as db:
+                self._sweep(db, now)
         with self._transaction(write=False) as db:
             return [r[0] for r in db.execute("SELECT name FROM scopes ORDER BY name")]
 
@@ -284,7 +326,7 @@ class SQLiteStore(LedgerStore):
                 b.check(nanos)
             for b in books:
                 b.reserved += nanos
-            self._save(db, books)
+            self._save(db, books, now)
             db.execute(
                 "INSERT INTO holds (id, scopes, amount, expires_at, status) VALUES (?, ?, ?, ?, 'open')",
                 (reservation_id, encoded, nanos, now + ttl_s),
@@ -301,12 +343,12 @@ class SQLiteStore(LedgerStore):
             scopes, amount, status = row
             if status == "committed":
                 return False
-            books = self._load(db, json.loads(scopes), now)
+            books = self._load(db, json.loads(scopes), now, present=True)
             for b in books:
                 if status == "open":
                     b.reserved -= amount
                 b.charge(nanos, model)
-            self._save(db, books)
+            self._save(db, books, now)
             if model is not None:
                 db.executemany(
                     "INSERT INTO spend (scope, model, nanos, calls) VALUES (?, ?, ?, 1) ON CONFLICT (scope, model) "
@@ -328,11 +370,11 @@ class SQLiteStore(LedgerStore):
             ).fetchone()
             if row is None:
                 return False
-            books = self._load(db, json.loads(row[0]), now)
+            books = self._load(db, json.loads(row[0]), now, present=True)
             for b in books:
                 b.reserved -= row[1]
                 b.released += 1
-            self._save(db, books)
+            self._save(db, books, now)
             db.execute(
                 "UPDATE holds SET status = 'released', forget_at = ? WHERE id = ?",
                 (now + self._retention_s, reservation_id),
@@ -357,8 +399,8 @@ class SQLiteStore(LedgerStore):
 
 
 def _books(row: Sequence) -> ScopeBooks:
-    name, budget, period_start, committed, reserved, requests, released, expired, lam = row
+    name, budget, period_start, committed, reserved, requests, released, expired, lam, idle_ttl_s = row
     return ScopeBooks(
         scope=name, budget=Budget.model_validate_json(budget), period_start=period_start, committed=committed,
-        reserved=reserved, requests=requests, released=released, expired=expired, lam=lam,
+        reserved=reserved, requests=requests, released=released, expired=expired, lam=lam, idle_ttl_s=idle_ttl_s,
     )
