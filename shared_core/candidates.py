@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .pricing import price_tokens
 
@@ -26,6 +26,9 @@ class Candidate(BaseModel):
     )
     cache_write_price: float | None = Field(
         None, description="USD per 1M input tokens written to the provider's prompt cache; None = input_price."
+    )
+    request_price: float = Field(
+        0.0, description="USD per request on top of its tokens (a per-call fee; 0 for most token-priced APIs)."
     )
     context_window: int = Field(
         128_000, description="Most tokens of prompt + output accepted (read from the framework model when unset)."
@@ -51,13 +54,14 @@ class Candidate(BaseModel):
             raise ValueError("candidate name must be a non-empty string")
         return v
 
-    @field_validator("input_price", "output_price", "cache_read_price", "cache_write_price")
+    @field_validator("input_price", "output_price", "cache_read_price", "cache_write_price", "request_price")
     @classmethod
-    def _price_valid(cls, v: float | None) -> float | None:
+    def _price_valid(cls, v: float | None, info: ValidationInfo) -> float | None:
         if v is None:
             return None
         if not math.isfinite(v) or v < 0:
-            raise ValueError(f"price must be a finite number >= 0 (USD per 1M tokens), got {v}")
+            unit = "USD per request" if info.field_name == "request_price" else "USD per 1M tokens"
+            raise ValueError(f"{info.field_name} must be a finite number >= 0 ({unit}), got {v}")
         return float(v)
 
     @field_validator("context_window", "max_output_tokens")
@@ -78,13 +82,13 @@ class Candidate(BaseModel):
         """US dollars for a call with these token counts."""
         if input_tokens < 0 or output_tokens < 0:
             raise ValueError(f"token counts must be >= 0, got {input_tokens}, {output_tokens}")
-        return float(price_tokens(input_tokens, output_tokens, self.input_price, self.output_price))
+        return float(price_tokens(input_tokens, output_tokens, self.input_price, self.output_price)) + self.request_price
 
     def worst_case_cost(self, input_tokens: float, max_tokens: int | None = None) -> float:
         """The most a call can cost: every input token at the dearest input rate (plain or prompt-cache)
         plus the full output allowance (`max_tokens`, at most `max_output_tokens`)."""
         out = self.max_output_tokens if max_tokens is None else min(max_tokens, self.max_output_tokens)
-        return float(price_tokens(input_tokens, out, self.dearest_input_price, self.output_price))
+        return float(price_tokens(input_tokens, out, self.dearest_input_price, self.output_price)) + self.request_price
 
     @property
     def dearest_input_price(self) -> float:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,8 +20,11 @@ from .quality import (
 )
 from .router import Router
 
+logger = logging.getLogger("omniroute")
+
 __all__ = [
     "PREDICTORS", "DEFAULT_PREDICTOR", "make_predictor", "fit_router", "CostFit", "fit_prices", "output_lengths",
+    "priced_candidates", "POOR_FIT_R2",
 ]
 
 #: Quality predictors by name: each entry builds an unfitted predictor.
@@ -47,54 +51,122 @@ def make_predictor(name: str) -> Any:
 
 @dataclass(frozen=True)
 class CostFit:
-    """Prices learned from recorded per-query costs, and how well they reproduce them."""
+    """Prices learned from recorded per-query costs, and how well they reproduce them.
+
+    `prices` maps each model to (input, output) USD per 1M tokens; `request_prices` to USD per
+    request (0.0 where the data shows no per-call part); `r2` and `median_relative_error` say how
+    well the fit reproduces the recorded costs (R² below POOR_FIT_R2 is logged as a warning).
+    """
 
     prices: dict[str, tuple[float, float]]
     r2: dict[str, float]
     median_relative_error: dict[str, float]
     assumed_output_tokens: float | None
+    request_prices: dict[str, float] = field(default_factory=dict)
 
     def candidates(self, **overrides: Any) -> list[Candidate]:
         """A Candidate per model, priced with the learned prices."""
-        return [Candidate(name=m, input_price=p[0], output_price=p[1], **overrides) for m, p in self.prices.items()]
+        return [
+            Candidate(name=m, input_price=p[0], output_price=p[1], request_price=self.request_prices.get(m, 0.0),
+                      **overrides)
+            for m, p in self.prices.items()
+        ]
+
+
+#: A learned cost model explaining less than this share of the recorded costs' variance is
+#: reported as a warning: the costs do not follow the tokens (or the counts are not the billed ones).
+POOR_FIT_R2 = 0.5
+#: Folds of the cross-validation that decides whether a model's costs hold a per-request part.
+PRICE_FOLDS = 5
+
+
+def _nnls_fit(A: np.ndarray, c: np.ndarray) -> np.ndarray:
+    from scipy.optimize import nnls
+
+    # Columns scaled to unit norm: token counts (~10³) and a column of ones differ by orders of
+    # magnitude, and NNLS on unscaled columns converges badly.
+    scale = np.linalg.norm(A, axis=0)
+    scale[scale == 0] = 1.0
+    coef, _ = nnls(A / scale, c)
+    return coef / scale
+
+
+def _cv_error(A: np.ndarray, c: np.ndarray, folds: int) -> float:
+    """Mean squared error of NNLS on `A` → `c`, over `folds` contiguous held-out folds."""
+    parts = np.array_split(np.arange(len(c)), folds)
+    errors = []
+    for held in parts:
+        train = np.setdiff1d(np.arange(len(c)), held)
+        coef = _nnls_fit(A[train], c[train])
+        errors.append(np.mean((A[held] @ coef - c[held]) ** 2))
+    return float(np.mean(errors))
 
 
 def fit_prices(dataset: RoutingDataset, assumed_output_tokens: float = DEFAULT_ASSUMED_OUTPUT_TOKENS) -> CostFit:
-    """Each model's (input, output) USD per 1M tokens, by non-negative least squares on its costs.
+    """Each model's (input, output) USD per 1M tokens, and a per-request USD where the data shows
+    one, by non-negative least squares on its recorded costs.
 
-    cost ≈ p_in·prompt tokens + p_out·response tokens. Without responses the output term is a
-    per-call constant, expressed as `assumed_output_tokens` at price p_out, so that the router,
-    predicting that many output tokens, reproduces it.
+    cost ≈ p_req + p_in·prompt tokens + p_out·response tokens. The per-request term is kept for a
+    model only when it lowers the PRICE_FOLDS-fold cross-validated squared error of its costs (a
+    fee per call, or billing that rounds short outputs up); otherwise p_req = 0. Without responses
+    the output term is itself a per-call constant, expressed as `assumed_output_tokens` at price
+    p_out, so that the router, predicting that many output tokens, reproduces it (no p_req then).
+    Raises ValueError when the dataset has no costs or a model has fewer than 2; logs a WARNING for
+    a model whose fit explains less than POOR_FIT_R2 of its costs' variance.
     """
-    from scipy.optimize import nnls
-
     if dataset.cost is None:
         raise ValueError("this dataset records no per-query costs to learn prices from")
     inp = dataset.prompt_tokens().astype(np.float64)
     out = dataset.output_tokens()
-    prices, r2, rel = {}, {}, {}
+    prices, requests, r2, rel = {}, {}, {}, {}
     for j, model in enumerate(dataset.models):
         second = np.full(len(inp), float(assumed_output_tokens)) if out is None else out[:, j].astype(np.float64)
-        A = np.column_stack([inp, second])
         c = dataset.cost[:, j]
-        ok = np.isfinite(c)
+        ok = np.isfinite(c) & np.isfinite(second)
         if ok.sum() < 2:
             raise ValueError(f"model {model!r} has fewer than 2 recorded costs to learn its prices from")
-        coef, _ = nnls(A[ok], c[ok])
+        A = np.column_stack([inp[ok], second[ok]])
+        coef = np.append(_nnls_fit(A, c[ok]), 0.0)
+        if out is not None and ok.sum() >= 2 * PRICE_FOLDS:
+            with_fee = np.column_stack([A, np.ones(len(A))])
+            if _cv_error(with_fee, c[ok], PRICE_FOLDS) < _cv_error(A, c[ok], PRICE_FOLDS):
+                coef = _nnls_fit(with_fee, c[ok])
         prices[model] = (float(coef[0] * 1e6), float(coef[1] * 1e6))
-        pred = price_tokens(inp[ok], second[ok], *prices[model])
+        requests[model] = float(coef[2])
+        pred = price_tokens(inp[ok], second[ok], *prices[model]) + requests[model]
         total = float(((c[ok] - c[ok].mean()) ** 2).sum())
         r2[model] = 1.0 - float(((c[ok] - pred) ** 2).sum()) / total if total > 0 else 1.0
         pos = c[ok] > 0
         rel[model] = float(np.median(np.abs(pred[pos] - c[ok][pos]) / c[ok][pos])) if pos.any() else 0.0
-    return CostFit(prices, r2, rel, None if out is not None else float(assumed_output_tokens))
+        if r2[model] < POOR_FIT_R2:
+            logger.warning(
+                "learned prices for %r explain only R² = %.2f of its recorded costs (median error %.0f%%): its "
+                "costs do not follow its token counts; give a price table (--prices) if you have one",
+                model, r2[model], 100 * rel[model],
+            )
+    return CostFit(prices, r2, rel, None if out is not None else float(assumed_output_tokens), requests)
 
 
-def output_lengths(dataset: RoutingDataset, prices: dict[str, tuple[float, float]] | None) -> np.ndarray | None:
+def priced_candidates(train: RoutingDataset, **overrides: Any) -> tuple[list[Candidate], CostFit | None]:
+    """Candidates priced by the dataset's price table, or else by prices learned from its recorded
+    costs (`fit_prices`, returned too so that callers can report the fit). ValueError when it has
+    neither."""
+    if train.prices:
+        return train.candidates(**overrides), None
+    if train.cost is None:
+        raise ValueError("this dataset has neither a price table nor per-query costs: pass a price table")
+    cost_fit = fit_prices(train)
+    return cost_fit.candidates(**overrides), cost_fit
+
+
+def output_lengths(
+    dataset: RoutingDataset, prices: dict[str, tuple[float, float]] | None,
+    request_prices: dict[str, float] | None = None,
+) -> np.ndarray | None:
     """Output tokens per (prompt, model): counted from responses, else implied by costs and prices.
 
-    Implied: (cost − prompt tokens × input price) / output price, so a dataset that records only
-    costs still teaches the length predictor how each prompt's output cost varies.
+    Implied: (cost − per-request price − prompt tokens × input price) / output price, so a dataset
+    that records only costs still teaches the length predictor how each prompt's output cost varies.
     """
     out = dataset.output_tokens()
     if out is not None:
@@ -103,9 +175,10 @@ def output_lengths(dataset: RoutingDataset, prices: dict[str, tuple[float, float
         return None
     p_in = np.array([prices[m][0] for m in dataset.models]) / 1e6
     p_out = np.array([prices[m][1] for m in dataset.models]) / 1e6
+    p_req = np.array([(request_prices or {}).get(m, 0.0) for m in dataset.models])
     inp = dataset.prompt_tokens()[:, None].astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        implied = (dataset.cost - inp * p_in) / p_out
+        implied = (dataset.cost - p_req - inp * p_in) / p_out
     return np.where(np.isfinite(implied), np.maximum(implied, 0.0), np.nan)
 
 
@@ -130,9 +203,10 @@ def fit_router(
         raise ValueError("cannot fit on an empty dataset")
     quality = make_predictor(predictor)
     if candidates is None:
-        candidates = dataset.candidates() if dataset.prices else fit_prices(dataset).candidates()
+        candidates, _ = priced_candidates(dataset)
     cands = list(candidates)
-    lengths_y = output_lengths(dataset, {c.name: (c.input_price, c.output_price) for c in cands})
+    lengths_y = output_lengths(dataset, {c.name: (c.input_price, c.output_price) for c in cands},
+                               {c.name: c.request_price for c in cands})
     needs_embedding = quality.needs_embedding
     lengths = HybridLength() if needs_embedding and lengths_y is not None else LengthPrior()
     if lengths_y is None:  # no length data: every model gets the prior's default

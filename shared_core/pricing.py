@@ -79,12 +79,13 @@ class Usage:
 
 
 def price(candidate: Candidate, usage: Usage) -> float:
-    """USD for `usage` on `candidate`: uncached input, cache reads and writes, and output at its prices."""
+    """USD for `usage` on `candidate`: uncached input, cache reads and writes, and output at its
+    prices, plus its per-request fee (`request_price`)."""
     read = candidate.input_price if candidate.cache_read_price is None else candidate.cache_read_price
     write = candidate.input_price if candidate.cache_write_price is None else candidate.cache_write_price
     cached = usage.cache_read_tokens * read + usage.cache_write_tokens * write
     return float(price_tokens(usage.uncached_input_tokens, usage.output_tokens, candidate.input_price,
-                              candidate.output_price) + cached / 1e6)
+                              candidate.output_price) + cached / 1e6) + candidate.request_price
 
 
 #: The most tokens one call is believed to report; a larger (or negative, NaN, infinite) count is

@@ -222,6 +222,7 @@ class Router:
         self._priors = np.array([c.prior_quality if c.prior_quality is not None else np.nan for c in cands])
         self._p_in = np.array([c.input_price for c in cands])
         self._p_out = np.array([c.output_price for c in cands])
+        self._p_req = np.array([c.request_price for c in cands])
         # The worst case assumes every input token may be billed at the dearest input rate (a
         # prompt written to the provider's cache costs more than plain input).
         self._p_in_worst = np.array([c.dearest_input_price for c in cands])
@@ -343,7 +344,7 @@ class Router:
                 input_tokens = np.tile(input_tokens[:, None], (1, len(self._candidates)))
         q, out = self._predict(self._features(prompts), n)
         out = np.minimum(out, self._max_out)
-        cost = price_tokens(input_tokens, out, self._p_in, self._p_out)
+        cost = price_tokens(input_tokens, out, self._p_in, self._p_out) + self._p_req
         return Estimate([c.name for c in self._candidates], q, input_tokens, out, cost)
 
     def _count_prompt_tokens(self, prompts: list[str]) -> np.ndarray:
@@ -409,8 +410,8 @@ class Router:
         q, out = q[0], out[0]
         caps = output_caps(input_tokens, self._max_out, self._window, max_tokens)
         out = np.minimum(out, caps)
-        cost = price_tokens(input_tokens, out, self._p_in, self._p_out)
-        worst = price_tokens(input_tokens, caps, self._p_in_worst, self._p_out)
+        cost = price_tokens(input_tokens, out, self._p_in, self._p_out) + self._p_req
+        worst = price_tokens(input_tokens, caps, self._p_in_worst, self._p_out) + self._p_req
 
         feasible = np.array([
             (model is None or c.name == model)

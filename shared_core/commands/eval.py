@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..candidates import Candidate
 from ..data import RoutingDataset, load_dataset
 from ..evaluate import (
     ORDERS, BudgetRun, Curve, batch_run, calibrate_lambda, deferral_curve, fixed_lambda_run, online_run,
@@ -20,6 +21,7 @@ from ..evaluate import (
 from ..fitting import DEFAULT_PREDICTOR, PREDICTORS, fit_router
 from ..plot import plot_evaluation, pyplot
 from ..progress import progress
+from .prices import candidates_for
 
 _DEFAULT_BUDGETS = "0.1,0.25,0.5"
 
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if data.cost is None:
         raise ValueError(f"{args.data} has no per-query costs: pass --prices FILE")
     train, test = data.subset("train"), data.subset("test")
+    candidates = candidates_for(train, max_output_tokens=args.max_output_tokens)
     ref = reference_column(train.quality)
     ref_cost = float(np.nansum(test.cost[:, ref]))
     if not ref_cost > 0:
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     ref_acc = float(np.nanmean(test.quality[:, ref]))
     show = not args.no_progress
 
-    results = [_evaluate(name, train, test, ref, ref_cost, budgets, args, show) for name in names]
+    results = [_evaluate(name, train, test, candidates, ref, ref_cost, budgets, args, show) for name in names]
     baselines = {
         "oracle": oracle_curve(test.quality, test.cost, ref_cost),
         "prior": prior_curve(train.quality, train.cost, test.quality, test.cost, ref_cost),
@@ -122,12 +125,11 @@ def _parse_budgets(text: str) -> list[float]:
 
 
 def _evaluate(
-    name: str, train: RoutingDataset, test: RoutingDataset, ref: int, ref_cost: float, budgets: list[float],
-    args: argparse.Namespace, show: bool,
+    name: str, train: RoutingDataset, test: RoutingDataset, candidates: list[Candidate], ref: int, ref_cost: float,
+    budgets: list[float], args: argparse.Namespace, show: bool,
 ) -> _Result:
     """Fit one predictor and run its curve, batch, online and fixed-λ runs."""
-    router = fit_router(train, name, candidates=train.candidates(max_output_tokens=args.max_output_tokens),
-                        show_progress=show)
+    router = fit_router(train, name, candidates=candidates, show_progress=show)
     est_test = router.estimate(test.prompts)
     est_train = router.estimate(train.prompts)
     curve = deferral_curve(est_test.quality, est_test.cost, test.quality, test.cost, ref_cost, keep_choices=True)

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from ..data import load_dataset
-from ..fitting import DEFAULT_PREDICTOR, PREDICTORS, fit_prices, fit_router
+from ..fitting import DEFAULT_PREDICTOR, PREDICTORS, fit_router
+from .prices import candidates_for
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,18 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     data = load_dataset(args.data, args.prices, split_column=args.split_column).subset(args.split)
     print(f"{Path(args.data).name}: {len(data)} prompts (split {args.split!r}) × {len(data.models)} models")
-    if data.prices:
-        candidates = data.candidates(max_output_tokens=args.max_output_tokens)
-    else:
-        cost_fit = fit_prices(data)
-        candidates = cost_fit.candidates(max_output_tokens=args.max_output_tokens)
-        note = "" if cost_fit.assumed_output_tokens is None else (
-            f" (no responses: output price per {cost_fit.assumed_output_tokens:g} assumed output tokens)")
-        print(f"no price table: prices learned from the recorded costs{note}")
-        print(f"  {'model':<36} {'in $/M':>9} {'out $/M':>9} {'R²':>7} {'median err':>11}")
-        for m, (p_in, p_out) in cost_fit.prices.items():
-            print(f"  {m:<36} {p_in:>9.4g} {p_out:>9.4g} {cost_fit.r2[m]:>7.3f} "
-                  f"{cost_fit.median_relative_error[m]:>11.2%}")
+    candidates = candidates_for(data, max_output_tokens=args.max_output_tokens)
     start = time.perf_counter()
     router = fit_router(data, args.predictor, candidates=candidates, show_progress=not args.no_progress)
     seconds = time.perf_counter() - start

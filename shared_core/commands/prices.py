@@ -1,0 +1,25 @@
+"""Pricing a dataset's models for the commands: its price table, or prices learned from its costs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..candidates import Candidate
+from ..data import RoutingDataset
+from ..fitting import priced_candidates
+
+
+def candidates_for(train: RoutingDataset, **overrides: Any) -> list[Candidate]:
+    """The training split's candidates (see `priced_candidates`); learned prices are printed with
+    how well they reproduce the recorded costs."""
+    candidates, cost_fit = priced_candidates(train, **overrides)
+    if cost_fit is None:
+        return candidates
+    note = "" if cost_fit.assumed_output_tokens is None else (
+        f" (no responses: output price per {cost_fit.assumed_output_tokens:g} assumed output tokens)")
+    print(f"no price table: prices learned from the recorded costs of {len(train):,} prompts{note}")
+    print(f"  {'model':<36} {'in $/M':>9} {'out $/M':>9} {'$/request':>10} {'R²':>7} {'median err':>11}")
+    for m, (p_in, p_out) in cost_fit.prices.items():
+        print(f"  {m:<36} {p_in:>9.4g} {p_out:>9.4g} {cost_fit.request_prices[m]:>10.3g} {cost_fit.r2[m]:>7.3f} "
+              f"{cost_fit.median_relative_error[m]:>11.2%}")
+    return candidates
