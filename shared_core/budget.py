@@ -429,6 +429,11 @@ class LedgerStore(ABC):
     def open_reservations(self) -> int:
         """How many reservations are open (after expiring stale ones)."""
 
+    @property
+    def url(self) -> str:
+        """Which ledger this is, as a URL without credentials (open_store's form where it has one)."""
+        return f"{type(self).__module__}.{type(self).__qualname__}"
+
     def report(self, scope: str | None = None) -> list[ScopeState]:
         """The books of `scope` and every scope nested in it (all scopes when None), sorted."""
         if scope is not None:
@@ -458,6 +463,7 @@ class MemoryStore(LedgerStore):
         self._books: dict[str, ScopeBooks] = {}
         self._touched: dict[str, float] = {}  # last activity of each forgettable scope
         self._idle: list[tuple[float, str]] = []  # heap of forgettable scopes by when they may go
+        self._queued: dict[str, float] = {}  # each queued scope's live heap entry (others are stale)
         self._open: dict[str, _Hold] = {}
         self._done: dict[str, _Hold] = {}  # lapsed, committed or released, kept for retention_s
         self._expiry: list[tuple[float, str]] = []  # heap of open holds by expiry
@@ -476,7 +482,10 @@ class MemoryStore(LedgerStore):
         for _ in range(IDLE_BATCH):
             if not self._idle or self._idle[0][0] > now:
                 break
-            _, scope = heapq.heappop(self._idle)
+            queued, scope = heapq.heappop(self._idle)
+            if self._queued.get(scope) != queued:
+                continue  # superseded by an earlier entry for the same scope
+            del self._queued[scope]
             books = self._books.get(scope)
             if books is None or books.idle_ttl_s is None:
                 self._touched.pop(scope, None)
@@ -485,9 +494,14 @@ class MemoryStore(LedgerStore):
             if books.reserved:  # still holding money: look again once its holds could have lapsed
                 due = max(due, now + books.idle_ttl_s)
             if due > now:
-                heapq.heappush(self._idle, (due, scope))
+                self._queue(scope, due)
                 continue
             del self._books[scope], self._touched[scope]
+
+    def _queue(self, scope: str, due: float) -> None:
+        if due < self._queued.get(scope, math.inf):
+            self._queued[scope] = due
+            heapq.heappush(self._idle, (due, scope))
 
     def _touch(self, books: Sequence[ScopeBooks], now: float) -> None:
         for b in books:
@@ -528,8 +542,8 @@ class MemoryStore(LedgerStore):
                 return False
             else:
                 books.rebudget(budget, now, reset)
-            if idle_ttl_s is not None and scope not in self._touched:
-                heapq.heappush(self._idle, (now + idle_ttl_s, scope))
+            if idle_ttl_s is not None:
+                self._queue(scope, now + idle_ttl_s)
             books.idle_ttl_s = idle_ttl_s
             self._touch([books], now)
             return True
@@ -608,6 +622,10 @@ class MemoryStore(LedgerStore):
             raise ValueError(f"lambda must be finite, got {value}")
         with self._lock:
             self._scope(scope, self._clock()).lam = float(value)
+
+    @property
+    def url(self) -> str:
+        return "memory://"
 
     def open_reservations(self) -> int:
         with self._lock:

@@ -30,13 +30,29 @@ logger = logging.getLogger("omniroute")
 
 @dataclass(frozen=True)
 class PendingCommit:
-    """One commit kept for later: the reservation, the scopes it held, the model and USD spent."""
+    """One commit kept for later: the reservation, the scopes it held, the model and USD spent, when
+    it was kept (Unix time) and the ledger it belongs to (`LedgerStore.url`)."""
 
     reservation_id: str
     scopes: tuple[str, ...]
     model: str
     cost_usd: float
-    kept_at: float  # Unix time it was kept
+    kept_at: float
+    ledger: str
+
+    def to_line(self) -> bytes:
+        """The commit as one JSON line."""
+        return (json.dumps({**asdict(self), "scopes": list(self.scopes)}, allow_nan=False) + "\n").encode()
+
+    @classmethod
+    def from_line(cls, line: bytes) -> PendingCommit:
+        """A commit from its JSON line; ValueError (or KeyError, TypeError) when it is not one."""
+        raw = json.loads(line.decode("utf-8"))
+        return cls(
+            reservation_id=str(raw["reservation_id"]), scopes=tuple(str(s) for s in raw["scopes"]),
+            model=str(raw["model"]), cost_usd=float(raw["cost_usd"]), kept_at=float(raw["kept_at"]),
+            ledger=str(raw["ledger"]),
+        )
 
 
 class PendingCommits:
@@ -54,15 +70,16 @@ class PendingCommits:
     def __len__(self) -> int:
         return len(self._kept)
 
-    def replay(self, commit: Callable[[PendingCommit], None]) -> int:
-        """Offer each kept commit to `commit`, oldest first; how many are still kept afterwards.
+    def replay(self, commit: Callable[[PendingCommit], None], ledger: str) -> int:
+        """Offer each kept commit of `ledger` to `commit`, oldest first; how many are kept afterwards.
 
         A LedgerUnavailable stops the replay and keeps that commit and the rest; a commit that
-        raises anything else cannot be recorded by any retry and is dropped with an ERROR log.
+        raises KeyError or ValueError (the ledger lost its scopes) cannot be recorded by any retry
+        and is dropped with an ERROR log. Commits of other ledgers are kept, untouched.
         """
         with self._lock:
             kept, self._kept = self._kept, []
-        left = _replay(kept, commit)
+        left = _replay(kept, commit, ledger)
         with self._lock:
             self._kept[:0] = left
             return len(self._kept)
@@ -71,21 +88,24 @@ class PendingCommits:
 class PendingJournal(PendingCommits):
     """Commits kept in a file (JSON lines, each fsynced) until the ledger takes them.
 
-    Processes may share one journal: appends and replays hold an exclusive lock on
-    `<path>.lock`, and a replay rewrites the file by atomic rename. A line a crash left
-    half-written (its commit never returned) is skipped with a WARNING.
+    Processes may share one journal, even routers on different ledgers (each replays its own
+    ledger's commits): appends and replays hold an exclusive lock on `<path>.lock`, and a replay
+    rewrites the file by atomic rename. A line a crash left half-written (its commit never
+    returned) is skipped with a WARNING; the next append starts on a line of its own. Symbolic
+    links are refused (OSError).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__()
         self.path = Path(path)
+        if self.path.is_symlink():
+            raise ValueError(f"the pending-commit journal {self.path} is a symbolic link: refusing to follow it")
         if self.path.is_dir():
             raise ValueError(f"the pending-commit journal must be a file, got the directory {self.path}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         found = len(self)
         if found:
-            logger.warning("%d commit(s) kept in %s from an earlier run will be recorded on the next commit",
-                           found, self.path)
+            logger.warning("%d commit(s) kept in %s from an earlier run: recording them", found, self.path)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -98,66 +118,88 @@ class PendingJournal(PendingCommits):
             os.close(fd)  # closing releases the lock
 
     def keep(self, entry: PendingCommit) -> None:
-        line = json.dumps({**asdict(entry), "scopes": list(entry.scopes)}, allow_nan=False) + "\n"
+        line = entry.to_line()
         with self._locked():
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             try:
-                os.write(fd, line.encode())
-                os.fsync(fd)
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line  # a torn line before: this one must not be glued to it
+                try:
+                    _write_all(fd, line)
+                    os.fsync(fd)
+                except OSError:
+                    os.ftruncate(fd, size)  # leave no half line of this commit behind
+                    raise
             finally:
                 os.close(fd)
 
     def __len__(self) -> int:
-        try:
-            return len(self._read()) if self.path.stat().st_size else 0
-        except FileNotFoundError:
-            return 0
+        return len(self._read())
 
     def _read(self) -> list[PendingCommit]:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             return []
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
         entries = []
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in enumerate(data.split(b"\n"), 1):
+            if not line.strip(b"\0 \r\t"):
+                continue
             try:
-                raw = json.loads(line)
-                entries.append(PendingCommit(
-                    reservation_id=str(raw["reservation_id"]), scopes=tuple(raw["scopes"]), model=str(raw["model"]),
-                    cost_usd=float(raw["cost_usd"]), kept_at=float(raw["kept_at"]),
-                ))
-            except (ValueError, KeyError, TypeError) as e:
+                entries.append(PendingCommit.from_line(line))
+            except (ValueError, KeyError, TypeError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
                 logger.warning("skipped line %d of the pending-commit journal %s, left unreadable by a crash "
-                               "mid-write (%s): %.200r", number, self.path, e, line)
+                               "mid-write (%s): %.200r", number, self.path, type(e).__name__, line)
         return entries
 
-    def replay(self, commit: Callable[[PendingCommit], None]) -> int:
+    def replay(self, commit: Callable[[PendingCommit], None], ledger: str) -> int:
         try:
-            if not self.path.stat().st_size:
+            if not os.lstat(self.path).st_size:
                 return 0
         except FileNotFoundError:
             return 0
         with self._locked():
-            left = _replay(self._read(), commit)
+            kept = self._read()
+            left = _replay(kept, commit, ledger)
+            if left == kept:
+                return len(left)
             temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            with open(temporary, "w", encoding="utf-8") as f:
-                for entry in left:
-                    f.write(json.dumps({**asdict(entry), "scopes": list(entry.scopes)}, allow_nan=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                _write_all(fd, b"".join(entry.to_line() for entry in left))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(temporary, self.path)
             return len(left)
 
 
-def _replay(kept: list[PendingCommit], commit: Callable[[PendingCommit], None]) -> list[PendingCommit]:
-    """Commit `kept` in order until the ledger is unavailable; what is left to keep."""
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` (os.write may write part of it); OSError when the disk takes no more."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(f"wrote nothing of the {len(view)} bytes left")
+        view = view[written:]
+
+
+def _replay(kept: list[PendingCommit], commit: Callable[[PendingCommit], None], ledger: str) -> list[PendingCommit]:
+    """Commit the entries of `ledger` in order until it is unavailable; what is left to keep."""
+    left = []
     for i, entry in enumerate(kept):
+        if entry.ledger != ledger:
+            left.append(entry)
+            continue
         try:
             commit(entry)
         except LedgerUnavailable:
-            return kept[i:]
+            return left + kept[i:]
         except (KeyError, ValueError) as error:  # the ledger lost its scopes: nothing can take it
             logger.error("dropped %.9g USD for %s in scope %r, kept since %s while the ledger was unreachable: %s",
                          entry.cost_usd, entry.model, entry.scopes[-1],
                          time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.kept_at)), error)
-    return []
+    return left

@@ -82,7 +82,7 @@ CHUNK_BYTES = 1 << 20
 #: The settings a manifest may hold, all passed to the Router. No ledger: see load_router.
 SETTINGS = frozenset({
     "cost_weight", "strict_scopes", "max_fallbacks", "reservation_ttl_s", "default_budget", "pacer",
-    "session_idle_ttl_s",
+    "session_idle_ttl_s", "scope_prefix", "attempt_timeout_s", "deadline_s",
 })
 # Longest .npy header accepted (numpy writes a few hundred bytes at most).
 _MAX_NPY_HEADER = 1 << 16
@@ -161,6 +161,10 @@ def save_router(router: Router, directory: str | Path) -> Path:
             "max_fallbacks": router.max_fallbacks,
             "reservation_ttl_s": router.reservation_ttl_s,
             "session_idle_ttl_s": router.session_idle_ttl_s,
+            # A tenant's router must stay confined to its tenant once saved and loaded.
+            "scope_prefix": router.scope_prefix,
+            "attempt_timeout_s": router.attempt_timeout_s,
+            "deadline_s": router.deadline_s,
             "default_budget": None if router.default_budget is None else router.default_budget.model_dump(mode="json"),
             "pacer": router.pacer.model_dump(mode="json"),
         },

@@ -203,6 +203,11 @@ class Router:
         self.attempt_timeout_s = attempt_timeout_s
         self.deadline_s = deadline_s
         self._set_candidates(candidates)
+        if len(self._kept):  # commits a crashed run kept: recorded now, not at the first commit
+            try:
+                self.retry_pending()
+            except Exception:  # the router must still be made: its commits retry the replay
+                logger.exception("could not replay the commits kept in %s", pending_journal)
 
     # ----------------------------------------------------------------- candidates
     def _set_candidates(self, candidates: Sequence[Candidate]) -> None:
@@ -286,7 +291,20 @@ class Router:
         return scope
 
     def _scope_states(self, session: str | None) -> list[ScopeState]:
-        scope = self.scope_of(session)
+        return self._chain_states(self.scope_of(session))
+
+    def _chain_states(self, scope: str) -> list[ScopeState]:
+        """The books of `scope` and its enclosing scopes, re-establishing lost declared budgets and
+        creating the session's default budget; LedgerUnavailable if a scope keeps vanishing."""
+        for _ in range(3):
+            states = self._chain_states_once(scope)
+            if self.default_budget is None or (states and states[-1].scope == scope):
+                return states
+            # Created, then forgotten before it could be read (a stall longer than its idle time).
+        raise LedgerUnavailable(f"the budget of scope {scope!r} vanished three times as it was created; "
+                                "is session_idle_ttl_s shorter than the ledger's response time?")
+
+    def _chain_states_once(self, scope: str) -> list[ScopeState]:
         chain = scope_chain(scope)
         states = self.store.states(chain)
         for i, name in enumerate(chain):
@@ -442,20 +460,28 @@ class Router:
             output_caps={c.name: int(caps[j]) for j, c in enumerate(cands) if feasible[j]},
         )
         worst_by_name = {c.name: float(worst[j]) for j, c in enumerate(cands)}
-        try:
-            return self._reserve_first(base, list(ranking), worst_by_name, states, reservation_ttl_s)
-        except UnknownScope:
-            # The session's scope was forgotten (idle) or lost between the read and the hold: its
-            # budget is re-established, once, as for any request that finds it missing.
-            states = self._scope_states(session)
-            base = replace(base, scopes=tuple(s.scope for s in states))
-            return self._reserve_first(base, list(ranking), worst_by_name, states, reservation_ttl_s)
+        return self._reserve_first(base, list(ranking), worst_by_name, states, reservation_ttl_s,
+                                   scope=self.scope_of(session))
 
     def _reserve_first(
         self, base: Decision, order: list[str], worst: Mapping[str, float], states: list[ScopeState],
+        ttl_s: float | None = None, *, scope: str,
+    ) -> Decision:
+        """Reserve for the best-ranked candidate that fits every scope; BudgetExceeded if none.
+
+        A scope forgotten (idle) or lost between the read and the hold is re-established once, as
+        for any request that finds it missing."""
+        try:
+            return self._reserve_ranked(base, order, worst, states, ttl_s)
+        except UnknownScope:
+            states = self._chain_states(scope)
+            base = replace(base, scopes=tuple(s.scope for s in states))
+            return self._reserve_ranked(base, order, worst, states, ttl_s)
+
+    def _reserve_ranked(
+        self, base: Decision, order: list[str], worst: Mapping[str, float], states: list[ScopeState],
         ttl_s: float | None = None,
     ) -> Decision:
-        """Reserve for the best-ranked candidate that fits every scope; BudgetExceeded if none."""
         if not base.scopes:
             return _routed(replace(base, id=uuid.uuid4().hex, chosen=order[0]))
         last: BudgetExceeded | None = None
@@ -491,7 +517,16 @@ class Router:
         worst = {n: self.candidate(n).worst_case_cost(decision.input_tokens[n], decision.output_caps[n]) for n in order}
         following = replace(decision, failed=failed, failures=decision.failures + (record,), attempt=decision.attempt + 1)
         try:
-            return self._reserve_first(following, order, worst, states)
+            if len(states) != len(decision.scopes):  # the session idled out while its call ran
+                raise UnknownScope(f"scope {decision.scope!r} has no budget")
+            return self._reserve_ranked(following, order, worst, states)
+        except UnknownScope:
+            states = self._chain_states(decision.scope)
+            following = replace(following, scopes=tuple(s.scope for s in states))
+            try:
+                return self._reserve_ranked(following, order, worst, states)
+            except BudgetExceeded:
+                return None
         except BudgetExceeded:
             return None
 
@@ -535,8 +570,11 @@ class Router:
             raise ValueError(f"cost must be finite and >= 0, got {cost}")
         if not decision.scopes:
             return Charge(cost, 0.0)
-        self.retry_pending()
-        entry = PendingCommit(decision.id, decision.scopes, decision.chosen, cost, time.time())
+        try:
+            self.retry_pending()
+        except Exception:  # an unreadable journal must not keep this call's money from the ledger
+            logger.exception("could not replay the commits kept in %s", self.pending_journal)
+        entry = PendingCommit(decision.id, decision.scopes, decision.chosen, cost, time.time(), self.store.url)
         try:
             before = [s for s in self.store.states(decision.scopes) if s is not None]
             committed = _with_retries(lambda: self._store_commit(entry))
@@ -587,15 +625,22 @@ class Router:
         try:
             return self.store.commit(entry.reservation_id, entry.cost_usd, model=entry.model)
         except KeyError:
-            fresh = uuid.uuid4().hex
+            # The new hold's id is derived from the old one, so that repeating this (a retry after a
+            # lost reply, a replay after a crash) records the money once.
+            fresh = f"{entry.reservation_id}:recorded-anew"
             # Scopes forgotten meanwhile (idle sessions) are left out; the enclosing ones are charged.
             present = [s.scope for s in self.store.states(entry.scopes) if s is not None]
             if not present:
                 raise
-            self.store.reserve(fresh, present, 0.0, self.reservation_ttl_s)
-            logger.warning("the ledger no longer knew reservation %s; recorded %.9g USD for %s under a new one",
-                           entry.reservation_id, entry.cost_usd, entry.model)
-            return self.store.commit(fresh, entry.cost_usd, model=entry.model)
+            try:
+                self.store.reserve(fresh, present, 0.0, self.reservation_ttl_s)
+            except ValueError:  # made by an earlier try: committed already, or open with other scopes
+                pass
+            committed = self.store.commit(fresh, entry.cost_usd, model=entry.model)
+            if committed:
+                logger.warning("the ledger no longer knew reservation %s; recorded %.9g USD for %s under a new one",
+                               entry.reservation_id, entry.cost_usd, entry.model)
+            return committed
 
     def retry_pending(self) -> int:
         """Commit what the ledger could not take before (see `commit`); how many are still kept."""
@@ -605,12 +650,23 @@ class Router:
                 logger.info("recorded %.9g USD for %s in scope %r, kept while the ledger was unreachable",
                             entry.cost_usd, entry.model, entry.scopes[-1])
 
-        return self._kept.replay(record)
+        return self._kept.replay(record, self.store.url)
 
     def release(self, decision: Decision) -> None:
-        """Return a decision's reservation unspent (a failed or cancelled call)."""
-        if decision.scopes:
+        """Return a decision's reservation unspent (a failed or cancelled call); nothing once committed.
+
+        When the ledger cannot be reached the hold is left to lapse by itself (within
+        `reservation_ttl_s`), with a WARNING: a release runs in cleanup paths, after an answer
+        that may have been paid for, and must not turn that answer into an error.
+        """
+        if not decision.scopes:
+            return
+        try:
             self.store.release(decision.id)
+        except LedgerUnavailable as error:
+            logger.warning("could not release the hold of %.9g USD for %s in scope %r (%s); it lapses by itself "
+                           "within %g s", decision.reserved, decision.chosen, decision.scope, error,
+                           self.reservation_ttl_s)
 
     # ----------------------------------------------------------------- batches
     def route_batch(

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from ledger_support import REDIS_HOST, REDIS_PORT, store_url
+from shared_core import Budget
 from shared_core.cli import main
 from shared_core.stores import open_store
 
@@ -248,3 +249,39 @@ def test_set_keeps_spend_unless_asked_to_reset(tmp_path, capsys):
         assert store.state("acme").committed == 0.0 and store.state("acme").budget == Budget(usd=10, period_s=86400)
     finally:
         store.close()
+
+
+def test_set_keeps_the_options_not_given_and_none_clears_one(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    assert main(["budget", "set", "acme", "--usd", "10", "--period-s", "86400", "--create", "--store", url]) == 0
+    assert main(["budget", "set", "acme", "--reset", "--store", url]) == 0  # only resets: the period stays
+    assert main(["budget", "set", "acme", "--usd", "20", "--store", url]) == 0
+    store = open_store(url)
+    assert store.state("acme").budget == Budget(usd=20.0, period_s=86400.0)
+    store.close()
+    assert main(["budget", "set", "acme", "--period-s", "none", "--store", url]) == 0
+    store = open_store(url)
+    assert store.state("acme").budget == Budget(usd=20.0)
+    store.close()
+    capsys.readouterr()
+    assert main(["budget", "set", "new", "--period-s", "60", "--store", url]) == 2
+    assert "has no budget yet: give --usd" in capsys.readouterr().err
+
+
+def test_set_refuses_a_memory_ledger(capsys):
+    assert main(["budget", "set", "acme", "--usd", "1", "--store", "memory://"]) == 2
+    assert "lives inside one process" in capsys.readouterr().err
+
+
+def test_show_says_which_scopes_are_forgotten_when_idle(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    store = open_store(url)
+    store.set_budget("acme", Budget(usd=1.0))
+    store.set_budget("acme/s", Budget(usd=1.0), idle_ttl_s=3600)
+    store.close()
+    capsys.readouterr()
+    assert main(["budget", "show", "--store", url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "idle ttl" in lines[0] and lines[2].split()[-1] == "3600s" and lines[1].split()[-1] == "-"
+    assert main(["budget", "show", "--json", "--store", url]) == 0
+    assert [s["idle_ttl_s"] for s in json.loads(capsys.readouterr().out)] == [None, 3600.0]

@@ -187,3 +187,84 @@ def test_a_version_1_sqlite_ledger_is_migrated_in_place(tmp_path):
 def test_unknown_scope_is_still_raised_for_a_missing_scope(tmp_path):
     with ledger("memory", tmp_path) as store, pytest.raises(UnknownScope):
         store.reserve("r", ["nowhere"], 0.1, ttl_s=10)
+
+
+def _free_and_paid() -> list[Candidate]:
+    return [Candidate(name="free", input_price=0.0, output_price=0.0, prior_quality=0.9, max_output_tokens=100),
+            Candidate(name="paid", input_price=1.0, output_price=2.0, prior_quality=0.5, max_output_tokens=100)]
+
+
+@pytest.mark.parametrize("kind", STORES)
+@pytest.mark.parametrize("prefix", [None, "acme"])
+def test_a_fallback_after_the_session_idled_out_re_establishes_it(kind, prefix, tmp_path):
+    clock = FakeClock()
+    with ledger(kind, tmp_path, clock=clock) as store:
+        router = Router(_free_and_paid(), store=store, default_budget=Budget(usd=1.0), session_idle_ttl_s=1,
+                        scope_prefix=prefix)
+        decision = router.decide("Hello.", "sess", max_tokens=10)
+        assert (decision.chosen, decision.reserved) == ("free", 0.0)  # a $0 hold keeps nothing alive
+        clock.advance(5)
+        following = router.reroute(decision, RuntimeError("boom"))
+        assert following.chosen == "paid" and following.scopes == decision.scopes
+        assert store.state(following.scope).reserved == pytest.approx(following.reserved)
+
+
+class Tick:
+    """A clock that moves `step` seconds at every reading: each ledger call takes that long."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 1_000_000.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_ledger_slower_than_the_idle_time_is_an_error_not_an_unbudgeted_call(kind, tmp_path):
+    from shared_core.budget import LedgerUnavailable
+
+    with ledger(kind, tmp_path, clock=Tick(1.1)) as store:
+        router = Router(_cands(), store=store, default_budget=Budget(usd=1.0), session_idle_ttl_s=1)
+        with pytest.raises(LedgerUnavailable, match="vanished"):
+            router.decide("Hello.", "sess", max_tokens=10)
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_shortened_idle_time_applies_at_once(kind, tmp_path):
+    clock = FakeClock()
+    with ledger(kind, tmp_path, clock=clock) as store:
+        store.set_budget("a", Budget(usd=1.0), idle_ttl_s=1000)
+        store.set_budget("a", Budget(usd=1.0), idle_ttl_s=1)
+        clock.advance(5)
+        assert store.state("a") is None
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_scopes_holding_money_past_their_idle_time_are_looked_at_once_per_idle_time(kind, tmp_path):
+    clock = FakeClock()
+    with ledger(kind, tmp_path, clock=clock) as store:
+        for i in range(50):
+            store.set_budget(f"s{i}", Budget(usd=1.0), idle_ttl_s=10)
+            store.reserve(f"r{i}", [f"s{i}"], 0.1, ttl_s=3600)
+        clock.advance(11)
+        assert len(store.scopes()) == 50  # they hold money: kept
+        if kind == "sqlite":  # and rescheduled, not rescanned by every operation
+            import sqlite3
+
+            with sqlite3.connect(store.path) as db:
+                assert db.execute("SELECT COUNT(*) FROM scopes WHERE idle_at <= ?", (clock.now,)).fetchone()[0] == 0
+        clock.advance(3600)  # the holds lapse; one more idle time and the scopes go
+        store.open_reservations()
+        clock.advance(11)
+        assert store.scopes() == []
+
+
+def test_a_saved_router_stays_confined_to_its_tenant(tmp_path):
+    router = Router(_cands(), default_budget=Budget(usd=2.0), scope_prefix="tenantA", session_idle_ttl_s=3600,
+                    attempt_timeout_s=5.0, deadline_s=20.0)
+    router.save(tmp_path / "r")
+    loaded = Router.load(tmp_path / "r")
+    assert (loaded.scope_prefix, loaded.session_idle_ttl_s, loaded.attempt_timeout_s, loaded.deadline_s) == (
+        "tenantA", 3600.0, 5.0, 20.0)
+    assert loaded.decide("Hello.", "tenantB/s1", max_tokens=5).scope == "tenantA/tenantB/s1"

@@ -3,6 +3,7 @@ validated router settings."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import numpy as np
@@ -40,6 +41,11 @@ class BlinkingStore(MemoryStore):
             raise LedgerUnavailable("redis: connection refused")
         return super().commit(reservation_id, actual, model)
 
+    def release(self, reservation_id):
+        if self.down:
+            raise LedgerUnavailable("redis: connection refused")
+        return super().release(reservation_id)
+
 
 def test_a_settle_the_ledger_cannot_take_is_kept_and_recorded_later(caplog):
     store = BlinkingStore()
@@ -65,12 +71,14 @@ def test_a_chat_model_answers_through_a_ledger_blip():
     candidates = [c.model_copy(update={"model": FakeToolChatModel(model_name=c.name)}) for c in _cands()]
     router = Router(candidates, store=store, default_budget=Budget(usd=1.0))
     chat = ChatOmniRoute(router=router, candidates=candidates)
-    store.down = True
+    store.down = True  # commits and releases fail: the caller still gets every answer it paid for
     reply = chat.invoke("Hello.", session="s")
     assert reply.content and reply.response_metadata["omniroute"]["actual_cost_usd"] > 0
+    assert "".join(str(chunk.content) for chunk in chat.stream("Hello, streaming.", session="s"))
+    assert asyncio.run(chat.ainvoke("Hello, async.", session="s")).content
     store.down = False
-    chat.invoke("Hello again.", session="s")  # the next commit records the kept one first
-    assert router.budget_state("s").requests == 2 and router.budget_state("s").reserved == 0
+    chat.invoke("Hello again.", session="s")  # the next commit records the kept ones first
+    assert router.budget_state("s").requests == 4 and router.budget_state("s").reserved == 0
 
 
 def test_a_tenant_router_keeps_every_session_inside_its_prefix():

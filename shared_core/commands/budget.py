@@ -23,13 +23,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     show.add_argument("scope", nargs="?", help="show this scope and the scopes nested in it (default: all)")
     show.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    put = actions.add_parser("set", help="create a scope or change its budget (spend so far is kept)",
-                             description="Create a scope or change its budget; what it has spent is kept.")
+    put = actions.add_parser(
+        "set", help="create a scope or change its budget (spend so far is kept)",
+        description="Create a scope or change its budget; what it has spent is kept. For a scope that "
+                    "exists, options not given keep their current values ('none' clears one).",
+    )
     put.add_argument("scope", help="the scope, e.g. acme/agent-7")
-    put.add_argument("--usd", type=float, required=True, help="the most the scope may spend (per period)")
-    put.add_argument("--horizon", type=int, help="requests the budget should last (pacing)")
-    put.add_argument("--horizon-s", type=float, help="seconds the budget should last (pacing)")
-    put.add_argument("--period-s", type=float, help="seconds after which spend resets (86400: per day)")
+    put.add_argument("--usd", type=float, help="the most the scope may spend (per period); needed for a new scope")
+    put.add_argument("--horizon", type=_optional(int), help="requests the budget should last (pacing), or none")
+    put.add_argument("--horizon-s", type=_optional(float), help="seconds the budget should last (pacing), or none")
+    put.add_argument("--period-s", type=_optional(float),
+                     help="seconds after which spend resets (86400: per day), or none")
+    put.set_defaults(usd=_KEEP, horizon=_KEEP, horizon_s=_KEEP, period_s=_KEEP)
     put.add_argument("--reset", action="store_true",
                      help="zero the current period's spend (without it, what the scope spent is kept)")
     put.add_argument("--create", action="store_true",
@@ -38,6 +43,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for action in (show, put):
         action.add_argument("--store", required=True, metavar="URL", help=f"the ledger: {STORE_URLS}")
     p.set_defaults(run=run)
+
+
+_KEEP = object()  # an option not given: the scope's current value stays
+
+
+def _optional(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    return parse
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,8 +78,10 @@ def _run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(_missing_ledger(args, str(error.filename))) from error
     try:
         if args.action == "set":
-            budget = Budget(usd=args.usd, horizon=args.horizon, horizon_s=args.horizon_s, period_s=args.period_s)
-            store.set_budget(args.scope, budget, reset=args.reset)
+            if args.store.strip().lower().startswith("memory:"):
+                raise ValueError("a memory:// ledger lives inside one process: setting a budget in it from "
+                                 "the command line changes nothing; use sqlite:// or redis://")
+            store.set_budget(args.scope, _new_budget(store.state(args.scope), args), reset=args.reset)
             _print_table(store.report(args.scope)[:1])
             return 0
         states = store.report(args.scope)
@@ -79,6 +97,17 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+def _new_budget(current: ScopeState | None, args: argparse.Namespace) -> Budget:
+    """The budget `set` asks for: the options given, the scope's current values for the others."""
+    given = {name: getattr(args, name) for name in ("usd", "horizon", "horizon_s", "period_s")
+             if getattr(args, name, _KEEP) is not _KEEP}
+    if current is None:
+        if given.get("usd") is None:
+            raise ValueError(f"scope '{safe(args.scope)}' has no budget yet: give --usd")
+        return Budget(**given)
+    return Budget(**{**current.budget.model_dump(), **given})
 
 
 def _missing_ledger(args: argparse.Namespace, path: str) -> str:
@@ -167,6 +196,7 @@ def _as_dict(state: ScopeState) -> dict[str, Any]:
         "expired": state.expired,
         "lambda": state.lam,
         "period_start": state.period_start,
+        "idle_ttl_s": state.idle_ttl_s,
         "by_model": {
             m: {"usd": usd, "calls": state.calls_by_model.get(m, 0)} for m, usd in sorted(state.by_model.items())
         },
@@ -181,10 +211,11 @@ def _print_table(states: list[ScopeState]) -> None:
     ]
     width = max(24, *(len(scope) for scope, _, _ in rows), *(len(m) + 4 for _, _, models in rows for m, _, _ in models))
     print(f"{'scope / model':<{width}} {'budget $':>12} {'period':>8} {'spent $':>12} {'held $':>12} "
-          f"{'left $':>12} {'requests':>9} {'released':>9} {'expired':>8}")
+          f"{'left $':>12} {'requests':>9} {'released':>9} {'expired':>8} {'idle ttl':>9}")
     for scope, s, models in rows:
         period = f"{s.budget.period_s:g}s" if s.budget.period_s else "-"
+        idle = f"{s.idle_ttl_s:g}s" if s.idle_ttl_s else "-"
         print(f"{scope:<{width}} {s.budget.usd:>12.6f} {period:>8} {s.committed:>12.6f} {s.reserved:>12.6f} "
-              f"{s.remaining:>12.6f} {s.requests:>9} {s.released:>9} {s.expired:>8}")
+              f"{s.remaining:>12.6f} {s.requests:>9} {s.released:>9} {s.expired:>8} {idle:>9}")
         for model, usd, calls in models:
             print(f"{'  ' + model:<{width}} {'':>12} {'':>8} {usd:>12.6f} {'':>12} {'':>12} {calls:>9}")

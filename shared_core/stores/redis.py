@@ -377,6 +377,10 @@ class RedisStore(LedgerStore):
     def close(self) -> None:
         self.client.close()
 
+    @property
+    def url(self) -> str:
+        return f"{self.where}?prefix={self.prefix}"
+
     def __repr__(self) -> str:
         return f"RedisStore({self.where!r}, prefix={self.prefix!r})"
 

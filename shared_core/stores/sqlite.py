@@ -206,9 +206,13 @@ class SQLiteStore(LedgerStore):
                 (now + self._retention_s, now),
             )
         db.execute("DELETE FROM holds WHERE forget_at <= ?", (now,))
-        idle = db.execute(
-            "SELECT name FROM scopes WHERE idle_at <= ? AND reserved = 0 LIMIT ?", (now, IDLE_BATCH)
+        due = db.execute(
+            "SELECT name, reserved, idle_ttl_s FROM scopes WHERE idle_at <= ? LIMIT ?", (now, IDLE_BATCH)
         ).fetchall()
+        # A scope still holding money is looked at again once its holds could have lapsed.
+        db.executemany("UPDATE scopes SET idle_at = ? WHERE name = ?",
+                       [(now + ttl, name) for name, reserved, ttl in due if reserved])
+        idle = [(name,) for name, reserved, _ in due if not reserved]
         db.executemany("DELETE FROM scopes WHERE name = ?", idle)
         db.executemany("DELETE FROM spend WHERE scope = ?", idle)
 
@@ -298,7 +302,7 @@ class SQLiteStore(LedgerStore):
         with self._transaction(write=False) as db:
             return db.execute(
                 "SELECT 1 FROM holds WHERE status = 'open' AND expires_at <= ? "
-                "UNION ALL SELECT 1 FROM scopes WHERE idle_at <= ? AND reserved = 0 LIMIT 1", (now, now)
+                "UNION ALL SELECT 1 FROM scopes WHERE idle_at <= ? LIMIT 1", (now, now)
             ).fetchone() is not None
 
     def scopes(self) -> list[str]:
@@ -393,6 +397,10 @@ class SQLiteStore(LedgerStore):
             return db.execute(
                 "SELECT COUNT(*) FROM holds WHERE status = 'open' AND expires_at > ?", (self._clock(),)
             ).fetchone()[0]
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.path.resolve()}"
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
