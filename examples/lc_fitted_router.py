@@ -21,7 +21,7 @@ from omniroute_lc import ChatOmniRoute
 from omniroute_lc.fakes import FakeToolChatModel
 from shared_core import Budget, BudgetExceeded
 from shared_core.data import RoutingDataset, load_dataset
-from shared_core.fitting import DEFAULT_PREDICTOR, PREDICTORS, fit_router
+from shared_core.fitting import DEFAULT_PREDICTOR, PREDICTOR_NAMES, fit_router
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "routerbench_subset.parquet"
 BEST, CHEAPEST = "gpt-4-1106-preview", "mistralai/mistral-7b-chat"
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("data", nargs="?", default=str(DATA), help="RouterBench-layout dataset (default: %(default)s)")
     parser.add_argument("--requests", type=int, default=400, help="test prompts to replay (default 400)")
     parser.add_argument("--budget", type=float, default=0.3, help="budget as a fraction of GPT-4's cost (default 0.3)")
-    parser.add_argument("--predictor", choices=sorted(PREDICTORS), default=DEFAULT_PREDICTOR)
+    parser.add_argument("--predictor", choices=PREDICTOR_NAMES, default=DEFAULT_PREDICTOR)
     args = parser.parse_args(argv)
 
     dataset = load_dataset(args.data)

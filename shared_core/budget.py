@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -431,7 +432,10 @@ class LedgerStore(ABC):
 
     @property
     def url(self) -> str:
-        """Which ledger this is, as a URL without credentials (open_store's form where it has one)."""
+        """Which ledger this is, as a URL without credentials (open_store's form where it has one).
+
+        Kept commits name their ledger by it (`shared_core.pending`): two stores with one URL are
+        one ledger. A store of your own should return something unique to the ledger it reaches."""
         return f"{type(self).__module__}.{type(self).__qualname__}"
 
     def report(self, scope: str | None = None) -> list[ScopeState]:
@@ -625,7 +629,8 @@ class MemoryStore(LedgerStore):
 
     @property
     def url(self) -> str:
-        return "memory://"
+        # A memory ledger is this object in this process: "memory://<pid>/<object id>".
+        return f"memory://{os.getpid()}/{id(self):x}"
 
     def open_reservations(self) -> int:
         with self._lock:

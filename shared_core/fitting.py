@@ -19,12 +19,13 @@ from .quality import (
     ClusterQuality, HybridQuality, KNNQuality, LearnedMapQuality, LogisticQuality, PriorQuality,
 )
 from .router import Router
+from .selection import BASELINE, DEFAULT_FOLDS, PredictorSpec, Selection, select_predictor
 
 logger = logging.getLogger("omniroute")
 
 __all__ = [
     "PREDICTORS", "DEFAULT_PREDICTOR", "make_predictor", "fit_router", "CostFit", "fit_prices", "output_lengths",
-    "priced_candidates", "POOR_FIT_R2",
+    "priced_candidates", "POOR_FIT_R2", "AUTO", "PREDICTOR_NAMES",
 ]
 
 #: Quality predictors by name: each entry builds an unfitted predictor.
@@ -37,16 +38,36 @@ PREDICTORS: dict[str, Callable[[], Any]] = {
     "learned-map": LearnedMapQuality,
 }
 
-#: The predictor `fit_router` and the CLI use when none is named (see benchmarks/predictors.py).
-DEFAULT_PREDICTOR = "knn"
+#: The name under which `fit_router` chooses the predictor by cross-validation (`shared_core.selection`).
+AUTO = "auto"
+#: What `fit_router` and the commands accept as a predictor's name.
+PREDICTOR_NAMES = (AUTO, *PREDICTORS)
+#: The predictor `fit_router` and the CLI use when none is named.
+DEFAULT_PREDICTOR = AUTO
 
 
-def make_predictor(name: str) -> Any:
-    """An unfitted quality predictor by registry name (ValueError listing the names otherwise)."""
+def make_predictor(name: str, **params: Any) -> Any:
+    """An unfitted quality predictor by registry name and hyper-parameters (ValueError for an
+    unknown name, TypeError for an unknown parameter)."""
     try:
-        return PREDICTORS[name]()
+        cls = PREDICTORS[name]
     except KeyError:
         raise ValueError(f"unknown predictor {name!r}; choose one of {sorted(PREDICTORS)}") from None
+    return cls(**params)
+
+
+def _choose(X: np.ndarray, dataset: RoutingDataset, show_progress: bool) -> tuple[PredictorSpec, Selection | None]:
+    """The spec cross-validation on `dataset` chooses; the baseline when it is too small to fold."""
+    folds = min(DEFAULT_FOLDS, len(dataset) // 2)
+    if dataset.cost is None or folds < 2:
+        logger.warning("%d prompts%s: too few to choose a predictor by cross-validation; using %s",
+                       len(dataset), "" if dataset.cost is not None else " without recorded costs", BASELINE.label)
+        return BASELINE, None
+    selection = select_predictor(X, dataset.quality, dataset.cost, dataset.models,
+                                 lambda spec: make_predictor(spec.kind, **spec.kwargs), folds=folds,
+                                 show_progress=show_progress)
+    logger.info("auto: %d-fold cross-validation chose %s\n%s", selection.folds, selection.best.label, selection.table())
+    return selection.best, selection
 
 
 @dataclass(frozen=True)
@@ -184,7 +205,7 @@ def output_lengths(
 
 def fit_router(
     dataset: RoutingDataset,
-    predictor: str = DEFAULT_PREDICTOR,
+    predictor: str | PredictorSpec = DEFAULT_PREDICTOR,
     *,
     candidates: Sequence[Candidate] | None = None,
     embedder: Any = None,
@@ -198,10 +219,16 @@ def fit_router(
     is used as it is (pretrained, or fitted before). Candidates default to the dataset's price
     table, else to prices learned from its recorded costs (`fit_prices`). With `warm_start`,
     live budgets are priced from the batch solution on the dataset's prompts (`Router.warm_start`).
+
+    `predictor` is a name in PREDICTORS, a PredictorSpec (a name with hyper-parameters), or
+    "auto" (the default): the spec `selection.select_predictor` chooses by 5-fold cross-validated
+    AUDC on `dataset`; its outcome is the fitted predictor's `selection_` attribute.
     """
     if len(dataset) == 0:
         raise ValueError("cannot fit on an empty dataset")
-    quality = make_predictor(predictor)
+    auto = predictor == AUTO
+    spec = predictor if isinstance(predictor, PredictorSpec) else BASELINE if auto else None
+    quality = make_predictor(spec.kind, **spec.kwargs) if spec is not None else make_predictor(predictor)
     if candidates is None:
         candidates, _ = priced_candidates(dataset)
     cands = list(candidates)
@@ -223,13 +250,21 @@ def fit_router(
         X = embedder.transform(dataset.prompts)
 
     def fit_quality() -> None:
+        nonlocal quality
+        selection = None
+        if auto:
+            chosen, selection = _choose(X, dataset, show_progress)
+            quality = make_predictor(chosen.kind, **chosen.kwargs)
         quality.fit(X, dataset.quality, dataset.models)
+        if selection is not None:
+            quality.selection_ = selection
 
     def fit_lengths() -> None:
         lengths.fit(X, lengths_y, dataset.models)
 
     steps = ([embed] if needs_embedding else []) + [fit_quality, fit_lengths]
-    label = f"fitting {predictor} on {len(dataset)} prompts × {len(dataset.models)} models"
+    name = predictor.label if isinstance(predictor, PredictorSpec) else predictor
+    label = f"fitting {name} on {len(dataset)} prompts × {len(dataset.models)} models"
     for step in progress(steps, label=label, enabled=show_progress):
         step()
     router = Router(cands, quality=quality, lengths=lengths, embedder=embedder if needs_embedding else None,

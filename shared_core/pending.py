@@ -82,7 +82,7 @@ class PendingCommits:
         left = _replay(kept, commit, ledger)
         with self._lock:
             self._kept[:0] = left
-            return len(self._kept)
+            return sum(entry.ledger == ledger for entry in self._kept)
 
 
 class PendingJournal(PendingCommits):
@@ -105,7 +105,8 @@ class PendingJournal(PendingCommits):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         found = len(self)
         if found:
-            logger.warning("%d commit(s) kept in %s from an earlier run: recording them", found, self.path)
+            logger.warning("%d commit(s) kept in %s from an earlier run: each router records its own ledger's",
+                           found, self.path)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -135,25 +136,28 @@ class PendingJournal(PendingCommits):
                 os.close(fd)
 
     def __len__(self) -> int:
-        return len(self._read())
+        return len(self._read()[0])
 
-    def _read(self) -> list[PendingCommit]:
+    def _read(self) -> tuple[list[PendingCommit], bool]:
+        """The entries, and whether every line was one (False: the next rewrite drops the others)."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
-            return []
+            return [], True
         with os.fdopen(fd, "rb") as f:
             data = f.read()
-        entries = []
+        entries, clean = [], True
         for number, line in enumerate(data.split(b"\n"), 1):
             if not line.strip(b"\0 \r\t"):
+                clean = clean and not line
                 continue
             try:
                 entries.append(PendingCommit.from_line(line))
             except (ValueError, KeyError, TypeError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+                clean = False
                 logger.warning("skipped line %d of the pending-commit journal %s, left unreadable by a crash "
                                "mid-write (%s): %.200r", number, self.path, type(e).__name__, line)
-        return entries
+        return entries, clean
 
     def replay(self, commit: Callable[[PendingCommit], None], ledger: str) -> int:
         try:
@@ -162,10 +166,10 @@ class PendingJournal(PendingCommits):
         except FileNotFoundError:
             return 0
         with self._locked():
-            kept = self._read()
+            kept, clean = self._read()
             left = _replay(kept, commit, ledger)
-            if left == kept:
-                return len(left)
+            if left == kept and clean:
+                return sum(entry.ledger == ledger for entry in left)
             temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             try:
@@ -174,7 +178,7 @@ class PendingJournal(PendingCommits):
             finally:
                 os.close(fd)
             os.replace(temporary, self.path)
-            return len(left)
+            return sum(entry.ledger == ledger for entry in left)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -187,12 +191,33 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def _gone(ledger: str) -> bool:
+    """Whether `ledger` is a memory ledger of a process that no longer runs."""
+    if not ledger.startswith("memory://"):
+        return False
+    pid = ledger.removeprefix("memory://").partition("/")[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it runs, as another user
+        return False
+    return False
+
+
 def _replay(kept: list[PendingCommit], commit: Callable[[PendingCommit], None], ledger: str) -> list[PendingCommit]:
     """Commit the entries of `ledger` in order until it is unavailable; what is left to keep."""
     left = []
     for i, entry in enumerate(kept):
         if entry.ledger != ledger:
-            left.append(entry)
+            if _gone(entry.ledger):
+                logger.error("dropped %.9g USD for %s in scope %r: it was kept for a memory ledger whose process "
+                             "(%s) has ended, taking its budgets with it", entry.cost_usd, entry.model,
+                             entry.scopes[-1], entry.ledger)
+            else:
+                left.append(entry)
             continue
         try:
             commit(entry)

@@ -203,7 +203,7 @@ class Router:
         self.attempt_timeout_s = attempt_timeout_s
         self.deadline_s = deadline_s
         self._set_candidates(candidates)
-        if len(self._kept):  # commits a crashed run kept: recorded now, not at the first commit
+        if pending_journal is not None:  # commits a crashed run kept: recorded now, not at the first commit
             try:
                 self.retry_pending()
             except Exception:  # the router must still be made: its commits retry the replay
@@ -476,7 +476,11 @@ class Router:
         except UnknownScope:
             states = self._chain_states(scope)
             base = replace(base, scopes=tuple(s.scope for s in states))
+        try:
             return self._reserve_ranked(base, order, worst, states, ttl_s)
+        except UnknownScope as error:
+            raise LedgerUnavailable(f"the budget of scope {scope!r} vanished twice between reading and holding it ({error}); "
+                                    "is session_idle_ttl_s shorter than the ledger's response time?") from error
 
     def _reserve_ranked(
         self, base: Decision, order: list[str], worst: Mapping[str, float], states: list[ScopeState],

@@ -1,27 +1,35 @@
 """Choosing the quality predictor on the user's own data: k-fold cross-validated AUDC.
 
-No predictor is best on every dataset (k-NN leads on RouterBench, the learned cluster map on
-LLMRouter's set, and on others the parametric or cluster predictors do), and a default tuned on
-one dataset is a guess on the next. `select_predictor` scores a grid of predictors and their
-main hyper-parameters by the area under the deferral curve (AUDC; Hu et al., "RouterBench",
-2024) on held-out folds of the training split, and `fit_router(dataset, "auto")` fits the
-winner on the whole split. The held-out routers rank prompts by each predictor's quality and
-the fold's recorded costs, so the comparison is of quality predictions alone.
+No predictor is best on every dataset (k-NN leads on RouterBench's test split, k-NN with a
+smaller k on LLMRouter's, the cluster predictors on others), and a default tuned on one dataset
+is a guess on the next. `select_predictor` scores a grid of predictors and their main
+hyper-parameters by the area under the deferral curve (AUDC; Hu et al., "RouterBench", 2024) on
+held-out folds of the training split; `fit_router(dataset, "auto")` fits the choice on the whole
+split. The held-out routers rank prompts by each predictor's quality and the fold's recorded
+costs, so the comparison is of quality predictions alone.
+
+Differences between good predictors are often inside the folds' noise, and a choice made on
+noise is as likely to be worse on new prompts as better. So the grid's baseline (k-NN, k = 200,
+the default before `auto`) is kept unless another spec beats it on the same folds by more than
+`margin` standard errors of the paired difference: two by default, the usual 95 % level, since a
+switch made on noise loses on new prompts as often as it wins.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .evaluate import deferral_curve, reference_column
 from .progress import progress
+from .quality import HybridQuality, KNNQuality, LogisticQuality
 
-__all__ = ["PredictorSpec", "Selection", "DEFAULT_GRID", "DEFAULT_FOLDS", "select_predictor"]
+__all__ = ["PredictorSpec", "Selection", "DEFAULT_GRID", "DEFAULT_FOLDS", "BASELINE", "select_predictor"]
 
 #: Folds of the cross-validation.
 DEFAULT_FOLDS = 5
@@ -32,46 +40,74 @@ class PredictorSpec:
     """A quality predictor by registry name (`fitting.PREDICTORS`) with hyper-parameters."""
 
     kind: str
-    params: dict[str, Any] = field(default_factory=dict)
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, kind: str, **params: Any) -> PredictorSpec:
+        """`PredictorSpec.of("knn", k=200)`."""
+        return cls(kind, tuple(sorted(params.items())))
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The hyper-parameters as keyword arguments of the predictor's class."""
+        return dict(self.params)
 
     @property
     def label(self) -> str:
         """"knn(k=200)", "parametric(C=0.3)", ...: how tables name it."""
-        args = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.params.items())
+        args = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.params)
         return f"{self.kind}({args})"
 
 
+#: The spec kept unless another is measurably better (the default before `auto`).
+BASELINE = PredictorSpec.of("knn", k=200)
+
 #: The grid `auto` searches: each predictor around its published or cross-validated default.
 DEFAULT_GRID: tuple[PredictorSpec, ...] = (
-    *(PredictorSpec("knn", {"k": k}) for k in (50, 100, 200, 400)),
-    *(PredictorSpec("parametric", {"C": c}) for c in (0.1, 0.3, 1.0)),
-    *(PredictorSpec("hybrid", {"gamma": g}) for g in (0.25, 0.5, 0.75)),
-    *(PredictorSpec("cluster", {"n_clusters": n}) for n in (8, 16, 32)),
-    PredictorSpec("learned-map", {"n_clusters": 16}),
+    *(PredictorSpec.of("knn", k=k) for k in (50, 100, 200, 400)),
+    *(PredictorSpec.of("parametric", C=c) for c in (0.1, 0.3, 1.0)),
+    *(PredictorSpec.of("hybrid", gamma=g) for g in (0.25, 0.5, 0.75)),
+    *(PredictorSpec.of("cluster", n_clusters=n) for n in (8, 16, 32)),
+    PredictorSpec.of("learned-map", n_clusters=16),
 )
 
 
 @dataclass(frozen=True)
 class Selection:
-    """The cross-validation's outcome: one row per spec (mean AUDC, its standard error over the
-    folds, seconds to fit and predict all folds), best first, and the spec chosen."""
+    """The cross-validation's outcome: one row per spec, best mean AUDC first (its standard error
+    over the folds; the paired difference to the baseline and its standard error; seconds to fit
+    and predict all folds), and the spec chosen."""
 
     rows: list[dict[str, Any]]
     best: PredictorSpec
+    baseline: PredictorSpec
     folds: int
 
     def table(self) -> str:
         """The rows as a fixed-width text table."""
-        lines = [f"{'predictor':<28} {'CV AUDC':>8} {'± s.e.':>7} {'seconds':>8}"]
+        lines = [f"{'predictor':<28} {'CV AUDC':>8} {'± s.e.':>7} {'vs ' + self.baseline.label:>16} "
+                 f"{'± s.e.':>7} {'seconds':>8}"]
         for row in self.rows:
             mark = "  ← chosen" if row["spec"] == self.best else ""
-            lines.append(f"{row['spec'].label:<28} {row['audc']:>8.4f} {row['se']:>7.4f} {row['seconds']:>8.2f}{mark}")
+            lines.append(f"{row['spec'].label:<28} {row['audc']:>8.4f} {row['se']:>7.4f} {row['gain']:>+16.4f} "
+                         f"{row['gain_se']:>7.4f} {row['seconds']:>8.2f}{mark}")
         return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The table as plain JSON-ready data."""
+        return {"folds": self.folds, "chosen": self.best.label, "baseline": self.baseline.label,
+                "rows": [{**row, "spec": row["spec"].label} for row in self.rows]}
 
 
 def _folds(n: int, folds: int, seed: int) -> np.ndarray:
     """Each row's fold (seeded, balanced)."""
     return np.random.default_rng(seed).permutation(n) % folds
+
+
+def _key(predictor: Any) -> tuple:
+    """A predictor's class and every constructor parameter: equal keys predict alike."""
+    names = [n for n in inspect.signature(type(predictor).__init__).parameters if n != "self"]
+    return (type(predictor), *((n, getattr(predictor, n)) for n in names))
 
 
 def select_predictor(
@@ -82,51 +118,77 @@ def select_predictor(
     make: Callable[[PredictorSpec], Any],
     *,
     grid: Sequence[PredictorSpec] = DEFAULT_GRID,
+    baseline: PredictorSpec = BASELINE,
     folds: int = DEFAULT_FOLDS,
+    margin: float = 2.0,
     seed: int = 0,
     show_progress: bool = False,
 ) -> Selection:
-    """Score each spec of `grid` by `folds`-fold cross-validated AUDC and return them, best first.
+    """Score each spec of `grid` by `folds`-fold cross-validated AUDC; the best that beats
+    `baseline` by more than `margin` paired standard errors is chosen, else the baseline.
 
     X: (n, d) prompt embeddings; Y: (n, m) observed quality in [0, 1] (NaN = unlabelled); cost:
     (n, m) recorded USD per prompt and model; `make(spec)` builds an unfitted predictor. On each
     fold a predictor is fitted on the other folds, and the router scoring its predicted quality
     − λ·cost is swept over λ on the held-out rows; AUDC is the area under that curve, cost
     measured as a fraction of sending every held-out prompt to the model most accurate on the
-    fitted rows. Raises ValueError for shapes that disagree, fewer than 2 folds, or fewer rows
-    than 2 per fold.
+    fitted rows. A hybrid whose halves are in the grid is blended from their predictions rather
+    than fitted again. Raises ValueError for shapes that disagree, fewer than 2 folds, fewer than
+    2 rows per fold, or a baseline outside the grid.
     """
     X, Y, cost = np.asarray(X, float), np.asarray(Y, float), np.asarray(cost, float)
     n = len(Y)
-    if X.shape[0] != n or Y.shape != cost.shape or Y.shape[1] != len(models):
+    if X.shape[0] != n or Y.shape != cost.shape or Y.ndim != 2 or Y.shape[1] != len(models):
         raise ValueError(f"X {X.shape}, Y {Y.shape}, cost {cost.shape} and {len(models)} models disagree")
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise ValueError(f"folds must be an int >= 2, got {folds!r}")
     if n < 2 * folds:
         raise ValueError(f"cross-validation with {folds} folds needs at least {2 * folds} rows, got {n}")
-    if not grid:
-        raise ValueError("the grid of predictors to choose from is empty")
+    grid = list(dict.fromkeys(grid))
+    if baseline not in grid:
+        raise ValueError(f"the baseline {baseline.label} is not in the grid")
+    # Hybrids last, so that their halves' predictions are there to blend.
+    order = sorted(range(len(grid)), key=lambda i: grid[i].kind == "hybrid")
     fold = _folds(n, folds, seed)
     scores = np.full((len(grid), folds), np.nan)
     seconds = np.zeros(len(grid))
-    steps = [(f, i) for f in range(folds) for i in range(len(grid))]
     held_cost = np.nan_to_num(cost, nan=np.inf)  # a model without a recorded cost is never chosen
+    steps = [(f, i) for f in range(folds) for i in order]
+    cache: dict[tuple, np.ndarray] = {}
     for f, i in progress(steps, label=f"choosing the predictor: {len(grid)} candidates × {folds} folds",
                          enabled=show_progress):
         fit, held = fold != f, fold == f
+        if i == order[0]:
+            cache.clear()  # a new fold
         ref = reference_column(Y[fit])
         ref_cost = float(np.nansum(cost[held, ref]))
         if not ref_cost > 0:
             continue
         start = time.perf_counter()
-        q = make(grid[i]).fit(X[fit], Y[fit], list(models)).predict(X[held])
+        predictor = make(grid[i])
+        q = cache.get(_key(predictor))
+        if q is None and isinstance(predictor, HybridQuality):
+            halves = (_key(LogisticQuality(C=predictor.C)), _key(KNNQuality(k=predictor.k, shrinkage=predictor.shrinkage)))
+            if all(h in cache for h in halves):
+                q = HybridQuality.blend(cache[halves[0]], cache[halves[1]], predictor.gamma)
+        if q is None:
+            q = predictor.fit(X[fit], Y[fit], list(models)).predict(X[held])
+        cache[_key(predictor)] = q
         seconds[i] += time.perf_counter() - start
         scores[i, f] = deferral_curve(q, held_cost[held], Y[held], cost[held], ref_cost).area()
-    if np.isnan(scores).all():
+    measured = ~np.isnan(scores[0])
+    if not measured.any():
         raise ValueError("no fold has a reference model with a positive recorded cost to measure AUDC against")
-    audc = np.nanmean(scores, axis=1)
-    se = np.nanstd(scores, axis=1) / np.sqrt(np.sum(~np.isnan(scores), axis=1))
-    order = np.argsort(-audc, kind="stable")
-    rows = [{"spec": grid[i], "audc": float(audc[i]), "se": float(se[i]), "seconds": float(seconds[i])}
-            for i in order]
-    return Selection(rows=rows, best=grid[int(order[0])], folds=folds)
+    scores = scores[:, measured]
+    k = scores.shape[1]
+    audc, se = scores.mean(axis=1), scores.std(axis=1, ddof=1) / np.sqrt(k) if k > 1 else np.zeros(len(grid))
+    base = grid.index(baseline)
+    gain = scores - scores[base]
+    gain_mean = gain.mean(axis=1)
+    gain_se = gain.std(axis=1, ddof=1) / np.sqrt(k) if k > 1 else np.zeros(len(grid))
+    ranked = np.argsort(-audc, kind="stable")
+    better = [i for i in ranked if gain_mean[i] > margin * gain_se[i] and gain_mean[i] > 0]
+    best = grid[better[0]] if better else baseline
+    rows = [{"spec": grid[i], "audc": float(audc[i]), "se": float(se[i]), "gain": float(gain_mean[i]),
+             "gain_se": float(gain_se[i]), "seconds": float(seconds[i])} for i in ranked]
+    return Selection(rows=rows, best=best, baseline=baseline, folds=int(k))

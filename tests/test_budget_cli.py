@@ -285,3 +285,14 @@ def test_show_says_which_scopes_are_forgotten_when_idle(tmp_path, capsys):
     assert "idle ttl" in lines[0] and lines[2].split()[-1] == "3600s" and lines[1].split()[-1] == "-"
     assert main(["budget", "show", "--json", "--store", url]) == 0
     assert [s["idle_ttl_s"] for s in json.loads(capsys.readouterr().out)] == [None, 3600.0]
+
+
+def test_set_keeps_a_session_scope_forgettable(tmp_path):
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    store = open_store(url)
+    store.set_budget("acme/s", Budget(usd=1.0), idle_ttl_s=3600)
+    store.close()
+    assert main(["budget", "set", "acme/s", "--usd", "2", "--store", url]) == 0
+    store = open_store(url)
+    assert (store.state("acme/s").budget.usd, store.state("acme/s").idle_ttl_s) == (2.0, 3600.0)
+    store.close()

@@ -11,7 +11,7 @@ from shared_core.evaluate import (
     Curve, batch_run, calibrate_lambda, deferral_curve, fixed_lambda_run, online_run, oracle_curve, prior_curve,
     realised, reference_column, replay_order, route_argmax, summarise,
 )
-from shared_core.fitting import DEFAULT_PREDICTOR, fit_router
+from shared_core.fitting import fit_router
 
 
 def test_curve_definitions_on_hand_made_points():
@@ -108,7 +108,7 @@ def default_runs(split):
     """The shipped default predictor, warm-started on train, at 10 % and 50 % of the GPT-4 cost
     (benchmarks/budget_runs.py adds 25 % and the fixed-λ comparison)."""
     train, test, ref, ref_cost = split
-    router = fit_router(train, DEFAULT_PREDICTOR, candidates=train.candidates(max_output_tokens=1024))
+    router = fit_router(train, "knn", candidates=train.candidates(max_output_tokens=1024))
     est = router.estimate(test.prompts)
     curve = deferral_curve(est.quality, est.cost, test.quality, test.cost, ref_cost)
     runs = {}

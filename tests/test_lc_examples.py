@@ -42,7 +42,7 @@ def test_agents_example_keeps_every_agent_within_its_budget():
 
 def test_fitted_router_example_spends_within_budget_for_more_accuracy_than_the_cheapest():
     out = "\n".join(_run("lc_fitted_router.py", str(ROOT.parent / "shared" / "data" / "routerbench_subset.parquet"),
-                         "--requests", "150"))
+                         "--requests", "150", "--predictor", "knn"))
     routed = re.search(r"OmniRoute, budget ([\d.]+) USD\s+([\d.]+)\s+([\d.]+)\s+\((\d+) refused, ([\d.]+) USD", out)
     budget, accuracy, cost, _, reserved = (float(x) for x in routed.groups())
     best = re.search(r"always gpt-4-1106-preview\s+([\d.]+)\s+([\d.]+)", out)

@@ -92,7 +92,7 @@ def test_a_journal_replays_in_order_and_keeps_what_the_ledger_still_refuses(tmp_
         seen.append(entry.reservation_id)
 
     assert journal.replay(commit, "memory://") == 2 and seen == ["r0"]
-    assert [e.reservation_id for e in journal._read()] == ["r1", "r2"]
+    assert [e.reservation_id for e in journal._read()[0]] == ["r1", "r2"]
     assert journal.replay(lambda e: seen.append(e.reservation_id), "memory://") == 0 and seen == ["r0", "r1", "r2"]
     assert journal.path.read_text() == ""
 
@@ -108,7 +108,7 @@ def test_a_torn_line_is_skipped_with_a_warning(tmp_path, caplog):
         f.write(b"\xff\xfe" + b"[" * 100_000 + b"\n")  # undecodable, then absurdly nested
     journal.keep(PendingCommit("r3", ("acme",), "small", 0.75, 1_700_000_002.0, "memory://"))
     with caplog.at_level(logging.WARNING, logger="omniroute"):
-        kept = journal._read()
+        kept, clean = journal._read()
     assert [(e.reservation_id, e.cost_usd) for e in kept] == [("r0", 0.25), ("r2", 0.5), ("r3", 0.75)]
     assert "skipped line 2" in caplog.text and "skipped line 4" in caplog.text
 
@@ -152,7 +152,7 @@ def test_a_short_write_leaves_no_half_line_and_says_so(tmp_path, monkeypatch):
         journal.keep(PendingCommit("r2", ("s",), "m", 0.25, 2.0, "memory://"))
     monkeypatch.setattr(pending.os, "write", real_write)
     journal.keep(PendingCommit("r3", ("s",), "m", 0.125, 3.0, "memory://"))
-    assert [e.reservation_id for e in journal._read()] == ["r1", "r3"]
+    assert [e.reservation_id for e in journal._read()[0]] == ["r1", "r3"]
 
 
 def test_each_router_replays_only_its_own_ledgers_commits(tmp_path):
@@ -214,3 +214,34 @@ def test_a_symlinked_journal_is_refused(tmp_path):
     (tmp_path / "link.jsonl").symlink_to(tmp_path / "real.jsonl")
     with pytest.raises(ValueError, match="symbolic link"):
         Router(_cands(), pending_journal=tmp_path / "link.jsonl")
+
+
+def test_a_torn_line_is_warned_about_once_then_dropped(tmp_path, caplog):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"reservation_id": "r2", "scopes": ["t"], "mod')
+    store = BlinkingSQLite(tmp_path / "l.db")
+    try:
+        with caplog.at_level(logging.WARNING, logger="omniroute"):
+            router = Router(_cands(), store=store, pending_journal=path)
+            router.set_budget("t", Budget(usd=1.0))
+            for _ in range(3):
+                router.settle(router.decide("Hello.", "t", max_tokens=10), output_tokens=10)
+        assert caplog.text.count("skipped line 1") == 2  # the constructor's count, then the replay that drops it
+        assert path.read_bytes() == b""
+    finally:
+        store.close()
+
+
+def test_memory_ledgers_are_told_apart_and_a_dead_processs_are_dropped(tmp_path, caplog):
+    from shared_core.budget import MemoryStore
+
+    a, b = MemoryStore(), MemoryStore()
+    assert a.url != b.url and a.url.startswith(f"memory://{os.getpid()}/")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    journal = PendingJournal(tmp_path / "p.jsonl")
+    journal.keep(PendingCommit("gone", ("s",), "m", 0.5, 1.0, f"memory://{dead.stdout.strip()}/abc"))
+    journal.keep(PendingCommit("other", ("s",), "m", 0.5, 1.0, b.url))
+    with caplog.at_level(logging.ERROR, logger="omniroute"):
+        assert journal.replay(lambda e: None, a.url) == 0
+    assert "whose process" in caplog.text
+    assert [e.reservation_id for e in journal._read()[0]] == ["other"]

@@ -10,7 +10,7 @@ import pytest
 
 from shared_core.embed import TfidfSvdEmbedder
 from shared_core.evaluate import deferral_curve, reference_column
-from shared_core.fitting import DEFAULT_PREDICTOR, PREDICTORS, fit_prices, fit_router, make_predictor
+from shared_core.fitting import PREDICTORS, fit_prices, fit_router, make_predictor
 from shared_core.length import HybridLength, LengthPrior
 from shared_core.quality import (
     ClusterQuality, HybridQuality, KNNQuality, LearnedMapQuality, LogisticQuality, PriorQuality,
@@ -55,7 +55,7 @@ def router_for(fitted, lengths, embedder, train):
 
 @pytest.fixture(scope="session")
 def default_router(train, embedder):
-    return fit_router(train, DEFAULT_PREDICTOR, embedder=embedder)
+    return fit_router(train, "knn", embedder=embedder)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from shared_core.fitting import fit_router
 def saved(train, test_split, tmp_path_factory):
     """The default router fitted on RouterBench's training split, saved; the test prompts as Parquet."""
     folder = tmp_path_factory.mktemp("route")
-    fit_router(train, candidates=train.candidates(max_output_tokens=1024)).save(folder / "router")
+    fit_router(train, "knn", candidates=train.candidates(max_output_tokens=1024)).save(folder / "router")
     pd.DataFrame({"sample_id": test_split.sample_ids, "prompt": test_split.prompts}).to_parquet(folder / "test.parquet")
     return folder
 

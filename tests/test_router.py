@@ -24,7 +24,7 @@ def _cands(**kw):
 def replay_setup(routerbench):
     train, test = routerbench.subset("train"), routerbench.subset("test")
     ref = test.models.index("gpt-4-1106-preview")
-    router = fit_router(train, candidates=train.candidates(max_output_tokens=1024))
+    router = fit_router(train, "knn", candidates=train.candidates(max_output_tokens=1024))
     return router, test, float(np.nansum(test.cost[:, ref]))
 
 

@@ -81,7 +81,10 @@ def _run(args: argparse.Namespace) -> int:
             if args.store.strip().lower().startswith("memory:"):
                 raise ValueError("a memory:// ledger lives inside one process: setting a budget in it from "
                                  "the command line changes nothing; use sqlite:// or redis://")
-            store.set_budget(args.scope, _new_budget(store.state(args.scope), args), reset=args.reset)
+            current = store.state(args.scope)
+            # A session scope stays forgettable: only its money changes here.
+            store.set_budget(args.scope, _new_budget(current, args), reset=args.reset,
+                             idle_ttl_s=None if current is None else current.idle_ttl_s)
             _print_table(store.report(args.scope)[:1])
             return 0
         states = store.report(args.scope)

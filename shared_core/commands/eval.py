@@ -18,10 +18,10 @@ from ..evaluate import (
     ORDERS, BudgetRun, Curve, batch_run, calibrate_lambda, deferral_curve, fixed_lambda_run, online_run,
     oracle_curve, prior_curve, reference_column, summarise,
 )
-from ..fitting import DEFAULT_PREDICTOR, PREDICTORS, fit_router
+from ..fitting import DEFAULT_PREDICTOR, PREDICTOR_NAMES, fit_router
 from ..plot import plot_evaluation, pyplot
 from ..progress import progress
-from .prices import candidates_for
+from .prices import candidates_for, print_selection
 
 _DEFAULT_BUDGETS = "0.1,0.25,0.5"
 
@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prices", help="JSON price table (USD per 1M input/output tokens) for datasets without costs")
     p.add_argument("--predictor", action="append", metavar="NAME",
                    help=f"quality predictor to evaluate, repeatable; the first one's curve goes to --decisions "
-                        f"(default: {DEFAULT_PREDICTOR}; known: {', '.join(sorted(PREDICTORS))})")
+                        f"(default: {DEFAULT_PREDICTOR}; known: {', '.join(PREDICTOR_NAMES)})")
     p.add_argument("--budgets", default=_DEFAULT_BUDGETS,
                    help=f"budget fractions of the reference cost, comma-separated (default: {_DEFAULT_BUDGETS})")
     p.add_argument("--order", choices=ORDERS, default="grouped",
@@ -75,9 +75,9 @@ class _Result:
 def run(args: argparse.Namespace) -> int:
     budgets = _parse_budgets(args.budgets)
     names = args.predictor or [DEFAULT_PREDICTOR]
-    unknown = [n for n in names if n not in PREDICTORS]
+    unknown = [n for n in names if n not in PREDICTOR_NAMES]
     if unknown:
-        raise ValueError(f"unknown predictor {unknown[0]!r}; choose from {sorted(PREDICTORS)}")
+        raise ValueError(f"unknown predictor {unknown[0]!r}; choose from {list(PREDICTOR_NAMES)}")
     if args.plot:
         pyplot()  # fail before the long work when matplotlib is missing
     data = load_dataset(args.data, args.prices, split_column=args.split_column)
@@ -130,6 +130,7 @@ def _evaluate(
 ) -> _Result:
     """Fit one predictor and run its curve, batch, online and fixed-λ runs."""
     router = fit_router(train, name, candidates=candidates, show_progress=show)
+    print_selection(router)
     est_test = router.estimate(test.prompts)
     est_train = router.estimate(train.prompts)
     curve = deferral_curve(est_test.quality, est_test.cost, test.quality, test.cost, ref_cost, keep_choices=True)

@@ -1,4 +1,4 @@
-"""Pricing a dataset's models for the commands: its price table, or prices learned from its costs."""
+"""What the commands print about a fit: the prices it used and the predictor it chose."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from ..candidates import Candidate
 from ..data import RoutingDataset
 from ..fitting import priced_candidates
+from ..router import Router
 
 
 def candidates_for(train: RoutingDataset, **overrides: Any) -> list[Candidate]:
@@ -23,3 +24,12 @@ def candidates_for(train: RoutingDataset, **overrides: Any) -> list[Candidate]:
         print(f"  {m:<36} {p_in:>9.4g} {p_out:>9.4g} {cost_fit.request_prices[m]:>10.3g} {cost_fit.r2[m]:>7.3f} "
               f"{cost_fit.median_relative_error[m]:>11.2%}")
     return candidates
+
+
+def print_selection(router: Router) -> None:
+    """The cross-validation table of an `auto` fit (nothing for a predictor named outright)."""
+    selection = getattr(router.quality, "selection_", None)
+    if selection is not None:
+        print(f"auto: {selection.folds}-fold cross-validated AUDC on the training data chose {selection.best.label} "
+              f"(another spec must beat {selection.baseline.label} by 2 paired standard errors)")
+        print("  " + selection.table().replace("\n", "\n  "))

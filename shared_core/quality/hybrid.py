@@ -45,7 +45,13 @@ class HybridQuality:
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predicted quality, shape (len(X), len(models_))."""
         check_fitted(self)
-        return self.gamma * self.parametric_.predict(X) + (1.0 - self.gamma) * self.knn_.predict(X)
+        return self.blend(self.parametric_.predict(X), self.knn_.predict(X), self.gamma)
+
+    @staticmethod
+    def blend(parametric: np.ndarray, knn: np.ndarray, gamma: float) -> np.ndarray:
+        """The hybrid's prediction from its halves' (OmniRouter's γ-weighted mix of trained and
+        retrieval estimates): γ·parametric + (1 − γ)·k-NN, elementwise."""
+        return gamma * parametric + (1.0 - gamma) * knn
 
     def add_model(self, name: str, X_profile: np.ndarray, y_profile: np.ndarray) -> None:
         """Add a model to both halves from its profile."""
