@@ -19,7 +19,7 @@ from .quality import (
     ClusterQuality, HybridQuality, KNNQuality, LearnedMapQuality, LogisticQuality, PriorQuality,
 )
 from .router import Router
-from .selection import BASELINE, DEFAULT_FOLDS, PredictorSpec, Selection, select_predictor
+from .selection import BASELINE, DEFAULT_FOLDS, PredictorSpec, Selection, out_of_fold_quality, select_predictor
 
 logger = logging.getLogger("omniroute")
 
@@ -218,7 +218,8 @@ def fit_router(
     `embedder=None` fits the default offline TfidfSvdEmbedder on the prompts; a given embedder
     is used as it is (pretrained, or fitted before). Candidates default to the dataset's price
     table, else to prices learned from its recorded costs (`fit_prices`). With `warm_start`,
-    live budgets are priced from the batch solution on the dataset's prompts (`Router.warm_start`).
+    live budgets are priced from the batch solution on the dataset's prompts (`Router.warm_start`),
+    their quality predicted out of fold, as live prompts will be (`selection.out_of_fold_quality`).
 
     `predictor` is a name in PREDICTORS, a PredictorSpec (a name with hyper-parameters), or
     "auto" (the default): the spec `selection.select_predictor` chooses by 5-fold cross-validated
@@ -270,5 +271,19 @@ def fit_router(
     router = Router(cands, quality=quality, lengths=lengths, embedder=embedder if needs_embedding else None,
                     **router_kwargs)
     if warm_start:
-        router.warm_start(dataset.prompts)
+        router.warm_start(dataset.prompts, quality=_unseen_quality(router, quality, X, dataset))
     return router
+
+
+def _unseen_quality(router: Router, quality: Any, X: np.ndarray, dataset: RoutingDataset) -> np.ndarray | None:
+    """The router's quality estimates of the training prompts as if they were new (out of fold),
+    in routing-column order; None when there are too few prompts to fold (or no embedding)."""
+    if X.shape[1] == 0 or len(dataset) < 2 * DEFAULT_FOLDS:
+        return None
+    unseen = out_of_fold_quality(quality, X, dataset.quality, dataset.models)
+    # Candidates without a dataset column (priced priors) keep the router's own estimate.
+    q = router.estimate(dataset.prompts).quality
+    for j, c in enumerate(router.candidates):
+        if c.name in dataset.models:
+            q[:, j] = unseen[:, dataset.models.index(c.name)]
+    return q

@@ -42,7 +42,7 @@ class DualPacer(BaseModel):
 
     step: float = Field(0.05, gt=0, description="η: how far one request's overspend moves a cold θ.")
     warm_step: float = Field(
-        0.0, ge=0, description="η_w: how far one request's overspend moves a warm θ (log units); see docs."
+        0.001, ge=0, description="η_w: how far one request's overspend moves a warm θ (log units); see docs."
     )
     initial: float = Field(1.0, ge=0, description="A cold θ before any request.")
     max_theta: float = Field(1e4, gt=0, description="Upper clip of θ.")

@@ -697,14 +697,22 @@ class Router:
         )
         return BatchRouting([est.candidates[j] for j in solution.choice], solution, est)
 
-    def warm_start(self, prompts: Sequence[str]) -> DualPacer:
+    def warm_start(self, prompts: Sequence[str], *, quality: np.ndarray | None = None) -> DualPacer:
         """Price every scope from the batch solution on `prompts` (e.g. the training split): the λ
         it needs for the scope's remaining money per remaining request. Call before serving
-        traffic (a θ paced without the curve means something else); returns the new pacer."""
+        traffic (a θ paced without the curve means something else); returns the new pacer.
+
+        `quality` ((len(prompts), len(candidates)), routing-column order) replaces the router's
+        own quality estimates of the prompts — e.g. out-of-fold ones for its training prompts."""
         if not prompts:
             raise ValueError("warm_start needs at least one prompt")
         est = self.estimate(prompts)
-        spend, lambdas = budget_curve(est.quality, est.cost)
+        q = est.quality
+        if quality is not None:
+            q = np.asarray(quality, dtype=np.float64)
+            if q.shape != est.quality.shape or not np.isfinite(q).all():
+                raise ValueError(f"quality must be a finite array of shape {est.quality.shape}, got {q.shape}")
+        spend, lambdas = budget_curve(q, est.cost)
         self.pacer = self.pacer.warm(spend / len(prompts), lambdas)
         return self.pacer
 

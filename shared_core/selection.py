@@ -29,7 +29,10 @@ from .evaluate import deferral_curve, reference_column
 from .progress import progress
 from .quality import HybridQuality, KNNQuality, LogisticQuality
 
-__all__ = ["PredictorSpec", "Selection", "DEFAULT_GRID", "DEFAULT_FOLDS", "BASELINE", "select_predictor"]
+__all__ = [
+    "PredictorSpec", "Selection", "DEFAULT_GRID", "DEFAULT_FOLDS", "BASELINE", "select_predictor",
+    "out_of_fold_quality",
+]
 
 #: Folds of the cross-validation.
 DEFAULT_FOLDS = 5
@@ -104,10 +107,37 @@ def _folds(n: int, folds: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n) % folds
 
 
+def _params(predictor: Any) -> dict[str, Any]:
+    """A predictor's constructor parameters (scikit-learn's convention: kept as attributes)."""
+    names = [n for n in inspect.signature(type(predictor).__init__).parameters if n != "self"]
+    return {n: getattr(predictor, n) for n in names}
+
+
 def _key(predictor: Any) -> tuple:
     """A predictor's class and every constructor parameter: equal keys predict alike."""
-    names = [n for n in inspect.signature(type(predictor).__init__).parameters if n != "self"]
-    return (type(predictor), *((n, getattr(predictor, n)) for n in names))
+    return (type(predictor), *_params(predictor).items())
+
+
+def out_of_fold_quality(
+    predictor: Any, X: np.ndarray, Y: np.ndarray, models: Sequence[str], *, folds: int = DEFAULT_FOLDS, seed: int = 0,
+) -> np.ndarray:
+    """(n, m) quality predictions for the rows of X, each by an unfitted copy of `predictor`
+    fitted on the other folds: what the predictor says of prompts it has not seen.
+
+    A predictor asked about its own training prompts is overconfident (a k-NN prompt is its own
+    neighbour, a cluster's accuracy includes the prompt's label), so a batch plan or budget curve
+    built on in-sample predictions expects larger quality gaps than live traffic shows.
+    ValueError for fewer than 2 rows per fold.
+    """
+    n = len(X)
+    if n < 2 * folds:
+        raise ValueError(f"{folds} folds need at least {2 * folds} rows, got {n}")
+    fold = _folds(n, folds, seed)
+    Q = np.empty((n, len(models)))
+    for f in range(folds):
+        fit, held = fold != f, fold == f
+        Q[held] = type(predictor)(**_params(predictor)).fit(X[fit], Y[fit], list(models)).predict(X[held])
+    return Q
 
 
 def select_predictor(

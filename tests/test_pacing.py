@@ -178,8 +178,25 @@ def test_a_fitted_router_is_warm_started_on_its_training_prompts(train_sample, t
     router = fit_router(sample, "knn")
     cold = fit_router(sample, "knn", warm_start=False)
     assert router.pacer.is_warm and not cold.pacer.is_warm
-    cold.warm_start(sample.prompts)
+    # The curve is built on out-of-fold quality: what the predictor says of prompts it has not seen.
+    from shared_core.fitting import _unseen_quality
+
+    X = cold.embedder.transform(sample.prompts)
+    cold.warm_start(sample.prompts, quality=_unseen_quality(cold, cold.quality, X, sample))
     assert cold.pacer.warm_rates == router.pacer.warm_rates
     assert cold.pacer.warm_lambdas == router.pacer.warm_lambdas
+    in_sample = fit_router(sample, "knn", warm_start=False)
+    in_sample.warm_start(sample.prompts)
+    assert in_sample.pacer.warm_lambdas != router.pacer.warm_lambdas
     router.save(tmp_path / "router")
     assert Router.load(tmp_path / "router").pacer.warm_lambdas == router.pacer.warm_lambdas
+
+
+@pytest.mark.parametrize("order", ["grouped", "random"])
+def test_online_pacing_spends_the_budget_with_the_parametric_predictor(train, test_split, order):
+    # The predictor whose warm curve was furthest off before the out-of-fold curve and θ correction
+    # (it left 10 % of a tight budget unspent on held-out training halves).
+    router = fit_router(train, "parametric", candidates=train.candidates(max_output_tokens=1024))
+    ref_cost = float(np.nansum(test_split.cost[:, reference_column(train.quality)]))
+    run = online_run(router, test_split, 0.1 * ref_cost, 0.1, order=order)
+    assert 0.95 <= run.spent_usd / run.budget_usd <= 1.0
