@@ -4,8 +4,8 @@ For RouterBench's subset and LLMRouter's 14-task set: each registered predictor 
 and `auto` (chosen by 5-fold cross-validated AUDC on the training split alone) are fitted with
 `fit_router` on split == train; on split == test the deferral curve of the router's own
 estimates gives AUDC, QNC and accuracy at 10/25/50 % of the reference model's cost. Then each
-router runs the test prompts online through one paced session with 10 % of that cost, in file,
-random and grouped order, and the share of the budget spent is reported.
+router runs the test prompts online through one paced session with a share of that cost, in file,
+random and grouped order, and the share of the budget spent is reported (10, 25 and 50 %).
 
 Run: python benchmarks/auto_predictor.py [--no-online]
 """
@@ -27,7 +27,7 @@ DATASETS = {
     "routerbench": (DATA / "routerbench_subset.parquet", None),
     "llmrouter": (DATA / "llmrouter_dcrouter.parquet", DATA / "llmrouter_dcrouter_prices.json"),
 }
-ONLINE_FRACTION = 0.1
+ONLINE_FRACTIONS = (0.1, 0.25, 0.5)
 
 
 def run(name: str, online: bool) -> dict:
@@ -53,10 +53,12 @@ def run(name: str, online: bool) -> dict:
         rows.append({**curve_row(label, router_curve(router, test, ref_cost), ref_acc), "fit_s": seconds})
         print(f"  {name}: {label}: AUDC {rows[-1]['audc']:.4f}, fit {seconds:.1f} s", flush=True)
         if online:
-            for order in ORDERS:
-                run_ = online_run(router, test, ONLINE_FRACTION * ref_cost, ONLINE_FRACTION, order=order)
-                spend.append({"predictor": label, "order": order, "spent_share": run_.spent_usd / run_.budget_usd,
-                              "accuracy": run_.accuracy, "refused": run_.refused})
+            for fraction in ONLINE_FRACTIONS:
+                for order in ORDERS:
+                    run_ = online_run(router, test, fraction * ref_cost, fraction, order=order)
+                    spend.append({"predictor": label, "fraction": fraction, "order": order,
+                                  "spent_share": run_.spent_usd / run_.budget_usd, "accuracy": run_.accuracy,
+                                  "refused": run_.refused})
     return {"rows": rows, "online": spend, "selection": selection.as_dict(),
             "reference": {"model": train.models[ref], "accuracy": ref_acc, "cost_usd": ref_cost}}
 
@@ -78,10 +80,13 @@ def main() -> None:
                     [[r["spec"], f"{r['audc']:.4f}", f"{r['se']:.4f}", f"{r['gain']:+.4f}", f"{r['gain_se']:.4f}"]
                      for r in sel["rows"]])
         if result["online"]:
-            print_table(f"{name}: online spend of a {ONLINE_FRACTION:.0%} budget", ["predictor", "order",
-                                                                                   "spent %", "accuracy", "refused"],
-                        [[r["predictor"], r["order"], f"{100 * r['spent_share']:.1f}", f"{r['accuracy']:.3f}",
-                          r["refused"]] for r in result["online"]])
+            print_table(f"{name}: online spend of the budget", ["predictor", "budget", "order", "spent %",
+                                                                "accuracy", "refused"],
+                        [[r["predictor"], f"{r['fraction']:.0%}", r["order"], f"{100 * r['spent_share']:.1f}",
+                          f"{r['accuracy']:.3f}", r["refused"]] for r in result["online"]])
+            shares = [r["spent_share"] for r in result["online"]]
+            print(f"{name}: online spend {100 * min(shares):.1f}–{100 * max(shares):.1f} % of the budget over "
+                  f"{len(shares)} runs")
     write_json("auto_predictor", results)
 
 
