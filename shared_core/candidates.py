@@ -54,6 +54,14 @@ class Candidate(BaseModel):
             raise ValueError("candidate name must be a non-empty string")
         return v
 
+    @field_validator("input_price", "output_price", "cache_read_price", "cache_write_price", "request_price",
+                     mode="before")
+    @classmethod
+    def _price_not_bool(cls, v: object, info: ValidationInfo) -> object:
+        if isinstance(v, bool):
+            raise ValueError(f"{info.field_name} must be a number, got {v!r}")
+        return v
+
     @field_validator("input_price", "output_price", "cache_read_price", "cache_write_price", "request_price")
     @classmethod
     def _price_valid(cls, v: float | None, info: ValidationInfo) -> float | None:
@@ -62,7 +70,7 @@ class Candidate(BaseModel):
         if not math.isfinite(v) or v < 0:
             unit = "USD per request" if info.field_name == "request_price" else "USD per 1M tokens"
             raise ValueError(f"{info.field_name} must be a finite number >= 0 ({unit}), got {v}")
-        return float(v)
+        return float(v) + 0.0  # -0.0 reads as 0.0
 
     @field_validator("context_window", "max_output_tokens")
     @classmethod

@@ -59,13 +59,20 @@ def make_predictor(name: str, **params: Any) -> Any:
 def _choose(X: np.ndarray, dataset: RoutingDataset, show_progress: bool) -> tuple[PredictorSpec, Selection | None]:
     """The spec cross-validation on `dataset` chooses; the baseline when it is too small to fold."""
     folds = min(DEFAULT_FOLDS, len(dataset) // 2)
-    if dataset.cost is None or folds < 2:
-        logger.warning("%d prompts%s: too few to choose a predictor by cross-validation; using %s",
-                       len(dataset), "" if dataset.cost is not None else " without recorded costs", BASELINE.label)
+    if dataset.cost is None:
+        logger.warning("the dataset records no costs to measure AUDC with; using %s", BASELINE.label)
         return BASELINE, None
-    selection = select_predictor(X, dataset.quality, dataset.cost, dataset.models,
-                                 lambda spec: make_predictor(spec.kind, **spec.kwargs), folds=folds,
-                                 show_progress=show_progress)
+    if folds < 2:
+        logger.warning("%d prompts are too few to choose a predictor by cross-validation; using %s",
+                       len(dataset), BASELINE.label)
+        return BASELINE, None
+    try:
+        selection = select_predictor(X, dataset.quality, dataset.cost, dataset.models,
+                                     lambda spec: make_predictor(spec.kind, **spec.kwargs), folds=folds,
+                                     groups=dataset.prompts, show_progress=show_progress)
+    except ValueError as error:  # e.g. the most accurate model records no cost: AUDC is undefined
+        logger.warning("cannot choose a predictor by cross-validation (%s); using %s", error, BASELINE.label)
+        return BASELINE, None
     logger.info("auto: %d-fold cross-validation chose %s\n%s", selection.folds, selection.best.label, selection.table())
     return selection.best, selection
 
@@ -143,7 +150,10 @@ def fit_prices(dataset: RoutingDataset, assumed_output_tokens: float = DEFAULT_A
     for j, model in enumerate(dataset.models):
         second = np.full(len(inp), float(assumed_output_tokens)) if out is None else out[:, j].astype(np.float64)
         c = dataset.cost[:, j]
-        ok = np.isfinite(c) & np.isfinite(second)
+        negative = int(np.sum(c < 0))
+        if negative:
+            logger.warning("model %r has %d negative recorded cost(s): left out of its price fit", model, negative)
+        ok = np.isfinite(c) & (c >= 0) & np.isfinite(second)
         if ok.sum() < 2:
             raise ValueError(f"model {model!r} has fewer than 2 recorded costs to learn its prices from")
         A = np.column_stack([inp[ok], second[ok]])
@@ -156,9 +166,12 @@ def fit_prices(dataset: RoutingDataset, assumed_output_tokens: float = DEFAULT_A
         requests[model] = float(coef[2])
         pred = price_tokens(inp[ok], second[ok], *prices[model]) + requests[model]
         total = float(((c[ok] - c[ok].mean()) ** 2).sum())
-        r2[model] = 1.0 - float(((c[ok] - pred) ** 2).sum()) / total if total > 0 else 1.0
         pos = c[ok] > 0
         rel[model] = float(np.median(np.abs(pred[pos] - c[ok][pos]) / c[ok][pos])) if pos.any() else 0.0
+        if total > 1e-12 * float((c[ok] ** 2).sum()):
+            r2[model] = 1.0 - float(((c[ok] - pred) ** 2).sum()) / total
+        else:  # (nearly) constant costs: R² is noise over noise; judge by the relative error
+            r2[model] = 1.0 if rel[model] <= 0.01 else 0.0
         if r2[model] < POOR_FIT_R2:
             logger.warning(
                 "learned prices for %r explain only R² = %.2f of its recorded costs (median error %.0f%%): its "
@@ -280,7 +293,7 @@ def _unseen_quality(router: Router, quality: Any, X: np.ndarray, dataset: Routin
     in routing-column order; None when there are too few prompts to fold (or no embedding)."""
     if X.shape[1] == 0 or len(dataset) < 2 * DEFAULT_FOLDS:
         return None
-    unseen = out_of_fold_quality(quality, X, dataset.quality, dataset.models)
+    unseen = out_of_fold_quality(quality, X, dataset.quality, dataset.models, groups=dataset.prompts)
     # Candidates without a dataset column (priced priors) keep the router's own estimate.
     q = router.estimate(dataset.prompts).quality
     for j, c in enumerate(router.candidates):

@@ -710,8 +710,10 @@ class Router:
         q = est.quality
         if quality is not None:
             q = np.asarray(quality, dtype=np.float64)
-            if q.shape != est.quality.shape or not np.isfinite(q).all():
-                raise ValueError(f"quality must be a finite array of shape {est.quality.shape}, got {q.shape}")
+            if q.shape != est.quality.shape:
+                raise ValueError(f"quality must have shape {est.quality.shape} (prompts × candidates), got {q.shape}")
+            if not (np.isfinite(q).all() and ((q >= 0) & (q <= 1)).all()):
+                raise ValueError("quality must hold finite values in [0, 1]")
         spend, lambdas = budget_curve(q, est.cost)
         self.pacer = self.pacer.warm(spend / len(prompts), lambdas)
         return self.pacer

@@ -18,6 +18,7 @@ switch made on noise loses on new prompts as often as it wins.
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -102,9 +103,23 @@ class Selection:
                 "rows": [{**row, "spec": row["spec"].label} for row in self.rows]}
 
 
-def _folds(n: int, folds: int, seed: int) -> np.ndarray:
-    """Each row's fold (seeded, balanced)."""
-    return np.random.default_rng(seed).permutation(n) % folds
+def _folds(n: int, folds: int, seed: int, groups: Sequence[Any] | None = None) -> np.ndarray:
+    """Each row's fold (seeded, balanced); rows of one group (the same prompt, recorded twice)
+    share a fold, so that no prompt is scored by a predictor that was fitted on it."""
+    if groups is None:
+        return np.random.default_rng(seed).permutation(n) % folds
+    if len(groups) != n:
+        raise ValueError(f"groups has {len(groups)} entries for {n} rows")
+    _, group = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    return (np.random.default_rng(seed).permutation(group.max() + 1) % folds)[group]
+
+
+def _check_folds(folds: Any, n: int) -> int:
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"folds must be an int >= 2, got {folds!r}")
+    if n < 2 * folds:
+        raise ValueError(f"cross-validation with {folds} folds needs at least {2 * folds} rows, got {n}")
+    return int(folds)
 
 
 def _params(predictor: Any) -> dict[str, Any]:
@@ -120,6 +135,7 @@ def _key(predictor: Any) -> tuple:
 
 def out_of_fold_quality(
     predictor: Any, X: np.ndarray, Y: np.ndarray, models: Sequence[str], *, folds: int = DEFAULT_FOLDS, seed: int = 0,
+    groups: Sequence[Any] | None = None,
 ) -> np.ndarray:
     """(n, m) quality predictions for the rows of X, each by an unfitted copy of `predictor`
     fitted on the other folds: what the predictor says of prompts it has not seen.
@@ -127,12 +143,12 @@ def out_of_fold_quality(
     A predictor asked about its own training prompts is overconfident (a k-NN prompt is its own
     neighbour, a cluster's accuracy includes the prompt's label), so a batch plan or budget curve
     built on in-sample predictions expects larger quality gaps than live traffic shows.
-    ValueError for fewer than 2 rows per fold.
+    Rows of one `groups` value (e.g. the prompt text) share a fold. ValueError for fewer than 2
+    folds or 2 rows per fold.
     """
     n = len(X)
-    if n < 2 * folds:
-        raise ValueError(f"{folds} folds need at least {2 * folds} rows, got {n}")
-    fold = _folds(n, folds, seed)
+    folds = _check_folds(folds, n)
+    fold = _folds(n, folds, seed, groups)
     Q = np.empty((n, len(models)))
     for f in range(folds):
         fit, held = fold != f, fold == f
@@ -152,6 +168,7 @@ def select_predictor(
     folds: int = DEFAULT_FOLDS,
     margin: float = 2.0,
     seed: int = 0,
+    groups: Sequence[Any] | None = None,
     show_progress: bool = False,
 ) -> Selection:
     """Score each spec of `grid` by `folds`-fold cross-validated AUDC; the best that beats
@@ -162,24 +179,26 @@ def select_predictor(
     fold a predictor is fitted on the other folds, and the router scoring its predicted quality
     − λ·cost is swept over λ on the held-out rows; AUDC is the area under that curve, cost
     measured as a fraction of sending every held-out prompt to the model most accurate on the
-    fitted rows. A hybrid whose halves are in the grid is blended from their predictions rather
-    than fitted again. Raises ValueError for shapes that disagree, fewer than 2 folds, fewer than
-    2 rows per fold, or a baseline outside the grid.
+    fitted rows. Rows of one `groups` value (pass the prompts: a prompt recorded twice) share a
+    fold. A hybrid whose halves are in the grid is blended from their predictions rather than
+    fitted again. Only with at least 2 measured folds can a spec displace the baseline. Raises
+    ValueError for shapes that disagree, fewer than 2 folds, fewer than 2 rows per fold, a
+    baseline outside the grid, a negative margin, or no fold that can be measured (no labels, or
+    no positive recorded cost for its reference model).
     """
     X, Y, cost = np.asarray(X, float), np.asarray(Y, float), np.asarray(cost, float)
     n = len(Y)
     if X.shape[0] != n or Y.shape != cost.shape or Y.ndim != 2 or Y.shape[1] != len(models):
         raise ValueError(f"X {X.shape}, Y {Y.shape}, cost {cost.shape} and {len(models)} models disagree")
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise ValueError(f"folds must be an int >= 2, got {folds!r}")
-    if n < 2 * folds:
-        raise ValueError(f"cross-validation with {folds} folds needs at least {2 * folds} rows, got {n}")
+    folds = _check_folds(folds, n)
+    if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin must be a finite number of standard errors >= 0, got {margin!r}")
     grid = list(dict.fromkeys(grid))
     if baseline not in grid:
         raise ValueError(f"the baseline {baseline.label} is not in the grid")
     # Hybrids last, so that their halves' predictions are there to blend.
     order = sorted(range(len(grid)), key=lambda i: grid[i].kind == "hybrid")
-    fold = _folds(n, folds, seed)
+    fold = _folds(n, folds, seed, groups)
     scores = np.full((len(grid), folds), np.nan)
     seconds = np.zeros(len(grid))
     held_cost = np.nan_to_num(cost, nan=np.inf)  # a model without a recorded cost is never chosen
@@ -190,6 +209,8 @@ def select_predictor(
         fit, held = fold != f, fold == f
         if i == order[0]:
             cache.clear()  # a new fold
+        if np.isnan(Y[fit]).all() or np.isnan(Y[held]).all():
+            continue  # nothing to learn from, or nothing to score
         ref = reference_column(Y[fit])
         ref_cost = float(np.nansum(cost[held, ref]))
         if not ref_cost > 0:
@@ -217,7 +238,8 @@ def select_predictor(
     gain_mean = gain.mean(axis=1)
     gain_se = gain.std(axis=1, ddof=1) / np.sqrt(k) if k > 1 else np.zeros(len(grid))
     ranked = np.argsort(-audc, kind="stable")
-    better = [i for i in ranked if gain_mean[i] > margin * gain_se[i] and gain_mean[i] > 0]
+    # One measured fold has no spread to judge a difference by: the baseline stays.
+    better = [i for i in ranked if k > 1 and gain_mean[i] > margin * gain_se[i] and gain_mean[i] > 0]
     best = grid[better[0]] if better else baseline
     rows = [{"spec": grid[i], "audc": float(audc[i]), "se": float(se[i]), "gain": float(gain_mean[i]),
              "gain_se": float(gain_se[i]), "seconds": float(seconds[i])} for i in ranked]

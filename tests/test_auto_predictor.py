@@ -95,3 +95,52 @@ def test_fit_prints_the_cross_validation_table(train_sample, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "auto: 5-fold cross-validated AUDC on the training data chose" in out
     assert "knn(k=200)" in out and "learned-map(n_clusters=16)" in out
+
+
+def _noise_dataset(train_sample, n: int, copies: int, seed: int = 0):
+    """n RouterBench prompts, each recorded `copies` times, with labels drawn at random per prompt:
+    the text carries no signal, so no predictor should beat the baseline."""
+    from dataclasses import replace as _replace
+
+    base = train_sample(n, seed)
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(base.quality.shape) < 0.5).astype(float)
+    idx = np.repeat(np.arange(n), copies)
+    return _replace(base, prompts=[base.prompts[i] for i in idx],
+                    quality=labels[idx], cost=base.cost[idx], task=base.task[idx], split=base.split[idx],
+                    sample_ids=np.asarray([f"{base.sample_ids[i]}#{c}" for i, c in zip(idx, np.tile(np.arange(copies), n))],
+                                          dtype=object), responses=None, _cache={})
+
+
+def test_a_prompt_recorded_twice_never_leaks_across_folds(train_sample):
+    data = _noise_dataset(train_sample, 120, 3)
+    X = fit_router(data, "knn", warm_start=False).embedder.transform(data.prompts)
+    make = lambda spec: make_predictor(spec.kind, **spec.kwargs)  # noqa: E731
+    grid = [BASELINE, PredictorSpec.of("knn", k=5), PredictorSpec.of("cluster", n_clusters=8)]
+    leaky = select_predictor(X, data.quality, data.cost, data.models, make, grid=grid)
+    grouped = select_predictor(X, data.quality, data.cost, data.models, make, grid=grid, groups=data.prompts)
+    # Per row, a k = 5 neighbourhood finds the prompt's own copies in the fitted folds: "signal".
+    assert leaky.best != BASELINE
+    assert grouped.best == BASELINE
+
+
+def test_auto_falls_back_to_the_baseline_when_audc_is_undefined(train_sample, caplog):
+    from dataclasses import replace as _replace
+
+    data = train_sample(200, 4)
+    best = int(np.nanargmax(np.nanmean(data.quality, axis=0)))
+    cost = data.cost.copy()
+    cost[:, best] = 0.0  # the most accurate model is self-hosted: the reference cost is 0
+    with caplog.at_level(logging.WARNING, logger="omniroute"):
+        router = fit_router(_replace(data, cost=cost, _cache={}), AUTO, warm_start=False)
+    assert isinstance(router.quality, KNNQuality) and router.quality.k == 200
+    assert "cannot choose a predictor by cross-validation" in caplog.text
+
+
+def test_out_of_fold_quality_validates_folds():
+    from shared_core.selection import out_of_fold_quality
+
+    X, Y = np.random.default_rng(0).normal(size=(20, 4)), np.ones((20, 2))
+    for folds in (0, -1, 1, True):
+        with pytest.raises(ValueError, match="folds must be an int >= 2"):
+            out_of_fold_quality(KNNQuality(), X, Y, ["a", "b"], folds=folds)

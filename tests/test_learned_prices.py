@@ -90,3 +90,29 @@ def test_eval_runs_on_a_dataset_whose_models_have_unknown_names(routerbench_path
     assert "prices learned from the recorded costs of" in done.stdout
     assert "vendor-0" in done.stdout
     assert report.exists()
+
+
+def test_constant_costs_fitted_exactly_are_not_a_poor_fit(train, caplog):
+    data = replace(train.subset(np.arange(40)), prices=None)
+    cost = np.full(data.cost.shape, 0.003)
+    with caplog.at_level(logging.WARNING, logger="omniroute"):
+        fit = fit_prices(replace(data, cost=cost))
+    assert all(r == 1.0 for r in fit.r2.values()) and "explain only" not in caplog.text
+    assert fit.median_relative_error == pytest.approx(dict.fromkeys(data.models, 0.0), abs=1e-9)
+
+
+def test_negative_recorded_costs_are_left_out_with_a_warning(train, caplog):
+    data = replace(train, prices=None)
+    j = data.models.index("claude-v2")
+    cost = data.cost.copy()
+    cost[:3, j] = -5.0
+    with caplog.at_level(logging.WARNING, logger="omniroute"):
+        fit = fit_prices(replace(data, cost=cost))
+    assert "3 negative recorded cost(s)" in caplog.text
+    assert fit.prices["claude-v2"] == pytest.approx(train.prices["claude-v2"], rel=0.01)
+
+
+@pytest.mark.parametrize("bad", [True, float("nan"), -0.5])
+def test_a_request_price_must_be_a_number_of_usd(bad):
+    with pytest.raises(ValueError, match="request_price must be"):
+        Candidate(name="m", input_price=1.0, output_price=1.0, request_price=bad)
