@@ -465,7 +465,7 @@ class Router:
 
     def _reserve_first(
         self, base: Decision, order: list[str], worst: Mapping[str, float], states: list[ScopeState],
-        ttl_s: float | None = None, *, scope: str,
+        ttl_s: float | None = None, *, scope: str | None,
     ) -> Decision:
         """Reserve for the best-ranked candidate that fits every scope; BudgetExceeded if none.
 
@@ -474,6 +474,8 @@ class Router:
         try:
             return self._reserve_ranked(base, order, worst, states, ttl_s)
         except UnknownScope:
+            if scope is None:
+                raise
             states = self._chain_states(scope)
             base = replace(base, scopes=tuple(s.scope for s in states))
         try:
@@ -520,17 +522,11 @@ class Router:
         states = [s for s in self.store.states(decision.scopes) if s]
         worst = {n: self.candidate(n).worst_case_cost(decision.input_tokens[n], decision.output_caps[n]) for n in order}
         following = replace(decision, failed=failed, failures=decision.failures + (record,), attempt=decision.attempt + 1)
-        try:
-            if len(states) != len(decision.scopes):  # the session idled out while its call ran
-                raise UnknownScope(f"scope {decision.scope!r} has no budget")
-            return self._reserve_ranked(following, order, worst, states)
-        except UnknownScope:
+        if decision.scope is not None and len(states) != len(decision.scopes):  # idled out while the call ran
             states = self._chain_states(decision.scope)
             following = replace(following, scopes=tuple(s.scope for s in states))
-            try:
-                return self._reserve_ranked(following, order, worst, states)
-            except BudgetExceeded:
-                return None
+        try:
+            return self._reserve_first(following, order, worst, states, scope=decision.scope)
         except BudgetExceeded:
             return None
 
