@@ -294,9 +294,12 @@ def _unseen_quality(router: Router, quality: Any, X: np.ndarray, dataset: Routin
     if X.shape[1] == 0 or len(dataset) < 2 * DEFAULT_FOLDS:
         return None
     unseen = out_of_fold_quality(quality, X, dataset.quality, dataset.models, groups=dataset.prompts)
+    names = [c.name for c in router.candidates]
+    if all(name in dataset.models for name in names):  # the usual case: no second pass over the prompts
+        return unseen[:, [dataset.models.index(name) for name in names]]
     # Candidates without a dataset column (priced priors) keep the router's own estimate.
     q = router.estimate(dataset.prompts).quality
-    for j, c in enumerate(router.candidates):
-        if c.name in dataset.models:
-            q[:, j] = unseen[:, dataset.models.index(c.name)]
+    for j, name in enumerate(names):
+        if name in dataset.models:
+            q[:, j] = unseen[:, dataset.models.index(name)]
     return q

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shared_core.budget import LedgerStore
+from shared_core.budget import LedgerStore, LedgerUnavailable
 from shared_core.stores import open_store
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -99,6 +99,23 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         """Move time forward."""
         self.now += seconds
+
+
+class Blinking:
+    """Mixin for a ledger store whose commits and releases fail while `down` is set, as they do
+    when Redis is unreachable: `class BlinkingStore(Blinking, MemoryStore)`."""
+
+    down = False
+
+    def commit(self, reservation_id: str, actual: float, model: str | None = None) -> bool:
+        if self.down:
+            raise LedgerUnavailable("redis: connection refused")
+        return super().commit(reservation_id, actual, model)  # type: ignore[misc]
+
+    def release(self, reservation_id: str) -> bool:
+        if self.down:
+            raise LedgerUnavailable("redis: connection refused")
+        return super().release(reservation_id)  # type: ignore[misc]
 
 
 class PrivateRedis:

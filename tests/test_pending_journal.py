@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger_support import Blinking
 from shared_core import Budget, Candidate, Router
 from shared_core.budget import LedgerUnavailable
 from shared_core.pending import PendingCommit, PendingJournal
@@ -24,15 +25,8 @@ def _cands() -> list[Candidate]:
     return [Candidate(name="small", input_price=1.0, output_price=2.0, prior_quality=0.5, max_output_tokens=100)]
 
 
-class BlinkingSQLite(SQLiteStore):
-    """A SQLite ledger whose commits fail while `down` is set, as an unreachable Redis would."""
-
-    down = False
-
-    def commit(self, reservation_id, actual, model=None):
-        if self.down:
-            raise LedgerUnavailable("redis: connection refused")
-        return super().commit(reservation_id, actual, model)
+class BlinkingSQLite(Blinking, SQLiteStore):
+    """A SQLite ledger whose commits and releases fail while `down` is set."""
 
 
 # A process that settles while the ledger is down, then dies by SIGKILL before it is back.

@@ -10,6 +10,7 @@ import numpy as np
 
 import pytest
 
+from ledger_support import Blinking
 from shared_core import Budget, Candidate, Router
 from shared_core.budget import BudgetExceeded, LedgerUnavailable, MemoryStore
 from shared_core.calls import settle_usage
@@ -31,20 +32,8 @@ def test_a_call_in_flight_when_its_model_is_removed_is_still_charged():
     assert router.budget_state("s").by_model == {"big": pytest.approx(settlement.cost_usd)}
 
 
-class BlinkingStore(MemoryStore):
-    """A memory ledger whose commits fail while `down` is set, as an unreachable Redis would."""
-
-    down = False
-
-    def commit(self, reservation_id, actual, model=None):
-        if self.down:
-            raise LedgerUnavailable("redis: connection refused")
-        return super().commit(reservation_id, actual, model)
-
-    def release(self, reservation_id):
-        if self.down:
-            raise LedgerUnavailable("redis: connection refused")
-        return super().release(reservation_id)
+class BlinkingStore(Blinking, MemoryStore):
+    """A memory ledger whose commits and releases fail while `down` is set."""
 
 
 def test_a_settle_the_ledger_cannot_take_is_kept_and_recorded_later(caplog):

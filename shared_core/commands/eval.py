@@ -21,7 +21,7 @@ from ..evaluate import (
 from ..fitting import DEFAULT_PREDICTOR, PREDICTOR_NAMES, fit_router
 from ..plot import plot_evaluation, pyplot
 from ..progress import progress
-from .prices import candidates_for, print_selection
+from .report import candidates_for, print_selection
 
 _DEFAULT_BUDGETS = "0.1,0.25,0.5"
 

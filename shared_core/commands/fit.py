@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..data import load_dataset
 from ..fitting import DEFAULT_PREDICTOR, PREDICTOR_NAMES, fit_router
-from .prices import candidates_for, print_selection
+from .report import candidates_for, print_selection
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
