@@ -5,12 +5,14 @@ does. The baseline is the in-memory store in one process. A Router row shows wha
 costs inside a whole request (token counting, prediction, decide and settle).
 
 Run: python benchmarks/ledger.py [--pairs 2000] [--redis redis://127.0.0.1:6379/0]
+     [--postgres postgresql://postgres@127.0.0.1:5432/test] [--stores memory,postgres]
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import tempfile
 import threading
 import time
@@ -87,12 +89,27 @@ def _router_requests(url: str, n: int) -> float:
     return seconds
 
 
-def _fresh(kind: str, tmp: Path, redis_url: str) -> str:
+STORES = ("memory", "sqlite", "redis", "postgres", "postgres-async")
+#: The server's own setting: each commit waits for its WAL flush (an fsync); "async" lets it go first.
+ASYNC_COMMIT = "-c synchronous_commit=off"
+
+
+def _fresh(kind: str, tmp: Path, servers: dict[str, str]) -> str:
     if kind == "memory":
         return "memory://"
     if kind == "sqlite":
         return f"sqlite:///{tmp / (uuid.uuid4().hex + '.db')}"
-    return f"{redis_url}?prefix=omniroute-bench:{uuid.uuid4().hex}:"
+    if kind == "redis":
+        return f"{servers['redis']}?prefix=omniroute-bench:{uuid.uuid4().hex}:"
+    return f"{servers['postgres']}?schema=omniroute_bench_{uuid.uuid4().hex}"
+
+
+def _server_settings(kind: str) -> None:
+    """Connections opened from now on (in this process and its children) use `kind`'s server settings."""
+    if kind == "postgres-async":
+        os.environ["PGOPTIONS"] = ASYNC_COMMIT
+    else:
+        os.environ.pop("PGOPTIONS", None)
 
 
 def _set_up(url: str):
@@ -110,21 +127,30 @@ def _clean(url: str) -> None:
         if keys:
             store.client.delete(*keys)
         store.close()
+    elif url.startswith("postgresql"):
+        import psycopg
+
+        base, _, schema = url.partition("?schema=")
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
-def _redis_problem(redis_url: str) -> str | None:
+def _server_problem(url: str) -> str | None:
     try:
-        store = open_store(redis_url)
+        store = open_store(url)
         store.scopes()
         store.close()
-    except Exception as e:  # any failure means: no usable Redis here, say why in the table
+    except Exception as e:  # any failure means: no usable server here, say why in the table
         return f"{type(e).__name__}: {e}"
+    _clean(url)
     return None
 
 
-def _ledger_run(kind: str, mode: str, tmp: Path, redis_url: str, n: int, workers: int) -> tuple[float, int, bool]:
+def _ledger_run(
+    kind: str, mode: str, tmp: Path, servers: dict[str, str], n: int, workers: int
+) -> tuple[float, int, bool]:
     """Seconds for one run of `mode` on a fresh store, the pairs done, and whether the books balance."""
-    url = _fresh(kind, tmp, redis_url)
+    url = _fresh(kind, tmp, servers)
     store = _set_up(url)
     if mode == "1 process":
         t0 = time.perf_counter()
@@ -141,14 +167,23 @@ def _ledger_run(kind: str, mode: str, tmp: Path, redis_url: str, n: int, workers
     return seconds, total, balanced
 
 
-def _ping_seconds(redis_url: str, n: int) -> float:
-    store = open_store(redis_url)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        store.client.ping()
-    seconds = time.perf_counter() - t0
-    store.close()
-    return seconds
+def _ping_seconds(kind: str, url: str, n: int) -> float:
+    """Seconds for n round trips that do nothing: Redis PING, PostgreSQL `SELECT 1`."""
+    if kind == "redis":
+        store = open_store(url)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            store.client.ping()
+        seconds = time.perf_counter() - t0
+        store.close()
+        return seconds
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            conn.execute("SELECT 1")
+        return time.perf_counter() - t0
 
 
 def _row(store: str, mode: str, n: int, seconds: float, balanced: bool | None) -> dict:
@@ -162,36 +197,52 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500, help="Router requests per store (default 500)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per row; the fastest counts (default 3)")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis server to measure")
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test",
+                        help="PostgreSQL database to measure (in a schema made and dropped per run)")
+    parser.add_argument("--stores", default=",".join(STORES),
+                        help=f"the stores to measure, memory first (default {','.join(STORES)}; postgres-async is "
+                             f"PostgreSQL with {ASYNC_COMMIT!r}); a subset writes ledger-<stores>.json")
     args = parser.parse_args()
     n, workers = args.pairs, 4
-    problem = _redis_problem(args.redis)
-    skipped = {"redis": problem} if problem else {}
-    kinds = [k for k in ("memory", "sqlite", "redis") if k not in skipped]
-    for kind, why in skipped.items():
-        print(f"skipping {kind}: {why}")
+    chosen = args.stores.split(",")
+    if chosen[0] != "memory" or not set(chosen) <= set(STORES):
+        parser.error(f"--stores must start with memory and name only {', '.join(STORES)}")
+    servers = {"redis": args.redis, "postgres": args.postgres}
+    skipped = {}
+    for kind in chosen:
+        server = servers.get(kind.partition("-")[0])
+        problem = server and _server_problem(_fresh(kind, Path(), servers))
+        if problem:
+            skipped[kind] = problem
+            print(f"skipping {kind}: {problem}")
+    kinds = [k for k in chosen if k not in skipped]
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in kinds:
+            _server_settings(kind)
             # Memory in 4 processes would be 4 unshared ledgers: nothing to measure.
             modes = ["1 process", f"{workers} threads"] + ([] if kind == "memory" else [f"{workers} processes"])
             for mode in modes:
-                runs = [_ledger_run(kind, mode, Path(tmp), args.redis, n, workers) for _ in range(args.repeat)]
+                runs = [_ledger_run(kind, mode, Path(tmp), servers, n, workers) for _ in range(args.repeat)]
                 seconds, total, _ = min(runs)
                 results.append(_row(kind, mode, total, seconds, all(balanced for *_, balanced in runs)))
-        if "redis" in kinds:
-            seconds = min(_ping_seconds(args.redis, n) for _ in range(args.repeat))
-            results.append(_row("redis", "PING round trip (floor: a pair is 2 scripts)", n, seconds, None))
+            if kind in ("redis", "postgres"):
+                seconds = min(_ping_seconds(kind, servers[kind], n) for _ in range(args.repeat))
+                floor = "PING" if kind == "redis" else "SELECT 1"
+                results.append(_row(kind, f"{floor} round trip (floor: a pair is 2 calls)", n, seconds, None))
         for kind in kinds:
-            seconds = min(_router_requests(_fresh(kind, Path(tmp), args.redis), args.requests)
+            _server_settings(kind)
+            seconds = min(_router_requests(_fresh(kind, Path(tmp), servers), args.requests)
                           for _ in range(args.repeat))
             results.append(_row(kind, "Router decide+settle, 1 process", args.requests, seconds, None))
+        _server_settings("memory")
 
     base = {"pairs": results[0]["per_s"],
             "router": next(r for r in results if r["mode"].startswith("Router"))["per_s"]}
     rows = []
     for r in results:
-        kind = None if r["mode"].startswith("PING") else "router" if r["mode"].startswith("Router") else "pairs"
+        kind = None if "round trip" in r["mode"] else "router" if r["mode"].startswith("Router") else "pairs"
         r["vs_memory"] = None if kind is None else r["per_s"] / base[kind]
         rows.append([r["store"], r["mode"], r["n"], r["per_s"], r["us_each"],
                      "-" if r["vs_memory"] is None else r["vs_memory"],
@@ -199,8 +250,9 @@ def main() -> None:
     print_table(f"ledger throughput: reserve+commit pairs on a 2-scope chain ({n} per worker, best of {args.repeat})",
                 ["store", "mode", "pairs or requests", "per s", "µs each", "vs memory (1 process)", "books balance"],
                 rows)
-    write_json("ledger", {"pairs_per_worker": n, "workers": workers, "router_requests": args.requests,
-                          "repeat": args.repeat, "skipped": skipped, "results": results})
+    name = "ledger" if chosen == list(STORES) else "-".join(["ledger", *chosen])
+    write_json(name, {"pairs_per_worker": n, "workers": workers, "router_requests": args.requests,
+                      "repeat": args.repeat, "skipped": skipped, "results": results})
 
 
 if __name__ == "__main__":

@@ -27,11 +27,13 @@ from shared_core.tokens import count_message_tokens, count_tokens
 
 from . import delegate
 from .events import REPORTER_KWARG, config_reporter, failure_reporter
-from .limits import with_declared_limits
+from .limits import CAP_FIELDS, with_declared_limits
 from .metering import METADATA_KEY, StreamMeter, settle
 from .request import ROUTED_KWARG, RoutedCall, core_messages
 from .session import resolve_session
-from .structured import CALL_KWARGS, CallKwargsToConfig, StructuredOutput, routed_parser, tool_parser
+from .structured import (
+    CALL_KWARGS, CallKwargsToConfig, StructuredOutput, response_format_output, routed_parser, tool_parser,
+)
 
 __all__ = ["ChatOmniRoute"]
 
@@ -336,15 +338,23 @@ class ChatOmniRoute(BaseChatModel):
         """Bind tools; the chosen candidate formats them and `tool_choice` (and `kwargs`) at call time.
 
         Only candidates whose chat model implements `bind_tools` (and whose Candidate allows
-        tools) are chosen for these calls.
+        tools) are chosen for these calls. `response_format=` (a schema, or OpenAI's json_schema
+        format as LangChain agents bind a ProviderStrategy) asks every answer for JSON matching it,
+        which each candidate produces in its own JSON schema mode; candidates without one are not chosen.
         """
         marker = kwargs.pop("ls_structured_output_format", None)
+        response_format = kwargs.pop("response_format", None)
         extra: dict[str, Any] = {}
         if marker is not None:
             # with_structured_output(method="function_calling") binds its schema as a tool through here.
             spec = StructuredOutput(marker["schema"], "function_calling")
             extra = {"ls_structured_output_format": marker, "structured_output": spec}
-        return self.bind(tools=list(tools), tool_choice=tool_choice, tool_options=kwargs, **extra)
+        elif response_format is not None:
+            extra = {"structured_output": response_format_output(response_format)}
+        # An output cap (an agent's model_settings arrive here) is the call's, reserved and sent by the
+        # router: as a tool option the candidate would bind it over the cap that was reserved.
+        caps = {name: kwargs.pop(name) for name in CAP_FIELDS if name in kwargs}
+        return self.bind(tools=list(tools), tool_choice=tool_choice, tool_options=kwargs, **caps, **extra)
 
     def with_structured_output(
         self,

@@ -15,7 +15,7 @@ from shared_core.candidates import Candidate
 from shared_core.router import Decision
 
 from .events import REPORTER_KWARG
-from .limits import CAP_FIELDS, cap_parameter
+from .limits import CAP_FIELDS, can_call_tools, cap_parameter
 from .structured import StructuredOutput, binding_kwargs
 
 __all__ = ["ROUTED_KWARG", "RoutedCall", "core_messages", "can_call_tools"]
@@ -45,11 +45,6 @@ def core_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
             entry["tool_calls"] = [{"name": c["name"], "args": c["args"]} for c in m.tool_calls]
         converted.append(entry)
     return converted
-
-
-def can_call_tools(model: BaseChatModel) -> bool:
-    """Whether the chat model implements bind_tools."""
-    return type(model).bind_tools is not BaseChatModel.bind_tools
 
 
 @dataclass(frozen=True)
@@ -114,15 +109,20 @@ class RoutedCall:
         if streaming and "stream_usage" in type(model).model_fields:
             # Ask the provider for the stream's usage, so its own figures are committed.
             kwargs["stream_usage"] = True
+        native = self.structured.support(candidate.name, model)[0] if self.structured and self.structured.native else {}
         if self.tools:
             options = dict(self.tool_options)
-            if "strict" in options and "strict" not in inspect.signature(type(model).bind_tools).parameters:
+            accepted = inspect.signature(type(model).bind_tools).parameters
+            if "strict" in options and "strict" not in accepted:
                 del options["strict"]  # strict schemas only where the candidate's integration offers them
+            if "response_format" in native and "response_format" in accepted:
+                # An integration that takes both (OpenAI's) formats its tools to go with the response
+                # format: its SDK refuses non-strict tools beside a JSON schema.
+                options["response_format"] = self.structured.schema
             kwargs.update(binding_kwargs(
                 model.bind_tools(list(self.tools), tool_choice=self.tool_choice, **options), model
             ))
-        if self.structured is not None and self.structured.native:
-            kwargs.update(self.structured.support(candidate.name, model)[0])
+        kwargs.update(native)
         # LangChain's public methods strip this tracing-only key before calling a model's hooks.
         kwargs.pop("ls_structured_output_format", None)
         return kwargs

@@ -16,7 +16,8 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel
 
 __all__ = [
-    "CALL_KWARGS", "CallKwargsToConfig", "METHODS", "StructuredOutput", "binding_kwargs", "routed_parser", "tool_parser",
+    "CALL_KWARGS", "CallKwargsToConfig", "METHODS", "StructuredOutput", "binding_kwargs", "response_format_output",
+    "routed_parser", "tool_parser",
 ]
 
 #: The `config["configurable"]` key under which CallKwargsToConfig hands call keywords to ChatOmniRoute.
@@ -89,6 +90,17 @@ class StructuredOutput:
         except TypeError:
             return None
         return kwargs, rest[0] if len(rest) == 1 else RunnableSequence(*rest)
+
+
+def response_format_output(response_format: Any) -> StructuredOutput:
+    """The structured output `bind_tools(tools, response_format=...)` asks for, in each candidate's own JSON
+    schema mode: OpenAI's {"type": "json_schema", "json_schema": {...}} (how LangChain agents bind a
+    ProviderStrategy), or a schema as `with_structured_output` takes it."""
+    if isinstance(response_format, Mapping) and response_format.get("type") == "json_schema":
+        spec = response_format["json_schema"]
+        # The schema's name travels beside it; as the title, every integration names the output by it.
+        return StructuredOutput({**spec["schema"], "title": spec["name"]}, "json_schema", spec.get("strict"))
+    return StructuredOutput(response_format, "json_schema")
 
 
 def routed_parser(spec: StructuredOutput, models: Mapping[str, BaseChatModel]) -> Runnable[BaseMessage, Any]:

@@ -1,4 +1,4 @@
-"""A LlamaIndex LLM's own limits, and how one call is capped and asked for its stream usage."""
+"""A LlamaIndex LLM's own limits and tool support, and how one call is capped and asked for its stream usage."""
 
 from __future__ import annotations
 
@@ -6,11 +6,16 @@ from typing import Any
 
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW, DEFAULT_NUM_OUTPUTS
+from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM
 
 from shared_core.candidates import Candidate
+from shared_core.catalogue import Declared
 
-__all__ = ["capped", "declared_limits", "provider_of", "stream_usage_kwargs", "with_declared_limits"]
+__all__ = [
+    "can_call_tools", "capped", "declared", "declared_limits", "provider_of", "stream_usage_kwargs",
+    "with_declared_limits",
+]
 
 
 def _positive_int(value: Any) -> int | None:
@@ -46,10 +51,45 @@ def provider_of(llm: LLM) -> str | None:
     return None
 
 
+def can_call_tools(llm: LLM) -> bool:
+    """Whether the LLM calls tools: a FunctionCallingLLM whose `metadata.is_function_calling_model` says so."""
+    return isinstance(llm, FunctionCallingLLM) and bool(llm.metadata.is_function_calling_model)
+
+
+def _integration(llm: LLM) -> str | None:
+    """The integration package the LLM comes from ("openai", "anthropic", "openai_like"; llama_index.llms.<name>)."""
+    for cls in type(llm).__mro__:
+        parts = cls.__module__.split(".")
+        if parts[:2] == ["llama_index", "llms"] and len(parts) > 2:
+            return parts[2]
+    return None
+
+
+def declared(llm: LLM) -> Declared:
+    """What the LLM says about itself, for Candidate.from_model; TypeError if it is not a LlamaIndex LLM.
+
+    Structured output is left undeclared: LlamaIndex serves it from any LLM (a function-calling
+    program where the LLM calls tools, else a text-completion program that parses its answer).
+    """
+    if not isinstance(llm, LLM):
+        raise TypeError(f"expected a LlamaIndex LLM, got {type(llm).__name__}")
+    window, cap = declared_limits(llm)
+    # The client's endpoint (OpenAI's api_base, Anthropic's base_url) tells the catalogue who serves it.
+    url = next((value for value in (getattr(llm, "api_base", None), getattr(llm, "base_url", None))
+                if isinstance(value, str) and value), None)
+    name = llm.metadata.model_name
+    return Declared(
+        name=name if isinstance(name, str) and name else None, provider_ref=_integration(llm), api_url=url,
+        provider=provider_of(llm), context_window=window, max_output_tokens=cap, supports_tools=can_call_tools(llm),
+    )
+
+
 def with_declared_limits(candidate: Candidate) -> Candidate:
-    """The candidate with the limits and provider its LLM declares (see Candidate.with_limits)."""
+    """The candidate with the limits, provider and tool support its LLM declares (see Candidate.with_limits
+    and Candidate.with_capabilities: a supports_tools it states itself stays)."""
     window, cap = declared_limits(candidate.model)
-    return candidate.with_limits(context_window=window, max_output_tokens=cap, provider=provider_of(candidate.model))
+    limited = candidate.with_limits(context_window=window, max_output_tokens=cap, provider=provider_of(candidate.model))
+    return limited.with_capabilities(supports_tools=can_call_tools(candidate.model))
 
 
 def capped(llm: LLM, cap: int | None, callback_manager: CallbackManager | None = None) -> tuple[LLM, dict[str, Any]]:

@@ -41,7 +41,7 @@ from shared_core.fallbacks import Attempt
 from shared_core.router import Decision, Router
 
 from .held import claim
-from .limits import capped, stream_usage_kwargs, with_declared_limits
+from .limits import can_call_tools, capped, stream_usage_kwargs, with_declared_limits
 from .messages import annotate, output_text, provider_usage, routed_model, routing_record, to_request, tool_schemas
 from .sharing import RouterRef, share_router
 from .spend import CandidateFailedEvent, RoutedCallEndEvent
@@ -79,16 +79,21 @@ class _PreparedTools:
         return llm._prepare_chat_with_tools_compat(self.tools, **self.options)
 
 
-def _check_candidates(candidates: Sequence[Candidate]) -> None:
+def _check_models(candidates: Sequence[Candidate]) -> None:
     for c in candidates:
         if not isinstance(c.model, LLM):
             raise TypeError(f"candidate {c.name!r}: .model must be a LlamaIndex LLM, got {type(c.model).__name__}")
-        if c.supports_tools and not (
-            isinstance(c.model, FunctionCallingLLM) and c.model.metadata.is_function_calling_model
-        ):
+
+
+def _check_tools(candidates: Sequence[Candidate]) -> None:
+    # Tool support a candidate does not state is read from its LLM (with_declared_limits): only a
+    # stated supports_tools=True can contradict it.
+    for c in candidates:
+        if c.supports_tools and not can_call_tools(c.model):
             raise ValueError(
                 f"candidate {c.name!r} has supports_tools=True but its {type(c.model).__name__} is not a "
-                "function-calling LLM, so a request with tools routed to it would fail: pass supports_tools=False"
+                "function-calling LLM, so a request with tools routed to it would fail: pass supports_tools=False "
+                "(or leave it unset to read it from the LLM)"
             )
 
 
@@ -211,11 +216,12 @@ class OmniRouteLLM(FunctionCallingLLM):
             raise ValueError("budget= differs from the given router's default_budget: set it on the Router")
         elif store is not None or scope_prefix is not None:
             raise ValueError("store= and scope_prefix= apply to the router OmniRouteLLM builds; set them on the Router")
-        _check_candidates(router.candidates)
+        _check_models(router.candidates)
         for candidate in router.candidates:
             limited = with_declared_limits(candidate)
             if limited is not candidate:
                 router.update_candidate(limited)
+        _check_tools(router.candidates)
         if "callback_manager" in kwargs and kwargs["callback_manager"] is None:
             del kwargs["callback_manager"]  # None means "no handlers of its own": LlamaIndex's default
         super().__init__(router=router, **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -10,7 +11,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Generic, TypeVar
+from typing import Any, ContextManager, Generic, TypeVar
 
 from .candidates import Candidate
 from .fallbacks import AllCandidatesFailed, Attempt, ErrorKind, classify, falls_back
@@ -18,6 +19,7 @@ from .pricing import Usage, usage_from_report
 from .budget import LedgerUnavailable
 from .router import Decision, Router
 from .tokens import count_tokens
+from . import telemetry
 
 __all__ = [
     "AttemptTimeout", "FallbackStream", "OnFailure", "Settlement", "acall_with_fallbacks", "call_with_fallbacks",
@@ -56,23 +58,38 @@ class _Tries:
 
     def fail(self, decision: Decision, error: Exception) -> Decision:
         """Record a failed attempt, tell `on_failure`, and return the next decision (see `next`)."""
-        self._notify(self._record(decision, error), decision)
-        return self.next(decision, error)
+        try:
+            self._notify(self._record(decision, error), decision)
+            return self.next(decision, error)
+        except BaseException as raised:
+            self.gave_up(decision, raised)
+            raise
 
     async def afail(self, decision: Decision, error: Exception) -> Decision:
         """The async form of fail: an async `on_failure` is awaited."""
-        notified = self._notify(self._record(decision, error), decision)
-        if inspect.isawaitable(notified):
-            try:
-                await notified
-            except BaseException:
-                self.router.release(decision)
-                raise
-        return self.next(decision, error)
+        try:
+            notified = self._notify(self._record(decision, error), decision)
+            if inspect.isawaitable(notified):
+                try:
+                    await notified
+                except BaseException:
+                    self.router.release(decision)
+                    raise
+            return self.next(decision, error)
+        except BaseException as raised:
+            self.gave_up(decision, raised)
+            raise
+
+    def gave_up(self, decision: Decision, error: BaseException) -> None:
+        """End the call's span (if traced) with the error that ends the call unanswered."""
+        if decision.trace is not None:
+            decision.trace.failed(error, [a.candidate for a in self.attempts] or [decision.chosen])
 
     def _record(self, decision: Decision, error: Exception) -> Attempt:
         attempt = Attempt(decision.chosen, classify(error), error)
         self.attempts.append(attempt)
+        if decision.trace is not None:
+            decision.trace.attempt_failed(attempt, len(self.attempts) - 1)
         return attempt
 
     def _notify(self, attempt: Attempt, decision: Decision) -> Any:
@@ -184,14 +201,17 @@ def call_with_fallbacks(
     cancellation or interrupt releases the reservation and propagates at once.
     """
     tries = _Tries(router, on_failure)
+    decision = telemetry.start(router, decision)  # ended by the settlement, or below when no answer comes
     while True:
         try:
             candidate = router.candidate(decision.chosen)
-            return tries.within(decision, lambda: call(candidate, decision)), decision
+            with _current(decision):
+                return tries.within(decision, lambda: call(candidate, decision)), decision
         except Exception as error:
             decision = tries.fail(decision, error)
-        except BaseException:
+        except BaseException as error:
             router.release(decision)
+            tries.gave_up(decision, error)
             raise
 
 
@@ -201,13 +221,16 @@ async def acall_with_fallbacks(
 ) -> tuple[T, Decision]:
     """The async form of call_with_fallbacks (same decisions, same ledger calls); `on_failure` may be async."""
     tries = _Tries(router, on_failure)
+    decision = telemetry.start(router, decision)
     while True:
         try:
-            return await _awithin(tries.timeout(), call(router.candidate(decision.chosen), decision)), decision
+            with _current(decision):
+                return await _awithin(tries.timeout(), call(router.candidate(decision.chosen), decision)), decision
         except Exception as error:
             decision = await tries.afail(decision, error)
-        except BaseException:
+        except BaseException as error:
             router.release(decision)
+            tries.gave_up(decision, error)
             raise
 
 
@@ -230,6 +253,7 @@ class FallbackStream(Generic[C]):
         self._tries = _Tries(router, on_failure)
 
     def __iter__(self) -> Iterator[C]:
+        self.decision = telemetry.start(self.router, self.decision, stream=True)
         while True:
             try:
                 candidate, decision = self.router.candidate(self.decision.chosen), self.decision
@@ -238,34 +262,68 @@ class FallbackStream(Generic[C]):
                     chunks = iter(self._start(candidate, decision))
                     return chunks, next(chunks)
 
-                chunks, first = self._tries.within(decision, begin)
+                with _current(decision):
+                    chunks, first = self._tries.within(decision, begin)
                 break
             except StopIteration:
                 return
             except Exception as error:
                 self.decision = self._tries.fail(self.decision, error)
-            except BaseException:
+            except BaseException as error:
                 self.router.release(self.decision)
+                self._tries.gave_up(self.decision, error)
                 raise
         yield first
-        yield from chunks
+        if self.decision.trace is None:
+            yield from chunks
+            return
+        try:  # each chunk read with the span current, as the client reads its response then
+            while True:
+                with _current(self.decision):
+                    chunk = next(chunks, _DONE)
+                if chunk is _DONE:
+                    return
+                yield chunk
+        finally:
+            close = getattr(chunks, "close", None)  # as `yield from` would on an early close
+            if close is not None:
+                close()
 
     async def __aiter__(self) -> AsyncIterator[C]:
+        self.decision = telemetry.start(self.router, self.decision, stream=True)
         while True:
             try:
-                chunks = self._start(self.router.candidate(self.decision.chosen), self.decision).__aiter__()
-                first = await _awithin(self._tries.timeout(), chunks.__anext__())
+                with _current(self.decision):
+                    chunks = self._start(self.router.candidate(self.decision.chosen), self.decision).__aiter__()
+                    first = await _awithin(self._tries.timeout(), chunks.__anext__())
                 break
             except StopAsyncIteration:
                 return
             except Exception as error:
                 self.decision = await self._tries.afail(self.decision, error)
-            except BaseException:
+            except BaseException as error:
                 self.router.release(self.decision)
+                self._tries.gave_up(self.decision, error)
                 raise
         yield first
-        async for chunk in chunks:
+        while True:
+            try:
+                with _current(self.decision):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
             yield chunk
+
+
+_DONE: Any = object()
+
+
+def _current(decision: Decision) -> ContextManager[Any]:
+    """The decision's span made current (a provider client's spans nest under it); nothing untraced."""
+    return _NOTHING if decision.trace is None else decision.trace.current()
+
+
+_NOTHING = contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -324,6 +382,10 @@ def settle_usage(router: Router, decision: Decision, report: Any = None, output_
     router's own count of the request; a missing output total is `output_text` counted with the
     chosen candidate's encoding. Settling twice charges once.
     """
+    return _traced(router, decision, lambda: _settle_usage(router, decision, report, output_text))
+
+
+def _settle_usage(router: Router, decision: Decision, report: Any, output_text: str) -> Settlement:
     if isinstance(report, Usage):
         usage, source = report, "provider"
     else:
@@ -356,7 +418,11 @@ def settle_interrupted(
     than the bill.
     """
     if isinstance(error, Exception):
-        return settle_usage(router, decision, report, output_text)
+        return _traced(router, decision, lambda: _settle_usage(router, decision, report, output_text), error)
+    return _traced(router, decision, lambda: _charge_worst_case(router, decision, error), error)
+
+
+def _charge_worst_case(router: Router, decision: Decision, error: BaseException) -> Settlement:
     name, candidate = decision.chosen, router.priced(decision)
     cap = decision.output_caps.get(name) or candidate.max_output_tokens
     usage = Usage(input_tokens=decision.input_tokens[name], output_tokens=cap)
@@ -365,3 +431,18 @@ def settle_interrupted(
                 "provider may have kept writing", name, type(error).__name__, charge.cost_usd)
     remaining = _remaining(router, decision)
     return Settlement(usage, charge.cost_usd, remaining, charge.overrun_usd, "reserved")
+
+
+def _traced(
+    router: Router, decision: Decision, settle: Callable[[], Settlement], interrupted: BaseException | None = None
+) -> Settlement:
+    """settle(), ending the call's span (when traced) with its settlement, or with the error that stopped it."""
+    if decision.trace is None:
+        return settle()
+    try:
+        settlement = settle()
+    except BaseException as error:
+        decision.trace.failed(error, [*decision.failed, decision.chosen])
+        raise
+    decision.trace.settled(router, decision, settlement, interrupted)
+    return settlement

@@ -42,8 +42,12 @@ class Candidate(BaseModel):
         description="The API its client speaks ('openai', 'anthropic', ...): whose image token rule applies; "
         "read from the framework model when unset.",
     )
-    supports_tools: bool = Field(True, description="Can serve requests that carry tool schemas.")
-    supports_structured_output: bool = Field(True, description="Can serve structured-output requests.")
+    supports_tools: bool = Field(
+        True, description="Can serve requests that carry tool schemas (read from the framework model when unset)."
+    )
+    supports_structured_output: bool = Field(
+        True, description="Can serve structured-output requests (read from the framework model when unset)."
+    )
     prior_quality: float | None = Field(None, description="Expected quality in [0, 1] without data.")
     model: Any = Field(None, exclude=True, description="The framework model; the core never calls it.")
 
@@ -86,6 +90,25 @@ class Candidate(BaseModel):
             raise ValueError(f"prior_quality must be in [0, 1], got {v}")
         return v
 
+    @classmethod
+    def from_model(cls, model: Any, **overrides: Any) -> Candidate:
+        """A candidate for a LangChain chat model, a LlamaIndex LLM or a "provider:model" string, priced by
+        genai-prices.
+
+        Prices (USD per 1M tokens: input, output, cache read and write; a per-request fee) come
+        from genai-prices' bundled catalogue (never fetched), the context window from it and the
+        model (the smaller); tool and structured-output support from the model, whose output
+        limit lowers `max_output_tokens` as when an adapter binds it (`with_limits`). Keywords
+        are Candidate fields and win (`name=` renames it; the catalogue is searched by the
+        model's own name). Tiered prices: see shared_core.catalogue. Raises ValueError for a
+        model the catalogue does not know unless `input_price=` and `output_price=` are given,
+        TypeError for any other kind of model, ImportError without genai-prices (`pip install
+        'omniroute[prices]'`).
+        """
+        from .catalogue import candidate_from_model  # the catalogue builds Candidates: imported on use
+
+        return candidate_from_model(model, **overrides)
+
     def cost(self, input_tokens: float, output_tokens: float) -> float:
         """US dollars for a call with these token counts."""
         if input_tokens < 0 or output_tokens < 0:
@@ -125,6 +148,18 @@ class Candidate(BaseModel):
         if max_output_tokens is not None and 0 < max_output_tokens < self.max_output_tokens:
             update["max_output_tokens"] = int(max_output_tokens)
         update = {k: v for k, v in update.items() if v != getattr(self, k)}
+        return self.model_copy(update=update) if update else self
+
+    def with_capabilities(
+        self, *, supports_tools: bool | None = None, supports_structured_output: bool | None = None
+    ) -> Candidate:
+        """This candidate with the capabilities its framework model declares, where it states none itself
+        (None = not declared)."""
+        declared = {"supports_tools": supports_tools, "supports_structured_output": supports_structured_output}
+        update = {
+            k: v for k, v in declared.items()
+            if v is not None and k not in self.model_fields_set and v != getattr(self, k)
+        }
         return self.model_copy(update=update) if update else self
 
 

@@ -265,20 +265,29 @@ def online_run(
     """Replay the test prompts one at a time through one paced session (horizon = the test size).
 
     Each request is decided from its prompt alone, then settled with the dataset's actual cost of
-    the chosen model; a request nothing fits any more is refused.
+    the chosen model; a request nothing fits any more is refused. An answer longer than the output
+    cap the router reserved for it (a cap lowered to fit the budget's end) would have been cut: it
+    counts as wrong and costs its input plus the cap (datasets with responses only).
     """
     scope = f"eval-online-{uuid.uuid4().hex}"  # a fresh session: budgets keep what was spent
     router.set_budget(scope, Budget(usd=budget_usd, horizon=len(test)))
     choice = np.full(len(test), -1)
+    quality, cost = test.quality.copy(), test.cost.copy()
+    written = test.output_tokens()
     rows = replay_order(test.task, order, seed)
     for i in progress(rows) if progress is not None else rows:
         try:
             decision = router.decide(test.prompts[i], scope)
         except BudgetExceeded:
             continue
-        choice[i] = test.models.index(decision.chosen)
-        router.settle(decision, cost=float(test.cost[i, choice[i]]))
-    spent, acc = _outcome(choice, test.quality, test.cost)
+        j = choice[i] = test.models.index(decision.chosen)
+        cap = decision.output_cap
+        if written is not None and cap is not None and written[i, j] > cap:
+            candidate = router.candidate(decision.chosen)
+            cost[i, j] -= candidate.cost(0, written[i, j] - cap) - candidate.request_price
+            quality[i, j] = 0.0
+        router.settle(decision, cost=float(cost[i, j]))
+    spent, acc = _outcome(choice, quality, cost)
     return BudgetRun(predictor, "online", budget_fraction, budget_usd, spent, acc, choice)
 
 

@@ -82,7 +82,7 @@ CHUNK_BYTES = 1 << 20
 #: The settings a manifest may hold, all passed to the Router. No ledger: see load_router.
 SETTINGS = frozenset({
     "cost_weight", "strict_scopes", "max_fallbacks", "reservation_ttl_s", "default_budget", "pacer",
-    "session_idle_ttl_s", "scope_prefix", "attempt_timeout_s", "deadline_s",
+    "session_idle_ttl_s", "scope_prefix", "attempt_timeout_s", "deadline_s", "cap_headroom",
 })
 # Longest .npy header accepted (numpy writes a few hundred bytes at most).
 _MAX_NPY_HEADER = 1 << 16
@@ -165,6 +165,7 @@ def save_router(router: Router, directory: str | Path) -> Path:
             "scope_prefix": router.scope_prefix,
             "attempt_timeout_s": router.attempt_timeout_s,
             "deadline_s": router.deadline_s,
+            "cap_headroom": router.cap_headroom,
             "default_budget": None if router.default_budget is None else router.default_budget.model_dump(mode="json"),
             "pacer": router.pacer.model_dump(mode="json"),
         },

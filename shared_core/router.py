@@ -40,7 +40,7 @@ from .tokens import content_text, count_message_tokens, count_tokens_batch
 
 __all__ = [
     "Router", "Charge", "Decision", "RoutingError", "NoFeasibleCandidate", "Estimate", "DEFAULT_SCOPE",
-    "DEFAULT_SESSION_IDLE_TTL_S",
+    "DEFAULT_SESSION_IDLE_TTL_S", "DEFAULT_CAP_HEADROOM",
 ]
 
 logger = logging.getLogger("omniroute")
@@ -56,6 +56,14 @@ DEFAULT_SCOPE = "default"
 #: How long a session scope made from `default_budget` may sit idle before the ledger forgets it
 #: (a week): a long-running service sees sessions come and go, and must not keep them all.
 DEFAULT_SESSION_IDLE_TTL_S = 7 * 86_400.0
+
+#: A candidate whose full worst case no longer fits a scope may be reserved with a lower output
+#: cap, if that cap is at least this many times its predicted output. Near the end of a budget
+#: the full allowance of a dear model (e.g. 1,024 tokens) can exceed what is left while its
+#: answer would be a few tokens; without this the last part of every budget goes unspent.
+DEFAULT_CAP_HEADROOM = 4.0
+#: The lowest cap a router lowers an output cap to, whatever the prediction says.
+MIN_LOWERED_CAP = 32
 
 
 class RoutingError(ValueError):
@@ -103,10 +111,13 @@ class Decision:
     ranking: tuple[str, ...]
     max_tokens: int | None = None
     output_caps: dict[str, int] = field(default_factory=dict)
+    output_tokens: dict[str, int] = field(default_factory=dict)
     attempt: int = 0
     failed: tuple[str, ...] = ()
     failures: tuple[dict[str, str], ...] = ()
     text: str = field(default="", repr=False)
+    #: The call's OpenTelemetry span (a telemetry.CallSpan) from its first attempt to its settlement; None untraced.
+    trace: Any = field(default=None, repr=False, compare=False)
 
     @property
     def scope(self) -> str | None:
@@ -157,6 +168,7 @@ class Router:
         scope_prefix: str | None = None,
         session_idle_ttl_s: float | None = DEFAULT_SESSION_IDLE_TTL_S,
         pending_journal: str | os.PathLike[str] | None = None,
+        cap_headroom: float | None = DEFAULT_CAP_HEADROOM,
     ) -> None:
         # Guards the predictors' columns together with the candidate column map (re-entrant:
         # add_candidate holds it while it calls _set_candidates).
@@ -187,6 +199,10 @@ class Router:
         # Every session a caller names is nested in it: a tenant's router cannot charge another's.
         self.scope_prefix = scope_prefix
         self.session_idle_ttl_s = check_idle_ttl(session_idle_ttl_s, "session_idle_ttl_s")
+        if cap_headroom is not None and (isinstance(cap_headroom, bool) or not isinstance(cap_headroom, (int, float))
+                                         or not 1 <= cap_headroom < float("inf")):
+            raise ValueError(f"cap_headroom must be a number >= 1 (times the predicted output) or None, got {cap_headroom!r}")
+        self.cap_headroom = None if cap_headroom is None else float(cap_headroom)
         # Budgets set through this router (set_budget): the truth a lost ledger entry is restored from.
         self._declared: dict[str, Budget] = {}
         # Candidates removed while their calls were in flight, so those calls can still be priced.
@@ -458,6 +474,7 @@ class Router:
             input_tokens={c.name: int(input_tokens[j]) for j, c in enumerate(cands)},
             ranking=ranking, max_tokens=max_tokens, text=text,
             output_caps={c.name: int(caps[j]) for j, c in enumerate(cands) if feasible[j]},
+            output_tokens={c.name: int(math.ceil(out[j])) for j, c in enumerate(cands) if feasible[j]},
         )
         worst_by_name = {c.name: float(worst[j]) for j, c in enumerate(cands)}
         return self._reserve_first(base, list(ranking), worst_by_name, states, reservation_ttl_s,
@@ -493,17 +510,37 @@ class Router:
         last: BudgetExceeded | None = None
         for name in order:
             left = min(s.remaining for s in states)
-            if worst[name] > left:
-                continue
+            hold, caps = worst[name], base.output_caps
+            if hold > left:
+                cap = self._cap_within(base, name, left)
+                if cap is None:
+                    continue
+                hold, caps = self.candidate(name).worst_case_cost(base.input_tokens[name], cap), {**caps, name: cap}
             rid = uuid.uuid4().hex
             try:
-                self.store.reserve(rid, base.scopes, worst[name], ttl_s or self.reservation_ttl_s)
+                self.store.reserve(rid, base.scopes, hold, ttl_s or self.reservation_ttl_s)
             except BudgetExceeded as e:  # another request took the money since our snapshot
                 last = e
                 states = [s or st for s, st in zip(self.store.states(base.scopes), states)]
                 continue
-            return _routed(replace(base, id=rid, chosen=name, reserved=worst[name]))
+            return _routed(replace(base, id=rid, chosen=name, reserved=hold, output_caps=caps))
         raise _refusal(base, order, worst, states) from last
+
+    def _cap_within(self, base: Decision, name: str, left: float) -> int | None:
+        """The largest output cap whose worst case fits `left` USD, or None when it would fall below
+        `cap_headroom` × the predicted output (or MIN_LOWERED_CAP): an answer that long is unlikely to be cut."""
+        predicted = base.output_tokens.get(name)
+        if self.cap_headroom is None or predicted is None:
+            return None
+        candidate, tokens = self.candidate(name), base.input_tokens[name]
+        floor = max(MIN_LOWERED_CAP, math.ceil(self.cap_headroom * predicted))
+        per_token = candidate.output_price / 1e6
+        if per_token <= 0 or floor >= base.output_caps[name]:
+            return None
+        cap = min(base.output_caps[name] - 1, int((left - candidate.worst_case_cost(tokens, 0)) / per_token))
+        while cap >= floor and candidate.worst_case_cost(tokens, cap) > left:  # float rounding at the edge
+            cap -= 1
+        return cap if cap >= floor else None
 
     def reroute(self, decision: Decision, error: BaseException | None = None) -> Decision | None:
         """Release a failed decision and reserve for the next-best candidate; None when out of tries.

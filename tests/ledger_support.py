@@ -1,4 +1,4 @@
-"""Helpers shared by the ledger tests: stores of every kind, the Redis check, a fake clock."""
+"""Helpers shared by the ledger tests: stores of every kind, the Redis and PostgreSQL checks, a fake clock."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ from shared_core.budget import LedgerStore, LedgerUnavailable
 from shared_core.stores import open_store
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+#: The test database: trust auth, as CI's server is set up (.ci/run).
+PG_URL = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/test"
 #: Every store kind; tests parametrised over these run the same assertions on each.
-STORES = ("memory", "sqlite", "redis")
+STORES = ("memory", "sqlite", "redis", "postgres")
 
 
 @functools.cache
@@ -54,9 +57,40 @@ def redis_admin() -> Any:
     return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, decode_responses=True)
 
 
+@functools.cache
+def _postgres_problem() -> str | None:
+    """Why PostgreSQL cannot be used here, or None when the test database answers."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install 'omniroute[postgres]')"
+    try:
+        psycopg.connect(PG_URL, connect_timeout=2).close()
+    except psycopg.Error as e:
+        return f"PostgreSQL not reachable at {PG_HOST}:{PG_PORT} as {PG_URL} ({str(e).strip()})"
+    return None
+
+
+def require_postgres() -> None:
+    """Skip the test when PostgreSQL is absent, but fail it when OMNIROUTE_REQUIRE_POSTGRES=1 (CI)."""
+    problem = _postgres_problem()
+    if problem is None:
+        return
+    if os.environ.get("OMNIROUTE_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"OMNIROUTE_REQUIRE_POSTGRES=1 but {problem}")
+    pytest.skip(f"{problem}; start PostgreSQL to run this test (CI sets OMNIROUTE_REQUIRE_POSTGRES=1)")
+
+
+def postgres_admin() -> Any:
+    """A plain autocommit connection to the test database, for inspecting and cleaning it."""
+    import psycopg
+
+    return psycopg.connect(PG_URL, autocommit=True)
+
+
 @contextmanager
 def store_url(kind: str, tmp_path: Path) -> Iterator[str]:
-    """A URL for a fresh, empty store of `kind`; Redis keys are removed afterwards."""
+    """A URL for a fresh, empty store of `kind`; Redis keys and PostgreSQL schemas are removed afterwards."""
     if kind == "memory":
         yield "memory://"
     elif kind == "sqlite":
@@ -72,6 +106,14 @@ def store_url(kind: str, tmp_path: Path) -> Iterator[str]:
             if keys:
                 admin.delete(*keys)
             admin.close()
+    elif kind == "postgres":
+        require_postgres()
+        schema = f"omniroute_test_{uuid.uuid4().hex}"
+        try:
+            yield f"{PG_URL}?schema={schema}"
+        finally:
+            with postgres_admin() as admin:
+                admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     else:
         raise ValueError(f"unknown store kind {kind!r}")
 

@@ -144,6 +144,7 @@ class Behaviour:
     chunk_tokens: int = 4  # visible tokens per stream chunk
     chunk_delay_s: float = 0.0  # pause between stream content chunks (to test abandoned streams)
     retry_after_ms: float | None = 1.0  # failures send `retry-after-ms` (SDK retries wait ~1 ms)
+    tool_rounds: int = 1  # replies that call a tool after a user message (the i-th calls the i-th tool), then text
 
     @property
     def effective_cache_read_price(self) -> float:
@@ -492,16 +493,34 @@ def _make_plan(behaviour: Behaviour, cap: int | None, kind: str, text: str = "",
     return plan
 
 
-def _openai_tool_choice(body: dict) -> dict | None:
+def _tool_round(turns: list[str], rounds: int) -> int | None:
+    """Which tool-calling reply this one is (0: the first after the user's message), or None for text.
+
+    `turns` follow the last user message: "call" (a reply that called a tool), "result" (a tool
+    result), "other" (a text reply). A tool is called right after the user or a tool result.
+    """
+    if turns and (turns[-1] != "result" or "other" in turns):
+        return None
+    done = turns.count("call")
+    return done if done < rounds else None
+
+
+def _openai_tool_choice(body: dict, rounds: int = 1) -> dict | None:
     """The tool the OpenAI request should call now, or None to answer text."""
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type", "function") == "function"]
-    messages = body.get("messages") or []
-    if not tools or not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "user":
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
+    if not tools or last_user is None:
         return None
+    turns = [
+        "call" if m.get("tool_calls") else "result" if m.get("role") == "tool" else "other"
+        for m in messages[last_user + 1 :]
+    ]
+    step = _tool_round(turns, rounds)
     choice = body.get("tool_choice")
-    if choice == "none":
+    if step is None or choice == "none":
         return None
-    chosen = tools[0]
+    chosen = tools[step % len(tools)]
     if isinstance(choice, dict):
         name = (choice.get("function") or {}).get("name") or choice.get("name")
         for t in tools:
@@ -512,18 +531,30 @@ def _openai_tool_choice(body: dict) -> dict | None:
     return {"name": function.get("name", "tool"), "id": "call_" + uuid.uuid4().hex[:24], "input": sample_from_schema(schema)}
 
 
-def _anthropic_tool_choice(body: dict) -> dict | None:
+def _anthropic_blocks(message: dict, kind: str) -> bool:
+    content = message.get("content")
+    return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == kind for b in content)
+
+
+def _anthropic_tool_choice(body: dict, rounds: int = 1) -> dict | None:
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and "input_schema" in t]
-    messages = body.get("messages") or []
-    if not tools or not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "user":
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    # Tool results travel in user messages: the user's own message is the last one without them.
+    last_user = max(
+        (i for i, m in enumerate(messages) if m.get("role") == "user" and not _anthropic_blocks(m, "tool_result")),
+        default=None,
+    )
+    if not tools or last_user is None:
         return None
-    content = messages[-1].get("content")
-    if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
-        return None
+    turns = [
+        "call" if _anthropic_blocks(m, "tool_use") else "result" if m.get("role") == "user" else "other"
+        for m in messages[last_user + 1 :]
+    ]
+    step = _tool_round(turns, rounds)
     choice = body.get("tool_choice") or {}
-    if isinstance(choice, dict) and choice.get("type") == "none":
+    if step is None or (isinstance(choice, dict) and choice.get("type") == "none"):
         return None
-    chosen = tools[0]
+    chosen = tools[step % len(tools)]
     if isinstance(choice, dict) and choice.get("type") == "tool":
         for t in tools:
             if t.get("name") == choice.get("name"):
@@ -841,10 +872,10 @@ class _Handler(BaseHTTPRequestHandler):
         record.prompt_tokens, record.cache_read_tokens, record.cache_write_tokens = prompt, cache_read, cache_write
 
         if api == "openai":
-            tool = _openai_tool_choice(body)
+            tool = _openai_tool_choice(body, behaviour.tool_rounds)
             json_text = None if tool else _openai_json_answer(body)
         elif api == "anthropic":
-            tool = _anthropic_tool_choice(body)
+            tool = _anthropic_tool_choice(body, behaviour.tool_rounds)
             json_text = None if tool else _anthropic_json_answer(body)
         else:
             tool, json_text = None, None

@@ -158,7 +158,7 @@ def test_a_prompt_larger_than_every_context_window_is_refused(store):
     [
         ("", "no scheme"),
         ("ledger.db", "no scheme"),
-        ("postgres://db.example/ledger", "unknown scheme 'postgres://'"),
+        ("mysql://db.example/ledger", "unknown scheme 'mysql://'"),
         ("memory://elsewhere", "memory:// takes no host or path"),
         ("sqlite://", "no file path"),
         ("sqlite:///", "no file path"),
@@ -170,6 +170,8 @@ def test_a_prompt_larger_than_every_context_window_is_refused(store):
         ("redis://localhost:6379/zero", "the database must be a number"),
         ("redis://localhost:6379/0?prefix=a:&prefix=b:", "given twice"),
         ("redis://localhost:6379/0?timeout=3", r"unknown option\(s\) \['timeout'\]"),
+        ("postgresql://localhost:port/test", "Port could not be cast"),
+        ("postgres://localhost/test?sslmode=require", r"unknown option\(s\) \['sslmode'\]"),
     ],
 )
 def test_a_malformed_store_url_is_refused_and_creates_nothing(url, problem, tmp_path, monkeypatch):

@@ -179,7 +179,7 @@ def test_a_hostile_sqlite_path_is_escaped_in_the_error(tmp_path, capsys):
         ("redis://user:s3cret-pw@127.0.0.1:notaport/0", "redis://user:***@127.0.0.1:notaport/0"),
         # An option open_store does not accept: the password sits in the query.
         ("redis://127.0.0.1:6379/0?password=s3cret-pw", "redis://127.0.0.1:6379/0?password=***"),
-        ("postgres://admin:s3cret-pw@db.example/ledger", "postgres://admin:***@db.example/ledger"),
+        ("postgres://admin:s3cret-pw@db.example:notaport/ledger", "postgres://admin:***@db.example:notaport/ledger"),
         ("redis://:s3cret-pw@/0", "redis://:***@/0"),
     ],
 )
@@ -191,8 +191,9 @@ def test_malformed_urls_are_reported_without_their_password(url, shown, capsys):
         assert "malformed ledger store URL" in captured.err and shown in captured.err
 
 
-def test_an_unreachable_store_with_a_password_is_reported_without_it(capsys):
-    assert main(["budget", "show", "--store", "redis://user:s3cret-pw@127.0.0.1:1/0"]) == 1
+@pytest.mark.parametrize("url", ["redis://user:s3cret-pw@127.0.0.1:1/0", "postgresql://user:s3cret-pw@127.0.0.1:1/test"])
+def test_an_unreachable_store_with_a_password_is_reported_without_it(url, capsys):
+    assert main(["budget", "show", "--store", url]) == 1
     err = capsys.readouterr().err
     assert "unreachable" in err and "s3cret-pw" not in err
 
@@ -206,10 +207,15 @@ def test_a_wrong_redis_password_is_reported_without_it(tmp_path, capsys):
         assert captured.err.startswith("omniroute budget: error: Redis ledger at ")
 
 
-def test_messages_about_a_redis_store_with_a_password_redact_it(tmp_path, capsys):
-    with store_url("redis", tmp_path) as url:
-        # The test server's default user has no password, so it accepts any: the command really runs.
-        url = url.replace("redis://", "redis://default:s3cret-pw@")
+@pytest.mark.parametrize("kind, start, with_password", [
+    ("redis", "redis://", "redis://default:s3cret-pw@"),
+    ("postgres", "postgresql://postgres@", "postgresql://postgres:s3cret-pw@"),
+])
+def test_messages_about_a_store_with_a_password_redact_it(kind, start, with_password, tmp_path, capsys):
+    with store_url(kind, tmp_path) as url:
+        # The test servers take any password (Redis's default user has none, PostgreSQL trusts
+        # local connections): the command really runs.
+        url = url.replace(start, with_password)
         shown = url.replace("s3cret-pw", "***")
         assert main(["budget", "show", "--store", url]) == 0
         assert capsys.readouterr().out.strip() == f"no budgets in {shown}"

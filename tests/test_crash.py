@@ -15,7 +15,7 @@ from ledger_support import store_url
 from shared_core.budget import Budget, BudgetExceeded, to_nanos
 from shared_core.stores import open_store
 
-DURABLE = ["sqlite", "redis"]
+DURABLE = ["sqlite", "redis", "postgres"]
 TTL_S = 1.0
 SCOPES = ["acme", "acme/worker"]
 

@@ -1,4 +1,4 @@
-"""Idle session scopes are forgotten (issue 13): the same rule on the memory, SQLite and Redis ledgers."""
+"""Idle session scopes are forgotten (issue 13): the same rule on the memory, SQLite, Redis and PostgreSQL ledgers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from ledger_support import STORES, FakeClock, ledger
+from ledger_support import STORES, FakeClock, ledger, postgres_admin
 from shared_core import Budget, Candidate, Router
 from shared_core.budget import IDLE_BATCH, MIN_IDLE_TTL_S, UnknownScope
 from shared_core.router import DEFAULT_SESSION_IDLE_TTL_S
@@ -254,6 +254,10 @@ def test_scopes_holding_money_past_their_idle_time_are_looked_at_once_per_idle_t
 
             with sqlite3.connect(store.path) as db:
                 assert db.execute("SELECT COUNT(*) FROM scopes WHERE idle_at <= ?", (clock.now,)).fetchone()[0] == 0
+        if kind == "postgres":
+            with postgres_admin() as db:
+                due = f'SELECT count(*) FROM "{store.schema}".scopes WHERE idle_at <= %s'
+                assert db.execute(due, (clock.now,)).fetchone()[0] == 0
         clock.advance(3600)  # the holds lapse; one more idle time and the scopes go
         store.open_reservations()
         clock.advance(11)

@@ -52,3 +52,21 @@ def test_fitted_router_example_spends_within_budget_for_more_accuracy_than_the_c
     assert accuracy > float(cheapest.group(1))
     recorded, charged = re.search(r"chose: ([\d.]+) USD \(the router charged ([\d.]+) USD", out).groups()
     assert recorded == charged
+
+
+def test_agent_middleware_example_routes_every_step_within_each_users_budget():
+    out = _run("lc_agent_middleware.py")
+    steps = [line.split() for line in out if line.startswith(("  ada ", "  bob ")) and line.endswith(" USD")]
+    assert {r[1] for r in steps if r[0] == "ada"} == {"gpt-4-1106-preview"}
+    bob = [r[1] for r in steps if r[0] == "bob"]
+    assert bob[0] == "gpt-3.5-turbo-1106" and bob[-1] == "mistralai/mistral-7b-chat"
+    assert any(line.startswith("  bob    refused: no candidate fits the budget of scope 'acme/bob'") for line in out)
+    assert any(line.startswith("streamed:   The tool returned:") for line in out)
+    assert sum(line.startswith("structured: Verdict(") for line in out) == 2
+    table = {r[0]: [float(x) for x in r[1:5]] for r in (line.split() for line in out)
+             if r and r[0].startswith(("acme", "review-"))}
+    assert all(spent <= budget for budget, spent, _, _ in table.values())
+    # Every call a user's agent made, shown or streamed, was charged to that user and to the team.
+    assert len(bob) == table["acme/bob"][3]
+    assert table["acme"][3] == table["acme/ada"][3] + table["acme/bob"][3]
+    assert abs(table["acme"][1] - table["acme/ada"][1] - table["acme/bob"][1]) < 1e-5

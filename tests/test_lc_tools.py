@@ -121,3 +121,16 @@ def test_structured_output_with_raw_message():
 def test_unknown_structured_output_method_is_rejected():
     with pytest.raises(ValueError, match="unknown structured output method 'xml'"):
         _chat().with_structured_output(Invoice, method="xml")
+
+
+@pytest.mark.parametrize("tools", [[], [convert_currency]])
+def test_bind_tools_response_format_asks_each_candidate_for_its_json_schema_mode(tools):
+    # As LangChain agents bind a ProviderStrategy: OpenAI's json_schema format, beside the tools.
+    response_format = {"type": "json_schema", "json_schema": {"name": "Invoice", "schema": Invoice.model_json_schema()}}
+    chat = _chat()
+    answer = chat.bind_tools(tools, response_format=response_format).invoke("Bill 'Ada' 3 dollars.", tool_choice="none")
+    assert answer.response_metadata["omniroute"]["model"] == "gpt-4o"  # the others have no JSON schema mode
+    assert Invoice.model_validate_json(answer.text) == Invoice(customer="Ada", amount=3)
+    (kwargs,) = chat.router.candidate("gpt-4o").model.seen
+    assert kwargs["response_format"]["type"] == "json_schema"
+    assert kwargs["response_format"]["schema"]["title"] == "Invoice"

@@ -1,4 +1,4 @@
-"""The ledger's contract, run unchanged on every store: memory, SQLite and Redis."""
+"""The ledger's contract, run unchanged on every store: memory, SQLite, Redis and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ def test_the_largest_budget_is_held_to_the_nano_dollar(kind, tmp_path):
         Budget(usd=MAX_USD + 1e-3)
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "postgres"])
 def test_a_durable_store_keeps_everything_across_connections(kind, tmp_path):
     with store_url(kind, tmp_path) as url:
         first = open_store(url)
@@ -246,7 +246,7 @@ def test_a_router_opens_its_ledger_from_a_url(tmp_path):
     reopened.close()
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])  # each command opens the store anew
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "postgres"])  # each command opens the store anew
 def test_the_budget_command_sets_budgets_and_reports_spend_per_scope_and_model(kind, tmp_path, capsys):
     with store_url(kind, tmp_path) as url:
         assert main(["budget", "set", "acme", "--usd", "50", "--period-s", "86400", "--create", "--store", url]) == 0
@@ -275,9 +275,13 @@ def test_the_budget_command_sets_budgets_and_reports_spend_per_scope_and_model(k
         assert "scope 'ghost' has no budget" in capsys.readouterr().err
 
 
-def test_the_budget_command_reports_an_unreachable_store(capsys):
-    assert main(["budget", "show", "--store", "redis://127.0.0.1:1/0"]) == 1
-    assert "Redis ledger at redis://127.0.0.1:1/0 is unreachable" in capsys.readouterr().err
+@pytest.mark.parametrize("url, shown", [
+    ("redis://127.0.0.1:1/0", "Redis ledger at redis://127.0.0.1:1/0 is unreachable"),
+    ("postgresql://postgres@127.0.0.1:1/test", "PostgreSQL ledger at postgresql://127.0.0.1:1/test is unreachable"),
+])
+def test_the_budget_command_reports_an_unreachable_store(url, shown, capsys):
+    assert main(["budget", "show", "--store", url]) == 1
+    assert shown in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------- holds of 0 USD, overdrawn scopes

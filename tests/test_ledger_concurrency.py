@@ -1,4 +1,5 @@
-"""Many workers, one budget: 8 threads on SQLite, 4 processes on Redis, all through the Router."""
+"""Many workers, one budget: 8 threads on SQLite and PostgreSQL, 4 processes on Redis and PostgreSQL,
+all through the Router."""
 
 from __future__ import annotations
 
@@ -72,8 +73,9 @@ def _set_budgets(url: str) -> None:
     store.close()
 
 
-def test_eight_threads_share_one_sqlite_budget(tmp_path):
-    with store_url("sqlite", tmp_path) as url:
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_eight_threads_share_one_budget(kind, tmp_path):
+    with store_url(kind, tmp_path) as url:
         _set_budgets(url)
         router = Router(CANDIDATES, store=url)
         results: list[tuple[list[float], int]] = []
@@ -97,8 +99,9 @@ def test_eight_threads_share_one_sqlite_budget(tmp_path):
         router.store.close()
 
 
-def test_four_processes_share_one_redis_budget(tmp_path):
-    with store_url("redis", tmp_path) as url:
+@pytest.mark.parametrize("kind", ["redis", "postgres"])
+def test_four_processes_share_one_budget(kind, tmp_path):
+    with store_url(kind, tmp_path) as url:
         _set_budgets(url)
         # Forked workers start in milliseconds; each opens its own connection from the URL.
         with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("fork")) as pool:

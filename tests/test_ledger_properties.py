@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ledger_support import FakeClock
+from ledger_support import FakeClock, ledger, require_postgres
 
 from shared_core.budget import Budget, BudgetExceeded, MemoryStore, to_nanos
 from shared_core.stores import SQLiteStore
@@ -129,3 +129,12 @@ def test_sqlite_ledger_never_spends_past_its_budget(operations):
             _run(store, clock, operations)
         finally:
             store.close()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(operations=OPERATIONS)
+def test_postgres_ledger_never_spends_past_its_budget(operations):
+    require_postgres()
+    clock = FakeClock()
+    with tempfile.TemporaryDirectory() as tmp, ledger("postgres", Path(tmp), clock=clock) as store:
+        _run(store, clock, operations)

@@ -473,6 +473,30 @@ def test_chat_anthropic_tool_round_trip(provider):
     assert streamed.usage_metadata["output_tokens"] == call.usage_metadata["output_tokens"]
 
 
+@pytest.mark.parametrize("client, model", [(chat_openai, GPT), (chat_anthropic, CLAUDE)])
+def test_tool_rounds_call_the_tools_in_turn_then_answer(provider, client, model):
+    provider.configure(model, answer_tokens=3, tool_rounds=3)
+
+    def first(a: int) -> str:
+        """The first tool."""
+        return "one"
+
+    def second(b: int) -> str:
+        """The second tool."""
+        return "two"
+
+    llm = client(provider).bind_tools([first, second])
+    messages = [HumanMessage("go")]
+    for expected in ("first", "second", "first"):
+        call = llm.invoke(messages)
+        assert [c["name"] for c in call.tool_calls] == [expected]
+        messages += [call, ToolMessage("done", tool_call_id=call.tool_calls[0]["id"])]
+    answer = llm.invoke(messages)
+    assert answer.text == answer_text(3) and not answer.tool_calls
+    # A new question starts the rounds again.
+    assert llm.invoke([*messages, answer, HumanMessage("again")]).tool_calls[0]["name"] == "first"
+
+
 def test_chat_anthropic_errors_and_missing_max_tokens(provider):
     provider.configure(CLAUDE, fail_status=500)
     with pytest.raises(anthropic.InternalServerError):

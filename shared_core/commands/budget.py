@@ -80,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.action == "set":
             if args.store.strip().lower().startswith("memory:"):
                 raise ValueError("a memory:// ledger lives inside one process: setting a budget in it from "
-                                 "the command line changes nothing; use sqlite:// or redis://")
+                                 "the command line changes nothing; use sqlite://, redis:// or postgresql://")
             current = store.state(args.scope)
             # A session scope stays forgettable: only its money changes here.
             store.set_budget(args.scope, _new_budget(current, args), reset=args.reset,

@@ -1,4 +1,5 @@
-"""Ledger stores chosen by URL: memory:// (default), sqlite:///path.db, redis://host:port/db."""
+"""Ledger stores chosen by URL: memory:// (default), sqlite:///path.db, redis://host:port/db,
+postgresql://user@host:port/db."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from .sqlite import SQLiteStore
 __all__ = ["open_store", "SQLiteStore", "STORE_URLS"]
 
 #: The accepted URL forms, for help texts and error messages.
-STORE_URLS = "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db or redis://host:6379/0[?prefix=app:]"
+STORE_URLS = ("memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, redis://host:6379/0[?prefix=app:] "
+              "or postgresql://user@host:5432/db[?schema=omniroute]")
 
-_OPTIONS = {"sqlite": {"synchronous"}, "redis": {"prefix"}, "rediss": {"prefix"}}
+_OPTIONS = {"sqlite": {"synchronous"}, "redis": {"prefix"}, "rediss": {"prefix"}, "postgresql": {"schema"},
+            "postgres": {"schema"}}
 
 
 def open_store(
@@ -26,7 +29,8 @@ def open_store(
     `options` (clock, retention_s) go to the store's constructor. Paths follow SQLAlchemy:
     three slashes for a relative path, four for an absolute one. With `must_exist=True` a
     sqlite:// URL naming a missing file raises FileNotFoundError (its `filename` is the path)
-    instead of creating an empty ledger; other store kinds ignore it.
+    instead of creating an empty ledger; other store kinds ignore it (a PostgreSQL ledger's schema is
+    created on first use, as Redis keys are).
     """
     if target is None:
         return MemoryStore(**options)
@@ -52,6 +56,8 @@ def open_store(
         return SQLiteStore(file, **query, **options)
     if scheme in ("redis", "rediss"):
         return _redis(target, query, options)
+    if scheme in ("postgresql", "postgres"):
+        return _postgres(target, query, options)
     if not scheme:
         raise _malformed(target, "no scheme (for a file, write sqlite:///" + target + ")")
     raise _malformed(target, f"unknown scheme {scheme + '://'!r}")
@@ -92,6 +98,20 @@ def _redis(url: str, query: dict[str, str], options: dict[str, Any]) -> LedgerSt
     except ImportError as e:
         raise ImportError("redis:// ledgers need the redis package: pip install 'omniroute[redis]'") from e
     return RedisStore.from_url(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), **query, **options)
+
+
+def _postgres(url: str, query: dict[str, str], options: dict[str, Any]) -> LedgerStore:
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - urllib validates the port only when it is read
+    except ValueError as e:
+        raise _malformed(url, str(e)) from e
+    try:
+        from .postgres import PostgresStore
+    except ImportError as e:
+        raise ImportError("postgresql:// ledgers need psycopg: pip install 'omniroute[postgres]'") from e
+    # libpq takes the URL itself (user, password, host, port, database); the options are the store's.
+    return PostgresStore(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), **query, **options)
 
 
 def _malformed(url: str, why: str) -> ValueError:

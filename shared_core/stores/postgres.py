@@ -1,0 +1,512 @@
+"""A ledger in PostgreSQL: one budget shared by every process on every host that reaches the database.
+
+Each operation is one call of a PL/pgSQL function: one round trip and one transaction (the
+connections run in autocommit, so a function call commits on its own), in which the check of
+every enclosing scope and the charge to all of them happen together. Money is held as whole
+nano-dollars in BIGINT columns, as in the other stores. Time comes from the database's clock
+(`clock_timestamp()`), so hosts with drifting clocks agree on when a reservation expires.
+
+Concurrency uses row locks at READ COMMITTED, not SERIALIZABLE: the budget of a busy tenant is
+one hot row that every request updates, where SERIALIZABLE would abort and retry most of them,
+while a row lock queues them and lets unrelated tenants run in parallel. Deadlocks are ruled out
+by the order locks are taken in: (1) the hold row a commit or release changes, holding nothing else;
+(2) the holds that lapse or are forgotten, with SKIP LOCKED, so never waiting; (3) every scope
+row the call will write, in one `SELECT ... ORDER BY name FOR UPDATE`, so in one global order.
+set_budget first takes an advisory lock on the scope's name, so two creators of one scope queue
+there, holding nothing, rather than on a row that one of them would lock out of that order.
+
+Everything lives in one schema (`?schema=`, default "omniroute"), created with its tables and
+functions on first use; a schema is one ledger, as a key prefix is in Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool
+
+from ..budget import (
+    DEFAULT_RETENTION_S,
+    IDLE_BATCH,
+    Budget,
+    BudgetExceeded,
+    LedgerStore,
+    LedgerUnavailable,
+    ScopeBooks,
+    ScopeState,
+    UnknownScope,
+    check_idle_ttl,
+    check_reservation,
+    check_retention,
+    scope_chain,
+    to_nanos,
+)
+
+__all__ = ["PostgresStore", "DEFAULT_SCHEMA"]
+
+#: The schema holding the ledger's tables, unless the URL gives `?schema=`.
+DEFAULT_SCHEMA = "omniroute"
+
+logger = logging.getLogger("omniroute")
+
+_SCHEMA_VERSION = 1
+# Advisory lock class (the first of pg_advisory_xact_lock's two keys) of everything this module locks.
+_LOCK_CLASS = 0x4F52_4C47
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_CONNECT_TIMEOUT_S = 5  # libpq's connect_timeout, a whole number of seconds
+_WAIT_S = 5.0  # for a pooled connection, before the call fails with LedgerUnavailable
+# Pools a forked child inherited: they belong to the parent, so the child never uses or closes them.
+_INHERITED: list[ConnectionPool] = []
+
+# {s} is the quoted schema; {batch} is IDLE_BATCH. `t` is the time of the call, `retain` retention_s.
+_DDL = """
+CREATE TABLE IF NOT EXISTS {s}.ledger_schema (version integer NOT NULL);
+-- Every request rewrites its scopes' rows: room left on each page lets PostgreSQL do it in place.
+CREATE TABLE IF NOT EXISTS {s}.scopes (
+    name text COLLATE "C" PRIMARY KEY,
+    budget text NOT NULL,
+    usd bigint NOT NULL,
+    period_s double precision,
+    period_start double precision NOT NULL,
+    committed bigint NOT NULL DEFAULT 0,
+    reserved bigint NOT NULL DEFAULT 0,
+    requests bigint NOT NULL DEFAULT 0,
+    released bigint NOT NULL DEFAULT 0,
+    expired bigint NOT NULL DEFAULT 0,
+    lam double precision,
+    idle_ttl_s double precision,
+    idle_at double precision
+) WITH (fillfactor = 50);
+CREATE INDEX IF NOT EXISTS scopes_idle ON {s}.scopes (idle_at) WHERE idle_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {s}.spend (
+    scope text COLLATE "C" NOT NULL,
+    model text NOT NULL,
+    nanos bigint NOT NULL,
+    calls bigint NOT NULL,
+    PRIMARY KEY (scope, model)
+);
+CREATE TABLE IF NOT EXISTS {s}.holds (
+    id text COLLATE "C" PRIMARY KEY,
+    chain text[] NOT NULL,
+    amount bigint NOT NULL,
+    expires_at double precision NOT NULL,
+    status text NOT NULL,
+    forget_at double precision
+);
+CREATE INDEX IF NOT EXISTS holds_open ON {s}.holds (expires_at) WHERE status = 'open';
+CREATE INDEX IF NOT EXISTS holds_forget ON {s}.holds (forget_at) WHERE forget_at IS NOT NULL;
+
+-- The start of every call: forget holds finished more than `retain` ago, lapse those whose time
+-- is up (their money returns) and forget idle scopes, a batch of each at most; lock the rows of
+-- `p_chain` and of every scope these touch, in name order (see the module's docstring); then start
+-- a new period for each scope of `p_chain` whose period is over (its spend and counts reset).
+CREATE OR REPLACE FUNCTION {s}.ledger_begin(t double precision, retain double precision, p_chain text[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  lapsed text[];
+  lapsed_nanos bigint[];
+  lapsed_count bigint[];
+  idle text[];
+  rolling boolean;
+BEGIN
+  IF EXISTS (SELECT FROM {s}.holds WHERE forget_at <= t)
+     OR EXISTS (SELECT FROM {s}.holds WHERE status = 'open' AND expires_at <= t)
+     OR EXISTS (SELECT FROM {s}.scopes WHERE idle_at <= t) THEN
+    DELETE FROM {s}.holds WHERE id IN (
+      SELECT id FROM {s}.holds WHERE forget_at <= t LIMIT {batch} FOR UPDATE SKIP LOCKED);
+    WITH done AS (
+      UPDATE {s}.holds SET status = 'lapsed', forget_at = t + retain WHERE id IN (
+        SELECT id FROM {s}.holds WHERE status = 'open' AND expires_at <= t LIMIT {batch} FOR UPDATE SKIP LOCKED)
+      RETURNING chain AS names, amount)
+    SELECT array_agg(name), array_agg(nanos), array_agg(n) INTO lapsed, lapsed_nanos, lapsed_count
+    FROM (SELECT name, sum(amount)::bigint AS nanos, count(*) AS n FROM done, unnest(names) AS name GROUP BY name) AS l;
+    SELECT array_agg(name) INTO idle FROM (
+      SELECT name FROM {s}.scopes WHERE idle_at <= t ORDER BY idle_at LIMIT {batch}) AS due;
+  END IF;
+  SELECT coalesce(bool_or(name = ANY (p_chain) AND t - period_start >= period_s), false) INTO rolling
+  FROM (SELECT name, period_start, period_s FROM {s}.scopes WHERE name = ANY (p_chain || lapsed || idle)
+        ORDER BY name FOR UPDATE) AS locked;
+  IF lapsed IS NOT NULL THEN
+    UPDATE {s}.scopes AS sc SET reserved = sc.reserved - l.nanos, expired = sc.expired + l.n
+    FROM unnest(lapsed, lapsed_nanos, lapsed_count) AS l (name, nanos, n) WHERE sc.name = l.name;
+  END IF;
+  IF idle IS NOT NULL THEN
+    -- A scope still holding money is looked at again once its holds could have lapsed.
+    UPDATE {s}.scopes SET idle_at = t + idle_ttl_s WHERE name = ANY (idle) AND idle_at <= t AND reserved <> 0;
+    WITH gone AS (DELETE FROM {s}.scopes WHERE name = ANY (idle) AND idle_at <= t RETURNING name)
+    DELETE FROM {s}.spend WHERE scope IN (SELECT name FROM gone);
+  END IF;
+  IF rolling THEN
+    WITH rolled AS (
+      UPDATE {s}.scopes SET period_start = period_start + period_s * floor((t - period_start) / period_s),
+                            committed = 0, requests = 0, released = 0, expired = 0
+      WHERE name = ANY (p_chain) AND t - period_start >= period_s
+      RETURNING name)
+    DELETE FROM {s}.spend WHERE scope IN (SELECT name FROM rolled);
+  END IF;
+END $$;
+
+-- The rule of LedgerStore.set_budget: true when set, false when only_if_absent found a budget.
+CREATE OR REPLACE FUNCTION {s}.ledger_set_budget(
+  t double precision, retain double precision, p_scope text, p_budget text, p_usd bigint,
+  p_period_s double precision, p_reset boolean, p_only_if_absent boolean, p_idle_ttl_s double precision)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  t := coalesce(t, extract(epoch FROM clock_timestamp()));
+  PERFORM pg_advisory_xact_lock({lock_class}, hashtext(p_scope));
+  PERFORM {s}.ledger_begin(t, retain, ARRAY[p_scope]);
+  INSERT INTO {s}.scopes (name, budget, usd, period_s, period_start, idle_ttl_s, idle_at)
+  VALUES (p_scope, p_budget, p_usd, p_period_s, t, p_idle_ttl_s, t + p_idle_ttl_s)
+  ON CONFLICT (name) DO NOTHING;
+  IF FOUND THEN RETURN true; END IF;
+  IF p_only_if_absent THEN RETURN false; END IF;
+  IF p_reset THEN
+    UPDATE {s}.scopes SET committed = 0, requests = 0, released = 0, expired = 0, period_start = t
+    WHERE name = p_scope;
+    DELETE FROM {s}.spend WHERE scope = p_scope;
+  END IF;
+  -- A changed period (none, some or another length) starts now and keeps the spend it has.
+  UPDATE {s}.scopes SET budget = p_budget, usd = p_usd, period_s = p_period_s, idle_ttl_s = p_idle_ttl_s,
+         idle_at = t + p_idle_ttl_s,
+         period_start = CASE WHEN period_s IS DISTINCT FROM p_period_s THEN t ELSE period_start END
+  WHERE name = p_scope;
+  RETURN true;
+END $$;
+
+-- Each named scope that has a budget, with its spend per model and the time of the read.
+CREATE OR REPLACE FUNCTION {s}.ledger_states(t double precision, retain double precision, p_names text[])
+RETURNS TABLE (now double precision, name text, budget text, period_start double precision, committed bigint,
+               reserved bigint, requests bigint, released bigint, expired bigint, lam double precision,
+               idle_ttl_s double precision, models text[], nanos bigint[], calls bigint[])
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+  t := coalesce(t, extract(epoch FROM clock_timestamp()));
+  PERFORM {s}.ledger_begin(t, retain, '{}');
+  RETURN QUERY
+  SELECT t, sc.name, sc.budget, sc.period_start, sc.committed, sc.reserved, sc.requests, sc.released,
+         sc.expired, sc.lam, sc.idle_ttl_s, sp.models, sp.nanos, sp.calls
+  FROM {s}.scopes AS sc
+  LEFT JOIN LATERAL (SELECT array_agg(model) AS models, array_agg(nanos) AS nanos, array_agg(calls) AS calls
+                     FROM {s}.spend WHERE scope = sc.name) AS sp ON true
+  WHERE sc.name = ANY (p_names);
+END $$;
+
+CREATE OR REPLACE FUNCTION {s}.ledger_scopes(t double precision, retain double precision)
+RETURNS SETOF text LANGUAGE plpgsql AS $$
+BEGIN
+  t := coalesce(t, extract(epoch FROM clock_timestamp()));
+  PERFORM {s}.ledger_begin(t, retain, '{}');
+  RETURN QUERY SELECT name FROM {s}.scopes;
+END $$;
+
+-- {ok} | {used} | {unknown, scope} | {exceeded, scope, nano-dollars left there}
+CREATE OR REPLACE FUNCTION {s}.ledger_reserve(
+  t double precision, retain double precision, p_id text, p_chain text[], p_amount bigint, p_ttl_s double precision)
+RETURNS text[] LANGUAGE plpgsql AS $$
+DECLARE
+  held record;
+  refusal record;
+BEGIN
+  t := coalesce(t, extract(epoch FROM clock_timestamp()));
+  PERFORM {s}.ledger_begin(t, retain, p_chain);
+  -- Read after the chain's locks, so a retry racing its original sees it (a reserve never changes a hold).
+  SELECT status, chain, amount INTO held FROM {s}.holds WHERE id = p_id;
+  IF FOUND THEN
+    IF held.status = 'open' AND held.chain = p_chain AND held.amount = p_amount THEN RETURN ARRAY['ok']; END IF;
+    RETURN ARRAY['used'];
+  END IF;
+  -- The first scope without a budget, else the first without room; a hold of 0 always fits, even
+  -- where spend is past the budget (left < 0).
+  SELECT c.name, sc.name IS NULL AS unknown, sc.usd - sc.committed - sc.reserved AS left_nanos INTO refusal
+  FROM unnest(p_chain) WITH ORDINALITY AS c (name, i) LEFT JOIN {s}.scopes AS sc ON sc.name = c.name
+  WHERE sc.name IS NULL OR (p_amount > 0 AND p_amount > sc.usd - sc.committed - sc.reserved)
+  ORDER BY sc.name IS NULL DESC, c.i LIMIT 1;
+  IF FOUND AND refusal.unknown THEN RETURN ARRAY['unknown', refusal.name]; END IF;
+  IF FOUND THEN RETURN ARRAY['exceeded', refusal.name, refusal.left_nanos::text]; END IF;
+  WITH made AS (
+    INSERT INTO {s}.holds (id, chain, amount, expires_at, status) VALUES (p_id, p_chain, p_amount, t + p_ttl_s, 'open')
+    ON CONFLICT (id) DO NOTHING RETURNING id)
+  UPDATE {s}.scopes SET reserved = reserved + p_amount, idle_at = t + idle_ttl_s
+  WHERE name = ANY (p_chain) AND EXISTS (SELECT FROM made);
+  IF NOT FOUND THEN RETURN ARRAY['used']; END IF;  -- made an instant ago for other scopes
+  RETURN ARRAY['ok'];
+END $$;
+
+-- 'ok' | 'repeat' (committed before) | 'unknown'
+CREATE OR REPLACE FUNCTION {s}.ledger_commit(
+  t double precision, retain double precision, p_id text, p_actual bigint, p_model text)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  held record;
+BEGIN
+  t := coalesce(t, extract(epoch FROM clock_timestamp()));
+  SELECT chain INTO held FROM {s}.holds WHERE id = p_id FOR UPDATE;
+  IF NOT FOUND THEN RETURN 'unknown'; END IF;
+  PERFORM {s}.ledger_begin(t, retain, held.chain);
+  SELECT status, chain, amount INTO held FROM {s}.holds WHERE id = p_id;
+  IF NOT FOUND THEN RETURN 'unknown'; END IF;  -- forgotten by the sweep just now
+  IF held.status = 'committed' THEN RETURN 'repeat'; END IF;
+  WITH charged AS (
+    UPDATE {s}.scopes SET reserved = reserved - CASE WHEN held.status = 'open' THEN held.amount ELSE 0 END,
+           committed = committed + p_actual, requests = requests + 1, idle_at = t + idle_ttl_s
+    WHERE name = ANY (held.chain)
+    RETURNING name),
+  by_model AS (
+    INSERT INTO {s}.spend AS sp (scope, model, nanos, calls)
+    SELECT name, p_model, p_actual, 1 FROM charged WHERE p_model IS NOT NULL
+    ON CONFLICT (scope, model) DO UPDATE SET nanos = sp.nanos + excluded.nanos, calls = sp.calls + 1)
+  UPDATE {s}.holds SET status = 'committed', forget_at = coalesce(forget_at, t + retain) WHERE id = p_id;
+  RETURN 'ok';
+END $$;
+
+CREATE OR REPLACE FUNCTION {s}.ledger_release(t double precision, retain double precision, p_id text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+  held record;
+BEGIN
+  t := coalesce(t, extract(epoch FROM clock_timestamp()));
+  SELECT chain INTO held FROM {s}.holds WHERE id = p_id AND status = 'open' FOR UPDATE;
+  IF NOT FOUND THEN RETURN false; END IF;
+  PERFORM {s}.ledger_begin(t, retain, held.chain);
+  SELECT chain, amount INTO held FROM {s}.holds WHERE id = p_id AND status = 'open';
+  IF NOT FOUND THEN RETURN false; END IF;  -- lapsed by the sweep just now
+  WITH freed AS (
+    UPDATE {s}.scopes SET reserved = reserved - held.amount, released = released + 1, idle_at = t + idle_ttl_s
+    WHERE name = ANY (held.chain))
+  UPDATE {s}.holds SET status = 'released', forget_at = t + retain WHERE id = p_id;
+  RETURN true;
+END $$;
+"""
+
+# The ledger's functions take the time of the call (NULL: the database's clock) and retention_s first.
+_FUNCTIONS = {
+    "set_budget": "SELECT {s}.ledger_set_budget(%s::float8, %s::float8, %s::text, %s::text, %s::int8, "
+                  "%s::float8, %s::bool, %s::bool, %s::float8)",
+    "states": "SELECT * FROM {s}.ledger_states(%s::float8, %s::float8, %s::text[])",
+    "scopes": "SELECT * FROM {s}.ledger_scopes(%s::float8, %s::float8)",
+    "reserve": "SELECT {s}.ledger_reserve(%s::float8, %s::float8, %s::text, %s::text[], %s::int8, %s::float8)",
+    "commit": "SELECT {s}.ledger_commit(%s::float8, %s::float8, %s::text, %s::int8, %s::text)",
+    "release": "SELECT {s}.ledger_release(%s::float8, %s::float8, %s::text)",
+}
+# Neither sweeps, as in the other stores: λ is no activity, and lapsed holds are not counted as open.
+_QUERIES = {
+    "lambda": "UPDATE {s}.scopes SET lam = %s::float8 WHERE name = %s::text RETURNING 1",
+    "open": "SELECT count(*) FROM {s}.holds WHERE status = 'open' "
+            "AND expires_at > coalesce(%s::float8, extract(epoch FROM clock_timestamp()))",
+}
+
+
+class PostgresStore(LedgerStore):
+    """A ledger in a PostgreSQL schema; many processes and hosts share one budget.
+
+    `conninfo` is a libpq URL or key=value string (credentials may come from libpq's PG*
+    variables or ~/.pgpass). `clock=None` (the default) uses the database's clock; give a clock
+    only to test with fake time. At most `max_connections` connections are pooled per process.
+    LedgerUnavailable when the database cannot be reached; ValueError when the schema cannot be
+    set up or holds another version of the ledger.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        clock: Callable[[], float] | None = None,
+        retention_s: float = DEFAULT_RETENTION_S,
+        max_connections: int = 8,
+    ) -> None:
+        # PostgreSQL cuts longer names to 63 bytes (two ledgers could share one schema); other characters
+        # would need escaping inside the functions' bodies and the queries' placeholders.
+        if not isinstance(schema, str) or not _SCHEMA_NAME.fullmatch(schema):
+            raise ValueError(f"the PostgreSQL schema must be 1 to 63 letters, digits or '_', "
+                             f"not starting with a digit, got {schema!r}")
+        self.schema = schema
+        self._conninfo = conninfo
+        self._clock = clock
+        self._retention_s = check_retention(retention_s)
+        self._max_connections = max_connections
+        try:
+            given = conninfo_to_dict(conninfo)
+        except psycopg.ProgrammingError as e:
+            raise ValueError(f"malformed PostgreSQL connection string: {e}") from e
+        self.where = _location(given.get("host"), given.get("port"), given.get("dbname"))
+        try:
+            with psycopg.connect(conninfo, connect_timeout=_CONNECT_TIMEOUT_S) as conn:
+                self.where = _location(conn.info.host, conn.info.port, conn.info.dbname)
+                quoted = sql.Identifier(schema).as_string(conn)
+                self._create_schema(conn, quoted)
+        except psycopg.OperationalError as e:
+            raise LedgerUnavailable(f"PostgreSQL ledger at {self.where} is unreachable: {e}") from e
+        except psycopg.Error as e:
+            raise ValueError(f"cannot set up the PostgreSQL ledger at {self.url}: {e}") from e
+        self._sql = {name: text.replace("{s}", quoted) for name, text in {**_FUNCTIONS, **_QUERIES}.items()}
+        self._pool_lock = threading.Lock()
+        self._pool = self._open_pool()
+        self._pid = os.getpid()
+
+    def _create_schema(self, conn: psycopg.Connection, quoted: str) -> None:
+        """Create the schema, its tables and functions unless they are there (one creator at a time)."""
+        table = f"{quoted}.ledger_schema"
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_CLASS, self.schema))
+            if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() != (None,):
+                (version,) = conn.execute(f"SELECT max(version) FROM {table}").fetchone() or (None,)
+                if version != _SCHEMA_VERSION:
+                    raise ValueError(f"the PostgreSQL ledger at {self.url} holds ledger schema version {version}; "
+                                     f"this code reads {_SCHEMA_VERSION}")
+                return
+            # Only a missing schema is created: one made beforehand needs no right to create schemas.
+            if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)).fetchone() is None:
+                conn.execute(f"CREATE SCHEMA {quoted}")
+            ddl = _DDL.replace("{s}", quoted).replace("{batch}", str(IDLE_BATCH))
+            conn.execute(ddl.replace("{lock_class}", str(_LOCK_CLASS)))
+            conn.execute(f"INSERT INTO {table} (version) VALUES ({_SCHEMA_VERSION})")
+
+    def _open_pool(self) -> ConnectionPool:
+        return ConnectionPool(
+            self._conninfo, min_size=1, max_size=self._max_connections, timeout=_WAIT_S, open=True,
+            name=f"omniroute-ledger-{self.schema}", configure=_configure,
+            kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT_S},
+        )
+
+    def _connections(self) -> ConnectionPool:
+        """This process's pool: a forked child opens its own and leaves its parent's alone."""
+        if self._pid != os.getpid():
+            with self._pool_lock:
+                if self._pid != os.getpid():
+                    _INHERITED.append(self._pool)
+                    self._pool, self._pid = self._open_pool(), os.getpid()
+        return self._pool
+
+    def _ledger(self, name: str, *args: Any) -> list[tuple[Any, ...]]:
+        """The rows of one call of the ledger's function `name` (one round trip, one transaction)."""
+        return self._run(name, (self._now(), self._retention_s, *args))
+
+    def _now(self) -> float | None:
+        """The injected clock's time, or None for the database's clock."""
+        return None if self._clock is None else float(self._clock())
+
+    def _run(self, name: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """The rows of statement `name`, run on a pooled connection.
+
+        A connection found broken (the server restarted since it was pooled) is dropped and the
+        statement run once more: every one is safe to run twice (a repeated reserve holds once, a
+        repeated commit charges once). LedgerUnavailable when that fails too, or no connection comes."""
+        pool = self._connections()
+        retried = False
+        try:
+            while True:
+                with pool.connection() as conn:
+                    try:
+                        return conn.execute(self._sql[name], params).fetchall()
+                    except psycopg.OperationalError as e:
+                        if retried or not conn.broken:
+                            raise
+                        logger.warning("PostgreSQL ledger at %s: a pooled connection was broken (%s); "
+                                       "trying another", self.where, e)
+                pool.check()  # after a restart every idle connection is broken: drop them all at once
+                retried = True
+        except psycopg.OperationalError as e:
+            raise LedgerUnavailable(f"PostgreSQL ledger at {self.where} is unavailable: {e}") from e
+
+    # ----------------------------------------------------------------- LedgerStore
+    def set_budget(
+        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False,
+        idle_ttl_s: float | None = None,
+    ) -> bool:
+        scope_chain(scope)
+        idle_ttl_s = check_idle_ttl(idle_ttl_s)
+        ((done,),) = self._ledger("set_budget", scope, budget.model_dump_json(), to_nanos(budget.usd),
+                                budget.period_s, reset, only_if_absent, idle_ttl_s)
+        return bool(done)
+
+    def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
+        if not scopes:
+            return []
+        found = {row[1]: row for row in self._ledger("states", list(scopes))}
+        return [_snapshot(found[s]) if s in found else None for s in scopes]
+
+    def scopes(self) -> list[str]:
+        return sorted(name for (name,) in self._ledger("scopes"))
+
+    def reserve(self, reservation_id: str, scopes: Sequence[str], amount: float, ttl_s: float) -> None:
+        nanos = to_nanos(amount, "reservation amount")
+        chain = check_reservation(scopes, ttl_s)
+        ((outcome,),) = self._ledger("reserve", reservation_id, list(chain), nanos, float(ttl_s))
+        if outcome[0] == "used":
+            raise ValueError(f"reservation id {reservation_id!r} is already used")
+        if outcome[0] == "unknown":
+            raise UnknownScope(f"scope {outcome[1]!r} has no budget")
+        if outcome[0] == "exceeded":
+            raise BudgetExceeded.no_room(outcome[1], nanos, int(outcome[2]))
+
+    def commit(self, reservation_id: str, actual: float, model: str | None = None) -> bool:
+        nanos = to_nanos(actual, "actual cost")
+        ((outcome,),) = self._ledger("commit", reservation_id, nanos, model)
+        if outcome == "unknown":
+            raise KeyError(f"unknown reservation {reservation_id!r} (never made, or forgotten after retention)")
+        return outcome == "ok"
+
+    def release(self, reservation_id: str) -> bool:
+        ((released,),) = self._ledger("release", reservation_id)
+        return bool(released)
+
+    def adjust_lambda(self, scope: str, value: float) -> None:
+        if not math.isfinite(value):
+            raise ValueError(f"lambda must be finite, got {value}")
+        if not self._run("lambda", (float(value), scope)):
+            raise UnknownScope(f"scope {scope!r} has no budget")
+
+    def open_reservations(self) -> int:
+        ((count,),) = self._run("open", (self._now(),))
+        return int(count)
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pid == os.getpid():
+                self._pool.close()
+            else:
+                _INHERITED.append(self._pool)
+
+    @property
+    def url(self) -> str:
+        return f"{self.where}?schema={self.schema}"
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.where!r}, schema={self.schema!r})"
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    # The locking (see the module's docstring) is designed for READ COMMITTED, whatever the server's default.
+    conn.execute("SET default_transaction_isolation = 'read committed'")
+
+
+def _location(host: str | None, port: str | int | None, dbname: str | None) -> str:
+    """postgresql://host:port/dbname, without credentials (a socket directory as host is %-encoded)."""
+    host = host or ""
+    shown = f"[{host}]" if ":" in host else quote(host, safe="")
+    return f"postgresql://{shown}:{port or 5432}/{quote(dbname or '', safe='')}"
+
+
+def _snapshot(row: Sequence[Any]) -> ScopeState:
+    """A scope's books from a row of ledger_states, rolled into the period current at the read."""
+    (now, name, budget, period_start, committed, reserved, requests, released, expired, lam, idle_ttl_s,
+     models, nanos, calls) = row
+    books = ScopeBooks(
+        scope=name, budget=Budget.model_validate_json(budget), period_start=period_start, committed=committed,
+        reserved=reserved, requests=requests, released=released, expired=expired, lam=lam, idle_ttl_s=idle_ttl_s,
+        spend=dict(zip(models or (), nanos or ())), calls=dict(zip(models or (), calls or ())),
+    )
+    books.roll(now)  # a view of the new period; the next write stores it
+    return books.snapshot()
