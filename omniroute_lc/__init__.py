@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from shared_core.budget import BudgetExceeded
+from shared_core.errors import BudgetExceeded, OmniRouteError
 
 from .callbacks import SpendTracker
 from .chat_model import ChatOmniRoute
@@ -13,7 +13,7 @@ from .embeddings import LangChainEmbedder
 if TYPE_CHECKING:
     from .middleware import OmniRouteMiddleware
 
-__all__ = ["BudgetExceeded", "LangChainEmbedder", "ChatOmniRoute", "OmniRouteMiddleware", "SpendTracker"]
+__all__ = ["BudgetExceeded", "LangChainEmbedder", "ChatOmniRoute", "OmniRouteError", "OmniRouteMiddleware", "SpendTracker"]
 
 
 def __getattr__(name: str) -> Any:

@@ -40,14 +40,14 @@ def _profile(model: BaseChatModel) -> dict[str, Any]:
     return profile if isinstance(profile, dict) else {}
 
 
-def declared_limits(model: BaseChatModel) -> tuple[int | None, int | None]:
-    """(context window, output limit) the chat model declares: its client's own output cap, else its
-    model profile's `max_output_tokens`; the profile's `max_input_tokens` as the window. None = unknown."""
+def declared_limits(model: BaseChatModel) -> tuple[int | None, int | None, int | None]:
+    """(context window, client cap, output limit) the chat model declares: its model profile's
+    `max_input_tokens`, its client's own output cap (max_tokens=...), its profile's
+    `max_output_tokens`. None = unknown."""
     name = cap_parameter(model)
     cap = _positive_int(getattr(model, name, None)) if name else None
     profile = _profile(model)
-    window = _positive_int(profile.get("max_input_tokens"))
-    return window, cap if cap is not None else _positive_int(profile.get("max_output_tokens"))
+    return _positive_int(profile.get("max_input_tokens")), cap, _positive_int(profile.get("max_output_tokens"))
 
 
 def can_call_tools(model: BaseChatModel) -> bool:
@@ -99,19 +99,20 @@ def declared(model: BaseChatModel) -> Declared:
     fields = type(model).model_fields
     url = next((getattr(model, name) for name, field in fields.items()
                 if "base_url" in (name, field.alias) or name == "api_base"), None)
-    window, cap = declared_limits(model)
+    window, cap, limit = declared_limits(model)
     tools, structured = declared_capabilities(model)
     return Declared(
         name=next(filter(None, map(_text, names)), None), provider_ref=_text(params.get("ls_provider")),
-        api_url=_text(url), provider=provider_of(model), context_window=window, max_output_tokens=cap,
-        supports_tools=tools, supports_structured_output=structured,
+        api_url=_text(url), provider=provider_of(model), context_window=window, max_output_tokens=limit,
+        client_cap=cap, supports_tools=tools, supports_structured_output=structured,
     )
 
 
 def with_declared_limits(candidate: Candidate, model: BaseChatModel) -> Candidate:
     """The candidate with the limits, provider and capabilities its chat model declares (see
     Candidate.with_limits and Candidate.with_capabilities: capabilities it states itself stay)."""
-    window, cap = declared_limits(model)
+    window, cap, limit = declared_limits(model)
     tools, structured = declared_capabilities(model)
-    limited = candidate.with_limits(context_window=window, max_output_tokens=cap, provider=provider_of(model))
+    limited = candidate.with_limits(context_window=window, max_output_tokens=limit, provider=provider_of(model),
+                                    client_cap=cap)
     return limited.with_capabilities(supports_tools=tools, supports_structured_output=structured)

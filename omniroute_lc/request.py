@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from shared_core.candidates import Candidate
@@ -42,7 +42,9 @@ def core_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
         if m.name:
             entry["name"] = m.name
         if isinstance(m, AIMessage) and m.tool_calls:
-            entry["tool_calls"] = [{"name": c["name"], "args": c["args"]} for c in m.tool_calls]
+            entry["tool_calls"] = [{"name": c["name"], "args": c["args"], "id": c.get("id")} for c in m.tool_calls]
+        if isinstance(m, ToolMessage):
+            entry["tool_call_id"] = m.tool_call_id
         converted.append(entry)
     return converted
 

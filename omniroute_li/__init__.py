@@ -1,6 +1,6 @@
 """OmniRoute for LlamaIndex: a routed LLM (`OmniRouteLLM`), a budget-aware selector and a spend tracker."""
 
-from shared_core.budget import BudgetExceeded
+from shared_core.errors import BudgetExceeded, OmniRouteError
 
 from .embeddings import LlamaIndexEmbedder
 from .llm import OmniRouteLLM
@@ -13,6 +13,7 @@ __all__ = [
     "CandidateFailedEvent",
     "LedgerNotShared",
     "LlamaIndexEmbedder",
+    "OmniRouteError",
     "OmniRouteLLM",
     "OmniRouteSelector",
     "RoutedCallEndEvent",

@@ -31,15 +31,14 @@ def _declared(llm: LLM, name: str, value: Any, placeholder: int) -> int | None:
     return value
 
 
-def declared_limits(llm: LLM) -> tuple[int | None, int | None]:
-    """(context window, output limit) the LLM declares: `metadata.context_window`, and its client's
-    `max_tokens` else `metadata.num_output`; None = not declared (LlamaIndex's generic defaults of
-    3,900 and 256 tokens count only when set explicitly)."""
+def declared_limits(llm: LLM) -> tuple[int | None, int | None, int | None]:
+    """(context window, client cap, output limit) the LLM declares: `metadata.context_window`, its
+    client's `max_tokens`, `metadata.num_output`; None = not declared (LlamaIndex's generic defaults
+    of 3,900 and 256 tokens count only when set explicitly)."""
     metadata = llm.metadata
-    cap = _positive_int(getattr(llm, "max_tokens", None)) or _declared(
-        llm, "num_output", metadata.num_output, DEFAULT_NUM_OUTPUTS
-    )
-    return _declared(llm, "context_window", metadata.context_window, DEFAULT_CONTEXT_WINDOW), cap
+    cap = _positive_int(getattr(llm, "max_tokens", None))
+    limit = _declared(llm, "num_output", metadata.num_output, DEFAULT_NUM_OUTPUTS)
+    return _declared(llm, "context_window", metadata.context_window, DEFAULT_CONTEXT_WINDOW), cap, limit
 
 
 def provider_of(llm: LLM) -> str | None:
@@ -73,22 +72,24 @@ def declared(llm: LLM) -> Declared:
     """
     if not isinstance(llm, LLM):
         raise TypeError(f"expected a LlamaIndex LLM, got {type(llm).__name__}")
-    window, cap = declared_limits(llm)
+    window, cap, limit = declared_limits(llm)
     # The client's endpoint (OpenAI's api_base, Anthropic's base_url) tells the catalogue who serves it.
     url = next((value for value in (getattr(llm, "api_base", None), getattr(llm, "base_url", None))
                 if isinstance(value, str) and value), None)
     name = llm.metadata.model_name
     return Declared(
         name=name if isinstance(name, str) and name else None, provider_ref=_integration(llm), api_url=url,
-        provider=provider_of(llm), context_window=window, max_output_tokens=cap, supports_tools=can_call_tools(llm),
+        provider=provider_of(llm), context_window=window, max_output_tokens=limit, client_cap=cap,
+        supports_tools=can_call_tools(llm),
     )
 
 
 def with_declared_limits(candidate: Candidate) -> Candidate:
     """The candidate with the limits, provider and tool support its LLM declares (see Candidate.with_limits
     and Candidate.with_capabilities: a supports_tools it states itself stays)."""
-    window, cap = declared_limits(candidate.model)
-    limited = candidate.with_limits(context_window=window, max_output_tokens=cap, provider=provider_of(candidate.model))
+    window, cap, limit = declared_limits(candidate.model)
+    limited = candidate.with_limits(context_window=window, max_output_tokens=limit, provider=provider_of(candidate.model),
+                                    client_cap=cap)
     return limited.with_capabilities(supports_tools=can_call_tools(candidate.model))
 
 

@@ -40,7 +40,8 @@ Response = TypeVar("Response", ChatResponse, CompletionResponse)
 
 def _tool_calls(message: ChatMessage) -> list[dict[str, Any]]:
     return [
-        {"name": b.tool_name, "arguments": b.tool_kwargs} for b in message.blocks if isinstance(b, ToolCallBlock)
+        {"name": b.tool_name, "arguments": b.tool_kwargs, "id": b.tool_call_id}
+        for b in message.blocks if isinstance(b, ToolCallBlock)
     ]
 
 
@@ -78,6 +79,8 @@ def to_request(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
         calls = _tool_calls(message)
         if calls:
             entry["tool_calls"] = calls
+        if message.additional_kwargs.get("tool_call_id"):  # a tool's result names the call it answers
+            entry["tool_call_id"] = message.additional_kwargs["tool_call_id"]
         request.append(entry)
     return request
 

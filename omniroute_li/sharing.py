@@ -27,6 +27,7 @@ from urllib.parse import quote
 from pydantic import BaseModel
 
 from shared_core.budget import Budget, LedgerStore, MemoryStore, ScopeState
+from shared_core.errors import OmniRouteError
 from shared_core.router import Router
 from shared_core.stores import SQLiteStore
 
@@ -38,7 +39,7 @@ _HOW = (
 )
 
 
-class LedgerNotShared(Exception):
+class LedgerNotShared(OmniRouteError):
     """The OmniRouteLLM was unpickled in another process, where its ledger cannot be reached.
 
     Not a RuntimeError (as LedgerUnavailable is): LlamaIndex's `asyncio_run`, which extractors in

@@ -2,6 +2,7 @@
 
 from .budget import Budget, BudgetExceeded, LedgerStore, LedgerUnavailable, MemoryStore, ScopeState, UnknownScope
 from .candidates import Candidate
+from .errors import AllCandidatesFailed, AttemptTimeout, NotFittedError, OmniRouteError, PersistError, UnknownReservation
 from .data import RoutingDataset, load_dataset, load_prices
 from .pacing import DualPacer
 from .pricing import Usage
@@ -14,6 +15,7 @@ __all__ = [
     "Budget", "BudgetExceeded", "Candidate", "Decision", "DualPacer", "Estimate", "LedgerStore",
     "LedgerUnavailable", "MemoryStore", "SQLiteStore", "open_store", "NoFeasibleCandidate", "Router", "RoutingDataset", "RoutingError", "ScopeState",
     "UnknownScope", "Usage", "Infeasible", "Solution", "solve", "count_message_tokens", "count_tokens", "count_tokens_batch", "load_dataset",
-    "load_prices",
+    "load_prices", "AllCandidatesFailed", "AttemptTimeout", "NotFittedError", "OmniRouteError", "PersistError",
+    "UnknownReservation",
 ]
 __version__ = "0.1.0"

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from .errors import BudgetExceeded, LedgerUnavailable, UnknownReservation, UnknownScope
+
 __all__ = [
     "Budget",
     "BudgetExceeded",
@@ -59,54 +61,6 @@ DEFAULT_RETENTION_S = 86_400.0
 MIN_IDLE_TTL_S = 1.0
 #: How many idle scopes one ledger operation forgets at most: a backlog never stalls a request.
 IDLE_BATCH = 1_000
-
-
-class BudgetExceeded(RuntimeError):
-    """No candidate's worst-case cost fits what is left of every enclosing budget.
-
-    Attributes: `scope`, the scope whose budget is exhausted (an enclosing tenant's, when that is
-    the one that refuses); `remaining`, USD left there; and, when the router raised it,
-    `worst_case_usd` of the cheapest feasible call, the `model` it would have gone to and the
-    `output_tokens` that worst case assumed — lower it with `max_tokens=`.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        scope: str | None = None,
-        remaining: float | None = None,
-        worst_case_usd: float | None = None,
-        output_tokens: int | None = None,
-        model: str | None = None,
-    ):
-        super().__init__(message)
-        self.scope = scope
-        self.remaining = remaining
-        self.worst_case_usd = worst_case_usd
-        self.output_tokens = output_tokens
-        self.model = model
-
-    @classmethod
-    def no_room(cls, scope: str, amount: int, left: int) -> BudgetExceeded:
-        """The error for a hold of `amount` nano-dollars that does not fit the `left` of `scope`."""
-        remaining = to_usd(max(0, left))
-        return cls(
-            f"scope {scope!r}: {to_usd(amount):.9g} USD does not fit the {remaining:.9g} USD left",
-            scope=scope, remaining=remaining,
-        )
-
-
-class UnknownScope(KeyError):
-    """A scope was named that has no budget (in strict mode, or in a ledger operation)."""
-
-    def __str__(self) -> str:
-        # KeyError's str() is the repr of its argument; a sentence reads better in a traceback.
-        return str(self.args[0]) if self.args else ""
-
-
-class LedgerUnavailable(RuntimeError):
-    """The ledger's store cannot be reached or stays locked; nothing was reserved or committed."""
 
 
 def to_nanos(usd: float, what: str = "amount") -> int:
@@ -590,7 +544,7 @@ class MemoryStore(LedgerStore):
             self._sweep(now)
             hold = self._open.get(reservation_id) or self._done.get(reservation_id)
             if hold is None:
-                raise KeyError(f"unknown reservation {reservation_id!r} (never made, or forgotten after retention)")
+                raise UnknownReservation(f"unknown reservation {reservation_id!r} (never made, or forgotten after retention)")
             if hold.status == "committed":
                 return False
             was_open = hold.status == "open"

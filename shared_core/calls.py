@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ContextManager, Generic, TypeVar
 
 from .candidates import Candidate
+from .errors import AttemptTimeout
 from .fallbacks import AllCandidatesFailed, Attempt, ErrorKind, classify, falls_back
 from .pricing import Usage, usage_from_report
 from .budget import LedgerUnavailable
@@ -33,10 +34,6 @@ C = TypeVar("C")
 
 #: Called with each failed attempt (before the next is tried); may return an awaitable in async code.
 OnFailure = Callable[[Attempt], Any]
-
-
-class AttemptTimeout(TimeoutError):
-    """A candidate did not answer (or start streaming) within the router's per-attempt timeout or deadline."""
 
 
 class _Tries:

@@ -132,21 +132,29 @@ class Candidate(BaseModel):
         return self.provider if self.provider in ("openai", "anthropic") else None
 
     def with_limits(
-        self, *, context_window: int | None = None, max_output_tokens: int | None = None, provider: str | None = None
+        self, *, context_window: int | None = None, max_output_tokens: int | None = None, provider: str | None = None,
+        client_cap: int | None = None,
     ) -> Candidate:
         """This candidate with the limits (and provider) its framework model declares (None = not declared).
 
-        The model's context window replaces the default one (a window stated here wins); its
-        output limit (the client's own max_tokens, or the model's) lowers `max_output_tokens`,
-        which is then both reserved and sent as the cap.
+        The model's context window replaces the default one (a window stated here wins). The
+        client's own output cap (`client_cap`: ChatOpenAI(max_tokens=8000)) is what its user asked
+        for: it becomes `max_output_tokens`, above the default too, unless that is stated here. The
+        model's output limit (`max_output_tokens`, e.g. from its profile) only lowers it: reserving a
+        model's whole 16k-token ability on every call is not what an unstated cap should mean. The
+        result is both reserved and sent as the cap.
         """
         update: dict[str, Any] = {}
         if provider and self.provider is None:
             update["provider"] = provider
         if context_window is not None and context_window > 0 and "context_window" not in self.model_fields_set:
             update["context_window"] = int(context_window)
-        if max_output_tokens is not None and 0 < max_output_tokens < self.max_output_tokens:
-            update["max_output_tokens"] = int(max_output_tokens)
+        cap = self.max_output_tokens
+        if client_cap is not None and client_cap > 0 and "max_output_tokens" not in self.model_fields_set:
+            cap = int(client_cap)
+        if max_output_tokens is not None and 0 < max_output_tokens < cap:
+            cap = int(max_output_tokens)
+        update["max_output_tokens"] = cap
         update = {k: v for k, v in update.items() if v != getattr(self, k)}
         return self.model_copy(update=update) if update else self
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .candidates import Candidate
@@ -41,7 +42,8 @@ class Declared:
     api_url: str | None = None  # where its client sends requests
     provider: str | None = None  # the API its client speaks (Candidate.provider)
     context_window: int | None = None
-    max_output_tokens: int | None = None
+    max_output_tokens: int | None = None  # the model's own output limit
+    client_cap: int | None = None  # the output cap its client was configured with (max_tokens=)
     supports_tools: bool | None = None
     supports_structured_output: bool | None = None
 
@@ -72,7 +74,8 @@ def lookup(name: str, *, provider_ref: str | None = None, api_url: str | None = 
     alone; None when the catalogue does not know it. ImportError without genai-prices."""
     import genai_prices
 
-    # A provider the catalogue lacks ("ollama", a local server's URL) must not borrow another's price.
+    # A provider the catalogue lacks ("ollama") must not borrow another's price. A URL it does not
+    # know (a proxy, a local gateway) says nothing: the integration's provider prices it.
     attempts: list[dict[str, str]] = [{"provider_api_url": api_url}] if api_url else []
     attempts += [{"provider_id": provider_ref}] if provider_ref else []
     for where in attempts or [{}]:
@@ -82,7 +85,7 @@ def lookup(name: str, *, provider_ref: str | None = None, api_url: str | None = 
         except LookupError:
             continue
         prices = found.model_price
-        keyed = {key: getattr(prices, key) for key in _TOKEN_PRICES}
+        keyed = _dearest_today(found.model, {key: getattr(prices, key) for key in _TOKEN_PRICES})
         starts = [tier.start for price in keyed.values() for tier in getattr(price, "tiers", ())]
         entry = Entry(
             provider_id=found.provider.id,
@@ -98,6 +101,24 @@ def lookup(name: str, *, provider_ref: str | None = None, api_url: str | None = 
         logger.info("genai-prices: %r priced as %s/%s", name, entry.provider_id, entry.model_id)
         return entry
     return None
+
+
+def _dearest_today(model: Any, keyed: dict[str, Any]) -> dict[str, Any]:
+    """Each token price at its dearest over the next day. Some prices change with the time of day
+    (DeepSeek's off-peak half price) or from a date: a Candidate holds one price, and one read at
+    the hour it was built would undercount every call made at a dearer hour."""
+    now = datetime.now(timezone.utc)
+    dearest = dict(keyed)
+    for step in range(48):  # every half hour: the catalogue's daily windows start on the half hour
+        prices = model.get_prices(now + timedelta(minutes=30 * step))
+        for key in _TOKEN_PRICES:
+            price = getattr(prices, key)
+            if price is not None and (dearest[key] is None or _base(price) > _base(dearest[key])):  # type: ignore[operator]
+                dearest[key] = price
+    if dearest != keyed:
+        logger.info("genai-prices: %s's prices change with the time of day; the dearest are used, so budgets hold",
+                    getattr(model, "id", model))
+    return dearest
 
 
 def describe(model: Any) -> Declared:
@@ -158,7 +179,8 @@ def _window(entry: Entry, window: int | None, overrides: dict[str, Any]) -> int 
         return window
     stated = overrides.get("context_window")
     if stated is None:
-        return min(window or Candidate.model_fields["context_window"].default, entry.tier_start)
+        # A model billed by tiers takes prompts at least as long as its dearer tier's start.
+        return entry.tier_start if window is None else min(window, entry.tier_start)
     if stated > entry.tier_start:
         logger.warning(
             "%s: %s/%s bills prompts above %d input tokens at a dearer tier than the base prices OmniRoute "
@@ -166,6 +188,18 @@ def _window(entry: Entry, window: int | None, overrides: dict[str, Any]) -> int 
             overrides.get("name", entry.model_id), entry.provider_id, entry.model_id, entry.tier_start, stated,
         )
     return window
+
+
+def _encoding(name: str | None) -> str | None:
+    """tiktoken's encoding for an OpenAI model name (gpt-4o: o200k_base); None for others (the default)."""
+    if not name:
+        return None
+    from tiktoken.model import encoding_name_for_model  # a table lookup: nothing is downloaded
+
+    try:
+        return encoding_name_for_model(name)
+    except KeyError:
+        return None
 
 
 def candidate_from_model(model: Any, **overrides: Any) -> Candidate:
@@ -183,6 +217,7 @@ def candidate_from_model(model: Any, **overrides: Any) -> Candidate:
         "model": None if isinstance(model, str) else model,
         "supports_tools": declared.supports_tools,
         "supports_structured_output": declared.supports_structured_output,
+        "encoding": _encoding(declared.name),
     }
     if entry is not None:
         fields.update(
@@ -196,5 +231,6 @@ def candidate_from_model(model: Any, **overrides: Any) -> Candidate:
     candidate = Candidate(**{**{k: v for k, v in fields.items() if v is not None}, **overrides})
     # The model's own limits by the rule the adapters apply when they bind it (Candidate.with_limits).
     return candidate.with_limits(
-        context_window=declared.context_window, max_output_tokens=declared.max_output_tokens, provider=declared.provider
+        context_window=declared.context_window, max_output_tokens=declared.max_output_tokens, provider=declared.provider,
+        client_cap=declared.client_cap,
     )

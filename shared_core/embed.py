@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from .errors import NotFittedError
 from .ngrams import TOKEN_PATTERN, AnalyzerCounter, WordNgramCounter
 
 __all__ = ["Embedder", "TfidfSvdEmbedder", "FunctionEmbedder", "tail_text", "check_texts", "l2_normalise"]
@@ -179,7 +180,7 @@ class TfidfSvdEmbedder:
     def transform(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of `texts`, shape (n, dim), unit length."""
         if not hasattr(self, "components_"):
-            raise RuntimeError("TfidfSvdEmbedder is not fitted: call fit(training_prompts) first")
+            raise NotFittedError("TfidfSvdEmbedder is not fitted: call fit(training_prompts) first")
         texts = check_texts(texts)
         return l2_normalise(self._sparse(texts) @ self._projection)
 

@@ -24,6 +24,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .errors import AllCandidatesFailed
+
 __all__ = ["AllCandidatesFailed", "Attempt", "ErrorKind", "classify", "falls_back"]
 
 logger = logging.getLogger("omniroute")
@@ -99,18 +101,3 @@ class Attempt:
                 "message": str(self.error)[:500]}
 
 
-class AllCandidatesFailed(RuntimeError):
-    """Every candidate tried for a request failed; `attempts` holds each one's error, in order.
-
-    The last provider error is also its `__cause__`; `errors` lists them all.
-    """
-
-    def __init__(self, attempts: Sequence[Attempt]):
-        self.attempts = tuple(attempts)
-        tried = "; ".join(f"{a.candidate}: {a.kind} {type(a.error).__name__}: {a.error}" for a in self.attempts)
-        super().__init__(f"all {len(self.attempts)} candidates tried failed ({tried})")
-
-    @property
-    def errors(self) -> tuple[BaseException, ...]:
-        """The provider errors, one per candidate tried."""
-        return tuple(a.error for a in self.attempts)

@@ -50,6 +50,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from .budget import Budget
+from .errors import PersistError
 from .candidates import Candidate
 from .embed import TfidfSvdEmbedder
 from .length import HybridLength, LengthPrior
@@ -107,10 +108,6 @@ _KIND_OF = {cls: kind for kind, cls in COMPONENTS.items()}
 _SLOTS = ("embedder", "quality", "lengths")
 # An embedder wrapping a framework model (LangChain, LlamaIndex) is reattached, not saved.
 _EXTERNAL = "external"
-
-
-class PersistError(ValueError):
-    """A saved router that cannot be loaded: missing, truncated, tampered with, or another version."""
 
 
 class _ArraysMismatch(PersistError):

@@ -28,6 +28,7 @@ from .budget import (
     to_usd,
 )
 from .candidates import Candidate, validate_candidates
+from .errors import NoFeasibleCandidate, RoutingError
 from .length import LengthPrior
 from .fallbacks import Attempt, ErrorKind, classify
 from .pacing import DualPacer
@@ -64,14 +65,6 @@ DEFAULT_SESSION_IDLE_TTL_S = 7 * 86_400.0
 DEFAULT_CAP_HEADROOM = 4.0
 #: The lowest cap a router lowers an output cap to, whatever the prediction says.
 MIN_LOWERED_CAP = 32
-
-
-class RoutingError(ValueError):
-    """A request the router cannot route (empty, malformed, or no candidate can serve it)."""
-
-
-class NoFeasibleCandidate(RoutingError):
-    """No candidate can serve the request (context window, tools, structured output, exclusions)."""
 
 
 Messages = Sequence[Mapping[str, Any]]
@@ -112,6 +105,7 @@ class Decision:
     max_tokens: int | None = None
     output_caps: dict[str, int] = field(default_factory=dict)
     output_tokens: dict[str, int] = field(default_factory=dict)
+    cap_lowered: bool = False
     attempt: int = 0
     failed: tuple[str, ...] = ()
     failures: tuple[dict[str, str], ...] = ()
@@ -140,6 +134,7 @@ class Decision:
             "predicted_quality": self.quality[self.chosen],
             "reserved_usd": self.reserved,
             "max_output_tokens": self.output_cap,
+            "cap_lowered": self.cap_lowered,
             "attempt": self.attempt,
             "failed": list(self.failed),
             "failures": [dict(f) for f in self.failures],
@@ -510,12 +505,12 @@ class Router:
         last: BudgetExceeded | None = None
         for name in order:
             left = min(s.remaining for s in states)
-            hold, caps = worst[name], base.output_caps
+            hold, caps, lowered = worst[name], base.output_caps, False
             if hold > left:
                 cap = self._cap_within(base, name, left)
                 if cap is None:
                     continue
-                hold, caps = self.candidate(name).worst_case_cost(base.input_tokens[name], cap), {**caps, name: cap}
+                hold, caps, lowered = self.candidate(name).worst_case_cost(base.input_tokens[name], cap), {**caps, name: cap}, True
             rid = uuid.uuid4().hex
             try:
                 self.store.reserve(rid, base.scopes, hold, ttl_s or self.reservation_ttl_s)
@@ -523,7 +518,7 @@ class Router:
                 last = e
                 states = [s or st for s, st in zip(self.store.states(base.scopes), states)]
                 continue
-            return _routed(replace(base, id=rid, chosen=name, reserved=hold, output_caps=caps))
+            return _routed(replace(base, id=rid, chosen=name, reserved=hold, output_caps=caps, cap_lowered=lowered))
         raise _refusal(base, order, worst, states) from last
 
     def _cap_within(self, base: Decision, name: str, left: float) -> int | None:

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .errors import Infeasible
+
 if TYPE_CHECKING:
     from .router import Estimate
 
@@ -46,10 +48,6 @@ _TAUS = np.array([1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5])
 _NEWTON_STEPS = 30
 # Exact coordinate sweeps that sharpen the smoothed capacity prices before rounding.
 _SHARPEN_SWEEPS = 5
-
-
-class Infeasible(ValueError):
-    """No assignment meets the constraints (budget below the cheapest, target above the best...)."""
 
 
 @dataclass(frozen=True)

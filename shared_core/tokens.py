@@ -239,10 +239,32 @@ def count_message_tokens(
             total += _TOKENS_PER_NAME
             texts.append(str(message["name"]))
         if message.get("tool_calls"):
-            texts.append(json.dumps(message["tool_calls"], separators=(",", ":"), default=str))
+            texts.append(_wire_tool_calls(message["tool_calls"]))
+        if message.get("tool_call_id"):
+            texts.append(str(message["tool_call_id"]))
     for schema in tools or ():
         texts.append(json.dumps(schema, separators=(",", ":"), sort_keys=True, default=str))
     return total + sum(map(count, texts))
+
+
+def _wire_tool_calls(calls: Any) -> str:
+    """Tool calls as the provider receives them back in the prompt — OpenAI's wire form, with each
+    call's id and its arguments as a JSON string — whatever shape the framework keeps them in
+    ({"name", "args" | "arguments", "id"}). Counting only name and arguments fell about 28
+    tokens short per call, and the worst case reserved with it."""
+    if not isinstance(calls, (list, tuple)):
+        return json.dumps(calls, separators=(",", ":"), default=str)
+    wire = []
+    for call in calls:
+        if not isinstance(call, Mapping) or "function" in call:  # already the wire form, or unknown
+            wire.append(call)
+            continue
+        arguments = call.get("args", call.get("arguments"))
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, separators=(",", ":"), default=str)
+        wire.append({"id": str(call.get("id") or ""), "type": "function",
+                     "function": {"name": str(call.get("name", "")), "arguments": arguments}})
+    return json.dumps(wire, separators=(",", ":"), default=str)
 
 
 def _media_tokens(content: Any, count: Callable[[str], int], image_rule: str | None) -> tuple[Any, int]:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ledger_support import REDIS_HOST, REDIS_PORT, store_url
-from shared_core import Budget
+from ledger_support import REDIS_HOST, REDIS_PORT, postgres_admin, store_url
+from shared_core import Budget, Candidate, Router
 from shared_core.cli import main
 from shared_core.stores import open_store
 
@@ -217,9 +217,20 @@ def test_messages_about_a_store_with_a_password_redact_it(kind, start, with_pass
         # local connections): the command really runs.
         url = url.replace(start, with_password)
         shown = url.replace("s3cret-pw", "***")
-        assert main(["budget", "show", "--store", url]) == 0
-        assert capsys.readouterr().out.strip() == f"no budgets in {shown}"
-        assert main(["budget", "set", "acme", "--usd", "3", "--store", url]) == 0  # --create is for SQLite
+        if kind == "postgres":  # a schema holding no ledger is refused, as a missing SQLite file is
+            assert main(["budget", "show", "--store", url]) == 2
+            captured = capsys.readouterr()
+            assert "no OmniRoute ledger" in captured.err and "--create" in captured.err
+            assert "s3cret-pw" not in captured.out + captured.err
+            with postgres_admin() as admin:  # and show created nothing
+                schema = url.rsplit("schema=", 1)[1]
+                assert admin.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None
+            assert main(["budget", "set", "acme", "--usd", "3", "--store", url]) == 2
+            assert main(["budget", "set", "acme", "--usd", "3", "--create", "--store", url]) == 0
+        else:
+            assert main(["budget", "show", "--store", url]) == 0
+            assert capsys.readouterr().out.strip() == f"no budgets in {shown}"
+            assert main(["budget", "set", "acme", "--usd", "3", "--store", url]) == 0  # Redis keys need no --create
         assert main(["budget", "show", "ghost", "--store", url]) == 2
         captured = capsys.readouterr()
         assert "s3cret-pw" not in captured.out + captured.err
@@ -293,12 +304,20 @@ def test_show_says_which_scopes_are_forgotten_when_idle(tmp_path, capsys):
     assert [s["idle_ttl_s"] for s in json.loads(capsys.readouterr().out)] == [None, 3600.0]
 
 
-def test_set_keeps_a_session_scope_forgettable(tmp_path):
+def test_a_budget_set_here_is_never_forgotten_unless_asked(tmp_path):
+    # A session made from a router's default budget is forgettable; once an operator sets its budget
+    # it is theirs: forgetting it would bring the (larger) default back on the session's next request.
     url = f"sqlite:///{tmp_path / 'l.db'}"
-    store = open_store(url)
-    store.set_budget("acme/s", Budget(usd=1.0), idle_ttl_s=3600)
-    store.close()
-    assert main(["budget", "set", "acme/s", "--usd", "2", "--store", url]) == 0
-    store = open_store(url)
-    assert (store.state("acme/s").budget.usd, store.state("acme/s").idle_ttl_s) == (2.0, 3600.0)
-    store.close()
+    now = [1_000.0]
+    router = Router([Candidate(name="m", input_price=1.0, output_price=1.0, prior_quality=0.5)],
+                    store=open_store(url, clock=lambda: now[0]), default_budget=Budget(usd=0.05),
+                    session_idle_ttl_s=2)
+    router.release(router.decide("hi", "vip"))
+    assert main(["budget", "set", "vip", "--usd", "0.001", "--store", url]) == 0
+    now[0] += 10
+    router.release(router.decide("hi", "other"))  # any operation sweeps idle scopes
+    assert router.budget_state("vip").budget.usd == 0.001 and router.budget_state("vip").idle_ttl_s is None
+    assert main(["budget", "set", "vip", "--idle-ttl-s", "3600", "--store", url]) == 0
+    assert router.budget_state("vip").idle_ttl_s == 3600.0
+    assert main(["budget", "set", "vip", "--usd", "0.002", "--idle-ttl-s", "none", "--store", url]) == 0
+    assert (router.budget_state("vip").budget.usd, router.budget_state("vip").idle_ttl_s) == (0.002, None)

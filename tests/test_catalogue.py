@@ -202,3 +202,29 @@ def test_a_routed_call_is_charged_the_catalogue_price_of_its_billed_usage(provid
     assert state.committed == pytest.approx(float(catalogue_usd), abs=EXACT)
     assert state.committed == pytest.approx(provider.bill_usd, abs=EXACT)
     assert state.reserved == 0
+
+
+def test_prices_that_change_with_the_time_of_day_are_taken_at_their_dearest():
+    # DeepSeek bills half price off-peak: a candidate built off-peak must not undercount peak calls.
+    from datetime import datetime, timezone
+
+    candidate = Candidate.from_model("deepseek:deepseek-chat")
+    day = [datetime(2026, 6, 1, hour, 15, tzinfo=timezone.utc) for hour in range(24)]
+    found = [calc_price(genai_prices.Usage(), "deepseek-chat", provider_id="deepseek", genai_request_timestamp=t)
+             for t in day]
+    inputs = {mtok(f.model_price.input_mtok) for f in found}
+    assert len(inputs) > 1  # the catalogue does vary it over the day
+    assert candidate.input_price == max(inputs)
+    assert candidate.output_price == max(mtok(f.model_price.output_mtok) for f in found)
+
+
+def test_a_tiered_model_without_a_catalogued_window_takes_prompts_up_to_its_dearer_tier():
+    candidate = Candidate.from_model("google:gemini-2.5-pro")
+    _, info = catalogue("gemini-2.5-pro", "google")
+    assert info.context_window is None and candidate.context_window == 200_000
+
+
+def test_openai_models_count_with_their_own_encoding():
+    assert Candidate.from_model("openai:gpt-4o").encoding == "o200k_base"
+    assert Candidate.from_model("openai:gpt-4o", encoding="cl100k_base").encoding == "cl100k_base"
+    assert Candidate.from_model("anthropic:claude-3-5-haiku-latest").encoding == "cl100k_base"

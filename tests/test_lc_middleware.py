@@ -98,6 +98,7 @@ def assert_billed(chat: ChatOmniRoute, provider, records: list[dict], scope: str
         priced = (request.prompt_tokens * input_price + request.completion_tokens * output_price) / 1e6
         assert record["actual_cost_usd"] == pytest.approx(request.cost_usd, abs=EXACT)
         assert record["actual_cost_usd"] == pytest.approx(priced, abs=EXACT)
+        assert record["overrun_usd"] == 0  # tool calls in the prompt are counted as the provider bills them
     state = chat.router.budget_state(scope)
     assert state.requests == len(records) and state.reserved == 0
     assert state.committed == pytest.approx(sum(r.cost_usd for r in requests), abs=EXACT)

@@ -40,7 +40,8 @@ def test_a_dear_model_is_reserved_with_the_cap_that_fits_what_is_left():
     # The largest cap that fits: one more token would not.
     assert dear.worst_case_cost(decision.input_tokens["dear"], decision.output_cap + 1) > left
     assert decision.output_caps["cheap"] == 1024  # only the chosen candidate's cap is lowered
-    assert decision.to_dict()["max_output_tokens"] == decision.output_cap
+    assert decision.to_dict()["max_output_tokens"] == decision.output_cap and decision.to_dict()["cap_lowered"]
+    assert not full.cap_lowered
 
 
 def test_no_cap_is_lowered_below_headroom_times_the_predicted_answer():
@@ -108,7 +109,7 @@ def test_a_lowered_cap_is_sent_to_a_real_client_and_the_bill_fits_the_budget(pro
     chat.router.set_budget("s", Budget(usd=budget))
     reply = chat.invoke(PROMPT, session="s")
     record = reply.response_metadata["omniroute"]
-    assert record["model"] == "dear" and 200 <= record["max_output_tokens"] < 1024
+    assert record["model"] == "dear" and 200 <= record["max_output_tokens"] < 1024 and record["cap_lowered"]
     assert provider.requests[-1].cap_sent == record["max_output_tokens"]
     assert provider.requests[-1].completion_tokens == record["max_output_tokens"]  # the answer was cut there
     assert record["overrun_usd"] == 0

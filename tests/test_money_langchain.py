@@ -10,12 +10,13 @@ import zlib
 
 import pytest
 from langchain_anthropic import ChatAnthropic
-from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
 from omniroute_lc import BudgetExceeded, ChatOmniRoute
+from omniroute_lc.request import core_messages
 from shared_core import Budget, Candidate, Router
 from shared_core.budget import BudgetExceeded as CoreBudgetExceeded
 
@@ -158,6 +159,19 @@ def test_a_clients_own_cap_is_reserved_and_sent(billing):
     claude = ChatOmniRoute(candidates=candidates(billing, claude_kwargs={"max_tokens": 64})[1:])
     claude.invoke("Hi.")
     assert billing.requests[-1].cap_sent == 64 and claude.router.candidate("claude").max_output_tokens == 64
+
+
+def test_a_clients_cap_above_the_default_is_what_its_user_asked_for(billing):
+    # max_tokens=8000 on the client is honoured (the default 4,096 is for a cap nobody stated); the
+    # model's profile limit (16,384 for gpt-4o-mini) only lowers; a cap stated on the Candidate wins.
+    chat = ChatOmniRoute(candidates=candidates(billing, gpt_kwargs={"max_tokens": 8000})[:1])
+    chat.invoke("Hi.")
+    assert billing.requests[-1].cap_sent == 8000 and chat.router.candidate("gpt").max_output_tokens == 8000
+    plain = ChatOmniRoute(candidates=candidates(billing)[:1])
+    assert plain.router.candidate("gpt").max_output_tokens == 4096
+    stated = ChatOmniRoute(candidates=candidates(billing, gpt_kwargs={"max_tokens": 8000}, max_output_tokens=2000)[:1])
+    stated.invoke("Hi.")
+    assert billing.requests[-1].cap_sent == 2000
 
 
 def test_a_model_profile_declares_the_context_window(billing):
@@ -319,3 +333,17 @@ def test_both_adapters_take_a_ledger_url(billing, tmp_path):
                                 supports_tools=False)], budjet=Budget(usd=1.0))
     with pytest.raises(ValueError, match="store= applies to the router"):
         ChatOmniRoute(router=chat.router, store="memory://")
+
+
+def test_tool_calls_in_the_history_are_counted_as_billed(billing):
+    # An agent's later steps carry earlier tool calls (ids, the wire wrapper, arguments as a JSON
+    # string) and their results; counting only name and arguments fell ~28 tokens short per call.
+    chat = ChatOmniRoute(candidates=candidates(billing)[:1])
+    call = {"name": "lookup", "args": {"city": "Paris", "units": "metric"}, "id": "call_Xy12abCD34efGH56ijKL78mn"}
+    history = [HumanMessage("Weather in Paris?"), AIMessage(content="", tool_calls=[call, {**call, "id": "call_2"}]),
+               ToolMessage("sunny in Paris", tool_call_id=call["id"]), ToolMessage("sunny", tool_call_id="call_2")]
+    chat.invoke(history, max_tokens=5)
+    billed = billing.requests[0].prompt_tokens
+    estimate = chat.router.decide(core_messages(history), max_tokens=1).input_tokens["gpt"]
+    ids = sum(len(c) for c in ("call_Xy12abCD34efGH56ijKL78mn", "call_2"))  # tokens ≤ characters
+    assert billed <= estimate <= billed + ids  # the ids of tool results are counted too (conservatively)

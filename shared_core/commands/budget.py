@@ -34,11 +34,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     put.add_argument("--horizon-s", type=_optional(float), help="seconds the budget should last (pacing), or none")
     put.add_argument("--period-s", type=_optional(float),
                      help="seconds after which spend resets (86400: per day), or none")
-    put.set_defaults(usd=_KEEP, horizon=_KEEP, horizon_s=_KEEP, period_s=_KEEP)
+    put.add_argument("--idle-ttl-s", type=_optional(float),
+                     help="seconds without use after which the ledger forgets the scope; default none: "
+                          "a budget set here is never forgotten")
+    put.set_defaults(usd=_KEEP, horizon=_KEEP, horizon_s=_KEEP, period_s=_KEEP, idle_ttl_s=None)
     put.add_argument("--reset", action="store_true",
                      help="zero the current period's spend (without it, what the scope spent is kept)")
     put.add_argument("--create", action="store_true",
-                     help="create the SQLite ledger file if it does not exist (without it, a missing file is an error)")
+                     help="create the SQLite ledger file or PostgreSQL schema if it does not exist "
+                          "(without it, a missing ledger is an error)")
 
     for action in (show, put):
         action.add_argument("--store", required=True, metavar="URL", help=f"the ledger: {STORE_URLS}")
@@ -82,9 +86,9 @@ def _run(args: argparse.Namespace) -> int:
                 raise ValueError("a memory:// ledger lives inside one process: setting a budget in it from "
                                  "the command line changes nothing; use sqlite://, redis:// or postgresql://")
             current = store.state(args.scope)
-            # A session scope stays forgettable: only its money changes here.
-            store.set_budget(args.scope, _new_budget(current, args), reset=args.reset,
-                             idle_ttl_s=None if current is None else current.idle_ttl_s)
+            # A budget an operator sets is theirs: never forgotten unless they say so (a session made
+            # from a router's default budget would otherwise come back with the default).
+            store.set_budget(args.scope, _new_budget(current, args), reset=args.reset, idle_ttl_s=args.idle_ttl_s)
             _print_table(store.report(args.scope)[:1])
             return 0
         states = store.report(args.scope)
@@ -114,6 +118,11 @@ def _new_budget(current: ScopeState | None, args: argparse.Namespace) -> Budget:
 
 
 def _missing_ledger(args: argparse.Namespace, path: str) -> str:
+    if args.store.strip().lower().startswith(("postgresql:", "postgres:")):
+        what = f"no OmniRoute ledger at {safe(path)}; check the schema name"
+        return (what + ", or pass --create to create a new, empty ledger there" if args.action == "set" else
+                what + " (budget show never creates a ledger: create one with `omniroute budget set SCOPE "
+                       "--usd AMOUNT --create --store URL`)")
     where = safe(path)
     if not Path(path).is_absolute():
         where += f" (resolved: {safe(str(Path(path).resolve()))})"

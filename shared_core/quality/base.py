@@ -7,6 +7,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import NotFittedError
+
 __all__ = [
     "QualityPredictor", "ExtensiblePredictor", "OnlinePredictor", "check_targets", "check_fitted",
     "check_rows", "check_labels", "check_profile", "model_index",
@@ -70,7 +72,7 @@ class OnlinePredictor(Protocol):
 def check_fitted(predictor: object) -> None:
     """RuntimeError naming the class when `predictor` has not been fitted yet."""
     if not hasattr(predictor, "models_"):
-        raise RuntimeError(f"{type(predictor).__name__} is not fitted: call fit(X, Y, models) first")
+        raise NotFittedError(f"{type(predictor).__name__} is not fitted: call fit(X, Y, models) first")
 
 
 def check_rows(X: np.ndarray, dim: int) -> np.ndarray:

@@ -28,9 +28,9 @@ def open_store(
 
     `options` (clock, retention_s) go to the store's constructor. Paths follow SQLAlchemy:
     three slashes for a relative path, four for an absolute one. With `must_exist=True` a
-    sqlite:// URL naming a missing file raises FileNotFoundError (its `filename` is the path)
-    instead of creating an empty ledger; other store kinds ignore it (a PostgreSQL ledger's schema is
-    created on first use, as Redis keys are).
+    sqlite:// URL naming a missing file, or a postgresql:// URL naming a schema that holds no
+    ledger, raises FileNotFoundError (its `filename` names what is missing) instead of creating an
+    empty ledger; redis:// ignores it (its keys are created on first use).
     """
     if target is None:
         return MemoryStore(**options)
@@ -57,7 +57,7 @@ def open_store(
     if scheme in ("redis", "rediss"):
         return _redis(target, query, options)
     if scheme in ("postgresql", "postgres"):
-        return _postgres(target, query, options)
+        return _postgres(target, query, {**options, "create": not must_exist})
     if not scheme:
         raise _malformed(target, "no scheme (for a file, write sqlite:///" + target + ")")
     raise _malformed(target, f"unknown scheme {scheme + '://'!r}")

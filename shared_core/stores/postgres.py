@@ -21,6 +21,8 @@ functions on first use; a schema is one ledger, as a key prefix is in Redis.
 
 from __future__ import annotations
 
+import errno
+
 import logging
 import math
 import os
@@ -35,6 +37,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
+from ..errors import UnknownReservation
 from ..budget import (
     DEFAULT_RETENTION_S,
     IDLE_BATCH,
@@ -325,6 +328,7 @@ class PostgresStore(LedgerStore):
         clock: Callable[[], float] | None = None,
         retention_s: float = DEFAULT_RETENTION_S,
         max_connections: int = 8,
+        create: bool = True,
     ) -> None:
         # PostgreSQL cuts longer names to 63 bytes (two ledgers could share one schema); other characters
         # would need escaping inside the functions' bodies and the queries' placeholders.
@@ -345,7 +349,7 @@ class PostgresStore(LedgerStore):
             with psycopg.connect(conninfo, connect_timeout=_CONNECT_TIMEOUT_S) as conn:
                 self.where = _location(conn.info.host, conn.info.port, conn.info.dbname)
                 quoted = sql.Identifier(schema).as_string(conn)
-                self._create_schema(conn, quoted)
+                self._create_schema(conn, quoted, create)
         except psycopg.OperationalError as e:
             raise LedgerUnavailable(f"PostgreSQL ledger at {self.where} is unreachable: {e}") from e
         except psycopg.Error as e:
@@ -355,8 +359,10 @@ class PostgresStore(LedgerStore):
         self._pool = self._open_pool()
         self._pid = os.getpid()
 
-    def _create_schema(self, conn: psycopg.Connection, quoted: str) -> None:
-        """Create the schema, its tables and functions unless they are there (one creator at a time)."""
+    def _create_schema(self, conn: psycopg.Connection, quoted: str, create: bool) -> None:
+        """Create the schema, its tables and functions unless they are there (one creator at a time);
+        without `create`, a schema holding no ledger is a FileNotFoundError (a mistyped name must not
+        become a new, empty ledger)."""
         table = f"{quoted}.ledger_schema"
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_CLASS, self.schema))
@@ -366,6 +372,9 @@ class PostgresStore(LedgerStore):
                     raise ValueError(f"the PostgreSQL ledger at {self.url} holds ledger schema version {version}; "
                                      f"this code reads {_SCHEMA_VERSION}")
                 return
+            if not create:
+                raise FileNotFoundError(errno.ENOENT, "no OmniRoute ledger in this PostgreSQL schema",
+                                        f"{self.where}, schema {self.schema}")
             # Only a missing schema is created: one made beforehand needs no right to create schemas.
             if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)).fetchone() is None:
                 conn.execute(f"CREATE SCHEMA {quoted}")
@@ -455,7 +464,7 @@ class PostgresStore(LedgerStore):
         nanos = to_nanos(actual, "actual cost")
         ((outcome,),) = self._ledger("commit", reservation_id, nanos, model)
         if outcome == "unknown":
-            raise KeyError(f"unknown reservation {reservation_id!r} (never made, or forgotten after retention)")
+            raise UnknownReservation(f"unknown reservation {reservation_id!r} (never made, or forgotten after retention)")
         return outcome == "ok"
 
     def release(self, reservation_id: str) -> bool:

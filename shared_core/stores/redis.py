@@ -23,6 +23,7 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+from ..errors import UnknownReservation
 from ..budget import (
     DEFAULT_RETENTION_S,
     Budget,
@@ -359,7 +360,7 @@ class RedisStore(LedgerStore):
         nanos = to_nanos(actual, "actual cost")
         outcome = self._run("commit", reservation_id, nanos, *(() if model is None else (model,)))
         if outcome == "unknown":
-            raise KeyError(f"unknown reservation {reservation_id!r} (never made, or forgotten after retention)")
+            raise UnknownReservation(f"unknown reservation {reservation_id!r} (never made, or forgotten after retention)")
         return outcome == "ok"
 
     def release(self, reservation_id: str) -> bool:

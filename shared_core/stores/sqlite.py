@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import UnknownReservation
 from ..budget import (
     DEFAULT_RETENTION_S,
     IDLE_BATCH,
@@ -343,7 +344,7 @@ class SQLiteStore(LedgerStore):
             self._sweep(db, now)
             row = db.execute("SELECT scopes, amount, status FROM holds WHERE id = ?", (reservation_id,)).fetchone()
             if row is None:
-                raise KeyError(f"unknown reservation {reservation_id!r} (never made, or forgotten after retention)")
+                raise UnknownReservation(f"unknown reservation {reservation_id!r} (never made, or forgotten after retention)")
             scopes, amount, status = row
             if status == "committed":
                 return False
