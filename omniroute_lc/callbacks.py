@@ -9,7 +9,7 @@ from typing import Any
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.outputs import ChatGeneration, LLMResult
 
-from .metering import METADATA_KEY
+from shared_core.metering import METADATA_KEY
 
 __all__ = ["SpendTracker"]
 

@@ -22,13 +22,14 @@ from typing_extensions import Self
 from shared_core.budget import Budget, BudgetExceeded, scope_chain
 from shared_core.calls import FallbackStream, acall_with_fallbacks, call_with_fallbacks
 from shared_core.candidates import Candidate
+from shared_core.metering import METADATA_KEY, StreamSettlement
 from shared_core.router import Decision, Router, RoutingError
 from shared_core.tokens import count_message_tokens, count_tokens
 
 from . import delegate
 from .events import REPORTER_KWARG, config_reporter, failure_reporter
 from .limits import CAP_FIELDS, with_declared_limits
-from .metering import METADATA_KEY, StreamMeter, settle
+from .metering import SummaryRelay, add_chunk, record, settle
 from .request import ROUTED_KWARG, RoutedCall, core_messages
 from .session import resolve_session
 from .structured import (
@@ -468,17 +469,18 @@ class ChatOmniRoute(BaseChatModel):
         routed: FallbackStream[ChatGenerationChunk] = FallbackStream(
             self.router, decision, start, on_failure=failure_reporter(run_manager) or kwargs.get(REPORTER_KWARG)
         )
-        meter = StreamMeter()
+        books, relay = StreamSettlement(self.router, routed), SummaryRelay()
         chunks = iter(routed)
         try:
             for chunk in chunks:
-                yield from meter.feed(chunk)
+                add_chunk(books, chunk.message)
+                yield from relay.feed(chunk)
         except BaseException as error:
-            self._settle_partial(call, routed, meter, error)
+            books.interrupted(error)
             raise
         finally:
             chunks.close()
-        yield meter.closing_chunk(settle(self.router, routed.decision, call.session, [meter.message()]))
+        yield relay.closing_chunk(record(books.decision, call.session, books.finished()))
 
     async def _astream(
         self,
@@ -497,26 +499,19 @@ class ChatOmniRoute(BaseChatModel):
         routed: FallbackStream[ChatGenerationChunk] = FallbackStream(
             self.router, decision, start, on_failure=failure_reporter(run_manager) or kwargs.get(REPORTER_KWARG)
         )
-        meter = StreamMeter()
+        books, relay = StreamSettlement(self.router, routed), SummaryRelay()
         chunks = routed.__aiter__()
         try:
             async for chunk in chunks:
-                for ready in meter.feed(chunk):
+                add_chunk(books, chunk.message)
+                for ready in relay.feed(chunk):
                     yield ready
         except BaseException as error:
-            self._settle_partial(call, routed, meter, error)
+            books.interrupted(error)
             raise
         finally:
             await chunks.aclose()
-        yield meter.closing_chunk(settle(self.router, routed.decision, call.session, [meter.message()]))
-
-    def _settle_partial(
-        self, call: RoutedCall, routed: FallbackStream, meter: StreamMeter, error: BaseException
-    ) -> None:
-        # A stream that broke or was abandoned after its first chunk is settled by the core's rule;
-        # one that failed before it was already released by the fallback loop.
-        if meter.started:
-            settle(self.router, routed.decision, call.session, [meter.message()], interrupted=error)
+        yield relay.closing_chunk(record(books.decision, call.session, books.finished()))
 
     def _convert_cached_generations(self, cache_val: list[Generation]) -> list[ChatGeneration]:
         generations = super()._convert_cached_generations(cache_val)

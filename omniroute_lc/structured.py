@@ -15,6 +15,8 @@ from langchain_core.runnables.config import ensure_config
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel
 
+from shared_core.metering import METADATA_KEY
+
 __all__ = [
     "CALL_KWARGS", "CallKwargsToConfig", "METHODS", "StructuredOutput", "binding_kwargs", "response_format_output",
     "routed_parser", "tool_parser",
@@ -107,9 +109,11 @@ def routed_parser(spec: StructuredOutput, models: Mapping[str, BaseChatModel]) -
     """A parser that applies the parser of whichever candidate answered (read from the message)."""
 
     def parse(message: BaseMessage) -> Any:
-        info = message.response_metadata.get("omniroute")
+        info = message.response_metadata.get(METADATA_KEY)
         if not info:
-            raise ValueError("structured output needs a message routed by ChatOmniRoute (no 'omniroute' metadata)")
+            raise ValueError(
+                f"structured output needs a message routed by ChatOmniRoute (no {METADATA_KEY!r} metadata)"
+            )
         support = spec.support(info["model"], models[info["model"]])
         if support is None:
             raise ValueError(f"candidate {info['model']!r} does not support method {spec.method!r}")

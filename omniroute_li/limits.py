@@ -90,6 +90,8 @@ def with_declared_limits(candidate: Candidate) -> Candidate:
     window, cap, limit = declared_limits(candidate.model)
     limited = candidate.with_limits(context_window=window, max_output_tokens=limit, provider=provider_of(candidate.model),
                                     client_cap=cap)
+    if "max_tokens" not in type(candidate.model).model_fields and limited.accepts_output_cap:
+        limited = limited.model_copy(update={"accepts_output_cap": False})  # see capped()
     return limited.with_capabilities(supports_tools=can_call_tools(candidate.model))
 
 

@@ -28,21 +28,15 @@ from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import BaseTool
 
 from shared_core.budget import Budget, LedgerStore
-from shared_core.calls import (
-    FallbackStream,
-    Settlement,
-    acall_with_fallbacks,
-    call_with_fallbacks,
-    settle_interrupted,
-    settle_usage,
-)
+from shared_core.calls import FallbackStream, Settlement, acall_with_fallbacks, call_with_fallbacks, settle_usage
 from shared_core.candidates import Candidate
 from shared_core.fallbacks import Attempt
+from shared_core.metering import StreamSettlement, routing_record
 from shared_core.router import Decision, Router
 
 from .held import claim
 from .limits import can_call_tools, capped, stream_usage_kwargs, with_declared_limits
-from .messages import annotate, output_text, provider_usage, routed_model, routing_record, to_request, tool_schemas
+from .messages import annotate, output_text, provider_usage, routed_model, to_request, tool_schemas
 from .sharing import RouterRef, share_router
 from .spend import CandidateFailedEvent, RoutedCallEndEvent
 
@@ -97,40 +91,32 @@ def _check_tools(candidates: Sequence[Candidate]) -> None:
             )
 
 
-class _StreamBooks:
-    """Settles a stream: what it produced when it ends or is cut short, nothing if it never started."""
+class _StreamRelay:
+    """Passes a stream's chunks on, marked with the candidate streaming them, and tells the core's
+    books what each produced; the closing chunk carries the settlement."""
 
     def __init__(self, router: Router, stream: FallbackStream) -> None:
-        self.router = router
-        self.stream = stream
+        self.books = StreamSettlement(router, stream)
         self.last: AnyResponse | None = None
 
     def passing(self, chunk: Response) -> Response:
         """The chunk, marked with the candidate that is streaming it."""
+        # A LlamaIndex chunk repeats the whole answer so far, with the usage reported for it.
+        self.books.restate(output_text(chunk), provider_usage(chunk))
         self.last = chunk
-        return annotate(chunk, self.stream.decision)
+        return annotate(chunk, self.books.decision)
 
     def interrupted(self, error: BaseException) -> None:
-        """The stream failed or was closed after its first chunk: settle it by the core's rule."""
-        if self.last is not None:
-            response, decision = self.last, self.stream.decision
-            settlement = settle_interrupted(
-                self.router, decision, error, provider_usage(response), output_text(response)
-            )
-            _report(decision, settlement)
+        """The stream failed or was closed: settled by the core's rule (and reported) if it had started."""
+        settlement = self.books.interrupted(error)
+        if settlement is not None:
+            _report(self.books.decision, settlement)
 
     def finished(self) -> AnyResponse | None:
         """Settle the complete stream; the closing chunk with costs and usage (None if it was empty)."""
-        decision = self.stream.decision
-        if self.last is None:
-            _report(decision, settle_usage(self.router, decision))  # nothing was produced: the input, as counted
-            return None
-        settlement = _settle(self.router, decision, self.last)
-        return _report(decision, settlement, annotate(self.last, decision, settlement, final_chunk=True))
-
-
-def _settle(router: Router, decision: Decision, response: AnyResponse) -> Settlement:
-    return settle_usage(router, decision, provider_usage(response), output_text(response))
+        settlement, decision = self.books.finished(), self.books.decision
+        closing = None if self.last is None else annotate(self.last, decision, settlement, final_chunk=True)
+        return _report(decision, settlement, closing)
 
 
 def _report(decision: Decision, settlement: Settlement, response: Response | None = None) -> Response | None:
@@ -323,7 +309,7 @@ class OmniRouteLLM(FunctionCallingLLM):
         return decision, lambda llm: {"messages": messages, **kwargs}
 
     def _settled(self, response: Response, decision: Decision) -> Response:
-        settlement = _settle(self.router, decision, response)
+        settlement = settle_usage(self.router, decision, provider_usage(response), output_text(response))
         return _report(decision, settlement, annotate(response, decision, settlement))
 
     # ------------------------------------------------------------------ chat
@@ -434,7 +420,7 @@ class OmniRouteLLM(FunctionCallingLLM):
 
     # ------------------------------------------------------------------ streams
     def _settling(self, stream: FallbackStream) -> Iterator[AnyResponse]:
-        books = _StreamBooks(self.router, stream)
+        books = _StreamRelay(self.router, stream)
         with closing(iter(stream)) as chunks:
             try:
                 for chunk in chunks:
@@ -447,7 +433,7 @@ class OmniRouteLLM(FunctionCallingLLM):
             yield final
 
     async def _asettling(self, stream: FallbackStream) -> AsyncIterator[AnyResponse]:
-        books = _StreamBooks(self.router, stream)
+        books = _StreamRelay(self.router, stream)
         # Closed explicitly: an async generator left to the event loop is finalised later, and
         # its reservation would be held until then.
         async with aclosing(stream.__aiter__()) as chunks:

@@ -19,21 +19,17 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.tools import BaseTool
 
 from shared_core.calls import Settlement
+from shared_core.metering import METADATA_KEY, routing_record
 from shared_core.router import Decision
 
 __all__ = [
-    "METADATA_KEY",
     "annotate",
     "output_text",
     "provider_usage",
     "routed_model",
-    "routing_record",
     "to_request",
     "tool_schemas",
 ]
-
-#: Where a routed response carries its routing record, in `additional_kwargs`.
-METADATA_KEY = "omniroute"
 
 Response = TypeVar("Response", ChatResponse, CompletionResponse)
 
@@ -135,11 +131,6 @@ def _with_usage(raw: Any, settlement: Settlement) -> Any:
     reported = raw.get("usage")
     merged = {**reported, **usage} if isinstance(reported, Mapping) else usage
     return {**raw, "usage": merged}
-
-
-def routing_record(decision: Decision, settlement: Settlement | None = None) -> dict[str, Any]:
-    """The routing record a response carries: the decision and, once settled, its usage and costs."""
-    return decision.to_dict() if settlement is None else {**decision.to_dict(), **settlement.to_dict()}
 
 
 def annotate(

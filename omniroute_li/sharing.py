@@ -206,9 +206,8 @@ class _UnsharedLedger(LedgerStore):
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
         raise LedgerNotShared(self.why)
 
-    def set_budget(  # noqa: D102 - see LedgerStore
-        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False,
-        idle_ttl_s: float | None = None,
+    def _set_budget(  # noqa: D102 - see LedgerStore
+        self, scope: str, budget: Budget, reset: bool, only_if_absent: bool, idle_ttl_s: float | None,
     ) -> bool:
         return self._refuse()
 
@@ -218,16 +217,16 @@ class _UnsharedLedger(LedgerStore):
     def scopes(self) -> list[str]:  # noqa: D102
         return self._refuse()
 
-    def reserve(self, reservation_id: str, scopes: Sequence[str], amount: float, ttl_s: float) -> None:  # noqa: D102
+    def _reserve(self, reservation_id: str, chain: Sequence[str], nanos: int, ttl_s: float) -> None:  # noqa: D102
         self._refuse()
 
-    def commit(self, reservation_id: str, actual: float, model: str | None = None) -> bool:  # noqa: D102
+    def _commit(self, reservation_id: str, nanos: int, model: str | None) -> bool:  # noqa: D102
         return self._refuse()
 
     def release(self, reservation_id: str) -> bool:  # noqa: D102
         return self._refuse()
 
-    def adjust_lambda(self, scope: str, value: float) -> None:  # noqa: D102
+    def _adjust_lambda(self, scope: str, value: float) -> None:  # noqa: D102
         self._refuse()
 
     def open_reservations(self) -> int:  # noqa: D102

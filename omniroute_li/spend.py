@@ -12,7 +12,7 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from pydantic import PrivateAttr
 
-from .messages import METADATA_KEY
+from shared_core.metering import METADATA_KEY
 
 __all__ = ["CandidateFailedEvent", "RoutedCallEndEvent", "SpendTracker"]
 

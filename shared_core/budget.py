@@ -1,27 +1,29 @@
-"""Budgets and the ledger that keeps them: reserve → commit | release, per nested scope.
+"""Budgets and the books a ledger keeps of them: reserve → commit | release, per nested scope.
 
 Every store keeps money as whole nano-dollars (10⁻⁹ USD). Integers make sums exact — a
 million commits add up to the cent, in any order, in Python, SQLite and Redis alike — and a
 nano-dollar is below the cost of a handful of tokens of any priced model, where micro-dollars
 are not (100 tokens of a $0.10-per-million model cost $0.00001). One amount may be at most
 MAX_USD = 2⁵¹ nano-dollars (≈ $2.25 million): below it a dollar float converts back to its exact
-nano-dollar count, and Redis scripts, which count in doubles, stay exact with room to spare."""
+nano-dollar count, and Redis scripts, which count in doubles, stay exact with room to spare.
+
+This module holds what a ledger keeps; the stores that keep it are peers in `shared_core.stores`
+(LedgerStore and MemoryStore are still importable from here)."""
 
 from __future__ import annotations
 
-import heapq
 import math
-import os
-import threading
-import time
-from abc import ABC, abstractmethod
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from .errors import BudgetExceeded, LedgerUnavailable, UnknownReservation, UnknownScope
+from .errors import BudgetExceeded, LedgerUnavailable, UnknownScope
+
+if TYPE_CHECKING:
+    from .stores.base import LedgerStore
+    from .stores.memory import MemoryStore
 
 __all__ = [
     "Budget",
@@ -300,293 +302,14 @@ def check_retention(retention_s: float) -> float:
     return float(retention_s)
 
 
-class LedgerStore(ABC):
-    """Where budgets live. Every method is atomic; reserve checks and charges all scopes together.
-
-    A reservation is open until committed, released, or `ttl_s` has passed; then it lapses and
-    its money returns to the budget. Committing a lapsed or released reservation still records
-    what was spent, once: the ledger remembers every finished id for `retention_s`.
-    """
-
-    @abstractmethod
-    def set_budget(
-        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False,
-        idle_ttl_s: float | None = None,
-    ) -> bool:
-        """Create the scope or change its budget, keeping what it has spent (see the rule below).
-
-        A new scope starts with no spend, its period (when `budget.period_s` is set) starting now.
-        For a scope that already has a budget, the rule is, in one atomic step:
-
-        1. The books first roll over under the budget they had: a period that has ended by now
-           ends as it would have anyway, and its spend no longer counts.
-        2. `reset=True` zeroes the spend of the current period — committed money, request,
-           release and lapse counts, spend per model — and starts a new period now.
-        3. Otherwise, when the period changes (none → some, some → none, or another length),
-           the current period is re-anchored to start now, and what was committed in the period
-           that was current stays counted in it: $9.99 spent of $10 stays $9.99 spent when
-           `period_s=86400` is added or a day shortened to an hour. Only `reset=True`, or the
-           new period's own roll-over (`period_s` after now), zeroes it.
-        4. When the period is unchanged, it keeps its start and its spend.
-
-        Money held by open reservations stays held, and λ is kept, whatever is asked.
-
-        `only_if_absent=True` creates the scope only if it has no budget and otherwise changes
-        nothing: a default budget set this way never overwrites an explicit one set before it,
-        even by another process an instant earlier.
-
-        `idle_ttl_s` (seconds, at least MIN_IDLE_TTL_S) makes the scope forgettable: once no
-        reservation, commit, release or budget change has touched it for that long and it holds
-        no money, the ledger deletes its books, so scopes made per session do not pile up. A
-        forgotten scope is a scope without a budget (its next budget starts with no spend); its
-        enclosing scopes keep everything it spent. Commits, releases and lapses of holds that
-        named it still go to those enclosing scopes. None (the default) keeps the scope until
-        it is deleted; setting a budget replaces the scope's `idle_ttl_s` with the one given.
-        Expiry runs inside later ledger operations, at most IDLE_BATCH scopes each.
-
-        Returns True when the budget was set, False when `only_if_absent` found one already.
-        ValueError for a malformed scope or `idle_ttl_s`.
-        """
-
-    @abstractmethod
-    def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
-        """Each scope's books (None for a scope without a budget), read together in one step."""
-
-    def state(self, scope: str) -> ScopeState | None:
-        """The scope's books, or None when it has no budget."""
-        return self.states([scope])[0]
-
-    @abstractmethod
-    def scopes(self) -> list[str]:
-        """Every scope that has a budget, sorted."""
-
-    @abstractmethod
-    def reserve(self, reservation_id: str, scopes: Sequence[str], amount: float, ttl_s: float) -> None:
-        """Hold `amount` in every scope, or raise BudgetExceeded and hold nothing.
-
-        Repeating an open reservation with the same scopes and amount does nothing (a retry
-        after a lost reply); reusing its id otherwise raises ValueError.
-        """
-
-    @abstractmethod
-    def commit(self, reservation_id: str, actual: float, model: str | None = None) -> bool:
-        """Turn a reservation into spend of `actual`; False when that id was already committed."""
-
-    @abstractmethod
-    def release(self, reservation_id: str) -> bool:
-        """Drop a reservation without spending; False when it was not open."""
-
-    @abstractmethod
-    def adjust_lambda(self, scope: str, value: float) -> None:
-        """Store the scope's dual variable."""
-
-    @abstractmethod
-    def open_reservations(self) -> int:
-        """How many reservations are open (after expiring stale ones)."""
-
-    @property
-    def url(self) -> str:
-        """Which ledger this is, as a URL without credentials (open_store's form where it has one).
-
-        Kept commits name their ledger by it (`shared_core.pending`): two stores with one URL are
-        one ledger. A store of your own should return something unique to the ledger it reaches."""
-        return f"{type(self).__module__}.{type(self).__qualname__}"
-
-    def report(self, scope: str | None = None) -> list[ScopeState]:
-        """The books of `scope` and every scope nested in it (all scopes when None), sorted."""
-        if scope is not None:
-            scope_chain(scope)
-        names = [s for s in self.scopes() if scope is None or s == scope or s.startswith(scope + "/")]
-        return [st for st in self.states(names) if st is not None]
-
-    def close(self) -> None:
-        """Let go of connections and files (the store must not be used afterwards)."""
+# The stores import this module's types, so their classes are fetched only when asked for here.
+_MOVED = {"LedgerStore": "base", "MemoryStore": "memory"}
 
 
-@dataclass
-class _Hold:
-    scopes: tuple[str, ...]
-    amount: int
-    expires_at: float
-    status: str = "open"
+def __getattr__(name: str) -> Any:
+    """LedgerStore and MemoryStore, from the modules in shared_core.stores they moved to."""
+    if name in _MOVED:
+        from importlib import import_module
 
-
-class MemoryStore(LedgerStore):
-    """A thread-safe ledger in this process's memory (the default; gone when the process ends)."""
-
-    def __init__(self, clock: Callable[[], float] = time.time, retention_s: float = DEFAULT_RETENTION_S) -> None:
-        self._lock = threading.Lock()
-        self._clock = clock
-        self._retention_s = check_retention(retention_s)
-        self._books: dict[str, ScopeBooks] = {}
-        self._touched: dict[str, float] = {}  # last activity of each forgettable scope
-        self._idle: list[tuple[float, str]] = []  # heap of forgettable scopes by when they may go
-        self._queued: dict[str, float] = {}  # each queued scope's live heap entry (others are stale)
-        self._open: dict[str, _Hold] = {}
-        self._done: dict[str, _Hold] = {}  # lapsed, committed or released, kept for retention_s
-        self._expiry: list[tuple[float, str]] = []  # heap of open holds by expiry
-        self._forget: deque[tuple[float, str]] = deque()  # finished holds, oldest first
-
-    def _sweep(self, now: float) -> None:
-        while self._expiry and self._expiry[0][0] <= now:
-            _, rid = heapq.heappop(self._expiry)
-            if rid in self._open:
-                hold = self._finish(rid, "lapsed", now)
-                for b in self._present(hold.scopes):
-                    b.reserved -= hold.amount
-                    b.expired += 1
-        while self._forget and self._forget[0][0] <= now:
-            self._done.pop(self._forget.popleft()[1], None)
-        for _ in range(IDLE_BATCH):
-            if not self._idle or self._idle[0][0] > now:
-                break
-            queued, scope = heapq.heappop(self._idle)
-            if self._queued.get(scope) != queued:
-                continue  # superseded by an earlier entry for the same scope
-            del self._queued[scope]
-            books = self._books.get(scope)
-            if books is None or books.idle_ttl_s is None:
-                self._touched.pop(scope, None)
-                continue
-            due = self._touched[scope] + books.idle_ttl_s
-            if books.reserved:  # still holding money: look again once its holds could have lapsed
-                due = max(due, now + books.idle_ttl_s)
-            if due > now:
-                self._queue(scope, due)
-                continue
-            del self._books[scope], self._touched[scope]
-
-    def _queue(self, scope: str, due: float) -> None:
-        if due < self._queued.get(scope, math.inf):
-            self._queued[scope] = due
-            heapq.heappush(self._idle, (due, scope))
-
-    def _touch(self, books: Sequence[ScopeBooks], now: float) -> None:
-        for b in books:
-            if b.idle_ttl_s is not None:
-                self._touched[b.scope] = now
-
-    def _present(self, scopes: Sequence[str]) -> list[ScopeBooks]:
-        """The books of those of `scopes` the ledger still has (a forgotten scope is skipped)."""
-        return [self._books[s] for s in scopes if s in self._books]
-
-    def _finish(self, rid: str, status: str, now: float) -> _Hold:
-        hold = self._open.pop(rid)
-        hold.status = status
-        self._done[rid] = hold
-        self._forget.append((now + self._retention_s, rid))
-        return hold
-
-    def _scope(self, scope: str, now: float) -> ScopeBooks:
-        books = self._books.get(scope)
-        if books is None:
-            raise UnknownScope(f"scope {scope!r} has no budget")
-        books.roll(now)
-        return books
-
-    def set_budget(
-        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False,
-        idle_ttl_s: float | None = None,
-    ) -> bool:
-        scope_chain(scope)
-        idle_ttl_s = check_idle_ttl(idle_ttl_s)
-        with self._lock:
-            now = self._clock()
-            self._sweep(now)
-            books = self._books.get(scope)
-            if books is None:
-                books = self._books[scope] = ScopeBooks(scope=scope, budget=budget, period_start=now)
-            elif only_if_absent:
-                return False
-            else:
-                books.rebudget(budget, now, reset)
-            if idle_ttl_s is not None:
-                self._queue(scope, now + idle_ttl_s)
-            books.idle_ttl_s = idle_ttl_s
-            self._touch([books], now)
-            return True
-
-    def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
-        with self._lock:
-            now = self._clock()
-            self._sweep(now)
-            return [self._scope(s, now).snapshot() if s in self._books else None for s in scopes]
-
-    def scopes(self) -> list[str]:
-        with self._lock:
-            self._sweep(self._clock())
-            return sorted(self._books)
-
-    def reserve(self, reservation_id: str, scopes: Sequence[str], amount: float, ttl_s: float) -> None:
-        nanos = to_nanos(amount, "reservation amount")
-        chain = check_reservation(scopes, ttl_s)
-        with self._lock:
-            now = self._clock()
-            self._sweep(now)
-            if reservation_id in self._open or reservation_id in self._done:
-                hold = self._open.get(reservation_id)
-                if hold is not None and (hold.scopes, hold.amount) == (chain, nanos):
-                    return
-                raise ValueError(f"reservation id {reservation_id!r} is already used")
-            books = [self._scope(s, now) for s in chain]
-            for b in books:
-                b.check(nanos)
-            for b in books:
-                b.reserved += nanos
-            self._touch(books, now)
-            self._open[reservation_id] = _Hold(chain, nanos, now + ttl_s)
-            heapq.heappush(self._expiry, (now + ttl_s, reservation_id))
-
-    def commit(self, reservation_id: str, actual: float, model: str | None = None) -> bool:
-        nanos = to_nanos(actual, "actual cost")
-        with self._lock:
-            now = self._clock()
-            self._sweep(now)
-            hold = self._open.get(reservation_id) or self._done.get(reservation_id)
-            if hold is None:
-                raise UnknownReservation(f"unknown reservation {reservation_id!r} (never made, or forgotten after retention)")
-            if hold.status == "committed":
-                return False
-            was_open = hold.status == "open"
-            if was_open:
-                self._finish(reservation_id, "committed", now)
-            hold.status = "committed"
-            books = self._present(hold.scopes)
-            for b in books:
-                b.roll(now)
-                if was_open:
-                    b.reserved -= hold.amount
-                b.charge(nanos, model)
-            self._touch(books, now)
-            return True
-
-    def release(self, reservation_id: str) -> bool:
-        with self._lock:
-            now = self._clock()
-            self._sweep(now)
-            if reservation_id not in self._open:
-                return False
-            hold = self._finish(reservation_id, "released", now)
-            books = self._present(hold.scopes)
-            for b in books:
-                b.roll(now)
-                b.reserved -= hold.amount
-                b.released += 1
-            self._touch(books, now)
-            return True
-
-    def adjust_lambda(self, scope: str, value: float) -> None:
-        if not math.isfinite(value):
-            raise ValueError(f"lambda must be finite, got {value}")
-        with self._lock:
-            self._scope(scope, self._clock()).lam = float(value)
-
-    @property
-    def url(self) -> str:
-        # A memory ledger is this object in this process: "memory://<pid>/<object id>".
-        return f"memory://{os.getpid()}/{id(self):x}"
-
-    def open_reservations(self) -> int:
-        with self._lock:
-            self._sweep(self._clock())
-            return len(self._open)
+        return getattr(import_module(f".stores.{_MOVED[name]}", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,7 @@ from typing import Any, ContextManager, Generic, TypeVar
 from .candidates import Candidate
 from .errors import AttemptTimeout
 from .fallbacks import AllCandidatesFailed, Attempt, ErrorKind, classify, falls_back
-from .pricing import Usage, usage_from_report
+from .pricing import Reported, Usage, usage_from_report
 from .budget import LedgerUnavailable
 from .router import Decision, Router
 from .tokens import count_tokens
@@ -374,10 +374,10 @@ def _remaining(router: Router, decision: Decision) -> float | None:
 def settle_usage(router: Router, decision: Decision, report: Any = None, output_text: str = "") -> Settlement:
     """Settle a finished call with the usage its provider reported, counting what it did not.
 
-    `report` is a `Usage`, or any token report `pricing.usage_from_report` reads (a LangChain
-    `usage_metadata`, an OpenAI or Anthropic `usage`), or None. A missing input total is the
-    router's own count of the request; a missing output total is `output_text` counted with the
-    chosen candidate's encoding. Settling twice charges once.
+    `report` is a `Usage`, any token report `pricing.usage_from_report` reads (a LangChain
+    `usage_metadata`, an OpenAI or Anthropic `usage`) or what it read (a `Reported`), or None. A
+    missing input total is the router's own count of the request; a missing output total is
+    `output_text` counted with the chosen candidate's encoding. Settling twice charges once.
     """
     return _traced(router, decision, lambda: _settle_usage(router, decision, report, output_text))
 
@@ -386,7 +386,7 @@ def _settle_usage(router: Router, decision: Decision, report: Any, output_text: 
     if isinstance(report, Usage):
         usage, source = report, "provider"
     else:
-        reported = usage_from_report(report)
+        reported = report if isinstance(report, Reported) else usage_from_report(report)
         has_input = reported is not None and reported.has_input
         has_output = reported is not None and reported.has_output
         usage = reported.usage if reported is not None else Usage()

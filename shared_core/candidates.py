@@ -48,6 +48,10 @@ class Candidate(BaseModel):
     supports_structured_output: bool = Field(
         True, description="Can serve structured-output requests (read from the framework model when unset)."
     )
+    accepts_output_cap: bool = Field(
+        True, description="Each call can be sent its own output cap (False: a client with no max_tokens setting; "
+                          "its worst case is then always its full max_output_tokens, and no cap is lowered)."
+    )
     prior_quality: float | None = Field(None, description="Expected quality in [0, 1] without data.")
     model: Any = Field(None, exclude=True, description="The framework model; the core never calls it.")
 
@@ -56,6 +60,9 @@ class Candidate(BaseModel):
     def _name_not_empty(cls, v: str) -> str:
         if not v or not v.strip():
             raise ValueError("candidate name must be a non-empty string")
+        if not v.isprintable():
+            # It is written to ledgers, logs and spans: a control character (NUL) breaks some of them.
+            raise ValueError(f"candidate name must be printable, got {v!r}")
         return v
 
     @field_validator("input_price", "output_price", "cache_read_price", "cache_write_price", "request_price",

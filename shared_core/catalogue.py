@@ -126,7 +126,9 @@ def describe(model: Any) -> Declared:
     string. TypeError for anything else."""
     if isinstance(model, str):
         match = _PROVIDER_PREFIX.fullmatch(model)
-        if match:
+        # Only a provider's name is a prefix: "qwen2:7b" (an Ollama tag) and "ft:gpt-4o-mini:org::id" (a
+        # fine-tune) are model names with a colon in them.
+        if match and match["provider"].lower() in _known_providers():
             return Declared(name=match["model"], provider_ref=match["provider"], provider=match["provider"])
         return Declared(name=model)
     # Each adapter owns how its framework's models describe themselves; imported only when needed.
@@ -143,6 +145,22 @@ def describe(model: Any) -> Declared:
         f"Candidate.from_model takes a LangChain chat model, a LlamaIndex LLM or a 'provider:model' string, "
         f"got {type(model).__name__}"
     )
+
+
+#: LangChain's `init_chat_model` provider names (genai-prices' own ids are added when it is installed).
+_LANGCHAIN_PROVIDERS = frozenset({
+    "openai", "anthropic", "azure_openai", "azure_ai", "google_vertexai", "google_genai", "google_anthropic_vertex",
+    "bedrock", "bedrock_converse", "cohere", "fireworks", "together", "mistralai", "huggingface", "groq", "ollama",
+    "deepseek", "ibm", "nvidia", "xai", "perplexity",
+})
+
+
+def _known_providers() -> frozenset[str]:
+    try:
+        from genai_prices.data import providers
+    except ImportError:
+        return _LANGCHAIN_PROVIDERS
+    return _LANGCHAIN_PROVIDERS | {p.id.lower() for p in providers}
 
 
 def _unknown(declared: Declared, why: str) -> ValueError:
@@ -181,7 +199,8 @@ def _window(entry: Entry, window: int | None, overrides: dict[str, Any]) -> int 
     if stated is None:
         # A model billed by tiers takes prompts at least as long as its dearer tier's start.
         return entry.tier_start if window is None else min(window, entry.tier_start)
-    if stated > entry.tier_start:
+    # A stated value of the wrong type is left to the Candidate's validation, which names the field.
+    if isinstance(stated, (int, float)) and not isinstance(stated, bool) and stated > entry.tier_start:
         logger.warning(
             "%s: %s/%s bills prompts above %d input tokens at a dearer tier than the base prices OmniRoute "
             "charges; with context_window=%d such calls cost more than it counts",

@@ -7,13 +7,14 @@ LlamaIndex adapters are thin subclasses).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from .errors import NotFittedError
 from .ngrams import TOKEN_PATTERN, AnalyzerCounter, WordNgramCounter
+from .quality.base import Estimator, l2_normalise
 
 __all__ = ["Embedder", "TfidfSvdEmbedder", "FunctionEmbedder", "tail_text", "check_texts", "l2_normalise"]
 
@@ -38,13 +39,6 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     return out
 
 
-def l2_normalise(X: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), so a dot product is a cosine."""
-    X = np.asarray(X, dtype=np.float64)
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.where(norms > 0, norms, 1.0)
-
-
 def tail_text(text: str, min_chars: int = 200) -> str:
     """The last paragraphs of `text`, at least `min_chars` long when the text allows.
 
@@ -60,7 +54,7 @@ def tail_text(text: str, min_chars: int = 200) -> str:
     return tail
 
 
-class TfidfSvdEmbedder:
+class TfidfSvdEmbedder(Estimator):
     """Word (and optionally character) n-gram TF-IDF of the prompt and its tail, reduced by SVD.
 
     The sparse vector is √(1−w)·tfidf(prompt) + √w·tfidf(tail(prompt)) (each L2-normalised, one
@@ -177,31 +171,23 @@ class TfidfSvdEmbedder:
         # Row-major (features × dim): a sparse row times it touches one contiguous row per n-gram.
         self._projection = np.ascontiguousarray(self.components_.T)
 
-    def transform(self, texts: Sequence[str]) -> np.ndarray:
-        """Embeddings of `texts`, shape (n, dim), unit length."""
+    def _check_fitted(self) -> None:
         if not hasattr(self, "components_"):
             raise NotFittedError("TfidfSvdEmbedder is not fitted: call fit(training_prompts) first")
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of `texts`, shape (n, dim), unit length."""
+        self._check_fitted()
         texts = check_texts(texts)
         return l2_normalise(self._sparse(texts) @ self._projection)
 
-    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """JSON-able parameters and vocabularies, plus the IDF weights and SVD directions."""
-        params = {
-            "dim": self.dim, "tail_weight": self.tail_weight, "tail_chars": self.tail_chars,
-            "min_df": self.min_df, "char_ngrams": None if self.char_ngrams is None else list(self.char_ngrams),
-            "word_ngrams": list(self.word_ngrams), "random_state": self.random_state,
-            "vocabularies": self.vocabularies_,
-        }
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The vocabularies, plus the IDF weights and SVD directions."""
         arrays = {f"idf_{i}": w for i, w in enumerate(self.idf_)}
-        return params, {**arrays, "components": self.components_}
+        return {"vocabularies": self.vocabularies_}, {**arrays, "components": self.components_}
 
-    @classmethod
-    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "TfidfSvdEmbedder":
-        """Rebuild a fitted embedder from get_state() output (ValueError when inconsistent)."""
-        params = dict(params)
-        vocabularies = params.pop("vocabularies")
-        self = cls(**params)
-        self._check_params()
+    def _restore(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        vocabularies = state["vocabularies"]
         if not (isinstance(vocabularies, list)
                 and all(isinstance(v, list) and all(isinstance(t, str) for t in v) for v in vocabularies)):
             raise ValueError("embedder vocabularies must be lists of strings")
@@ -217,7 +203,6 @@ class TfidfSvdEmbedder:
         if components.ndim != 2 or components.shape[1] != width:
             raise ValueError(f"SVD components of shape {components.shape} do not match {width} TF-IDF features")
         self._set_components(components)
-        return self
 
 
 def _normalise_rows(X: Any) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,9 +15,7 @@ from .embed import TfidfSvdEmbedder
 from .length import HybridLength, LengthPrior
 from .pricing import price_tokens
 from .progress import progress
-from .quality import (
-    ClusterQuality, HybridQuality, KNNQuality, LearnedMapQuality, LogisticQuality, PriorQuality,
-)
+from .quality import PREDICTORS
 from .router import Router
 from .selection import BASELINE, DEFAULT_FOLDS, PredictorSpec, Selection, out_of_fold_quality, select_predictor
 
@@ -27,16 +25,6 @@ __all__ = [
     "PREDICTORS", "DEFAULT_PREDICTOR", "make_predictor", "fit_router", "CostFit", "fit_prices", "output_lengths",
     "priced_candidates", "POOR_FIT_R2", "AUTO", "PREDICTOR_NAMES",
 ]
-
-#: Quality predictors by name: each entry builds an unfitted predictor.
-PREDICTORS: dict[str, Callable[[], Any]] = {
-    "prior": PriorQuality,
-    "knn": KNNQuality,
-    "parametric": LogisticQuality,
-    "hybrid": HybridQuality,
-    "cluster": ClusterQuality,
-    "learned-map": LearnedMapQuality,
-}
 
 #: The name under which `fit_router` chooses the predictor by cross-validation (`shared_core.selection`).
 AUTO = "auto"

@@ -7,12 +7,12 @@ weight δ. The router turns predicted tokens into the pre-call cost estimate.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .quality.base import check_fitted, check_profile, check_rows, model_index
+from .quality.base import Estimator, check_fitted, check_profile, check_rows, model_index
 from .quality.memory import LabelMemory
 
 __all__ = ["LengthPrior", "HybridLength", "check_lengths"]
@@ -38,7 +38,7 @@ def _column_means(L: np.ndarray, default: float) -> np.ndarray:
     return np.where(counts > 0, np.nansum(L, axis=0) / np.maximum(counts, 1), default)
 
 
-class LengthPrior:
+class LengthPrior(Estimator):
     """Each model's mean output tokens over the training set; `default` for models without data."""
 
     needs_embedding = False
@@ -71,23 +71,18 @@ class LengthPrior:
         self.mean_ = np.delete(self.mean_, j)
         self.models_ = [m for m in self.models_ if m != name]
 
-    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Parameters and model names, plus the means."""
-        check_fitted(self)
-        return {"default": float(self.default), "models": list(self.models_)}, {"mean": self.mean_}
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Model names, plus the means."""
+        return {"models": list(self.models_)}, {"mean": self.mean_}
 
-    @classmethod
-    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "LengthPrior":
-        """Rebuild a fitted predictor from get_state() output (ValueError when inconsistent)."""
-        self = cls(default=params["default"])
-        self.models_ = [str(m) for m in params["models"]]
+    def _restore(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        self.models_ = [str(m) for m in state["models"]]
         self.mean_ = np.asarray(arrays["mean"], float)
         if self.mean_.shape != (len(self.models_),) or (self.mean_ < 0).any():
             raise ValueError(f"{self.mean_.shape} mean lengths (must be >= 0) for {len(self.models_)} models")
-        return self
 
 
-class HybridLength:
+class HybridLength(Estimator):
     """L = δ·ridge(x) + (1 − δ)·mean length of the k nearest training prompts, per model."""
 
     needs_embedding = True
@@ -154,19 +149,13 @@ class HybridLength:
         self.mean_ = np.delete(self.mean_, j)
         self.models_ = [m for m in self.models_ if m != name]
 
-    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Parameters and model names, plus the memory and the ridge weights."""
-        check_fitted(self)
-        params = {"delta": float(self.delta), "k": int(self.k), "alpha": float(self.alpha),
-                  "default": float(self.default), "models": list(self.models_)}
-        return params, {"X": self.memory_.X, "L": self.memory_.Y, "coef": self.coef_, "intercept": self.intercept_}
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Model names, plus the memory and the ridge weights."""
+        arrays = {"X": self.memory_.X, "L": self.memory_.Y, "coef": self.coef_, "intercept": self.intercept_}
+        return {"models": list(self.models_)}, arrays
 
-    @classmethod
-    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "HybridLength":
-        """Rebuild a fitted predictor from get_state() output (ValueError when inconsistent)."""
-        self = cls(delta=params["delta"], k=params["k"], alpha=params["alpha"], default=params["default"])
-        self._check_params()
-        X, L, self.models_ = check_lengths(arrays["X"], arrays["L"], params["models"])
+    def _restore(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        X, L, self.models_ = check_lengths(arrays["X"], arrays["L"], state["models"])
         coef, intercept = np.asarray(arrays["coef"], float), np.asarray(arrays["intercept"], float)
         if coef.shape != (len(self.models_), X.shape[1]) or intercept.shape != (len(self.models_),):
             raise ValueError(f"ridge weights {coef.shape}/{intercept.shape} do not fit {len(self.models_)} "
@@ -174,4 +163,3 @@ class HybridLength:
         self.memory_ = LabelMemory.restore(X, L)
         self.mean_ = _column_means(L, self.default)
         self.coef_, self.intercept_ = coef, intercept
-        return self

@@ -55,16 +55,14 @@ from .candidates import Candidate
 from .embed import TfidfSvdEmbedder
 from .length import HybridLength, LengthPrior
 from .pacing import DualPacer
-from .quality import (
-    ClusterQuality, HybridQuality, KNNQuality, LearnedMapQuality, LogisticQuality, PriorQuality,
-)
+from .quality import PREDICTORS, Estimator
 
 if TYPE_CHECKING:
     from .router import Router
 
 __all__ = [
-    "FORMAT", "VERSION", "COMPONENTS", "SETTINGS", "MAX_ARRAY_BYTES", "MAX_MANIFEST_BYTES", "CHUNK_BYTES",
-    "PersistError", "save_router", "load_router",
+    "FORMAT", "VERSION", "COMPONENTS", "RENAMED_KINDS", "SETTINGS", "MAX_ARRAY_BYTES", "MAX_MANIFEST_BYTES",
+    "CHUNK_BYTES", "PersistError", "save_router", "load_router",
 ]
 
 FORMAT = "omniroute-router"
@@ -92,18 +90,16 @@ _MAX_NPY_HEADER = 1 << 16
 _READ_ATTEMPTS = 5
 _SETTLE_S = 0.05
 
-#: Every class a saved router may name, by its kind in the manifest.
-COMPONENTS: dict[str, type] = {
-    "prior": PriorQuality,
-    "knn": KNNQuality,
-    "logistic": LogisticQuality,
-    "hybrid": HybridQuality,
-    "cluster": ClusterQuality,
-    "learned-map": LearnedMapQuality,
+#: Every class a saved router may name, by its kind in the manifest: the quality predictors
+#: under their registry names (`quality.PREDICTORS`), then the length predictors and the embedder.
+COMPONENTS: dict[str, type[Estimator]] = {
+    **PREDICTORS,
     "length-prior": LengthPrior,
     "length-hybrid": HybridLength,
     "tfidf-svd": TfidfSvdEmbedder,
 }
+#: Kinds that routers saved by earlier versions name, by the kind now in COMPONENTS.
+RENAMED_KINDS = {"logistic": "parametric"}
 _KIND_OF = {cls: kind for kind, cls in COMPONENTS.items()}
 _SLOTS = ("embedder", "quality", "lengths")
 # An embedder wrapping a framework model (LangChain, LlamaIndex) is reattached, not saved.
@@ -456,7 +452,7 @@ def _load_component(spec: Any, slot: str, arrays: Mapping[str, np.ndarray]) -> A
         raise PersistError(
             f"this router was saved with an external {slot} ({spec.get('class')}): pass {slot}= to load it"
         )
-    cls = COMPONENTS.get(kind)
+    cls = COMPONENTS.get(RENAMED_KINDS.get(kind, kind))
     if cls is None:
         raise PersistError(f"{MANIFEST}: unknown {slot} kind {kind!r}; known kinds: {sorted(COMPONENTS)}")
     prefix = f"{slot}/"

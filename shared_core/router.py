@@ -29,6 +29,7 @@ from .budget import (
 )
 from .candidates import Candidate, validate_candidates
 from .errors import NoFeasibleCandidate, RoutingError
+from .feasibility import Request, describe, output_caps, reasons
 from .length import LengthPrior
 from .fallbacks import Attempt, ErrorKind, classify
 from .pacing import DualPacer
@@ -243,6 +244,7 @@ class Router:
         # prompt written to the provider's cache costs more than plain input).
         self._p_in_worst = np.array([c.dearest_input_price for c in cands])
         self._max_out = np.array([c.max_output_tokens for c in cands], dtype=np.float64)
+        self._uncapped = np.array([not c.accepts_output_cap for c in cands], dtype=bool)
         self._window = np.array([c.context_window for c in cands], dtype=np.float64)
 
     @property
@@ -359,6 +361,12 @@ class Router:
                 # A candidate without length data (added without profile answers) is expected
                 # to answer like the others do for this prompt.
                 lengths[:, ~has] = lengths[:, has].mean(axis=1, keepdims=True)
+        bad = ~(np.isfinite(lengths) & (lengths >= 0))
+        if bad.any():
+            # A length predictor's bug must not price calls at NaN: the output limit is what a call can cost.
+            logger.warning("the length predictor gave %d invalid predictions (NaN, infinite or negative); "
+                           "counting the candidates' output limits for them", int(bad.sum()))
+            lengths = np.where(bad, self._max_out, lengths)
         return q, lengths
 
     def estimate(self, prompts: Sequence[str], input_tokens: np.ndarray | None = None) -> Estimate:
@@ -438,22 +446,18 @@ class Router:
         q, out = self._predict(self._features([text]), 1)
         q, out = q[0], out[0]
         caps = output_caps(input_tokens, self._max_out, self._window, max_tokens)
+        # A client that cannot be sent a cap writes up to its own limit whatever was asked: that is its worst case.
+        caps = np.where(self._uncapped, output_caps(input_tokens, self._max_out, self._window, None), caps)
         out = np.minimum(out, caps)
         cost = price_tokens(input_tokens, out, self._p_in, self._p_out) + self._p_req
         worst = price_tokens(input_tokens, caps, self._p_in_worst, self._p_out) + self._p_req
 
-        feasible = np.array([
-            (model is None or c.name == model)
-            and c.name not in exclude
-            and caps[j] >= 1
-            and (not tool_list or c.supports_tools)
-            and (not structured_output or c.supports_structured_output)
-            for j, c in enumerate(cands)
-        ])
+        asked = Request(max_tokens=max_tokens, tools=bool(tool_list), structured_output=structured_output,
+                        exclude=exclude, model=model)
+        why = reasons(cands, input_tokens, caps, asked)
+        feasible = np.array([not w for w in why])
         if not feasible.any():
-            raise NoFeasibleCandidate(
-                _why_infeasible(cands, input_tokens, max_tokens, tool_list, structured_output, exclude, model)
-            )
+            raise NoFeasibleCandidate(describe(cands, why, asked))
         lam = max([self.cost_weight] + [self.pacer.price(s) for s in states])
         if weights:
             q = q * _weights(weights, [c.name for c in cands])
@@ -525,8 +529,8 @@ class Router:
         """The largest output cap whose worst case fits `left` USD, or None when it would fall below
         `cap_headroom` × the predicted output (or MIN_LOWERED_CAP): an answer that long is unlikely to be cut."""
         predicted = base.output_tokens.get(name)
-        if self.cap_headroom is None or predicted is None:
-            return None
+        if self.cap_headroom is None or predicted is None or not self.candidate(name).accepts_output_cap:
+            return None  # a cap that cannot be sent cannot be lowered
         candidate, tokens = self.candidate(name), base.input_tokens[name]
         floor = max(MIN_LOWERED_CAP, math.ceil(self.cap_headroom * predicted))
         per_token = candidate.output_price / 1e6
@@ -717,11 +721,10 @@ class Router:
         ledger is touched: the plan is for callers that run the calls themselves.
         """
         est = self.estimate(prompts, input_tokens)
-        windows = np.array([c.context_window for c in self._candidates])
         solution = solve(
             est.quality, est.cost, budget=budget, quality_target=quality_target,
             capacity=capacity_counts(capacities, est.candidates, len(est.cost)),
-            feasible=est.input_tokens < windows,
+            feasible=output_caps(est.input_tokens, self._max_out, self._window, None) >= 1,
         )
         return BatchRouting([est.candidates[j] for j in solution.choice], solution, est)
 
@@ -895,22 +898,6 @@ def _routed(decision: Decision) -> Decision:
     return decision
 
 
-def output_caps(
-    input_tokens: np.ndarray, max_output: np.ndarray, window: np.ndarray, max_tokens: int | None
-) -> np.ndarray:
-    """Output tokens each candidate may write for a prompt (≤ 0: it cannot serve it).
-
-    Input plus output must fit the context window. An explicit `max_tokens` is the cap asked
-    for (above the candidate's own output limit it is lowered to it), and a prompt too long to
-    leave room for it makes the candidate infeasible; without one the cap is the candidate's
-    output limit, shortened to the room the prompt leaves, as providers do.
-    """
-    if max_tokens is None:
-        return np.minimum(max_output, window - input_tokens)
-    caps = np.minimum(max_output, float(max_tokens))
-    return np.where(input_tokens + caps <= window, caps, 0.0)
-
-
 def _overrun(decision: Decision, cost: float, before: Sequence[ScopeState]) -> float:
     """USD of a committed cost that no reservation covered: beyond the decision's own hold, or —
     when the hold had lapsed before the commit — what took a scope (in `before`, its books just
@@ -946,26 +933,3 @@ def _refusal(
         scope=tight.scope, remaining=tight.remaining, worst_case_usd=worst[cheapest], output_tokens=cap,
         model=cheapest,
     )
-
-
-def _why_infeasible(
-    cands: Sequence[Candidate], tokens: np.ndarray, max_tokens: int | None, tools: list, structured: bool,
-    exclude: Sequence[str], model: str | None,
-) -> str:
-    reasons = []
-    for j, c in enumerate(cands):
-        if model is not None and c.name != model:
-            continue
-        why = []
-        if c.name in exclude:
-            why.append("excluded")
-        need = int(tokens[j]) + (min(max_tokens, c.max_output_tokens) if max_tokens is not None else 1)
-        if need > c.context_window:
-            asked = "" if max_tokens is None else f" plus max_tokens={max_tokens}"
-            why.append(f"prompt of {int(tokens[j])} tokens{asked} exceeds its context window of {c.context_window}")
-        if tools and not c.supports_tools:
-            why.append("cannot call tools")
-        if structured and not c.supports_structured_output:
-            why.append("no structured output")
-        reasons.append(f"{c.name}: {', '.join(why)}")
-    return "no candidate can serve this request (" + "; ".join(reasons) + ")"

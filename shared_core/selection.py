@@ -17,7 +17,6 @@ switch made on noise loses on new prompts as often as it wins.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -28,7 +27,7 @@ import numpy as np
 
 from .evaluate import deferral_curve, reference_column
 from .progress import progress
-from .quality import HybridQuality, KNNQuality, LogisticQuality
+from .quality import Estimator, HybridQuality
 
 __all__ = [
     "PredictorSpec", "Selection", "DEFAULT_GRID", "DEFAULT_FOLDS", "BASELINE", "select_predictor",
@@ -41,7 +40,7 @@ DEFAULT_FOLDS = 5
 
 @dataclass(frozen=True)
 class PredictorSpec:
-    """A quality predictor by registry name (`fitting.PREDICTORS`) with hyper-parameters."""
+    """A quality predictor by registry name (`quality.PREDICTORS`) with hyper-parameters."""
 
     kind: str
     params: tuple[tuple[str, Any], ...] = ()
@@ -122,20 +121,14 @@ def _check_folds(folds: Any, n: int) -> int:
     return int(folds)
 
 
-def _params(predictor: Any) -> dict[str, Any]:
-    """A predictor's constructor parameters (scikit-learn's convention: kept as attributes)."""
-    names = [n for n in inspect.signature(type(predictor).__init__).parameters if n != "self"]
-    return {n: getattr(predictor, n) for n in names}
-
-
-def _key(predictor: Any) -> tuple:
-    """A predictor's class and every constructor parameter: equal keys predict alike."""
-    return (type(predictor), *_params(predictor).items())
+def _key(predictor: Estimator) -> tuple:
+    """A predictor's class and every hyper-parameter: equal keys predict alike."""
+    return (type(predictor), *predictor.get_params().items())
 
 
 def out_of_fold_quality(
-    predictor: Any, X: np.ndarray, Y: np.ndarray, models: Sequence[str], *, folds: int = DEFAULT_FOLDS, seed: int = 0,
-    groups: Sequence[Any] | None = None,
+    predictor: Estimator, X: np.ndarray, Y: np.ndarray, models: Sequence[str], *, folds: int = DEFAULT_FOLDS,
+    seed: int = 0, groups: Sequence[Any] | None = None,
 ) -> np.ndarray:
     """(n, m) quality predictions for the rows of X, each by an unfitted copy of `predictor`
     fitted on the other folds: what the predictor says of prompts it has not seen.
@@ -152,7 +145,7 @@ def out_of_fold_quality(
     Q = np.empty((n, len(models)))
     for f in range(folds):
         fit, held = fold != f, fold == f
-        Q[held] = type(predictor)(**_params(predictor)).fit(X[fit], Y[fit], list(models)).predict(X[held])
+        Q[held] = predictor.clone().fit(X[fit], Y[fit], list(models)).predict(X[held])
     return Q
 
 
@@ -161,7 +154,7 @@ def select_predictor(
     Y: np.ndarray,
     cost: np.ndarray,
     models: Sequence[str],
-    make: Callable[[PredictorSpec], Any],
+    make: Callable[[PredictorSpec], Estimator],
     *,
     grid: Sequence[PredictorSpec] = DEFAULT_GRID,
     baseline: PredictorSpec = BASELINE,
@@ -219,7 +212,7 @@ def select_predictor(
         predictor = make(grid[i])
         q = cache.get(_key(predictor))
         if q is None and isinstance(predictor, HybridQuality):
-            halves = (_key(LogisticQuality(C=predictor.C)), _key(KNNQuality(k=predictor.k, shrinkage=predictor.shrinkage)))
+            halves = [_key(half) for half in predictor.halves()]
             if all(h in cache for h in halves):
                 q = HybridQuality.blend(cache[halves[0]], cache[halves[1]], predictor.gamma)
         if q is None:

@@ -94,8 +94,7 @@ def _hostile_ledger(url: str) -> None:
     another program) may: today's stores refuse such a scope, the CLI must still show it safely."""
     from unittest import mock
 
-    import shared_core.stores.redis as redis_store
-    import shared_core.stores.sqlite as sqlite_store
+    import shared_core.stores.base as store_base
 
     def unchecked(scope: str) -> tuple[str, ...]:
         parts = scope.split("/")
@@ -105,8 +104,7 @@ def _hostile_ledger(url: str) -> None:
     try:
         from shared_core.budget import Budget
 
-        with mock.patch.object(sqlite_store, "scope_chain", unchecked), \
-                mock.patch.object(redis_store, "scope_chain", unchecked):
+        with mock.patch.object(store_base, "scope_chain", unchecked):
             store.set_budget(HOSTILE_SCOPE, Budget(usd=5.0))
         store.reserve("r1", ["acme", HOSTILE_SCOPE], 1.0, ttl_s=60)
         store.commit("r1", 0.25, HOSTILE_MODEL)

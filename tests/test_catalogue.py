@@ -228,3 +228,16 @@ def test_openai_models_count_with_their_own_encoding():
     assert Candidate.from_model("openai:gpt-4o").encoding == "o200k_base"
     assert Candidate.from_model("openai:gpt-4o", encoding="cl100k_base").encoding == "cl100k_base"
     assert Candidate.from_model("anthropic:claude-3-5-haiku-latest").encoding == "cl100k_base"
+
+
+@pytest.mark.parametrize("name", ["qwen2:7b", "ft:gpt-4o-mini-2024-07-18:org::abc123"])
+def test_a_colon_in_a_model_name_is_not_a_provider(name):
+    candidate = Candidate.from_model(name, input_price=0.1, output_price=0.2)
+    assert candidate.name == name
+
+
+def test_a_wrongly_typed_override_is_a_validation_error_naming_the_field():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="context_window"):
+        Candidate.from_model("google:gemini-2.5-pro", context_window="lots")

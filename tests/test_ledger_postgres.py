@@ -176,3 +176,63 @@ def test_crossing_chains_lapsing_holds_and_idle_scopes_never_deadlock(tmp_path):
         assert store.scopes() == sorted(scopes)
         for state in store.states(scopes):
             assert state.reserved == 0.0 and to_nanos(state.committed) == committed[state.scope]
+
+
+def test_a_server_that_refuses_writes_is_unavailable_and_the_router_keeps_the_money(tmp_path):
+    # After a failover to a standby the server answers, read-only: that is an unavailable ledger
+    # (the settle is kept and retried), never a raw psycopg error that loses a paid call.
+    from shared_core import Candidate, Router
+
+    with store_url("postgres", tmp_path) as url:
+        writable = open_store(url)
+        writable.set_budget("acme", Budget(usd=1.0))
+        router = Router([Candidate(name="m", input_price=1, output_price=1, prior_quality=0.5)], store=writable)
+        decision = router.decide("hello", "acme")
+        from shared_core.stores.postgres import PostgresStore
+
+        read_only = PostgresStore(f"{PG_URL}?options=-c%20default_transaction_read_only%3Don", schema=writable.schema)
+        with pytest.raises(LedgerUnavailable, match="read-only"):
+            read_only.reserve("r2", ["acme"], 0.1, ttl_s=60)
+        router.store = read_only
+        router.settle(decision, cost=0.01)  # the ledger cannot take it: kept, not lost
+        assert len(router._kept) == 1
+        router.store = writable
+        router.retry_pending()
+        assert writable.state("acme").committed == pytest.approx(0.01)
+        read_only.close()
+        writable.close()
+
+
+def test_a_row_locked_elsewhere_fails_in_bounded_time(tmp_path):
+    with ledger("postgres", tmp_path) as store:
+        store.set_budget("acme", Budget(usd=1.0))
+        schema = store.schema
+        with postgres_admin() as admin, admin.transaction():
+            admin.execute(f'SELECT 1 FROM "{schema}".scopes WHERE name = %s FOR UPDATE', ("acme",))
+            started = time.monotonic()
+            with pytest.raises(LedgerUnavailable):
+                store.reserve("r", ["acme"], 0.1, ttl_s=60)
+            assert time.monotonic() - started < 8  # lock_timeout, not forever
+        store.reserve("r", ["acme"], 0.1, ttl_s=60)  # and works once the lock is gone
+
+
+def test_a_server_that_stops_answering_is_cut_off(tmp_path, monkeypatch):
+    # A frozen server (or a path that swallows packets) keeps the socket open and never answers:
+    # the client shuts the socket after _SEVER_S and the call fails as unavailable (a statement
+    # the server would run for 30 s stands in for the silence; statement_timeout is 5 s).
+    import shared_core.stores.postgres as pg
+
+    monkeypatch.setattr(pg, "_SEVER_S", 0.5)
+    with ledger("postgres", tmp_path) as store:
+        store._sql["scopes"] = "SELECT pg_sleep(30)"
+        started = time.monotonic()
+        with pytest.raises(LedgerUnavailable):
+            store.scopes()
+        assert time.monotonic() - started < 3  # cut off, and once more on the retried connection
+
+
+def test_values_postgresql_cannot_hold_are_value_errors():
+    from shared_core import Candidate
+
+    with pytest.raises(ValueError, match="printable"):
+        Candidate(name="a\x00b", input_price=1, output_price=1)

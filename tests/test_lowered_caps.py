@@ -134,3 +134,35 @@ def test_a_tight_budget_on_one_task_is_spent(routerbench, task):
     router.cap_headroom = None
     strict = online_run(router, test, 0.1 * ref_cost, 0.1, order="random")
     assert run.accuracy >= strict.accuracy - 0.005
+
+
+def test_a_cap_that_cannot_be_sent_is_never_lowered():
+    # A client with no max_tokens setting writes up to its own limit whatever is reserved: lowering
+    # its cap would reserve less than it can cost.
+    router = pair(cap_headroom=4.0)
+    router.update_candidate(router.candidate("dear").model_copy(update={"accepts_output_cap": False}))
+    input_cost = router.candidate("dear").worst_case_cost(router.decide(PROMPT).input_tokens["dear"], 0)
+    router.set_budget("s", Budget(usd=input_cost + 500 * 30e-6))
+    decision = router.decide(PROMPT, "s")
+    assert decision.chosen == "cheap" and not decision.cap_lowered
+    # Nor does an explicit max_tokens lower what it reserves.
+    assert router.decide(PROMPT, max_tokens=10).output_caps["dear"] == 1024
+
+
+def test_a_langchain_model_without_a_cap_setting_is_not_lowered():
+    from langchain_core.language_models import GenericFakeChatModel
+
+    from omniroute_lc import ChatOmniRoute
+
+    uncappable = GenericFakeChatModel(messages=iter(["an answer"]))
+    chat = ChatOmniRoute(candidates=[Candidate(name="m", model=uncappable, input_price=1, output_price=1,
+                                               prior_quality=0.5, max_output_tokens=100)])
+    assert chat.router.candidate("m").accepts_output_cap is False
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1.0, float("inf")])
+def test_an_invalid_length_prediction_counts_the_output_limit(bad, caplog):
+    router = pair(answer_tokens=bad)
+    decision = router.decide(PROMPT)
+    assert decision.output_tokens["dear"] == 1024 and np.isfinite(decision.cost["dear"])
+    assert "invalid predictions" in caplog.text

@@ -15,6 +15,7 @@ from shared_core.fitting import PREDICTORS, fit_router
 from shared_core.pacing import DualPacer
 from shared_core.persist import VERSION, PersistError
 from shared_core.router import Router
+from shared_core.selection import PredictorSpec
 
 
 @pytest.fixture(scope="session")
@@ -167,6 +168,22 @@ def test_damaged_or_forged_files_raise_a_clear_error(copy_of_saved, damage, mess
     damage(copy_of_saved)
     with pytest.raises(PersistError, match=message):
         Router.load(copy_of_saved)
+
+
+def test_a_manifest_naming_the_old_logistic_kind_still_loads(small, embedder, prompts, tmp_path):
+    router = fit_router(small, "parametric", embedder=embedder)
+    router.save(tmp_path)
+    rewrite_manifest(tmp_path, lambda b: b["components"]["quality"].update(kind="logistic"))
+    assert_same_estimates(router, Router.load(tmp_path), prompts)
+
+
+def test_a_hybrid_saved_before_it_wrote_its_own_parameters_takes_its_halves(small, embedder, prompts, tmp_path):
+    router = fit_router(small, PredictorSpec.of("hybrid", gamma=0.3, k=50, C=1.0, shrinkage=2.0), embedder=embedder)
+    router.save(tmp_path)
+    rewrite_manifest(tmp_path, lambda b: [b["components"]["quality"]["params"].pop(p) for p in ("k", "C", "shrinkage")])
+    loaded = Router.load(tmp_path)
+    assert loaded.quality.get_params() == router.quality.get_params()
+    assert_same_estimates(router, loaded, prompts)
 
 
 def test_a_forged_array_file_with_matching_checksums_is_still_checked(copy_of_saved):

@@ -87,6 +87,18 @@ def test_predictions_are_qualities_per_model(name, fitted, train, X_test):
 
 
 @pytest.mark.parametrize("name", sorted(PREDICTORS))
+def test_hyper_parameters_are_those_of_init(name, fitted):
+    """get_params, clone and the saved state all carry the constructor's parameters, and only them."""
+    predictor = fitted[name]
+    twin = predictor.clone()
+    assert twin.get_params() == predictor.get_params() and not hasattr(twin, "models_")
+    state, arrays = predictor.get_state()
+    assert type(predictor).from_state(state, arrays).get_params() == predictor.get_params()
+    with pytest.raises(ValueError, match="no parameters"):
+        twin.set_params(not_a_parameter=1)
+
+
+@pytest.mark.parametrize("name", sorted(PREDICTORS))
 def test_prompt_aware_predictors_tell_the_tasks_apart(name, fitted, train, test_split, X_test):
     """GPT-4's edge over Yi-34B is largest on Winogrande: a prompt-aware predictor must see that."""
     q = fitted[name].predict(X_test)

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from ..budget import Budget, BudgetExceeded
+from ..budget import Budget, BudgetExceeded, ScopeState
 from ..defaults import DEMO_PROMPTS, default_candidates
 from ..router import Router
 
@@ -55,13 +55,14 @@ def _replay_defaults(args: argparse.Namespace) -> int:
         row[0] += 1
         row[1] += cost
         row[2] += decision.quality[decision.chosen]
-    _print_table(rows, budget, router, "demo", quality_label="prior quality")
+    _print_table(rows, budget, router, router.budget_state("demo"), quality_label="prior quality")
     print(f"\nreference: every prompt to {best} would cost ${ref_cost:.4f}; budget {args.budget:.0%} of it.")
     return 0
 
 
 def _replay_dataset(args: argparse.Namespace) -> int:
     from ..data import load_dataset
+    from ..evaluate import online_run, reference_column
     from ..fitting import fit_router
 
     data = load_dataset(args.data)
@@ -69,30 +70,28 @@ def _replay_dataset(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.data} has no costs: give a dataset with per-query costs or prices")
     train, test = data.subset("train"), data.subset("test")
     router = fit_router(train, candidates=train.candidates(max_output_tokens=1024))
-    ref = int(np.nanargmax(np.nanmean(train.quality, axis=0)))
+    ref = reference_column(train.quality)
     ref_cost = float(np.nansum(test.cost[:, ref]))
     budget = args.budget * ref_cost
-    router.set_budget("demo", Budget(usd=budget, horizon=len(test)))
+    # In the file's order, as the demo has always replayed it (online_run's default groups by task).
+    run = online_run(router, test, budget, args.budget, order="as-is")
+    (state,) = router.store.report()  # the one session online_run paced: this router is new
     rows: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
-    for i, prompt in enumerate(test.prompts):
-        try:
-            decision = router.decide(prompt, "demo")
-        except BudgetExceeded:
-            rows["(refused: budget)"][0] += 1
-            continue
-        j = test.models.index(decision.chosen)
-        cost = router.settle(decision, cost=float(test.cost[i, j]))
-        row = rows[decision.chosen]
+    for i, j in enumerate(run.choice):
+        row = rows[test.models[j] if j >= 0 else "(refused: budget)"]
         row[0] += 1
-        row[1] += cost
-        row[2] += 0.0 if np.isnan(test.quality[i, j]) else test.quality[i, j]
-    _print_table(rows, budget, router, "demo", quality_label="accuracy")
+        row[2] += 0.0 if j < 0 or np.isnan(test.quality[i, j]) else test.quality[i, j]
+    for name, spent in state.by_model.items():
+        rows[name][1] = spent
+    _print_table(rows, budget, router, state, quality_label="accuracy")
     print(f"\nreference: {train.models[ref]} on all {len(test)} test prompts costs ${ref_cost:.4f} "
           f"at accuracy {np.nanmean(test.quality[:, ref]):.3f}; budget {args.budget:.0%} of it.")
     return 0
 
 
-def _print_table(rows: dict[str, list[float]], budget: float, router: Router, scope: str, quality_label: str) -> None:
+def _print_table(
+    rows: dict[str, list[float]], budget: float, router: Router, state: ScopeState, quality_label: str
+) -> None:
     name_w = max(24, *(len(n) for n in rows))
     print(f"{'model':<{name_w}} {'requests':>9} {'spend $':>10} {quality_label:>14}")
     print("-" * (name_w + 36))
@@ -104,7 +103,6 @@ def _print_table(rows: dict[str, list[float]], budget: float, router: Router, sc
         total_cost += cost
         total_q += q
     print("-" * (name_w + 36))
-    state = router.budget_state(scope)
     print(f"{'total':<{name_w}} {total_n:>9} {total_cost:>10.4f} {total_q / max(total_n, 1):>14.3f}")
     print(f"\nbudget ${budget:.4f}: spent ${state.committed:.4f} ({state.committed / budget:.1%}), "
           f"open reservations {state.reserved:.4f}, final λ {router.pacer.price(state):.1f} quality/$")

@@ -1,6 +1,6 @@
 """Quality predictors: estimate each model's answer quality in [0, 1] for each prompt."""
 
-from .base import ExtensiblePredictor, OnlinePredictor, QualityPredictor
+from .base import Estimator, ExtensiblePredictor, OnlinePredictor, QualityPredictor
 from .cluster import ClusterQuality
 from .hybrid import HybridQuality
 from .knn import KNNQuality
@@ -9,6 +9,17 @@ from .parametric import LogisticQuality
 from .prior import PriorQuality
 
 __all__ = [
-    "QualityPredictor", "ExtensiblePredictor", "OnlinePredictor", "PriorQuality", "KNNQuality",
-    "LogisticQuality", "HybridQuality", "ClusterQuality", "LearnedMapQuality",
+    "QualityPredictor", "ExtensiblePredictor", "OnlinePredictor", "Estimator", "PriorQuality", "KNNQuality",
+    "LogisticQuality", "HybridQuality", "ClusterQuality", "LearnedMapQuality", "PREDICTORS",
 ]
+
+#: Every quality predictor by its one name: `fit_router(dataset, name)`, the commands' --predictor,
+#: and its kind in a saved router's manifest.
+PREDICTORS: dict[str, type[Estimator]] = {
+    "prior": PriorQuality,
+    "knn": KNNQuality,
+    "parametric": LogisticQuality,
+    "hybrid": HybridQuality,
+    "cluster": ClusterQuality,
+    "learned-map": LearnedMapQuality,
+}

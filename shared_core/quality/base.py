@@ -1,18 +1,86 @@
-"""The interface every quality predictor follows (scikit-learn habits: fit, predict, state_)."""
+"""The interface every quality predictor follows (scikit-learn habits: fit, predict, state_),
+and `Estimator`, the base that derives parameters, copies and saved state from `__init__`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
 from ..errors import NotFittedError
 
 __all__ = [
-    "QualityPredictor", "ExtensiblePredictor", "OnlinePredictor", "check_targets", "check_fitted",
-    "check_rows", "check_labels", "check_profile", "model_index",
+    "Estimator", "QualityPredictor", "ExtensiblePredictor", "OnlinePredictor", "check_targets", "check_fitted",
+    "check_rows", "check_labels", "check_profile", "model_index", "l2_normalise",
 ]
+
+E = TypeVar("E", bound="Estimator")
+
+
+class Estimator:
+    """Hyper-parameters are `__init__`'s arguments, kept as same-named attributes (scikit-learn's rule).
+
+    From that one list come get_params, set_params, clone and the parameter half of get_state /
+    from_state; a subclass supplies only its learned state (`_state`, `_restore`). scikit-learn's
+    own BaseEstimator would do, but importing it costs about a second on every `import shared_core`.
+    """
+
+    @classmethod
+    def _param_names(cls) -> tuple[str, ...]:
+        return tuple(name for name in inspect.signature(cls.__init__).parameters if name != "self")
+
+    def get_params(self) -> dict[str, Any]:
+        """The hyper-parameters by name, as `__init__` takes them."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self: E, **params: Any) -> E:
+        """Change hyper-parameters by name (ValueError naming an unknown one); returns self."""
+        unknown = sorted(set(params) - set(self._param_names()))
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no parameters {unknown}; it has {list(self._param_names())}")
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
+
+    def clone(self: E) -> E:
+        """An unfitted copy with the same hyper-parameters."""
+        return type(self)(**self.get_params())
+
+    def _check_params(self) -> None:
+        """ValueError for an invalid hyper-parameter (run by fit and from_state)."""
+
+    def _check_fitted(self) -> None:
+        """NotFittedError unless fit (or from_state) has run; predictors mark it by `models_`."""
+        check_fitted(self)
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON-able hyper-parameters and learned values, plus the learned arrays (what a saved router holds)."""
+        self._check_fitted()
+        # NumPy scalars (k=np.int64(50)) as the Python numbers JSON can hold.
+        params = {k: v.item() if isinstance(v, np.generic) else v for k, v in self.get_params().items()}
+        learned, arrays = self._state()
+        return {**params, **learned}, arrays
+
+    @classmethod
+    def from_state(cls: type[E], state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> E:
+        """Rebuild a fitted instance from get_state() output (ValueError when inconsistent).
+
+        A hyper-parameter the state lacks takes `__init__`'s default: it was added after the state was saved.
+        """
+        self = cls(**{name: state[name] for name in cls._param_names() if name in state})
+        self._check_params()
+        self._restore(state, arrays)
+        return self
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The learned state: JSON-able values (model names, vocabularies) and arrays."""
+        raise NotImplementedError
+
+    def _restore(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        """Set the learned state from `_state()` output, ValueError when it is inconsistent."""
+        raise NotImplementedError
 
 
 @runtime_checkable
@@ -67,6 +135,13 @@ class OnlinePredictor(Protocol):
     def observe(self, X: np.ndarray, model: str, y: np.ndarray) -> None:
         """Learn that `model` reached qualities y on prompts X."""
         ...
+
+
+def l2_normalise(X: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), so a dot product is a cosine."""
+    X = np.asarray(X, dtype=np.float64)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1.0)
 
 
 def check_fitted(predictor: object) -> None:

@@ -7,17 +7,17 @@ described the same way from a small profile set, so it joins without refitting t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .base import check_fitted, check_labels, check_profile, check_rows, check_targets, model_index
+from .base import Estimator, check_fitted, check_labels, check_profile, check_rows, check_targets, model_index
 
 __all__ = ["ClusterQuality"]
 
 
-class ClusterQuality:
+class ClusterQuality(Estimator):
     """Routes by the quality each model reached on the prompt's K-means cluster (hard assignment)."""
 
     needs_embedding = True
@@ -109,22 +109,12 @@ class ClusterQuality:
         self.sums_, self.counts_ = sums, counts
         self._update_table()
 
-    def _params(self) -> dict[str, Any]:
-        return {"n_clusters": int(self.n_clusters), "smoothing": float(self.smoothing),
-                "random_state": int(self.random_state), "models": list(self.models_)}
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Model names, plus centres and per-cluster label sums and counts."""
+        return {"models": list(self.models_)}, {"centers": self.centers_, "sums": self.sums_, "counts": self.counts_}
 
-    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Parameters and model names, plus centres and per-cluster label sums and counts."""
-        check_fitted(self)
-        return self._params(), {"centers": self.centers_, "sums": self.sums_, "counts": self.counts_}
-
-    @classmethod
-    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "ClusterQuality":
-        """Rebuild a fitted predictor from get_state() output (ValueError when inconsistent)."""
-        self = cls(n_clusters=params["n_clusters"], smoothing=params["smoothing"],
-                   random_state=params["random_state"])
-        self._check_params()
-        self.models_ = [str(m) for m in params["models"]]
+    def _restore(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        self.models_ = [str(m) for m in state["models"]]
         self.centers_ = np.asarray(arrays["centers"], float)
         self.sums_, self.counts_ = np.asarray(arrays["sums"], float), np.asarray(arrays["counts"], float)
         K, m = len(self.centers_), len(self.models_)
@@ -134,4 +124,3 @@ class ClusterQuality:
         if (self.counts_ < 0).any():
             raise ValueError("cluster label counts must be >= 0")
         self._update_table()
-        return self

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .base import check_fitted, check_targets
+from .base import Estimator, check_fitted, check_targets
 from .knn import KNNQuality
 from .parametric import LogisticQuality
 
 __all__ = ["HybridQuality"]
 
 
-class HybridQuality:
+class HybridQuality(Estimator):
     """A γ-blend of per-model logistic regressions and the k-NN retrieval estimate.
 
     The regression generalises across the embedding space; retrieval follows local structure
@@ -33,12 +33,16 @@ class HybridQuality:
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
 
+    def halves(self) -> tuple[LogisticQuality, KNNQuality]:
+        """The unfitted parametric and k-NN halves this hybrid's hyper-parameters make."""
+        return LogisticQuality(C=self.C), KNNQuality(k=self.k, shrinkage=self.shrinkage)
+
     def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> "HybridQuality":
         """Fit both halves on the same data."""
         self._check_params()
         X, Y, models = check_targets(X, Y, models)
-        self.parametric_ = LogisticQuality(C=self.C).fit(X, Y, models)
-        self.knn_ = KNNQuality(k=self.k, shrinkage=self.shrinkage).fit(X, Y, models)
+        parametric, knn = self.halves()
+        self.parametric_, self.knn_ = parametric.fit(X, Y, models), knn.fit(X, Y, models)
         self.models_ = list(models)
         return self
 
@@ -76,27 +80,25 @@ class HybridQuality:
         check_fitted(self)
         self.knn_.observe(X, model, y)
 
-    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Parameters, plus both halves' states under prefixed keys."""
-        check_fitted(self)
-        p_params, p_arrays = self.parametric_.get_state()
-        k_params, k_arrays = self.knn_.get_state()
-        params = {"gamma": float(self.gamma), "parametric": p_params, "knn": k_params}
-        arrays = {**{f"parametric.{k}": v for k, v in p_arrays.items()}, **{f"knn.{k}": v for k, v in k_arrays.items()}}
-        return params, arrays
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Both halves' states, their arrays under prefixed keys."""
+        learned: dict[str, Any] = {}
+        arrays: dict[str, np.ndarray] = {}
+        for name, half in (("parametric", self.parametric_), ("knn", self.knn_)):
+            learned[name], half_arrays = half.get_state()
+            arrays.update({f"{name}.{k}": v for k, v in half_arrays.items()})
+        return learned, arrays
 
-    @classmethod
-    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "HybridQuality":
-        """Rebuild a fitted predictor from get_state() output (ValueError when inconsistent)."""
-        parametric = LogisticQuality.from_state(params["parametric"], _prefixed(arrays, "parametric."))
-        knn = KNNQuality.from_state(params["knn"], _prefixed(arrays, "knn."))
+    def _restore(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        parametric = LogisticQuality.from_state(state["parametric"], _prefixed(arrays, "parametric."))
+        knn = KNNQuality.from_state(state["knn"], _prefixed(arrays, "knn."))
         if parametric.models_ != knn.models_:
             raise ValueError("the hybrid's parametric and k-NN halves name different models")
-        self = cls(gamma=params["gamma"], k=knn.k, C=parametric.C, shrinkage=knn.shrinkage)
-        self._check_params()
+        # The halves are what was fitted, so their C, k and shrinkage are the hybrid's (routers
+        # saved before the hybrid wrote its own hyper-parameters hold these only in the halves).
+        self.set_params(C=parametric.C, k=knn.k, shrinkage=knn.shrinkage)
         self.parametric_, self.knn_, self.models_ = parametric, knn, list(knn.models_)
-        return self
 
 
-def _prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+def _prefixed(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}

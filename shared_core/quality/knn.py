@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .base import check_fitted, check_labels, check_profile, check_rows, check_targets, model_index
+from .base import Estimator, check_fitted, check_labels, check_profile, check_rows, check_targets, model_index
 from .memory import LabelMemory
 
 __all__ = ["KNNQuality"]
 
 
-class KNNQuality:
+class KNNQuality(Estimator):
     """Per model, the mean quality of the k nearest (cosine) training prompts labelled for it.
 
     `shrinkage` adds that many pseudo-labels at the model's overall mean, which steadies models
@@ -97,19 +97,13 @@ class KNNQuality:
         rows = self.feedback_rows_
         self.feedback_rows_ = new_index[rows[keep[rows]]]
 
-    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Parameters and model names, plus the remembered embeddings and labels."""
-        check_fitted(self)
-        return ({"k": int(self.k), "shrinkage": float(self.shrinkage), "max_feedback": int(self.max_feedback),
-                 "models": list(self.models_)},
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Model names, plus the remembered embeddings and labels and which rows are feedback."""
+        return ({"models": list(self.models_)},
                 {"X": self.memory_.X, "Y": self.memory_.Y, "feedback_rows": self.feedback_rows_})
 
-    @classmethod
-    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "KNNQuality":
-        """Rebuild a fitted predictor from get_state() output (ValueError when inconsistent)."""
-        self = cls(k=params["k"], shrinkage=params["shrinkage"], max_feedback=params.get("max_feedback", 10_000))
-        self._check_params()
-        X, Y, self.models_ = check_targets(arrays["X"], arrays["Y"], params["models"])
+    def _restore(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        X, Y, self.models_ = check_targets(arrays["X"], arrays["Y"], state["models"])
         self.memory_ = LabelMemory.restore(X, Y)
         # Routers saved before feedback was bounded kept none apart: theirs is all remembered.
         rows = np.asarray(arrays.get("feedback_rows", np.empty(0)), dtype=np.int64)
@@ -117,4 +111,3 @@ class KNNQuality:
             raise ValueError("feedback_rows must be row indices of the memory")
         self.feedback_rows_ = rows
         self._update_means()
-        return self

@@ -8,7 +8,7 @@ its Ψ column, tallied on its profile with the learned map: no retraining.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -98,28 +98,14 @@ class LearnedMapQuality(ClusterQuality):
         res = minimize(loss, theta0, jac=True, method="L-BFGS-B", options={"maxiter": int(self.max_iter)})
         self.W_, self.b_ = res.x[: d * K].reshape(d, K), res.x[d * K:]
 
-    def _params(self) -> dict[str, Any]:
-        return {**super()._params(), "l2": float(self.l2), "temperature": float(self.temperature),
-                "rounds": int(self.rounds), "max_iter": int(self.max_iter)}
-
-    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The cluster state plus the map's weights W and biases b."""
-        params, arrays = super().get_state()
-        return params, {**arrays, "W": self.W_, "b": self.b_}
+        learned, arrays = super()._state()
+        return learned, {**arrays, "W": self.W_, "b": self.b_}
 
-    @classmethod
-    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "LearnedMapQuality":
-        """Rebuild a fitted predictor from get_state() output (ValueError when inconsistent)."""
-        self = cls(n_clusters=params["n_clusters"], smoothing=params["smoothing"], l2=params["l2"],
-                   temperature=params["temperature"], rounds=params["rounds"], max_iter=params["max_iter"],
-                   random_state=params["random_state"])
-        self._check_params()
+    def _restore(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        super()._restore(state, arrays)
         W, b = np.asarray(arrays["W"], float), np.asarray(arrays["b"], float)
-        centers = np.asarray(arrays["centers"], float)
-        if W.shape != (centers.shape[1], len(centers)) or b.shape != (len(centers),):
-            raise ValueError(f"map weights {W.shape}/{b.shape} do not fit {centers.shape} centres")
+        if W.shape != (self.centers_.shape[1], len(self.centers_)) or b.shape != (len(self.centers_),):
+            raise ValueError(f"map weights {W.shape}/{b.shape} do not fit {self.centers_.shape} centres")
         self.W_, self.b_ = W, b
-        base = ClusterQuality.from_state(params, arrays)
-        self.models_, self.centers_, self.sums_, self.counts_ = base.models_, base.centers_, base.sums_, base.counts_
-        self._update_table()
-        return self

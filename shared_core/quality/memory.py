@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..embed import l2_normalise
+from .base import l2_normalise
 
 __all__ = ["LabelMemory"]
 

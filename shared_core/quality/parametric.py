@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .base import check_fitted, check_profile, check_rows, check_targets, model_index
+from .base import Estimator, check_fitted, check_profile, check_rows, check_targets, model_index
 
 __all__ = ["LogisticQuality", "fit_logistic"]
 
@@ -33,7 +33,7 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, C: float) -> tuple[np.ndarray, fl
     return lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
 
 
-class LogisticQuality:
+class LogisticQuality(Estimator):
     """P(answer is good | prompt) per model by logistic regression on the prompt embedding."""
 
     needs_embedding = True
@@ -75,19 +75,13 @@ class LogisticQuality:
         self.coef_, self.intercept_ = np.delete(self.coef_, j, axis=0), np.delete(self.intercept_, j)
         self.models_ = [m for m in self.models_ if m != name]
 
-    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Parameters and model names, plus the weights and intercepts."""
-        check_fitted(self)
-        return {"C": float(self.C), "models": list(self.models_)}, {"coef": self.coef_, "intercept": self.intercept_}
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Model names, plus the weights and intercepts."""
+        return {"models": list(self.models_)}, {"coef": self.coef_, "intercept": self.intercept_}
 
-    @classmethod
-    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "LogisticQuality":
-        """Rebuild a fitted predictor from get_state() output (ValueError when inconsistent)."""
-        self = cls(C=params["C"])
-        self._check_params()
+    def _restore(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         coef, intercept = np.asarray(arrays["coef"], float), np.asarray(arrays["intercept"], float)
-        models = [str(m) for m in params["models"]]
+        models = [str(m) for m in state["models"]]
         if coef.ndim != 2 or coef.shape[0] != len(models) or intercept.shape != (len(models),):
             raise ValueError(f"logistic weights {coef.shape} / {intercept.shape} do not fit {len(models)} models")
         self.models_, self.coef_, self.intercept_ = models, coef, intercept
-        return self

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .base import check_fitted, check_labels, check_profile, check_targets, model_index
+from .base import Estimator, check_fitted, check_labels, check_profile, check_targets, model_index
 
 __all__ = ["PriorQuality"]
 
 
-class PriorQuality:
+class PriorQuality(Estimator):
     """Predicts every prompt's quality as the model's mean over the training set (NaN skipped)."""
 
     needs_embedding = False
@@ -66,17 +66,12 @@ class PriorQuality:
         self.sums_, self.counts_ = sums, counts
         self._update_mean()
 
-    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Parameters and model names, plus label sums and counts."""
-        check_fitted(self)
-        params = {"default": float(self.default), "models": list(self.models_)}
-        return params, {"sums": self.sums_, "counts": self.counts_}
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Model names, plus label sums and counts."""
+        return {"models": list(self.models_)}, {"sums": self.sums_, "counts": self.counts_}
 
-    @classmethod
-    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> "PriorQuality":
-        """Rebuild a fitted predictor from get_state() output (ValueError when inconsistent)."""
-        self = cls(default=params["default"])
-        self.models_ = [str(m) for m in params["models"]]
+    def _restore(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        self.models_ = [str(m) for m in state["models"]]
         self.sums_, self.counts_ = np.asarray(arrays["sums"], float), np.asarray(arrays["counts"], float)
         m = len(self.models_)
         if self.sums_.shape != (m,) or self.counts_.shape != (m,) or (self.counts_ < 0).any():
@@ -84,4 +79,3 @@ class PriorQuality:
         if ((self.sums_ < 0) | (self.sums_ > self.counts_)).any():
             raise ValueError("prior label sums must lie between 0 and the label counts")
         self._update_mean()
-        return self

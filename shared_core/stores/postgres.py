@@ -22,11 +22,10 @@ functions on first use; a schema is one ledger, as a key prefix is in Redis.
 from __future__ import annotations
 
 import errno
-
 import logging
-import math
 import os
 import re
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,30 +34,20 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ..errors import UnknownReservation
 from ..budget import (
-    DEFAULT_RETENTION_S,
-    IDLE_BATCH,
-    Budget,
-    BudgetExceeded,
-    LedgerStore,
-    LedgerUnavailable,
-    ScopeBooks,
-    ScopeState,
-    UnknownScope,
-    check_idle_ttl,
-    check_reservation,
-    check_retention,
-    scope_chain,
-    to_nanos,
+    DEFAULT_RETENTION_S, IDLE_BATCH, Budget, LedgerUnavailable, ScopeBooks, ScopeState, check_retention, to_nanos,
 )
+from .base import LedgerStore, no_budget, refuse, unknown_reservation
+from .urls import StoreURL
 
 __all__ = ["PostgresStore", "DEFAULT_SCHEMA"]
 
 #: The schema holding the ledger's tables, unless the URL gives `?schema=`.
 DEFAULT_SCHEMA = "omniroute"
+#: postgresql:// URLs may name the schema; libpq's own parameters go in the URL's user, host, path.
+URL_OPTIONS = frozenset({"schema"})
 
 logger = logging.getLogger("omniroute")
 
@@ -68,6 +57,14 @@ _LOCK_CLASS = 0x4F52_4C47
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _CONNECT_TIMEOUT_S = 5  # libpq's connect_timeout, a whole number of seconds
 _WAIT_S = 5.0  # for a pooled connection, before the call fails with LedgerUnavailable
+# A statement or a lock wait longer than this is cancelled by the server; a server that stops
+# answering altogether (frozen, or a path that swallows packets) is cut off by the client after
+# _SEVER_S: the call then fails with LedgerUnavailable, and the Router keeps the money to retry.
+_STATEMENT_TIMEOUT_MS = 5_000
+_SEVER_S = 10.0
+# TCP keepalives and a send timeout notice a peer that vanished without closing the connection.
+_TCP = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
+        "tcp_user_timeout": _STATEMENT_TIMEOUT_MS}
 # Pools a forked child inherited: they belong to the parent, so the child never uses or closes them.
 _INHERITED: list[ConnectionPool] = []
 
@@ -386,7 +383,7 @@ class PostgresStore(LedgerStore):
         return ConnectionPool(
             self._conninfo, min_size=1, max_size=self._max_connections, timeout=_WAIT_S, open=True,
             name=f"omniroute-ledger-{self.schema}", configure=_configure,
-            kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT_S},
+            kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT_S, **_TCP},
         )
 
     def _connections(self) -> ConnectionPool:
@@ -417,6 +414,9 @@ class PostgresStore(LedgerStore):
         try:
             while True:
                 with pool.connection() as conn:
+                    watchdog = threading.Timer(_SEVER_S, _sever, (conn,))
+                    watchdog.daemon = True
+                    watchdog.start()
                     try:
                         return conn.execute(self._sql[name], params).fetchall()
                     except psycopg.OperationalError as e:
@@ -424,18 +424,21 @@ class PostgresStore(LedgerStore):
                             raise
                         logger.warning("PostgreSQL ledger at %s: a pooled connection was broken (%s); "
                                        "trying another", self.where, e)
+                    finally:
+                        watchdog.cancel()
                 pool.check()  # after a restart every idle connection is broken: drop them all at once
                 retried = True
-        except psycopg.OperationalError as e:
+        except psycopg.DataError as e:  # e.g. a NUL character, which PostgreSQL text cannot hold
+            raise ValueError(f"PostgreSQL ledger at {self.where} refused a value: {e}") from e
+        except (psycopg.Error, PoolTimeout) as e:
+            # Not only a lost connection: a server turned read-only by a failover, out of disk or
+            # shutting down. Whatever it is, nothing was recorded, and the caller must keep the money.
             raise LedgerUnavailable(f"PostgreSQL ledger at {self.where} is unavailable: {e}") from e
 
     # ----------------------------------------------------------------- LedgerStore
-    def set_budget(
-        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False,
-        idle_ttl_s: float | None = None,
+    def _set_budget(
+        self, scope: str, budget: Budget, reset: bool, only_if_absent: bool, idle_ttl_s: float | None
     ) -> bool:
-        scope_chain(scope)
-        idle_ttl_s = check_idle_ttl(idle_ttl_s)
         ((done,),) = self._ledger("set_budget", scope, budget.model_dump_json(), to_nanos(budget.usd),
                                 budget.period_s, reset, only_if_absent, idle_ttl_s)
         return bool(done)
@@ -449,33 +452,23 @@ class PostgresStore(LedgerStore):
     def scopes(self) -> list[str]:
         return sorted(name for (name,) in self._ledger("scopes"))
 
-    def reserve(self, reservation_id: str, scopes: Sequence[str], amount: float, ttl_s: float) -> None:
-        nanos = to_nanos(amount, "reservation amount")
-        chain = check_reservation(scopes, ttl_s)
-        ((outcome,),) = self._ledger("reserve", reservation_id, list(chain), nanos, float(ttl_s))
-        if outcome[0] == "used":
-            raise ValueError(f"reservation id {reservation_id!r} is already used")
-        if outcome[0] == "unknown":
-            raise UnknownScope(f"scope {outcome[1]!r} has no budget")
-        if outcome[0] == "exceeded":
-            raise BudgetExceeded.no_room(outcome[1], nanos, int(outcome[2]))
+    def _reserve(self, reservation_id: str, chain: tuple[str, ...], nanos: int, ttl_s: float) -> None:
+        ((outcome,),) = self._ledger("reserve", reservation_id, list(chain), nanos, ttl_s)
+        refuse(reservation_id, nanos, outcome)
 
-    def commit(self, reservation_id: str, actual: float, model: str | None = None) -> bool:
-        nanos = to_nanos(actual, "actual cost")
+    def _commit(self, reservation_id: str, nanos: int, model: str | None) -> bool:
         ((outcome,),) = self._ledger("commit", reservation_id, nanos, model)
         if outcome == "unknown":
-            raise UnknownReservation(f"unknown reservation {reservation_id!r} (never made, or forgotten after retention)")
+            raise unknown_reservation(reservation_id)
         return outcome == "ok"
 
     def release(self, reservation_id: str) -> bool:
         ((released,),) = self._ledger("release", reservation_id)
         return bool(released)
 
-    def adjust_lambda(self, scope: str, value: float) -> None:
-        if not math.isfinite(value):
-            raise ValueError(f"lambda must be finite, got {value}")
-        if not self._run("lambda", (float(value), scope)):
-            raise UnknownScope(f"scope {scope!r} has no budget")
+    def _adjust_lambda(self, scope: str, value: float) -> None:
+        if not self._run("lambda", (value, scope)):
+            raise no_budget(scope)
 
     def open_reservations(self) -> int:
         ((count,),) = self._run("open", (self._now(),))
@@ -499,6 +492,18 @@ class PostgresStore(LedgerStore):
 def _configure(conn: psycopg.Connection) -> None:
     # The locking (see the module's docstring) is designed for READ COMMITTED, whatever the server's default.
     conn.execute("SET default_transaction_isolation = 'read committed'")
+    # A row another session keeps locked (a client frozen mid-transaction) must not stall every request.
+    conn.execute(f"SET statement_timeout = {_STATEMENT_TIMEOUT_MS}")
+    conn.execute(f"SET lock_timeout = {_STATEMENT_TIMEOUT_MS}")
+
+
+def _sever(conn: psycopg.Connection) -> None:
+    """Shut the socket of a connection whose server stopped answering: the blocked call fails at once."""
+    logger.warning("PostgreSQL ledger: no answer in %g s; closing the connection", _SEVER_S)
+    try:
+        socket.socket(fileno=os.dup(conn.fileno())).shutdown(socket.SHUT_RDWR)
+    except OSError:
+        logger.debug("the connection was already closed", exc_info=True)
 
 
 def _location(host: str | None, port: str | int | None, dbname: str | None) -> str:
@@ -519,3 +524,10 @@ def _snapshot(row: Sequence[Any]) -> ScopeState:
     )
     books.roll(now)  # a view of the new period; the next write stores it
     return books.snapshot()
+
+
+def open_url(url: StoreURL, must_exist: bool, **options: Any) -> PostgresStore:
+    """The ledger at postgresql://user@host:port/db; with `must_exist`, only in a schema that holds one."""
+    url.check_port()
+    # libpq takes the URL itself (user, password, host, port, database); the options are the store's.
+    return PostgresStore(url.bare, **url.options, **options, create=not must_exist)

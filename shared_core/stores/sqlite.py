@@ -7,8 +7,8 @@ never wait for writers. WAL needs shared memory: keep the file on a local disk, 
 
 from __future__ import annotations
 
+import errno
 import json
-import math
 import os
 import sqlite3
 import threading
@@ -16,25 +16,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from ..errors import UnknownReservation
-from ..budget import (
-    DEFAULT_RETENTION_S,
-    IDLE_BATCH,
-    Budget,
-    LedgerStore,
-    LedgerUnavailable,
-    ScopeBooks,
-    ScopeState,
-    UnknownScope,
-    check_idle_ttl,
-    check_reservation,
-    check_retention,
-    scope_chain,
-    to_nanos,
-)
+from ..budget import DEFAULT_RETENTION_S, IDLE_BATCH, Budget, LedgerUnavailable, ScopeBooks, ScopeState, check_retention
+from .base import LedgerStore, id_taken, no_budget, unknown_reservation
+from .urls import StoreURL
 
 __all__ = ["SQLiteStore"]
+
+#: sqlite:// URLs may set `?synchronous=normal|full`.
+URL_OPTIONS = frozenset({"synchronous"})
 
 _SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -230,7 +221,7 @@ class SQLiteStore(LedgerStore):
             if s not in rows:
                 if present:
                     continue
-                raise UnknownScope(f"scope {s!r} has no budget")
+                raise no_budget(s)
             b = _books(rows[s])
             if b.roll(now):
                 db.execute("DELETE FROM spend WHERE scope = ?", (s,))
@@ -252,12 +243,9 @@ class SQLiteStore(LedgerStore):
         )
 
     # ----------------------------------------------------------------- LedgerStore
-    def set_budget(
-        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False,
-        idle_ttl_s: float | None = None,
+    def _set_budget(
+        self, scope: str, budget: Budget, reset: bool, only_if_absent: bool, idle_ttl_s: float | None
     ) -> bool:
-        scope_chain(scope)
-        idle_ttl_s = check_idle_ttl(idle_ttl_s)
         with self._transaction() as db:
             now = self._clock()
             self._sweep(db, now)
@@ -314,9 +302,7 @@ class SQLiteStore(LedgerStore):
         with self._transaction(write=False) as db:
             return [r[0] for r in db.execute("SELECT name FROM scopes ORDER BY name")]
 
-    def reserve(self, reservation_id: str, scopes: Sequence[str], amount: float, ttl_s: float) -> None:
-        nanos = to_nanos(amount, "reservation amount")
-        chain = check_reservation(scopes, ttl_s)
+    def _reserve(self, reservation_id: str, chain: tuple[str, ...], nanos: int, ttl_s: float) -> None:
         encoded = json.dumps(chain)
         with self._transaction() as db:
             now = self._clock()
@@ -325,7 +311,7 @@ class SQLiteStore(LedgerStore):
             if row is not None:
                 if tuple(row) == (encoded, nanos, "open"):
                     return
-                raise ValueError(f"reservation id {reservation_id!r} is already used")
+                raise id_taken(reservation_id)
             books = self._load(db, chain, now)
             for b in books:
                 b.check(nanos)
@@ -337,14 +323,13 @@ class SQLiteStore(LedgerStore):
                 (reservation_id, encoded, nanos, now + ttl_s),
             )
 
-    def commit(self, reservation_id: str, actual: float, model: str | None = None) -> bool:
-        nanos = to_nanos(actual, "actual cost")
+    def _commit(self, reservation_id: str, nanos: int, model: str | None) -> bool:
         with self._transaction() as db:
             now = self._clock()
             self._sweep(db, now)
             row = db.execute("SELECT scopes, amount, status FROM holds WHERE id = ?", (reservation_id,)).fetchone()
             if row is None:
-                raise UnknownReservation(f"unknown reservation {reservation_id!r} (never made, or forgotten after retention)")
+                raise unknown_reservation(reservation_id)
             scopes, amount, status = row
             if status == "committed":
                 return False
@@ -386,12 +371,10 @@ class SQLiteStore(LedgerStore):
             )
             return True
 
-    def adjust_lambda(self, scope: str, value: float) -> None:
-        if not math.isfinite(value):
-            raise ValueError(f"lambda must be finite, got {value}")
+    def _adjust_lambda(self, scope: str, value: float) -> None:
         with self._transaction() as db:
-            if not db.execute("UPDATE scopes SET lam = ? WHERE name = ?", (float(value), scope)).rowcount:
-                raise UnknownScope(f"scope {scope!r} has no budget")
+            if not db.execute("UPDATE scopes SET lam = ? WHERE name = ?", (value, scope)).rowcount:
+                raise no_budget(scope)
 
     def open_reservations(self) -> int:
         with self._transaction(write=False) as db:
@@ -413,3 +396,15 @@ def _books(row: Sequence) -> ScopeBooks:
         scope=name, budget=Budget.model_validate_json(budget), period_start=period_start, committed=committed,
         reserved=reserved, requests=requests, released=released, expired=expired, lam=lam, idle_ttl_s=idle_ttl_s,
     )
+
+
+def open_url(url: StoreURL, must_exist: bool, **options: Any) -> SQLiteStore:
+    """The ledger in the file sqlite:///relative/path.db or sqlite:////absolute/path.db names."""
+    if url.netloc:
+        raise url.malformed(f"a SQLite ledger is a local file, but {url.netloc!r} names a host")
+    file = url.path.removeprefix("/")
+    if not file:
+        raise url.malformed("no file path")
+    if must_exist and not Path(file).exists():
+        raise FileNotFoundError(errno.ENOENT, "no SQLite ledger file", file)
+    return SQLiteStore(file, **url.options, **options)

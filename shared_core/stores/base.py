@@ -1,0 +1,181 @@
+"""The contract every ledger store keeps, and the argument checks they all share.
+
+The public methods that take money, scope names or times check and convert them here, once, then
+call the store's hook (`_set_budget`, `_reserve`, `_commit`, `_adjust_lambda`), which receives
+valid arguments with money in whole nano-dollars: every store refuses the same input the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from ..budget import (
+    Budget,
+    ScopeState,
+    check_idle_ttl,
+    check_reservation,
+    scope_chain,
+    to_nanos,
+)
+from ..errors import BudgetExceeded, UnknownReservation, UnknownScope
+
+__all__ = ["LedgerStore", "no_budget", "id_taken", "unknown_reservation", "refuse"]
+
+
+class LedgerStore(ABC):
+    """Where budgets live. Every method is atomic; reserve checks and charges all scopes together.
+
+    A reservation is open until committed, released, or `ttl_s` has passed; then it lapses and
+    its money returns to the budget. Committing a lapsed or released reservation still records
+    what was spent, once: the ledger remembers every finished id for `retention_s`.
+
+    A store implements the hooks `_set_budget`, `_reserve`, `_commit` and `_adjust_lambda`, which
+    get the arguments checked, and `states`, `scopes`, `release` and `open_reservations`.
+    """
+
+    def set_budget(
+        self, scope: str, budget: Budget, *, reset: bool = False, only_if_absent: bool = False,
+        idle_ttl_s: float | None = None,
+    ) -> bool:
+        """Create the scope or change its budget, keeping what it has spent (see the rule below).
+
+        A new scope starts with no spend, its period (when `budget.period_s` is set) starting now.
+        For a scope that already has a budget, the rule is, in one atomic step:
+
+        1. The books first roll over under the budget they had: a period that has ended by now
+           ends as it would have anyway, and its spend no longer counts.
+        2. `reset=True` zeroes the spend of the current period — committed money, request,
+           release and lapse counts, spend per model — and starts a new period now.
+        3. Otherwise, when the period changes (none → some, some → none, or another length),
+           the current period is re-anchored to start now, and what was committed in the period
+           that was current stays counted in it: $9.99 spent of $10 stays $9.99 spent when
+           `period_s=86400` is added or a day shortened to an hour. Only `reset=True`, or the
+           new period's own roll-over (`period_s` after now), zeroes it.
+        4. When the period is unchanged, it keeps its start and its spend.
+
+        Money held by open reservations stays held, and λ is kept, whatever is asked.
+
+        `only_if_absent=True` creates the scope only if it has no budget and otherwise changes
+        nothing: a default budget set this way never overwrites an explicit one set before it,
+        even by another process an instant earlier.
+
+        `idle_ttl_s` (seconds, at least MIN_IDLE_TTL_S) makes the scope forgettable: once no
+        reservation, commit, release or budget change has touched it for that long and it holds
+        no money, the ledger deletes its books, so scopes made per session do not pile up. A
+        forgotten scope is a scope without a budget (its next budget starts with no spend); its
+        enclosing scopes keep everything it spent. Commits, releases and lapses of holds that
+        named it still go to those enclosing scopes. None (the default) keeps the scope until
+        it is deleted; setting a budget replaces the scope's `idle_ttl_s` with the one given.
+        Expiry runs inside later ledger operations, at most IDLE_BATCH scopes each.
+
+        Returns True when the budget was set, False when `only_if_absent` found one already.
+        ValueError for a malformed scope or `idle_ttl_s`.
+        """
+        scope_chain(scope)
+        return self._set_budget(scope, budget, reset, only_if_absent, check_idle_ttl(idle_ttl_s))
+
+    @abstractmethod
+    def _set_budget(
+        self, scope: str, budget: Budget, reset: bool, only_if_absent: bool, idle_ttl_s: float | None
+    ) -> bool:
+        """set_budget, its scope name and `idle_ttl_s` checked."""
+
+    @abstractmethod
+    def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
+        """Each scope's books (None for a scope without a budget), read together in one step."""
+
+    def state(self, scope: str) -> ScopeState | None:
+        """The scope's books, or None when it has no budget."""
+        return self.states([scope])[0]
+
+    @abstractmethod
+    def scopes(self) -> list[str]:
+        """Every scope that has a budget, sorted."""
+
+    def reserve(self, reservation_id: str, scopes: Sequence[str], amount: float, ttl_s: float) -> None:
+        """Hold `amount` in every scope, or raise BudgetExceeded and hold nothing.
+
+        Repeating an open reservation with the same scopes and amount does nothing (a retry
+        after a lost reply); reusing its id otherwise raises ValueError.
+        """
+        nanos = to_nanos(amount, "reservation amount")
+        self._reserve(reservation_id, check_reservation(scopes, ttl_s), nanos, float(ttl_s))
+
+    @abstractmethod
+    def _reserve(self, reservation_id: str, chain: tuple[str, ...], nanos: int, ttl_s: float) -> None:
+        """reserve, its scopes distinct and non-empty, `nanos` a valid amount, `ttl_s` positive."""
+
+    def commit(self, reservation_id: str, actual: float, model: str | None = None) -> bool:
+        """Turn a reservation into spend of `actual`; False when that id was already committed."""
+        return self._commit(reservation_id, to_nanos(actual, "actual cost"), model)
+
+    @abstractmethod
+    def _commit(self, reservation_id: str, nanos: int, model: str | None) -> bool:
+        """commit, `nanos` a valid amount."""
+
+    @abstractmethod
+    def release(self, reservation_id: str) -> bool:
+        """Drop a reservation without spending; False when it was not open."""
+
+    def adjust_lambda(self, scope: str, value: float) -> None:
+        """Store the scope's dual variable."""
+        if not math.isfinite(value):
+            raise ValueError(f"lambda must be finite, got {value}")
+        self._adjust_lambda(scope, float(value))
+
+    @abstractmethod
+    def _adjust_lambda(self, scope: str, value: float) -> None:
+        """adjust_lambda, `value` finite; UnknownScope when the scope has no budget."""
+
+    @abstractmethod
+    def open_reservations(self) -> int:
+        """How many reservations are open (after expiring stale ones)."""
+
+    @property
+    def url(self) -> str:
+        """Which ledger this is, as a URL without credentials (open_store's form where it has one).
+
+        Kept commits name their ledger by it (`shared_core.pending`): two stores with one URL are
+        one ledger. A store of your own should return something unique to the ledger it reaches."""
+        return f"{type(self).__module__}.{type(self).__qualname__}"
+
+    def report(self, scope: str | None = None) -> list[ScopeState]:
+        """The books of `scope` and every scope nested in it (all scopes when None), sorted."""
+        if scope is not None:
+            scope_chain(scope)
+        names = [s for s in self.scopes() if scope is None or s == scope or s.startswith(scope + "/")]
+        return [st for st in self.states(names) if st is not None]
+
+    def close(self) -> None:
+        """Let go of connections and files (the store must not be used afterwards)."""
+
+
+# The errors every store raises, worded once.
+def no_budget(scope: str) -> UnknownScope:
+    """The error for a scope named in an operation that has no budget."""
+    return UnknownScope(f"scope {scope!r} has no budget")
+
+
+def id_taken(reservation_id: str) -> ValueError:
+    """The error for a reservation id used before, other than by a retry of its open reservation."""
+    return ValueError(f"reservation id {reservation_id!r} is already used")
+
+
+def unknown_reservation(reservation_id: str) -> UnknownReservation:
+    """The error for committing an id the ledger never reserved or has forgotten."""
+    return UnknownReservation(f"unknown reservation {reservation_id!r} (never made, or forgotten after retention)")
+
+
+def refuse(reservation_id: str, nanos: int, outcome: Sequence[str]) -> None:
+    """Raise what a server-side reserve's reply means; nothing for ['ok'].
+
+    The Redis script and the PostgreSQL function answer alike: ['used'], ['unknown', scope] or
+    ['exceeded', scope, nano-dollars left there]."""
+    if outcome[0] == "used":
+        raise id_taken(reservation_id)
+    if outcome[0] == "unknown":
+        raise no_budget(outcome[1])
+    if outcome[0] == "exceeded":
+        raise BudgetExceeded.no_room(outcome[1], nanos, int(outcome[2]))

@@ -1,0 +1,23 @@
+-- ARGV[4] id, ARGV[5] actual, ARGV[6] model (absent when None)
+sweep()
+local id, actual, model = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local h = P .. 'hold:' .. id
+local f = redis.call('HMGET', h, 'status', 'scopes', 'amount')
+if not f[1] then return 'unknown' end
+if f[1] == 'committed' then return 'repeat' end
+for _, s in ipairs(cjson.decode(f[2])) do
+  if scoped(s) then
+    roll(s)
+    local k = skey(s)
+    if f[1] == 'open' then incr(k, 'reserved', -tonumber(f[3])) end
+    incr(k, 'committed', actual)
+    incr(k, 'requests', 1)
+    if model then
+      incr(P .. 'spend:' .. s, model, actual)
+      incr(P .. 'calls:' .. s, model, 1)
+    end
+    touch(s)
+  end
+end
+finish(id, 'committed')
+return 'ok'

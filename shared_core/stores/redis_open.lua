@@ -1,0 +1,3 @@
+-- → how many reservations are open
+sweep()
+return redis.call('ZCARD', OPEN)

@@ -1,0 +1,86 @@
+-- The functions every ledger script starts with. ARGV[1] is the key prefix, ARGV[2] the time
+-- ('' = the server's clock), ARGV[3] the retention in seconds; a script's own arguments follow.
+local P = ARGV[1]
+local now = tonumber(ARGV[2])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local RETAIN = tonumber(ARGV[3])
+local OPEN, DONE, IDLE = P .. 'open', P .. 'done', P .. 'idle'
+
+local function skey(s) return P .. 'scope:' .. s end
+
+-- A scope exists when its hash holds a budget: a hash an eviction left partial (or that only a
+-- late commit re-created) is no scope, and is never written to but by set_budget, which rebuilds it.
+local function scoped(s) return redis.call('HEXISTS', skey(s), 'budget') == 1 end
+
+-- A whole number of nano-dollars as the plain digits HINCRBY accepts. Lua numbers are doubles,
+-- and Redis turns a number argument into text itself: negating a zero gives -0, which becomes
+-- "-0", and HINCRBY refuses it ("value is not an integer or out of range"). Money and counts
+-- therefore reach HINCRBY only through incr, as text made here.
+local function int(n)
+  if n == 0 then return '0' end
+  return string.format('%.0f', n)
+end
+
+local function incr(k, field, n) return redis.call('HINCRBY', k, field, int(n)) end
+
+-- Activity on a forgettable scope (one with idle_ttl_s) restarts its idle time.
+local function touch(s)
+  local ttl = tonumber(redis.call('HGET', skey(s), 'idle_ttl_s'))
+  if ttl then redis.call('ZADD', IDLE, now + ttl, s) end
+end
+
+-- Start a new period when the current one is over: spend and counts of the old one reset.
+local function roll(s)
+  local k = skey(s)
+  local f = redis.call('HMGET', k, 'period_s', 'period_start')
+  local period = tonumber(f[1])
+  if period then
+    local start = tonumber(f[2])
+    if now - start >= period then
+      start = start + period * math.floor((now - start) / period)
+      redis.call('HSET', k, 'period_start', start, 'committed', 0, 'requests', 0, 'released', 0, 'expired', 0)
+      redis.call('DEL', P .. 'spend:' .. s, P .. 'calls:' .. s)
+    end
+  end
+end
+
+-- A reservation is over: remember how it ended for RETAIN seconds (from when it first ended).
+local function finish(id, status)
+  redis.call('HSET', P .. 'hold:' .. id, 'status', status)
+  redis.call('ZREM', OPEN, id)
+  redis.call('ZADD', DONE, 'NX', now + RETAIN, id)
+end
+
+-- Lapse reservations whose time is up (their money returns; the record stays for late
+-- commits) and forget, a thousand at a time, those finished more than RETAIN seconds ago.
+local function sweep()
+  -- At most SWEEP holds per script, so that a backlog never blocks the server (what is left
+  -- lapses in the next scripts; until then it is still counted as held: refusals err safe).
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', OPEN, '-inf', now, 'LIMIT', 0, 1000)) do
+    local f = redis.call('HMGET', P .. 'hold:' .. id, 'scopes', 'amount')
+    for _, s in ipairs(cjson.decode(f[1])) do
+      if scoped(s) then
+        incr(skey(s), 'reserved', -tonumber(f[2]))
+        incr(skey(s), 'expired', 1)
+      end
+    end
+    finish(id, 'lapsed')
+  end
+  local old = redis.call('ZRANGEBYSCORE', DONE, '-inf', now, 'LIMIT', 0, 1000)
+  for _, id in ipairs(old) do redis.call('DEL', P .. 'hold:' .. id) end
+  if #old > 0 then redis.call('ZREM', DONE, unpack(old)) end
+  -- Forget, a thousand at a time, scopes idle past their idle_ttl_s that hold no money.
+  for _, s in ipairs(redis.call('ZRANGEBYSCORE', IDLE, '-inf', now, 'LIMIT', 0, 1000)) do
+    local f = redis.call('HMGET', skey(s), 'reserved', 'idle_ttl_s')
+    if tonumber(f[1]) and tonumber(f[1]) ~= 0 and tonumber(f[2]) then
+      redis.call('ZADD', IDLE, now + tonumber(f[2]), s)  -- look again once its holds could have lapsed
+    else
+      redis.call('DEL', skey(s), P .. 'spend:' .. s, P .. 'calls:' .. s)
+      redis.call('SREM', P .. 'scopes', s)
+      redis.call('ZREM', IDLE, s)
+    end
+  end
+end

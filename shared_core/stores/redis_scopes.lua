@@ -1,0 +1,3 @@
+-- → every scope that has a budget, unsorted
+sweep()
+return redis.call('SMEMBERS', P .. 'scopes')
