@@ -16,9 +16,9 @@ import argparse
 import time
 
 import numpy as np
-
 from _common import DATA, print_table, write_json
 from predictors import curve_row, router_curve
+
 from shared_core.data import load_dataset
 from shared_core.evaluate import ORDERS, online_run, oracle_curve, prior_curve, reference_column
 from shared_core.fitting import AUTO, PREDICTORS, fit_router

@@ -17,8 +17,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
 from _common import DATA, percentiles_ms, print_table, write_json
+
 from shared_core import Budget
 from shared_core.data import load_dataset
 from shared_core.evaluate import deferral_curve, reference_column

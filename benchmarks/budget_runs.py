@@ -28,11 +28,18 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-
 from _common import DATA, print_table, write_json
+
 from shared_core.data import load_dataset
 from shared_core.evaluate import (
-    ORDERS, BudgetRun, batch_run, calibrate_lambda, deferral_curve, fixed_lambda_run, online_run, reference_column,
+    ORDERS,
+    BudgetRun,
+    batch_run,
+    calibrate_lambda,
+    deferral_curve,
+    fixed_lambda_run,
+    online_run,
+    reference_column,
 )
 from shared_core.fitting import DEFAULT_PREDICTOR, fit_router
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 
 import tiktoken
-
 from _common import DATA, cold, percentiles_ms, print_table, timed, write_json
+
 from shared_core import Budget
 from shared_core.data import load_dataset
 from shared_core.fitting import fit_router

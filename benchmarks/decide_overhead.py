@@ -25,8 +25,8 @@ import argparse
 import time
 
 import numpy as np
-
 from _common import DATA, cold, percentiles_ms, print_table, timed, write_json
+
 from shared_core import Budget, tokens
 from shared_core.calls import settle_usage
 from shared_core.data import load_dataset
@@ -60,7 +60,7 @@ def decide_latency(router, train, test):
     for prompt in train.prompts[:50]:  # warm caches (encodings, BLAS) before timing
         router.release(router.decide(prompt, "bench"))
     durations, settling = [], []
-    for i, prompt in enumerate(test.prompts):
+    for prompt in test.prompts:
         start = time.perf_counter()
         decision = router.decide(prompt, "bench")
         durations.append(time.perf_counter() - start)

@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 
 from _common import percentiles_ms, print_table, write_json
+
 from shared_core import Budget, Candidate, Router
 from shared_core.stores import open_store
 

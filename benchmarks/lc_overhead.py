@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from _common import cold, percentiles_ms, print_table, write_json
+
 from omniroute_lc import ChatOmniRoute
 from omniroute_lc.fakes import FakeToolChatModel
 from shared_core import Budget

@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 from _common import print_table, write_json
+
 from shared_core.budget import MAX_USD, Budget, to_nanos
 from shared_core.candidates import Candidate
 from shared_core.router import Router

@@ -18,8 +18,8 @@ import dataclasses
 import time
 
 import numpy as np
-
 from _common import DATA, print_table, write_json
+
 from shared_core.data import RoutingDataset, load_dataset
 from shared_core.evaluate import ORDERS, online_run, reference_column
 from shared_core.fitting import PREDICTORS, fit_router, priced_candidates
@@ -95,7 +95,9 @@ def main() -> None:
     for name in dict.fromkeys(r["variant"] for r in rows):
         for predictor in predictors:
             for headroom in (4.0, None):
-                mine = [r for r in rows if (r["variant"], r["predictor"], r["cap_headroom"]) == (name, predictor, headroom)]
+                mine = [
+                    r for r in rows if (r["variant"], r["predictor"], r["cap_headroom"]) == (name, predictor, headroom)
+                ]
                 if not mine:
                     continue
                 spend = [r["spent_share"] for r in mine]
@@ -104,9 +106,22 @@ def main() -> None:
                               "4" if headroom else "off",
                               f"{min(spend):.1%}", f"{max(spend):.1%}", sum(s < 0.95 for s in spend),
                               f"{np.mean([r['accuracy'] for r in at10]):.4f}", sum(r["refused"] for r in mine)])
-    print_table("Online spend share over 3 budgets × 3 orders (acc@10 %: mean over orders)",
-                ["variant", "test", "allowance @10 %", "predictor", "cap_headroom", "min", "max", "runs < 95 %", "acc@10 %", "refused"],
-                table)
+    print_table(
+        "Online spend share over 3 budgets × 3 orders (acc@10 %: mean over orders)",
+        [
+            "variant",
+            "test",
+            "allowance @10 %",
+            "predictor",
+            "cap_headroom",
+            "min",
+            "max",
+            "runs < 95 %",
+            "acc@10 %",
+            "refused",
+        ],
+        table,
+    )
     write_json("pacing_variants", {"rows": rows})
 
 

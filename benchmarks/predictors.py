@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
-
 from _common import DATA, percentiles_ms, print_table, timed, write_json
+
 from shared_core.data import RoutingDataset, load_dataset
 from shared_core.embed import TfidfSvdEmbedder
 from shared_core.evaluate import Curve, deferral_curve, oracle_curve, prior_curve, reference_column
@@ -271,15 +271,15 @@ def main() -> None:
     results["hybrid_gamma_cv"] = choose_gamma(train, X, [0.0, 0.25, 0.5, 0.75, 1.0])
     g = results["hybrid_gamma_cv"]
     print_table("hybrid γ by 5-fold CV on the training split", ["γ", "CV AUDC", "± s.e.", "CV Brier"],
-                list(zip(g["gammas"], g["cv_audc"], g["cv_audc_se"], g["cv_brier"])))
+                list(zip(g["gammas"], g["cv_audc"], g["cv_audc_se"], g["cv_brier"], strict=False)))
     results["knn_k_cv"] = choose_k(train, X, [50, 100, 200, 400])
     kk = results["knn_k_cv"]
     print_table("k-NN k by 5-fold CV on the training split", ["k", "CV AUDC", "± s.e.", "CV Brier"],
-                list(zip(kk["ks"], kk["cv_audc"], kk["cv_audc_se"], kk["cv_brier"])))
+                list(zip(kk["ks"], kk["cv_audc"], kk["cv_audc_se"], kk["cv_brier"], strict=False)))
     results["length_delta_cv"] = choose_delta(train, X, np.linspace(0, 1, 5))
     dl = results["length_delta_cv"]
     print_table("length blend δ by 5-fold CV on the training split", ["δ", "CV MAE of output cost (USD)"],
-                list(zip(dl["deltas"], dl["cv_output_cost_mae_usd"])))
+                list(zip(dl["deltas"], dl["cv_output_cost_mae_usd"], strict=False)))
 
     unseen = unseen_models(train, test, embedder, range(1 if args.quick else 5))
     results["unseen_models"] = unseen
@@ -291,8 +291,9 @@ def main() -> None:
     for name in UNSEEN_PREDICTORS:
         diffs = np.array([r["difference"] for r in unseen if r["predictor"] == name])
         summary.append([name, float(diffs.mean()), float(np.abs(diffs).max())])
-    results["unseen_models_summary"] = [dict(zip(["predictor", "mean_difference", "max_abs_difference"], s))
-                                        for s in summary]
+    results["unseen_models_summary"] = [
+        dict(zip(["predictor", "mean_difference", "max_abs_difference"], s, strict=False)) for s in summary
+    ]
     print_table("unseen models over held-out splits", ["predictor", "mean difference", "max |difference|"], summary)
 
     router = fit_router(train, DEFAULT_PREDICTOR, embedder=embedder)

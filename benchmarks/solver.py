@@ -16,10 +16,10 @@ import argparse
 import time
 
 import numpy as np
+from _common import print_table, write_json
 from scipy import sparse
 from scipy.optimize import linprog
 
-from _common import print_table, write_json
 from shared_core.solver import solve
 
 

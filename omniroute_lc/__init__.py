@@ -13,7 +13,14 @@ from .embeddings import LangChainEmbedder
 if TYPE_CHECKING:
     from .middleware import OmniRouteMiddleware
 
-__all__ = ["BudgetExceeded", "LangChainEmbedder", "ChatOmniRoute", "OmniRouteError", "OmniRouteMiddleware", "SpendTracker"]
+__all__ = [
+    "BudgetExceeded",
+    "LangChainEmbedder",
+    "ChatOmniRoute",
+    "OmniRouteError",
+    "OmniRouteMiddleware",
+    "SpendTracker",
+]
 
 
 def __getattr__(name: str) -> Any:

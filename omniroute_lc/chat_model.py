@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any
@@ -33,7 +32,12 @@ from .metering import SummaryRelay, add_chunk, record, settle
 from .request import ROUTED_KWARG, RoutedCall, core_messages
 from .session import resolve_session
 from .structured import (
-    CALL_KWARGS, CallKwargsToConfig, StructuredOutput, response_format_output, routed_parser, tool_parser,
+    CALL_KWARGS,
+    CallKwargsToConfig,
+    StructuredOutput,
+    response_format_output,
+    routed_parser,
+    tool_parser,
 )
 
 __all__ = ["ChatOmniRoute"]
@@ -98,7 +102,9 @@ class ChatOmniRoute(BaseChatModel):
     model: str = Field("omniroute", description="The name this router reports to tracing.")
     max_tokens: int | None = Field(None, description="Output cap per call, passed to the candidate.")
     stop: list[str] | None = Field(None, description="Stop sequences for every call.")
-    temperature: float | None = Field(None, description="Sampling temperature sent to every candidate (theirs if None).")
+    temperature: float | None = Field(
+        None, description="Sampling temperature sent to every candidate (theirs if None)."
+    )
     streaming: bool = Field(False, description="Whether invoke streams from the candidate (LangChain's flag).")
     timeout: float | None = Field(
         None, gt=0, description="Seconds each attempt may take before the next candidate is tried (router's if None)."

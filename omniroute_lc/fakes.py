@@ -174,7 +174,7 @@ class FakeToolChatModel(BaseChatModel):
             if choice not in names:
                 raise ValueError(f"tool_choice {choice!r} is not a bound tool; bound: {names}")
             return tools[names.index(choice)]
-        return next((t for t, n in zip(tools, names) if n in prompt), tools[0])
+        return next((t for t, n in zip(tools, names, strict=False) if n in prompt), tools[0])
 
     @staticmethod
     def _limit(text: str, stop: list[str] | None, max_tokens: int | None) -> str:

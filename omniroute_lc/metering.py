@@ -10,7 +10,12 @@ from langchain_core.outputs import ChatGenerationChunk
 
 from shared_core.calls import Settlement, settle_usage
 from shared_core.metering import (
-    METADATA_KEY, StreamSettlement, ToolCallPart, combined_usage, routing_record, tool_call_text,
+    METADATA_KEY,
+    StreamSettlement,
+    ToolCallPart,
+    combined_usage,
+    routing_record,
+    tool_call_text,
 )
 from shared_core.router import Decision, Router
 

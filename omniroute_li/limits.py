@@ -88,8 +88,9 @@ def with_declared_limits(candidate: Candidate) -> Candidate:
     """The candidate with the limits, provider and tool support its LLM declares (see Candidate.with_limits
     and Candidate.with_capabilities: a supports_tools it states itself stays)."""
     window, cap, limit = declared_limits(candidate.model)
-    limited = candidate.with_limits(context_window=window, max_output_tokens=limit, provider=provider_of(candidate.model),
-                                    client_cap=cap)
+    limited = candidate.with_limits(
+        context_window=window, max_output_tokens=limit, provider=provider_of(candidate.model), client_cap=cap
+    )
     if "max_tokens" not in type(candidate.model).model_fields and limited.accepts_output_cap:
         limited = limited.model_copy(update={"accepts_output_cap": False})  # see capped()
     return limited.with_capabilities(supports_tools=can_call_tools(candidate.model))

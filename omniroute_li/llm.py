@@ -358,7 +358,9 @@ class OmniRouteLLM(FunctionCallingLLM):
                 async for chunk in await llm.astream_chat(**{**arguments(candidate.model), **extra}):
                     yield chunk
 
-            async with aclosing(self._asettling(FallbackStream(self.router, decision, start, on_failure=_failed))) as settled:
+            async with aclosing(
+                self._asettling(FallbackStream(self.router, decision, start, on_failure=_failed))
+            ) as settled:
                 async for chunk in settled:  # aclose() on this generator settles at once, not when collected
                     yield chunk
 
@@ -412,7 +414,9 @@ class OmniRouteLLM(FunctionCallingLLM):
                 async for chunk in await llm.astream_complete(prompt, formatted=formatted, **{**kwargs, **extra}):
                     yield chunk
 
-            async with aclosing(self._asettling(FallbackStream(self.router, decision, start, on_failure=_failed))) as settled:
+            async with aclosing(
+                self._asettling(FallbackStream(self.router, decision, start, on_failure=_failed))
+            ) as settled:
                 async for chunk in settled:  # aclose() on this generator settles at once, not when collected
                     yield chunk
 

@@ -68,7 +68,11 @@ class OmniRouteSelector(BaseSelector):
             raise ValueError(f"each choice needs its own candidate, got {dict(choices)}")
         if relevance is not None and not isinstance(relevance, (BaseEmbedding, BaseSelector)):
             raise TypeError(f"relevance must be a LlamaIndex BaseEmbedding or selector, got {type(relevance).__name__}")
-        if isinstance(engine_prompt_tokens, bool) or not isinstance(engine_prompt_tokens, int) or engine_prompt_tokens < 0:
+        if (
+            isinstance(engine_prompt_tokens, bool)
+            or not isinstance(engine_prompt_tokens, int)
+            or engine_prompt_tokens < 0
+        ):
             raise ValueError(f"engine_prompt_tokens must be a whole number >= 0, got {engine_prompt_tokens!r}")
         self.router = router
         self.choices = dict(choices)
@@ -123,12 +127,14 @@ class OmniRouteSelector(BaseSelector):
         return [1.0 if i in picked else 0.0 for i in range(len(choices))]
 
     # ------------------------------------------------------------------ selection
-    def _choose(self, choices: Sequence[ToolMetadata], query: QueryBundle, scores: list[float] | None) -> RoutedSelection:
+    def _choose(
+        self, choices: Sequence[ToolMetadata], query: QueryBundle, scores: list[float] | None
+    ) -> RoutedSelection:
         names = [self._candidate(choice.name) for choice in choices]
         others = [c.name for c in self.router.candidates if c.name not in names]
         decision = self.router.decide(
             query.query_str, self.session, exclude=others,
-            weights=None if scores is None else dict(zip(names, scores)),
+            weights=None if scores is None else dict(zip(names, scores, strict=False)),
             extra_input_tokens=self.engine_prompt_tokens,
             reservation_ttl_s=self.hold_ttl_s if self.hold else None,
         )

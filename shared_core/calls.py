@@ -11,16 +11,16 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, ContextManager, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from . import telemetry
+from .budget import LedgerUnavailable
 from .candidates import Candidate
 from .errors import AttemptTimeout
 from .fallbacks import AllCandidatesFailed, Attempt, ErrorKind, classify, falls_back
 from .pricing import Reported, Usage, usage_from_report
-from .budget import LedgerUnavailable
 from .router import Decision, Router
 from .tokens import count_tokens
-from . import telemetry
 
 __all__ = [
     "AttemptTimeout", "FallbackStream", "OnFailure", "Settlement", "acall_with_fallbacks", "call_with_fallbacks",
@@ -50,8 +50,8 @@ class _Tries:
         limits = [self.router.attempt_timeout_s]
         if self.deadline is not None:
             limits.append(max(0.0, self.deadline - time.monotonic()))
-        limits = [t for t in limits if t is not None]
-        return min(limits) if limits else None
+        known = [t for t in limits if t is not None]
+        return min(known) if known else None
 
     def fail(self, decision: Decision, error: Exception) -> Decision:
         """Record a failed attempt, tell `on_failure`, and return the next decision (see `next`)."""
@@ -203,7 +203,8 @@ def call_with_fallbacks(
         try:
             candidate = router.candidate(decision.chosen)
             with _current(decision):
-                return tries.within(decision, lambda: call(candidate, decision)), decision
+                # The lambda runs before the loop moves on: it sees this iteration's candidate and decision.
+                return tries.within(decision, lambda: call(candidate, decision)), decision  # noqa: B023
         except Exception as error:
             decision = tries.fail(decision, error)
         except BaseException as error:
@@ -255,8 +256,8 @@ class FallbackStream(Generic[C]):
             try:
                 candidate, decision = self.router.candidate(self.decision.chosen), self.decision
 
-                def begin() -> tuple[Iterator[C], C]:
-                    chunks = iter(self._start(candidate, decision))
+                def begin() -> tuple[Iterator[C], C]:  # called at once below, within this iteration
+                    chunks = iter(self._start(candidate, decision))  # noqa: B023
                     return chunks, next(chunks)
 
                 with _current(decision):
@@ -315,7 +316,7 @@ class FallbackStream(Generic[C]):
 _DONE: Any = object()
 
 
-def _current(decision: Decision) -> ContextManager[Any]:
+def _current(decision: Decision) -> contextlib.AbstractContextManager[Any]:
     """The decision's span made current (a provider client's spans nest under it); nothing untraced."""
     return _NOTHING if decision.trace is None else decision.trace.current()
 

@@ -120,7 +120,9 @@ class Candidate(BaseModel):
         """US dollars for a call with these token counts."""
         if input_tokens < 0 or output_tokens < 0:
             raise ValueError(f"token counts must be >= 0, got {input_tokens}, {output_tokens}")
-        return float(price_tokens(input_tokens, output_tokens, self.input_price, self.output_price)) + self.request_price
+        return (
+            float(price_tokens(input_tokens, output_tokens, self.input_price, self.output_price)) + self.request_price
+        )
 
     def worst_case_cost(self, input_tokens: float, max_tokens: int | None = None) -> float:
         """The most a call can cost: every input token at the dearest input rate (plain or prompt-cache)

@@ -81,7 +81,8 @@ def lookup(name: str, *, provider_ref: str | None = None, api_url: str | None = 
     for where in attempts or [{}]:
         try:
             # Pricing no usage finds the model and today's standard prices through the public API.
-            found = genai_prices.calc_price(genai_prices.Usage(), name, **where)
+            # `where` holds one of the two keyword-only overloads' arguments; mypy cannot see which through **.
+            found = genai_prices.calc_price(genai_prices.Usage(), name, **where)  # type: ignore[call-overload]
         except LookupError:
             continue
         prices = found.model_price
@@ -186,7 +187,7 @@ def _catalogued(declared: Declared, priced: bool) -> Entry | None:
         ) from None
     if not priced and entry is None:
         raise _unknown(declared, "genai-prices does not know the model")
-    if not priced and (entry.input_price is None or entry.output_price is None):
+    if not priced and entry is not None and (entry.input_price is None or entry.output_price is None):
         raise _unknown(declared, "genai-prices has no per-token input and output prices for")
     return entry
 
@@ -250,6 +251,8 @@ def candidate_from_model(model: Any, **overrides: Any) -> Candidate:
     candidate = Candidate(**{**{k: v for k, v in fields.items() if v is not None}, **overrides})
     # The model's own limits by the rule the adapters apply when they bind it (Candidate.with_limits).
     return candidate.with_limits(
-        context_window=declared.context_window, max_output_tokens=declared.max_output_tokens, provider=declared.provider,
+        context_window=declared.context_window,
+        max_output_tokens=declared.max_output_tokens,
+        provider=declared.provider,
         client_cap=declared.client_cap,
     )

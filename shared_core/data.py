@@ -74,8 +74,10 @@ class RoutingDataset:
     def subset(self, mask: np.ndarray | str) -> RoutingDataset:
         """The rows where `mask` is true, or where `split == mask` when given a string."""
         if isinstance(mask, str):
-            name, mask = mask, self.split == mask
-            if not mask.any():
+            name = mask
+            chosen: np.ndarray = self.split == name
+            mask = chosen
+            if not chosen.any():
                 raise ValueError(f"no rows with split == {name!r}; splits are {sorted(set(self.split))}")
         idx = np.flatnonzero(np.asarray(mask))
         return RoutingDataset(

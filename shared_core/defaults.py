@@ -27,8 +27,10 @@ def default_candidates(max_output_tokens: int = 1024) -> list[Candidate]:
 
 DEMO_PROMPTS = [
     "Write a Python function that returns the n-th Fibonacci number using memoisation.",
-    "Which gas do plants absorb from the atmosphere for photosynthesis?\nA) oxygen\nB) carbon dioxide\nC) nitrogen\nD) helium\nAnswer:",
-    "The trophy doesn't fit into the brown suitcase because the _ is too large. Option1: trophy. Option2: suitcase. Answer:",
+    "Which gas do plants absorb from the atmosphere for photosynthesis?\n"
+    "A) oxygen\nB) carbon dioxide\nC) nitrogen\nD) helium\nAnswer:",
+    "The trophy doesn't fit into the brown suitcase because the _ is too large. "
+    "Option1: trophy. Option2: suitcase. Answer:",
     "Summarise the causes of the French Revolution in three sentences.",
     "Write a function to check whether a string is a palindrome, ignoring case and punctuation.",
     "A train travels 120 km in 1.5 hours. What is its average speed in km/h?",

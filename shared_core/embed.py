@@ -8,7 +8,7 @@ LlamaIndex adapters are thin subclasses).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -23,7 +23,7 @@ __all__ = ["Embedder", "TfidfSvdEmbedder", "FunctionEmbedder", "tail_text", "che
 class Embedder(Protocol):
     """fit(texts) learns whatever the embedder needs; transform(texts) gives an (n, d) float array."""
 
-    def fit(self, texts: Sequence[str]) -> "Embedder": ...
+    def fit(self, texts: Sequence[str]) -> Embedder: ...
 
     def transform(self, texts: Sequence[str]) -> np.ndarray: ...
 
@@ -86,7 +86,7 @@ class TfidfSvdEmbedder(Estimator):
         self.tail_chars = tail_chars
         self.min_df = min_df
         self.char_ngrams = None if char_ngrams is None else tuple(char_ngrams)
-        self.word_ngrams = tuple(word_ngrams)
+        self.word_ngrams: tuple[int, int] = tuple(word_ngrams)  # type: ignore[assignment]  # a pair, as declared
         self.random_state = random_state
 
     def _check_params(self) -> None:
@@ -110,7 +110,9 @@ class TfidfSvdEmbedder(Estimator):
             raise ValueError(f"{len(vocabularies)} vocabularies for {len(kinds)} n-gram kinds")
         self.vocabularies_ = vocabularies
         self.idf_ = [np.asarray(w) for w in idf]
-        self._counters = [WordNgramCounter(vocabularies[0], self.word_ngrams)]
+        self._counters: list[WordNgramCounter | AnalyzerCounter] = [
+            WordNgramCounter(vocabularies[0], self.word_ngrams)
+        ]
         if self.char_ngrams is not None:
             analyzer = TfidfVectorizer(**kinds[1]).build_analyzer()
             self._counters.append(AnalyzerCounter(analyzer, vocabularies[1]))
@@ -118,7 +120,7 @@ class TfidfSvdEmbedder(Estimator):
     def _sparse(self, texts: list[str]) -> Any:
         """√(1−w)·tfidf(prompt) + √w·tfidf(tail) as a float32 CSR matrix."""
         w = self.tail_weight
-        H = 0.0
+        H: Any = 0.0  # a sparse matrix once either term is added
         if w < 1.0:
             H = np.sqrt(1.0 - w) * self._tfidf(texts)
         if w > 0.0:
@@ -135,7 +137,7 @@ class TfidfSvdEmbedder(Estimator):
         import scipy.sparse as sp
 
         blocks = []
-        for counter, idf in zip(self._counters, self.idf_):
+        for counter, idf in zip(self._counters, self.idf_, strict=False):
             indptr, columns, counts = counter.count(docs)
             X = sp.csr_matrix((counts.astype(np.float32), columns, indptr), shape=(len(docs), len(idf)))
             np.log(X.data, X.data)
@@ -144,7 +146,7 @@ class TfidfSvdEmbedder(Estimator):
             blocks.append(_normalise_rows(X))
         return _normalise_rows(blocks[0] if len(blocks) == 1 else sp.hstack(blocks, format="csr"))
 
-    def fit(self, texts: Sequence[str]) -> "TfidfSvdEmbedder":
+    def fit(self, texts: Sequence[str]) -> TfidfSvdEmbedder:
         """Learn the n-gram vocabularies, IDF weights and SVD directions from training prompts."""
         from sklearn.decomposition import TruncatedSVD
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -192,12 +194,12 @@ class TfidfSvdEmbedder(Estimator):
                 and all(isinstance(v, list) and all(isinstance(t, str) for t in v) for v in vocabularies)):
             raise ValueError("embedder vocabularies must be lists of strings")
         idf = [arrays.get(f"idf_{i}") for i in range(len(vocabularies))]
-        for vocab, weights in zip(vocabularies, idf):
+        for vocab, weights in zip(vocabularies, idf, strict=False):
             shape = None if weights is None else weights.shape
             if shape != (len(vocab),) or len(set(vocab)) != len(vocab):
                 raise ValueError(f"IDF weights of shape {shape} for a vocabulary of {len(vocab)} terms "
                                  "(terms must be unique)")
-        self._set_vocabularies(vocabularies, idf)
+        self._set_vocabularies(vocabularies, cast("list[np.ndarray]", idf))  # none is None: shapes checked above
         components = arrays["components"]
         width = sum(len(v) for v in vocabularies)
         if components.ndim != 2 or components.shape[1] != width:
@@ -231,7 +233,7 @@ class FunctionEmbedder:
         self.embed = embed
         self.name = name
 
-    def fit(self, texts: Sequence[str]) -> "FunctionEmbedder":
+    def fit(self, texts: Sequence[str]) -> FunctionEmbedder:
         """Nothing to learn: the embedding model is pretrained."""
         check_texts(texts)
         return self

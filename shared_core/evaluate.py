@@ -22,12 +22,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from .budget import Budget, BudgetExceeded
-
 from .solver import solve
 
 if TYPE_CHECKING:
@@ -78,7 +77,7 @@ class Curve:
         order = np.argsort(self.x, kind="stable")
         xs, ys = self.x[order], np.maximum.accumulate(self.y[order])
         total, prev_x, level = 0.0, 0.0, float(self.y[np.argmin(self.x)])
-        for x, y in zip(xs, ys):
+        for x, y in zip(xs, ys, strict=False):
             if x >= upper:
                 break
             if x > prev_x:
@@ -94,7 +93,7 @@ class Curve:
 
     def as_list(self) -> list[list[float]]:
         """[[cost_fraction, accuracy], ...] sorted by cost."""
-        return [[float(x), float(y)] for x, y in zip(self.x, self.y)]
+        return [[float(x), float(y)] for x, y in zip(self.x, self.y, strict=False)]
 
 
 def route_argmax(q_pred: np.ndarray, c_pred: np.ndarray, lam: float, feasible: np.ndarray | None = None) -> np.ndarray:
@@ -148,10 +147,16 @@ def deferral_curve(
     for lam in lams:
         ch = route_argmax(q_pred, c_pred, float(lam))
         cost, acc = realised(ch, q_true, c_true)
-        xs.append(cost / reference_cost), ys.append(acc), ls.append(lam), chs.append(ch)
+        xs.append(cost / reference_cost)
+        ys.append(acc)
+        ls.append(lam)
+        chs.append(ch)
     cheapest = np.full(len(q_true), int(np.argmin(np.nanmean(c_pred, axis=0))))
     cost, acc = realised(cheapest, q_true, c_true)
-    xs.append(cost / reference_cost), ys.append(acc), ls.append(np.inf), chs.append(cheapest)
+    xs.append(cost / reference_cost)
+    ys.append(acc)
+    ls.append(np.inf)
+    chs.append(cheapest)
     order = np.argsort(xs, kind="stable")
     return Curve(
         np.asarray(xs)[order], np.asarray(ys)[order], np.asarray(ls)[order],
@@ -236,7 +241,7 @@ def batch_run(estimate: Estimate, test: RoutingDataset, budget_usd: float, budge
     if list(estimate.candidates) != list(test.models):
         raise ValueError("the estimate's candidates must be the dataset's models, in its order")
     choice = solve(estimate.quality, estimate.cost, budget=budget_usd).choice
-    spent, acc = _outcome(choice, test.quality, test.cost)
+    spent, acc = _outcome(choice, test.quality, cast(np.ndarray, test.cost))  # evaluation needs costs
     return BudgetRun(predictor, "batch", budget_fraction, budget_usd, spent, acc, choice)
 
 
@@ -272,7 +277,7 @@ def online_run(
     scope = f"eval-online-{uuid.uuid4().hex}"  # a fresh session: budgets keep what was spent
     router.set_budget(scope, Budget(usd=budget_usd, horizon=len(test)))
     choice = np.full(len(test), -1)
-    quality, cost = test.quality.copy(), test.cost.copy()
+    quality, cost = test.quality.copy(), cast(np.ndarray, test.cost).copy()  # evaluation needs costs
     written = test.output_tokens()
     rows = replay_order(test.task, order, seed)
     for i in progress(rows) if progress is not None else rows:
@@ -322,5 +327,5 @@ def fixed_lambda_run(
 ) -> BudgetRun:
     """Per-query routing of the test rows with one fixed λ, measured on the truths."""
     choice = route_argmax(q_pred, c_pred, lam)
-    spent, acc = _outcome(choice, test.quality, test.cost)
+    spent, acc = _outcome(choice, test.quality, cast(np.ndarray, test.cost))  # evaluation needs costs
     return BudgetRun(predictor, "fixed-lambda", budget_fraction, budget_usd, spent, acc, choice)

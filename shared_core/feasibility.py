@@ -70,6 +70,6 @@ def reasons(
 
 def describe(candidates: Sequence[Candidate], why: Sequence[tuple[str, ...]], request: Request) -> str:
     """The NoFeasibleCandidate message: each candidate's reasons (only the asked-for model's, when one is)."""
-    listed = [f"{c.name}: {', '.join(w)}" for c, w in zip(candidates, why)
+    listed = [f"{c.name}: {', '.join(w)}" for c, w in zip(candidates, why, strict=False)
               if request.model is None or c.name == request.model]
     return "no candidate can serve this request (" + "; ".join(listed) + ")"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -230,7 +230,8 @@ def fit_router(
         raise ValueError("cannot fit on an empty dataset")
     auto = predictor == AUTO
     spec = predictor if isinstance(predictor, PredictorSpec) else BASELINE if auto else None
-    quality = make_predictor(spec.kind, **spec.kwargs) if spec is not None else make_predictor(predictor)
+    # spec is None only for a predictor named by a string (not a PredictorSpec, not "auto").
+    quality = make_predictor(spec.kind, **spec.kwargs) if spec is not None else make_predictor(cast(str, predictor))
     if candidates is None:
         candidates, _ = priced_candidates(dataset)
     cands = list(candidates)

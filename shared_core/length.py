@@ -46,7 +46,7 @@ class LengthPrior(Estimator):
     def __init__(self, default: float = 256.0) -> None:
         self.default = default
 
-    def fit(self, X: np.ndarray, L: np.ndarray, models: Sequence[str]) -> "LengthPrior":
+    def fit(self, X: np.ndarray, L: np.ndarray, models: Sequence[str]) -> LengthPrior:
         """Learn per-model mean output length from token counts L (n, m; NaN = unknown)."""
         _, L, self.models_ = check_lengths(np.empty((len(np.asarray(L)), 0)), L, models)
         self.mean_ = _column_means(L, self.default)
@@ -101,7 +101,7 @@ class HybridLength(Estimator):
         if not self.alpha > 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
 
-    def fit(self, X: np.ndarray, L: np.ndarray, models: Sequence[str]) -> "HybridLength":
+    def fit(self, X: np.ndarray, L: np.ndarray, models: Sequence[str]) -> HybridLength:
         """Remember the training prompts' lengths and fit one ridge regression per model."""
         self._check_params()
         X, L, self.models_ = check_lengths(X, L, models)

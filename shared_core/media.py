@@ -113,7 +113,7 @@ _Reader = Callable[[int, int], bytes]  # (offset, n) → up to n bytes from offs
 # Image sizes from headers
 
 
-def image_size(data: bytes) -> tuple[int, int] | None:
+def image_size(data: bytes | bytearray | memoryview) -> tuple[int, int] | None:
     """(width, height) in pixels read from the header of PNG, JPEG, GIF or WebP bytes.
 
     PNG: the IHDR chunk; JPEG: the first SOFn segment (segments before it are skipped by their
@@ -553,7 +553,8 @@ def _other_tokens(block: Mapping[str, Any], count_text: Callable[[str], int]) ->
 
 
 def _payload(block: Mapping[str, Any]) -> str | bytes | bytearray | memoryview | None:
-    nested = block.get(block.get("type")) if isinstance(block.get("type"), str) else None
+    kind = block.get("type")
+    nested = block.get(kind) if isinstance(kind, str) else None
     for holder in (block, block.get("source"), nested):
         if isinstance(holder, Mapping):
             for field in _PAYLOAD_FIELDS:

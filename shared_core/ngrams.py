@@ -55,8 +55,8 @@ class WordNgramCounter:
             words = term.split(" ")
             if not lo <= len(words) <= hi or not all(_TOKEN.fullmatch(w) for w in words):
                 raise ValueError(f"vocabulary term {term!r} is not a {lo}–{hi}-gram of words")
-            ids = [word_ids.setdefault(w.encode(), len(word_ids) - len(_WORD_BYTES)) for w in words]
-            grams[len(words)][0].append(ids)
+            term_ids = [word_ids.setdefault(w.encode(), len(word_ids) - len(_WORD_BYTES)) for w in words]
+            grams[len(words)][0].append(term_ids)
             grams[len(words)][1].append(column)
         self._word_ids = word_ids
         self._base = max(1, len(word_ids) - len(_WORD_BYTES))

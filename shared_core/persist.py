@@ -41,8 +41,8 @@ import struct
 import time
 import uuid
 import zipfile
-from contextlib import contextmanager
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,9 +50,9 @@ import numpy as np
 from pydantic import ValidationError
 
 from .budget import Budget
-from .errors import PersistError
 from .candidates import Candidate
 from .embed import TfidfSvdEmbedder
+from .errors import PersistError
 from .length import HybridLength, LengthPrior
 from .pacing import DualPacer
 from .quality import PREDICTORS, Estimator
@@ -142,7 +142,8 @@ def save_router(router: Router, directory: str | Path) -> Path:
     arrays: dict[str, np.ndarray] = {}
     components = {slot: _dump_component(getattr(router, slot), slot, arrays) for slot in _SLOTS}
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    # numpy's stub types **kwds as if they could be its allow_pickle flag; the keys are "slot/name" arrays.
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
     blob = buffer.getvalue()
     body = {
         "format": FORMAT,
@@ -341,7 +342,7 @@ def _npy_header(fp: Any, key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
 def _npy_data(fp: Any, key: str, shape: tuple[int, ...], fortran: bool, dtype: np.dtype) -> np.ndarray:
     """The data following a header, copied into a new array CHUNK_BYTES at a time."""
     out = np.empty(math.prod(shape), dtype=dtype)
-    view = memoryview(out).cast("B")
+    view = memoryview(out).cast("B")  # type: ignore[arg-type]  # ndarray is a buffer; numpy types it so on 3.12+
     done = 0
     while done < len(view):
         n = fp.readinto(view[done:done + CHUNK_BYTES])
@@ -447,7 +448,7 @@ def _load_component(spec: Any, slot: str, arrays: Mapping[str, np.ndarray]) -> A
         return None
     if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
         raise PersistError(f"{MANIFEST}: component '{slot}' must be null or an object with a 'kind'")
-    kind = spec["kind"]
+    kind: str = spec["kind"]
     if kind == _EXTERNAL:
         raise PersistError(
             f"this router was saved with an external {slot} ({spec.get('class')}): pass {slot}= to load it"
@@ -458,7 +459,8 @@ def _load_component(spec: Any, slot: str, arrays: Mapping[str, np.ndarray]) -> A
     prefix = f"{slot}/"
     state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
     try:
-        return cls.from_state(spec.get("params"), state)
+        # A manifest without params fails inside from_state; the except below reports it as PersistError.
+        return cls.from_state(spec.get("params"), state)  # type: ignore[arg-type]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise PersistError(f"{MANIFEST}: the saved {slot} ({kind}) is invalid: {e!r}") from None
 

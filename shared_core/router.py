@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -29,9 +29,9 @@ from .budget import (
 )
 from .candidates import Candidate, validate_candidates
 from .errors import NoFeasibleCandidate, RoutingError
+from .fallbacks import Attempt, ErrorKind, classify
 from .feasibility import Request, describe, output_caps, reasons
 from .length import LengthPrior
-from .fallbacks import Attempt, ErrorKind, classify
 from .pacing import DualPacer
 from .pending import PendingCommit, PendingCommits, PendingJournal
 from .pricing import Usage, price, price_tokens
@@ -197,7 +197,9 @@ class Router:
         self.session_idle_ttl_s = check_idle_ttl(session_idle_ttl_s, "session_idle_ttl_s")
         if cap_headroom is not None and (isinstance(cap_headroom, bool) or not isinstance(cap_headroom, (int, float))
                                          or not 1 <= cap_headroom < float("inf")):
-            raise ValueError(f"cap_headroom must be a number >= 1 (times the predicted output) or None, got {cap_headroom!r}")
+            raise ValueError(
+                f"cap_headroom must be a number >= 1 (times the predicted output) or None, got {cap_headroom!r}"
+            )
         self.cap_headroom = None if cap_headroom is None else float(cap_headroom)
         # Budgets set through this router (set_budget): the truth a lost ledger entry is restored from.
         self._declared: dict[str, Budget] = {}
@@ -497,8 +499,10 @@ class Router:
         try:
             return self._reserve_ranked(base, order, worst, states, ttl_s)
         except UnknownScope as error:
-            raise LedgerUnavailable(f"the budget of scope {scope!r} vanished twice between reading and holding it ({error}); "
-                                    "is session_idle_ttl_s shorter than the ledger's response time?") from error
+            raise LedgerUnavailable(
+                f"the budget of scope {scope!r} vanished twice between reading and holding it ({error}); "
+                "is session_idle_ttl_s shorter than the ledger's response time?"
+            ) from error
 
     def _reserve_ranked(
         self, base: Decision, order: list[str], worst: Mapping[str, float], states: list[ScopeState],
@@ -514,13 +518,17 @@ class Router:
                 cap = self._cap_within(base, name, left)
                 if cap is None:
                     continue
-                hold, caps, lowered = self.candidate(name).worst_case_cost(base.input_tokens[name], cap), {**caps, name: cap}, True
+                hold, caps, lowered = (
+                    self.candidate(name).worst_case_cost(base.input_tokens[name], cap),
+                    {**caps, name: cap},
+                    True,
+                )
             rid = uuid.uuid4().hex
             try:
                 self.store.reserve(rid, base.scopes, hold, ttl_s or self.reservation_ttl_s)
             except BudgetExceeded as e:  # another request took the money since our snapshot
                 last = e
-                states = [s or st for s, st in zip(self.store.states(base.scopes), states)]
+                states = [s or st for s, st in zip(self.store.states(base.scopes), states, strict=False)]
                 continue
             return _routed(replace(base, id=rid, chosen=name, reserved=hold, output_caps=caps, cap_lowered=lowered))
         raise _refusal(base, order, worst, states) from last
@@ -557,7 +565,9 @@ class Router:
             return None
         states = [s for s in self.store.states(decision.scopes) if s]
         worst = {n: self.candidate(n).worst_case_cost(decision.input_tokens[n], decision.output_caps[n]) for n in order}
-        following = replace(decision, failed=failed, failures=decision.failures + (record,), attempt=decision.attempt + 1)
+        following = replace(
+            decision, failed=failed, failures=decision.failures + (record,), attempt=decision.attempt + 1
+        )
         if decision.scope is not None and len(states) != len(decision.scopes):  # idled out while the call ran
             states = self._chain_states(decision.scope)
             following = replace(following, scopes=tuple(s.scope for s in states))
@@ -777,13 +787,14 @@ class Router:
             raise ValueError("add_candidate needs at least one profile prompt")
         X = self._features(prompts)
         with self._models_lock:
-            self.quality.add_model(candidate.name, X, np.asarray(profile_quality, dtype=np.float64))
+            # add_model, remove_model and observe are optional (checked above), outside the protocols.
+            cast(Any, self.quality).add_model(candidate.name, X, np.asarray(profile_quality, dtype=np.float64))
             try:
                 if profile_output_tokens is not None:
                     self.lengths.add_model(candidate.name, X, np.asarray(profile_output_tokens, dtype=np.float64))
                 self._set_candidates([*self._candidates, candidate])
             except Exception:
-                for predictor in (self.quality, self.lengths):
+                for predictor in cast("tuple[Any, ...]", (self.quality, self.lengths)):
                     if candidate.name in getattr(predictor, "models_", ()):
                         predictor.remove_model(candidate.name)
                 raise
@@ -795,7 +806,7 @@ class Router:
             remaining = [c for c in self._candidates if c.name != name]
             if not remaining:
                 raise ValueError(f"cannot remove {name!r}: it is the only candidate")
-            for predictor in (self.quality, self.lengths):
+            for predictor in cast("tuple[Any, ...]", (self.quality, self.lengths)):
                 if name in getattr(predictor, "models_", ()) and callable(getattr(predictor, "remove_model", None)):
                     predictor.remove_model(name)
             self._retired[name] = self.candidate(name)
@@ -814,7 +825,7 @@ class Router:
             raise ValueError("the decision carries no prompt text to learn from")
         X = self._features([decision.text])
         with self._models_lock:
-            self.quality.observe(X, decision.chosen, np.array([quality]))
+            cast(Any, self.quality).observe(X, decision.chosen, np.array([quality]))
 
     def save(self, directory: str | Path) -> Path:
         """Write the fitted router (candidates, settings, predictors) as JSON + .npz; returns the manifest path.
@@ -859,8 +870,9 @@ def _normalise(request: str | Messages) -> tuple[list[Mapping[str, Any]], str]:
     for i, m in enumerate(request):
         if not isinstance(m, Mapping) or "role" not in m:
             raise RoutingError(f"messages[{i}] must be a mapping with 'role' and 'content', got {m!r}")
-    text = "\n".join(t for t in (content_text(m.get("content")) for m in request) if t)
-    return list(request), text
+    # mypy widens `request` back to include str at isinstance(request, Sequence), though str returned above.
+    text = "\n".join(t for t in (content_text(m.get("content")) for m in request) if t)  # type: ignore[union-attr]
+    return list(request), text  # type: ignore[arg-type]
 
 
 def _weights(weights: Mapping[str, float], names: Sequence[str]) -> np.ndarray:

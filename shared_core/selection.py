@@ -145,7 +145,8 @@ def out_of_fold_quality(
     Q = np.empty((n, len(models)))
     for f in range(folds):
         fit, held = fold != f, fold == f
-        Q[held] = predictor.clone().fit(X[fit], Y[fit], list(models)).predict(X[held])
+        # Estimator carries the hyper-parameters; every predictor given here is also a QualityPredictor.
+        Q[held] = predictor.clone().fit(X[fit], Y[fit], list(models)).predict(X[held])  # type: ignore[attr-defined]
     return Q
 
 
@@ -216,7 +217,7 @@ def select_predictor(
             if all(h in cache for h in halves):
                 q = HybridQuality.blend(cache[halves[0]], cache[halves[1]], predictor.gamma)
         if q is None:
-            q = predictor.fit(X[fit], Y[fit], list(models)).predict(X[held])
+            q = predictor.fit(X[fit], Y[fit], list(models)).predict(X[held])  # type: ignore[attr-defined]  # as above
         cache[_key(predictor)] = q
         seconds[i] += time.perf_counter() - start
         scores[i, f] = deferral_curve(q, held_cost[held], Y[held], cost[held], ref_cost).area()

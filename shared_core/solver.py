@@ -112,7 +112,8 @@ def solve(
     if budget is not None:
         return _greedy_budget(q, c, start, steps, float(budget))
     best = float(q[np.arange(len(q)), start].sum())
-    if best < target - _TARGET_SLACK * max(1.0, abs(target)):  # type: ignore[operator]
+    # target is set whenever budget is None (exactly one of the two is given).
+    if best < target - _TARGET_SLACK * max(1.0, abs(target)):  # type: ignore[operator, arg-type]
         raise Infeasible(f"mean quality {quality_target:.6g} is above the best reachable {best / len(q):.6g}")
     return _greedy_target(q, c, start, steps, target)  # type: ignore[arg-type]
 
@@ -205,7 +206,7 @@ def _envelope_steps(q: np.ndarray, c: np.ndarray, ok: np.ndarray) -> tuple[np.nd
         s, steps = _walk(q[lo:lo + _CHUNK], c[lo:lo + _CHUNK], ok[lo:lo + _CHUNK])
         start[lo:lo + _CHUNK] = s
         parts.append((steps[0] + lo, *steps[1:]))
-    rows, to, lam, dc, dq = (np.concatenate(x) for x in zip(*parts))
+    rows, to, lam, dc, dq = (np.concatenate(x) for x in zip(*parts, strict=False))
     order = np.argsort(lam, kind="stable")  # stable: one row's steps stay in envelope order
     return start, (rows[order], to[order], lam[order], dc[order], dq[order])
 
@@ -244,7 +245,7 @@ def _walk(q: np.ndarray, c: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, Ste
     if not out:
         empty = np.empty(0)
         return start, (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), empty, empty, empty)
-    rows, to, lam_s, dc, dq = (np.concatenate(x) for x in zip(*out))
+    rows, to, lam_s, dc, dq = (np.concatenate(x) for x in zip(*out, strict=False))
     return start, (rows, to, lam_s, dc, dq)
 
 
@@ -373,7 +374,7 @@ def _capacitated(q: np.ndarray, c: np.ndarray, ok: np.ndarray, caps: np.ndarray,
         lam, prices, bound = y0, mu, dual
     else:
         choice = _restore(q, c, ok, caps, choice, None, target)
-        surplus = q[r, choice].sum() - target - 1e-12 * abs(target)  # type: ignore[operator]
+        surplus = q[r, choice].sum() - target - 1e-12 * abs(target)  # type: ignore[operator, arg-type]  # target mode
         saved = np.where(ok, c[r, choice][:, None] - c, -np.inf)
         choice = _fill(caps, choice, saved, q[r, choice][:, None] - q, surplus)
         # y₀ is USD per unit of quality: λ is its inverse, and μ is read in quality units.
@@ -568,9 +569,9 @@ def _restore(q: np.ndarray, c: np.ndarray, ok: np.ndarray, caps: np.ndarray, cho
                 # The moves above are a heuristic; whether any assignment fits is an exact question.
                 return _least_within(c if budget is not None else -q, ok, caps, excess_left=lambda ch: (
                     c[r, ch].sum() - budget if budget is not None
-                    else target - q[r, ch].sum() - _TARGET_SLACK * max(1.0, abs(target))))  # type: ignore[operator]
-            for i, j in moves:
-                choice[i] = j
+                    else target - q[r, ch].sum() - _TARGET_SLACK * max(1.0, abs(target))))  # type: ignore[operator, arg-type]
+            for mover, dest in moves:
+                choice[mover] = dest
             continue
         f, p = total_fix[rows, cols], (price + extra_price)[rows, cols]
         covers = f >= excess
@@ -602,7 +603,9 @@ def _least_within(weight: np.ndarray, ok: np.ndarray, caps: np.ndarray, excess_l
     return choice
 
 
-def _best_chain(fix: np.ndarray, choice: np.ndarray, room: np.ndarray, start: int | None = None) -> list[tuple[int, int]]:
+def _best_chain(
+    fix: np.ndarray, choice: np.ndarray, room: np.ndarray, start: int | None = None
+) -> list[tuple[int, int]]:
     """The moves of the chain of columns (ending in one with room, or closing a cycle) that fixes most.
 
     Edge a → b moves the row of column a that fixes most by going to b; the best chain is a

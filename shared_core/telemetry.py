@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, ContextManager
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .calls import Settlement
@@ -146,7 +147,7 @@ class CallSpan:
         self.span = span
         self._ended = False
 
-    def current(self) -> ContextManager[None]:
+    def current(self) -> AbstractContextManager[None]:
         """This span made current while a candidate's client runs, so that the client's spans nest under it."""
         return _Current(self.span)
 

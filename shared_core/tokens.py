@@ -9,7 +9,7 @@ import re
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import lru_cache
+from functools import cache
 from typing import Any, Protocol
 
 logger = logging.getLogger("omniroute")
@@ -101,7 +101,7 @@ def _resolve_name(encoding_or_model: str) -> str:
         return "cl100k_base"
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_tokenizer(encoding_or_model: str = "cl100k_base") -> Tokenizer:
     """The tokenizer for an encoding or model name, falling back o200k→cl100k→estimate offline."""
     if not isinstance(encoding_or_model, str) or not encoding_or_model:
@@ -158,7 +158,7 @@ class _LineMemo:
         return total
 
 
-@lru_cache(maxsize=None)
+@cache
 def _counter(encoding_or_model: str) -> Callable[[str], int]:
     """text → token count for an encoding or model name (one per name, shared by all callers)."""
     tokenizer = get_tokenizer(encoding_or_model)

@@ -16,8 +16,13 @@ os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
 
 
 def _require(path: Path) -> Path:
+    """`path`, or a skip when the shared data is absent (a failure under OMNIROUTE_REQUIRE_SHARED=1, as in CI)."""
     if not path.exists():
-        pytest.fail(f"{path} is missing: the tests read ../shared/data beside the checkout")
+        reason = (f"../shared/data/{path.name} is missing: the tests that read the shared datasets need "
+                  "../shared beside the checkout")
+        if os.environ.get("OMNIROUTE_REQUIRE_SHARED") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
     return path
 
 

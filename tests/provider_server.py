@@ -185,7 +185,9 @@ class BilledRequest:
     status: int  # HTTP status (499: client went away before the answer)
     # Extras:
     cap_param: str | None = None  # "max_tokens" | "max_completion_tokens" | both, comma-joined
-    usage_requested: bool = False  # stream usage was asked for (OpenAI: stream_options.include_usage; Anthropic streams: always)
+    usage_requested: bool = (
+        False  # stream usage was asked for (OpenAI: stream_options.include_usage; Anthropic streams: always)
+    )
     finish_reason: str | None = None  # as sent ("stop", "length", "tool_calls", "end_turn", ...)
     reasoning_tokens: int = 0  # part of completion_tokens
     finished: bool = True  # False while a stream is still being written
@@ -528,7 +530,11 @@ def _openai_tool_choice(body: dict, rounds: int = 1) -> dict | None:
                 chosen = t
     function = chosen.get("function") or {}
     schema = function.get("parameters") or {"type": "object", "properties": {}}
-    return {"name": function.get("name", "tool"), "id": "call_" + uuid.uuid4().hex[:24], "input": sample_from_schema(schema)}
+    return {
+        "name": function.get("name", "tool"),
+        "id": "call_" + uuid.uuid4().hex[:24],
+        "input": sample_from_schema(schema),
+    }
 
 
 def _anthropic_blocks(message: dict, kind: str) -> bool:
@@ -620,7 +626,9 @@ def _error_body(api: str, status: int, message: str) -> dict:
     if api == "anthropic":
         kind = _ANTHROPIC_ERRORS.get(status, "api_error" if status >= 500 else "invalid_request_error")
         return {"type": "error", "error": {"type": kind, "message": message}}
-    kind, code = _OPENAI_ERRORS.get(status, ("server_error", "server_error") if status >= 500 else ("invalid_request_error", None))
+    kind, code = _OPENAI_ERRORS.get(
+        status, ("server_error", "server_error") if status >= 500 else ("invalid_request_error", None)
+    )
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
@@ -770,7 +778,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _not_found(self):
         try:
             self._read_body()
-            self._send_json(404, {"error": {"message": f"no route {self.command} {self.path}", "type": "not_found", "code": None}})
+            self._send_json(
+                404, {"error": {"message": f"no route {self.command} {self.path}", "type": "not_found", "code": None}}
+            )
         except (_ClientGone, OSError):
             self.close_connection = True
 
@@ -801,7 +811,12 @@ class _Handler(BaseHTTPRequestHandler):
             text = traceback.format_exc()
             provider._note_error(text)
             try:
-                self._send_json(500, _error_body("anthropic" if api.startswith("anthropic") else "openai", 500, "provider_server bug:\n" + text))
+                self._send_json(
+                    500,
+                    _error_body(
+                        "anthropic" if api.startswith("anthropic") else "openai", 500, "provider_server bug:\n" + text
+                    ),
+                )
             except (_ClientGone, OSError):
                 pass
             self.close_connection = True
@@ -828,7 +843,9 @@ class _Handler(BaseHTTPRequestHandler):
         behaviour = provider.behaviour(model)
         stream = bool(body.get("stream"))
         cap, cap_param = self._cap(api, body)
-        usage_requested = bool((body.get("stream_options") or {}).get("include_usage")) if api != "anthropic" else stream
+        usage_requested = (
+            bool((body.get("stream_options") or {}).get("include_usage")) if api != "anthropic" else stream
+        )
         record = BilledRequest(
             model=model, api=api, stream=stream, cap_sent=cap, prompt_tokens=0, completion_tokens=0,
             cache_read_tokens=0, cache_write_tokens=0, cost_usd=0.0, usage_reported=False, status=0,
@@ -945,7 +962,11 @@ class _Handler(BaseHTTPRequestHandler):
         message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
         if plan.kind == "tool":
             message["tool_calls"] = [
-                {"id": plan.tool_id, "type": "function", "function": {"name": plan.tool_name, "arguments": _decode(plan.tokens)}}
+                {
+                    "id": plan.tool_id,
+                    "type": "function",
+                    "function": {"name": plan.tool_name, "arguments": _decode(plan.tokens)},
+                }
             ]
         else:
             message["content"] = _decode(plan.tokens)
@@ -963,7 +984,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _openai_stream(self, ctx: _Ctx) -> None:
         plan, record = ctx.plan, ctx.record
         include_usage = record.usage_requested
-        base = {"id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion.chunk", "created": int(time.time()), "model": record.model, "system_fingerprint": None}
+        base = {
+            "id": "chatcmpl-" + uuid.uuid4().hex[:24],
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": record.model,
+            "system_fingerprint": None,
+        }
 
         def chunk(delta: dict, finish: str | None = None) -> bytes:
             obj = dict(base, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}])
@@ -975,7 +1002,8 @@ class _Handler(BaseHTTPRequestHandler):
         pieces = _chunks(plan.tokens, ctx.behaviour.chunk_tokens)
         if plan.kind == "tool":
             first = {"role": "assistant", "content": None, "tool_calls": [
-                {"index": 0, "id": plan.tool_id, "type": "function", "function": {"name": plan.tool_name, "arguments": ""}}
+                {"index": 0, "id": plan.tool_id, "type": "function",
+                 "function": {"name": plan.tool_name, "arguments": ""}}
             ]}  # fmt: skip
             ctx.send(chunk(first), visible=plan.name_tokens)
             for piece in pieces:
@@ -991,7 +1019,12 @@ class _Handler(BaseHTTPRequestHandler):
         ctx.send(chunk({}, finish), visible=ctx.visible, overcount=True, finish=finish)
         if include_usage and ctx.behaviour.stream_usage:
             usage = dict(base, choices=[], usage=self._openai_usage(ctx))
-            ctx.send(b"data: " + json.dumps(usage).encode() + b"\n\n", visible=ctx.visible, overcount=True, usage_reported=True)
+            ctx.send(
+                b"data: " + json.dumps(usage).encode() + b"\n\n",
+                visible=ctx.visible,
+                overcount=True,
+                usage_reported=True,
+            )
         ctx.send(b"data: [DONE]\n\n", visible=ctx.visible, overcount=True, finished=True)
 
     # ----- OpenAI legacy completions -----
@@ -1013,7 +1046,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _completions_stream(self, ctx: _Ctx) -> None:
         plan, record = ctx.plan, ctx.record
         include_usage = record.usage_requested
-        base = {"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion", "created": int(time.time()), "model": record.model}
+        base = {
+            "id": "cmpl-" + uuid.uuid4().hex[:24],
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": record.model,
+        }
 
         def chunk(text: str, finish: str | None = None) -> bytes:
             obj = dict(base, choices=[{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}])
@@ -1030,7 +1068,12 @@ class _Handler(BaseHTTPRequestHandler):
         ctx.send(chunk("", finish), visible=ctx.visible, overcount=True, finish=finish)
         if include_usage and ctx.behaviour.stream_usage:
             usage = dict(base, choices=[], usage=self._openai_usage(ctx))
-            ctx.send(b"data: " + json.dumps(usage).encode() + b"\n\n", visible=ctx.visible, overcount=True, usage_reported=True)
+            ctx.send(
+                b"data: " + json.dumps(usage).encode() + b"\n\n",
+                visible=ctx.visible,
+                overcount=True,
+                usage_reported=True,
+            )
         ctx.send(b"data: [DONE]\n\n", visible=ctx.visible, overcount=True, finished=True)
 
     # ----- Anthropic -----
@@ -1093,13 +1136,18 @@ class _Handler(BaseHTTPRequestHandler):
         if plan.kind == "tool":
             block = {"type": "tool_use", "id": plan.tool_id, "name": plan.tool_name, "input": {}}
             ctx.send(event("content_block_start", {"index": 0, "content_block": block}), visible=plan.name_tokens)
-            ctx.send(event("content_block_delta", {"index": 0, "delta": {"type": "input_json_delta", "partial_json": ""}}), visible=ctx.visible)
+            ctx.send(
+                event("content_block_delta", {"index": 0, "delta": {"type": "input_json_delta", "partial_json": ""}}),
+                visible=ctx.visible,
+            )
             for piece in pieces:
                 ctx.pause_between_chunks()
                 delta = {"type": "input_json_delta", "partial_json": _decode(piece)}
                 ctx.send(event("content_block_delta", {"index": 0, "delta": delta}), visible=ctx.visible + len(piece))
         else:
-            ctx.send(event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}), visible=0)
+            ctx.send(
+                event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}), visible=0
+            )
             for i, piece in enumerate(pieces):
                 if i:
                     ctx.pause_between_chunks()
@@ -1116,8 +1164,23 @@ class _Handler(BaseHTTPRequestHandler):
 class _Ctx:
     """One answered request: keeps its bill record in step with what was written."""
 
-    def __init__(self, handler: _Handler, provider: ProviderServer, record: BilledRequest, behaviour: Behaviour, plan: _Plan, epoch: int):
-        self.handler, self.provider, self.record, self.behaviour, self.plan, self.epoch = handler, provider, record, behaviour, plan, epoch
+    def __init__(
+        self,
+        handler: _Handler,
+        provider: ProviderServer,
+        record: BilledRequest,
+        behaviour: Behaviour,
+        plan: _Plan,
+        epoch: int,
+    ):
+        self.handler, self.provider, self.record, self.behaviour, self.plan, self.epoch = (
+            handler,
+            provider,
+            record,
+            behaviour,
+            plan,
+            epoch,
+        )
         self.visible = 0
         self.overcount = False
         self.record.status = 200
@@ -1132,7 +1195,9 @@ class _Ctx:
             r = self.record
             self.visible, self.overcount = visible, overcount
             r.completion_tokens = visible + self.plan.reasoning + (self.plan.overcount if overcount else 0)
-            r.cost_usd = self.behaviour.cost(r.prompt_tokens, r.completion_tokens, r.cache_read_tokens, r.cache_write_tokens)
+            r.cost_usd = self.behaviour.cost(
+                r.prompt_tokens, r.completion_tokens, r.cache_read_tokens, r.cache_write_tokens
+            )
             if usage_reported is not None:
                 r.usage_reported = usage_reported
             if finish is not None:
@@ -1228,7 +1293,9 @@ class ProviderServer:
         httpd.provider = self
         self._httpd = httpd
         self.port = httpd.server_address[1]
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=f"provider-server-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=f"provider-server-{self.port}", daemon=True
+        )
         self._thread.start()
         return self
 

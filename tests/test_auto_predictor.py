@@ -106,10 +106,20 @@ def _noise_dataset(train_sample, n: int, copies: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     labels = (rng.random(base.quality.shape) < 0.5).astype(float)
     idx = np.repeat(np.arange(n), copies)
-    return _replace(base, prompts=[base.prompts[i] for i in idx],
-                    quality=labels[idx], cost=base.cost[idx], task=base.task[idx], split=base.split[idx],
-                    sample_ids=np.asarray([f"{base.sample_ids[i]}#{c}" for i, c in zip(idx, np.tile(np.arange(copies), n))],
-                                          dtype=object), responses=None, _cache={})
+    return _replace(
+        base,
+        prompts=[base.prompts[i] for i in idx],
+        quality=labels[idx],
+        cost=base.cost[idx],
+        task=base.task[idx],
+        split=base.split[idx],
+        sample_ids=np.asarray(
+            [f"{base.sample_ids[i]}#{c}" for i, c in zip(idx, np.tile(np.arange(copies), n), strict=False)],
+            dtype=object,
+        ),
+        responses=None,
+        _cache={},
+    )
 
 
 def test_a_prompt_recorded_twice_never_leaks_across_folds(train_sample):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from ledger_support import postgres_admin, store_url
 
-from ledger_support import REDIS_HOST, REDIS_PORT, postgres_admin, store_url
 from shared_core import Budget, Candidate, Router
 from shared_core.cli import main
 from shared_core.stores import open_store

@@ -22,7 +22,7 @@ def _rows():
     return [
         {"sample_id": sid, "prompt": p, "task": "NA" if i == 0 else "arith",
          "model-a": [1.0, 0.0, 0.5, 1.0, 0.0, 1.0][i], "model-b": [0.0, None, 1.0, 0.25, 1.0, 0.0][i]}
-        for i, (sid, p) in enumerate(zip(TRICKY_IDS, TRICKY_PROMPTS))
+        for i, (sid, p) in enumerate(zip(TRICKY_IDS, TRICKY_PROMPTS, strict=False))
     ]
 
 

@@ -6,8 +6,6 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 from shared_core.cli import COMMANDS, main
 
 

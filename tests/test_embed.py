@@ -48,7 +48,7 @@ def test_similar_prompts_are_closer_than_prompts_of_other_tasks(tfidf, small):
 
 def test_weighting_the_tail_separates_few_shot_prompts_sharing_their_examples(small):
     """Winogrande prompts share five worked examples; only the last question differs."""
-    wino = [p for p, t in zip(small.prompts, small.task) if t == "winogrande"][:40]
+    wino = [p for p, t in zip(small.prompts, small.task, strict=False) if t == "winogrande"][:40]
     whole = TfidfSvdEmbedder(dim=32, tail_weight=0.0).fit(small.prompts).transform(wino)
     tailed = TfidfSvdEmbedder(dim=32, tail_weight=0.5).fit(small.prompts).transform(wino)
 

@@ -8,8 +8,19 @@ import numpy as np
 import pytest
 
 from shared_core.evaluate import (
-    Curve, batch_run, calibrate_lambda, deferral_curve, fixed_lambda_run, online_run, oracle_curve, prior_curve,
-    realised, reference_column, replay_order, route_argmax, summarise,
+    Curve,
+    batch_run,
+    calibrate_lambda,
+    deferral_curve,
+    fixed_lambda_run,
+    online_run,
+    oracle_curve,
+    prior_curve,
+    realised,
+    reference_column,
+    replay_order,
+    route_argmax,
+    summarise,
 )
 from shared_core.fitting import fit_router
 
@@ -40,7 +51,7 @@ def test_deferral_curve_sweeps_from_lambda_zero_to_the_cheapest_model():
     zero = curve.choices[list(curve.lambdas).index(0.0)]
     assert np.array_equal(zero, route_argmax(q_pred, c_true, 0.0))
     assert curve.x.min() == pytest.approx(1 / 6)  # all to the cheapest model
-    for x, y, ch in zip(curve.x, curve.y, curve.choices):  # every point is its choices, measured
+    for x, y, ch in zip(curve.x, curve.y, curve.choices, strict=False):  # every point is its choices, measured
         cost, acc = realised(ch, q_true, c_true)
         assert (x, y) == pytest.approx((cost / c_true[:, 2].sum(), acc))
 

@@ -14,9 +14,9 @@ from langchain_anthropic import ChatAnthropic
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, trim_messages
 from langchain_openai import ChatOpenAI
+from lc_fakes import FailingChatModel
 from pydantic import BaseModel, ValidationError
 
-from lc_fakes import FailingChatModel
 from omniroute_lc import ChatOmniRoute
 from omniroute_lc.events import FALLBACK_EVENT
 from omniroute_lc.fakes import FakeToolChatModel

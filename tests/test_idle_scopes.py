@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-
 from ledger_support import STORES, FakeClock, ledger, postgres_admin
+
 from shared_core import Budget, Candidate, Router
 from shared_core.budget import IDLE_BATCH, MIN_IDLE_TTL_S, UnknownScope
 from shared_core.router import DEFAULT_SESSION_IDLE_TTL_S

@@ -6,8 +6,8 @@ import pytest
 import tiktoken
 from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
-
 from lc_fakes import candidate, two_candidates
+
 from omniroute_lc import ChatOmniRoute, SpendTracker
 from shared_core import Budget, BudgetExceeded
 
@@ -120,7 +120,7 @@ def test_spend_tracker_totals_match_the_ledger():
     tracker = SpendTracker()
     for session, model in [("a", "gpt-4o"), ("a", "gpt-4o-mini"), ("b", "gpt-4o-mini")]:
         chat.invoke(PROMPT, session=session, model=model, config={"callbacks": [tracker]})
-    for chunk in chat.stream(PROMPT, session="b", config={"callbacks": [tracker]}):
+    for _chunk in chat.stream(PROMPT, session="b", config={"callbacks": [tracker]}):
         pass
 
     ledger = {s: chat.router.budget_state(s) for s in ("a", "b")}

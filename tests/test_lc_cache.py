@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from langchain_core.caches import InMemoryCache
 from langchain_core.globals import set_llm_cache
-
 from lc_fakes import two_candidates
+
 from omniroute_lc import ChatOmniRoute, SpendTracker
 from shared_core import Budget
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 from langchain_core.messages import AIMessage
-
 from lc_fakes import FakeToolChatModel, candidate
+
 from omniroute_lc import ChatOmniRoute
 from shared_core import Budget, BudgetExceeded
 

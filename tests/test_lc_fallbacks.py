@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from lc_fakes import FailingChatModel, FakeToolChatModel, candidate
+
 from omniroute_lc import ChatOmniRoute
 from shared_core import Budget
 

@@ -17,8 +17,8 @@ from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from langgraph.checkpoint.memory import InMemorySaver
-from pydantic import BaseModel
 from provider_server import answer_text
+from pydantic import BaseModel
 
 from omniroute_lc import BudgetExceeded, ChatOmniRoute, OmniRouteMiddleware
 from shared_core import Budget, Candidate
@@ -92,7 +92,7 @@ def assert_billed(chat: ChatOmniRoute, provider, records: list[dict], scope: str
     """Each routed call cost what the provider billed, its usage × its candidate's prices, in `scope`."""
     requests = provider.requests
     assert len(requests) == len(records)
-    for record, request in zip(records, requests):
+    for record, request in zip(records, requests, strict=False):
         model, input_price, output_price, _ = MODELS[record["model"]]
         assert request.model == model and record["session"] == scope
         priced = (request.prompt_tokens * input_price + request.completion_tokens * output_price) / 1e6

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from langchain_core.messages import AIMessage
-
 from lc_fakes import FakeToolChatModel, two_candidates
+
 from omniroute_lc import ChatOmniRoute
 from shared_core import Budget, Candidate, Router
 from shared_core.fitting import fit_router

@@ -12,9 +12,9 @@ from langchain_core.runnables import ConfigurableField
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, StateGraph
+from lc_fakes import two_candidates
 from typing_extensions import TypedDict
 
-from lc_fakes import two_candidates
 from omniroute_lc import ChatOmniRoute
 from shared_core import Budget
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
-
 from lc_fakes import two_candidates
+
 from omniroute_lc import ChatOmniRoute
 from shared_core import Budget
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from langchain_core.language_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage
-
 from lc_fakes import FailingChatModel, candidate, two_candidates
+
 from omniroute_lc import ChatOmniRoute
 from shared_core import Budget
 

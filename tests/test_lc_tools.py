@@ -8,9 +8,9 @@ import pytest
 from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
+from lc_fakes import FakeToolChatModel, candidate
 from pydantic import BaseModel, Field
 
-from lc_fakes import FakeToolChatModel, candidate
 from omniroute_lc import ChatOmniRoute
 from shared_core import Budget, NoFeasibleCandidate
 

@@ -54,7 +54,7 @@ def _assert_books_balance(store: LedgerStore, costs: list[float], refused: int) 
     worst = max(c.worst_case_cost(20, None) for c in CANDIDATES)
     assert refused > 0, "the budget never ran out: the test did not exercise the limit"
     assert store.open_reservations() == 0
-    for scope, budget in zip(SCOPES, (TENANT, SESSION)):
+    for scope, budget in zip(SCOPES, (TENANT, SESSION), strict=False):
         st = store.state(scope)
         assert st.reserved == 0.0
         assert st.requests == len(costs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from li_fakes import CHEAP, EXPENSIVE, UsageLLM, candidate
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.llms import MockLLM
 from llama_index.core.llms.mock import MockFunctionCallingLLM
@@ -12,7 +13,6 @@ from pydantic import BaseModel
 
 from omniroute_li import OmniRouteLLM
 from shared_core import Budget
-from li_fakes import CHEAP, EXPENSIVE, UsageLLM, candidate
 
 
 def multiply(a: int, b: int) -> int:

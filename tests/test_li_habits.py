@@ -10,6 +10,8 @@ import pickle
 from typing import Any
 
 import pytest
+from ledger_support import store_url
+from li_fakes import CHEAP, EXPENSIVE, UsageLLM, candidate
 from llama_index.core import Settings
 from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
 from llama_index.core.callbacks.token_counting import get_tokens_from_response
@@ -24,8 +26,6 @@ from llama_index.llms.openai_like import OpenAILike
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel
 
-from ledger_support import store_url
-from li_fakes import CHEAP, EXPENSIVE, UsageLLM, candidate
 from omniroute_li import LedgerNotShared, OmniRouteLLM, SpendTracker
 from shared_core import Budget, Candidate, NoFeasibleCandidate, Router
 
@@ -155,7 +155,11 @@ def test_a_memory_ledger_stays_in_its_process_and_the_worker_says_how_to_share_i
     # worker's error must still be the one that says how to share the ledger.
     from llama_index.core.node_parser import SentenceSplitter
 
-    steps = [Summarise(llm=llm)] if extractor == "custom" else [SentenceSplitter(), SummaryExtractor(llm=llm, summaries=["self"])]
+    steps = (
+        [Summarise(llm=llm)]
+        if extractor == "custom"
+        else [SentenceSplitter(), SummaryExtractor(llm=llm, summaries=["self"])]
+    )
     pipeline = IngestionPipeline(transformations=steps)
     with pytest.raises(LedgerNotShared, match=r"memory://.*sqlite:///.*redis://"):
         pipeline.run(documents=[Document(text="One."), Document(text="Two.")], num_workers=2)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from li_fakes import CHEAP, EXPENSIVE, ProviderError, UsageLLM, candidate, words
 from llama_index.core import Settings
 from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
 from llama_index.core.llms import ChatMessage, MockLLM
 from llama_index.core.llms.mock import MockLLMWithNonyieldingChatStream
 
 from omniroute_li import OmniRouteLLM
-from shared_core.fallbacks import AllCandidatesFailed
 from shared_core import Budget, BudgetExceeded, Router, count_message_tokens, count_tokens
-from li_fakes import CHEAP, EXPENSIVE, ProviderError, UsageLLM, candidate, words
+from shared_core.fallbacks import AllCandidatesFailed
 
 QUESTION = "Which gas do plants absorb from the air for photosynthesis?"
 #: The router's own count of the question's chat tokens (charged when a provider reports none).
@@ -223,7 +223,11 @@ def test_token_counting_through_settings_matches_calling_the_candidate_directly(
         Settings.callback_manager = CallbackManager([counter])
         direct.callback_manager = Settings.callback_manager
         Settings.llm = routed
-        calls = (lambda m: m.chat(_messages()), lambda m: m.complete(QUESTION), lambda m: list(m.stream_chat(_messages())))
+        calls = (
+            lambda m: m.chat(_messages()),
+            lambda m: m.complete(QUESTION),
+            lambda m: list(m.stream_chat(_messages())),
+        )
         for call in calls:
             counter.reset_counts()
             call(direct)
@@ -262,7 +266,9 @@ def test_a_callback_manager_given_to_the_router_hears_its_calls_and_leaves_the_c
     OmniRouteLLM([candidate(EXPENSIVE, big), candidate(CHEAP, small)], callback_manager=None)
     assert big.callback_manager is own and small.callback_manager is own  # None: candidates keep theirs
     counter = TokenCountingHandler()
-    llm = OmniRouteLLM([candidate(EXPENSIVE, big), candidate(CHEAP, small)], callback_manager=CallbackManager([counter]))
+    llm = OmniRouteLLM(
+        [candidate(EXPENSIVE, big), candidate(CHEAP, small)], callback_manager=CallbackManager([counter])
+    )
     llm.chat(_messages())
     assert len(counter.llm_token_counts) == 1  # the router's handlers hear the call, through a per-call copy
     assert big.callback_manager is own and small.callback_manager is own

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from li_fakes import CHEAP, EXPENSIVE, UsageLLM, candidate
 from llama_index.core import Document, VectorStoreIndex
+from llama_index.core.base.base_selector import BaseSelector, SelectorResult, SingleSelection
+from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.llms import MockLLM
 from llama_index.core.query_engine import RouterQueryEngine
 from llama_index.core.retrievers import RouterRetriever
-from llama_index.core.base.base_selector import BaseSelector, SelectorResult, SingleSelection
-from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.tools import QueryEngineTool, RetrieverTool, ToolMetadata
 
 from omniroute_li import OmniRouteSelector, RoutedSelection
 from shared_core import Budget, BudgetExceeded, Router
-from li_fakes import CHEAP, EXPENSIVE, UsageLLM, candidate
 
 DOCS = [
     "Photosynthesis turns carbon dioxide and water into glucose and oxygen using light.",
@@ -161,7 +161,10 @@ async def test_relevance_of_the_descriptions_weighs_with_cost(setup, asynchronou
     # GPT-4 answers behind a poetry engine, Mistral behind a botany engine: with a generous budget
     # GPT-4's predicted quality wins unless relevance says its engine is not for this query.
     choices = {"poetry": EXPENSIVE, "botany": CHEAP}
-    descriptions = {"poetry": "Writes poems that rhyme, in verse.", "botany": "Answers questions on plants, light and photosynthesis."}
+    descriptions = {
+        "poetry": "Writes poems that rhyme, in verse.",
+        "botany": "Answers questions on plants, light and photosynthesis.",
+    }
 
     def engine(relevance):
         selector = OmniRouteSelector(router, choices, session="generous", relevance=relevance)

@@ -25,7 +25,6 @@ from shared_core.media import (
 )
 from shared_core.tokens import content_text, count_message_tokens, count_tokens
 
-
 # --- Headers built by hand ------------------------------------------------------------------
 
 

@@ -101,10 +101,16 @@ async def test_committed_spend_equals_the_bill_over_every_call_form(billing):
         assert first.tool_calls and first.tool_calls[0]["name"] == "lookup"
         call = first.tool_calls[0]
         replies.append(first)
-        replies.append(with_tools.invoke(
-            [HumanMessage("Weather in Paris?"), first, ToolMessage(lookup.invoke(call["args"]), tool_call_id=call["id"])],
-            model=model,
-        ))
+        replies.append(
+            with_tools.invoke(
+                [
+                    HumanMessage("Weather in Paris?"),
+                    first,
+                    ToolMessage(lookup.invoke(call["args"]), tool_call_id=call["id"]),
+                ],
+                model=model,
+            )
+        )
         structured = chat.with_structured_output(Answer, include_raw=True).invoke("Answer briefly.", model=model)
         assert isinstance(structured["parsed"], Answer)
         replies.append(structured["raw"])
@@ -253,7 +259,7 @@ def test_an_overrun_is_recorded_reported_and_paid_back(billing, caplog):
 
 
 def test_a_free_local_candidate_works_on_redis_and_in_an_overdrawn_scope(billing):
-    from ledger_support import require_redis, redis_admin
+    from ledger_support import redis_admin, require_redis
 
     require_redis()
     billing.configure("local-llama", input_price=0.0, output_price=0.0)
@@ -317,8 +323,9 @@ def test_a_stream_the_reader_abandons_is_charged_its_worst_case(billing):
 
 
 def test_both_adapters_take_a_ledger_url(billing, tmp_path):
-    from omniroute_li import OmniRouteLLM
     from llama_index.core.llms import MockLLM
+
+    from omniroute_li import OmniRouteLLM
     from shared_core.stores import SQLiteStore
 
     chat = ChatOmniRoute(candidates=candidates(billing)[:1], budget=Budget(usd=1.0), store=f"sqlite:///{tmp_path}/lc.db")

@@ -15,7 +15,10 @@ from omniroute_li.messages import to_request
 from shared_core import Budget, Candidate, NoFeasibleCandidate
 
 GPT, MINI = "gpt-4o-mini", "local-mini"
-PRICES = {GPT: dict(input_price=0.15, output_price=0.6, cache_read_price=0.075), MINI: dict(input_price=0.1, output_price=0.4)}
+PRICES = {
+    GPT: dict(input_price=0.15, output_price=0.6, cache_read_price=0.075),
+    MINI: dict(input_price=0.1, output_price=0.4),
+}
 EXACT = 1e-9
 
 

@@ -11,8 +11,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from ledger_support import Blinking
+
 from shared_core import Budget, Candidate, Router
 from shared_core.budget import LedgerUnavailable
 from shared_core.pending import PendingCommit, PendingJournal

@@ -55,7 +55,9 @@ def resign(directory: Path, change) -> None:
     change(body)
     body["arrays_sha256"] = hashlib.sha256((directory / "arrays.npz").read_bytes()).hexdigest()
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    (directory / "router.json").write_text(json.dumps({**body, "manifest_sha256": hashlib.sha256(canonical).hexdigest()}))
+    (directory / "router.json").write_text(
+        json.dumps({**body, "manifest_sha256": hashlib.sha256(canonical).hexdigest()})
+    )
 
 
 def same_estimates(a: Router, b: Router, prompts) -> None:
@@ -81,7 +83,9 @@ def opened_stores(monkeypatch):
 # ---------------------------------------------------------------- 1. the file never picks the ledger
 
 @pytest.mark.parametrize("url", ["sqlite:///tmp/evil.db", "sqlite:////{tmp}/abs-evil.db", "redis://evil.example:6379/0"])
-def test_a_store_named_by_a_resigned_manifest_is_refused_and_never_opened(copy, tmp_path, monkeypatch, opened_stores, url):
+def test_a_store_named_by_a_resigned_manifest_is_refused_and_never_opened(
+    copy, tmp_path, monkeypatch, opened_stores, url
+):
     monkeypatch.chdir(tmp_path)  # sqlite:///tmp/evil.db is relative: it would land in tmp_path/tmp
     (tmp_path / "tmp").mkdir()
     url = url.format(tmp=str(tmp_path).lstrip("/"))
@@ -131,7 +135,9 @@ def replace_member(directory: Path, key: str, data: bytes) -> None:
 def test_a_small_file_declaring_a_huge_array_is_refused_before_allocating(copy):
     # 2 MiB of zeros behind a header declaring 2**28 float64 = 2 GiB; deflated to a few KiB.
     shape = (2**28,)
-    replace_member(copy, "quality/X", npy_member({"descr": "<f8", "fortran_order": False, "shape": shape}, bytes(2 << 20)))
+    replace_member(
+        copy, "quality/X", npy_member({"descr": "<f8", "fortran_order": False, "shape": shape}, bytes(2 << 20))
+    )
     assert (copy / "arrays.npz").stat().st_size < (2 << 20)
     resign(copy, lambda b: b["arrays"]["quality/X"].update(shape=list(shape)))
     tracemalloc.start()
@@ -154,7 +160,7 @@ def test_the_limit_is_on_the_arrays_total_and_can_be_changed(copy, fitted):
     total = sum(sizes.values())
     assert total < MAX_ARRAY_BYTES
     same_estimates(router, Router.load(copy, max_array_bytes=total), prompts)
-    with pytest.raises(PersistError, match=r"array '[^']+' declares .* over max_array_bytes=%d" % (total - 1)):
+    with pytest.raises(PersistError, match=rf"array '[^']+' declares .* over max_array_bytes={total - 1}"):
         Router.load(copy, max_array_bytes=total - 1)
     largest = max(sizes.values())
     with pytest.raises(PersistError, match="refused before reading it"):
@@ -174,7 +180,9 @@ def test_an_object_array_is_refused_without_unpickling(copy, monkeypatch):
 
 
 def test_a_member_shorter_than_its_header_says_is_refused(copy):
-    replace_member(copy, "quality/Y", npy_member({"descr": "<f8", "fortran_order": False, "shape": (100, 11)}, bytes(80)))
+    replace_member(
+        copy, "quality/Y", npy_member({"descr": "<f8", "fortran_order": False, "shape": (100, 11)}, bytes(80))
+    )
     resign(copy, lambda b: b["arrays"]["quality/Y"].update(shape=[100, 11]))
     with pytest.raises(PersistError, match="array 'quality/Y' is truncated: 80 of 8800 bytes"):
         Router.load(copy)

@@ -13,7 +13,12 @@ from shared_core.evaluate import deferral_curve, reference_column
 from shared_core.fitting import PREDICTORS, fit_prices, fit_router, make_predictor
 from shared_core.length import HybridLength, LengthPrior
 from shared_core.quality import (
-    ClusterQuality, HybridQuality, KNNQuality, LearnedMapQuality, LogisticQuality, PriorQuality,
+    ClusterQuality,
+    HybridQuality,
+    KNNQuality,
+    LearnedMapQuality,
+    LogisticQuality,
+    PriorQuality,
 )
 from shared_core.router import Router
 
@@ -200,7 +205,7 @@ def test_bad_input_is_rejected(cls):
 @pytest.mark.parametrize("name", ["knn", "cluster", "learned-map", "hybrid", "prior"])
 def test_feedback_moves_the_prediction_for_similar_prompts(name, test_split, router_for):
     router = router_for(name)
-    prompts = [p for p, t in zip(test_split.prompts, test_split.task) if t == "mbpp"][:30]
+    prompts = [p for p, t in zip(test_split.prompts, test_split.task, strict=False) if t == "mbpp"][:30]
     model = "gpt-4-1106-preview"
     j = [c.name for c in router.candidates].index(model)
     before = router.estimate(prompts).quality[:, j].mean()

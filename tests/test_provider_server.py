@@ -16,17 +16,17 @@ import pytest
 from langchain_anthropic import ChatAnthropic
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_openai import ChatOpenAI
-from pydantic import BaseModel
 from provider_server import (
     Behaviour,
     ProviderServer,
-    anthropic_image_tokens,
     answer_text,
+    anthropic_image_tokens,
     count_tokens,
     image_size,
     openai_image_tokens,
     sample_from_schema,
 )
+from pydantic import BaseModel
 
 GPT = "gpt-4o-mini"
 CLAUDE = "claude-3-5-haiku-latest"
@@ -39,12 +39,16 @@ TOL = 1e-12
 
 def chat_openai(provider: ProviderServer, **kwargs) -> ChatOpenAI:
     kwargs.setdefault("timeout", 5)
-    return ChatOpenAI(base_url=provider.openai_url, api_key="test", model=kwargs.pop("model", GPT), max_retries=0, **kwargs)
+    return ChatOpenAI(
+        base_url=provider.openai_url, api_key="test", model=kwargs.pop("model", GPT), max_retries=0, **kwargs
+    )
 
 
 def chat_anthropic(provider: ProviderServer, **kwargs) -> ChatAnthropic:
     kwargs.setdefault("timeout", 5)
-    return ChatAnthropic(base_url=provider.anthropic_url, api_key="test", model=kwargs.pop("model", CLAUDE), max_retries=0, **kwargs)
+    return ChatAnthropic(
+        base_url=provider.anthropic_url, api_key="test", model=kwargs.pop("model", CLAUDE), max_retries=0, **kwargs
+    )
 
 
 def lc_cost(usage: dict, b: Behaviour) -> float:
@@ -118,7 +122,16 @@ def test_sample_from_schema():
         "required": ["s", "i", "f", "b", "a", "o", "n", "e"],
         "$defs": {"Inner": {"type": "object", "properties": {"z": {"type": "string"}}, "required": ["z"]}},
     }
-    assert sample_from_schema(schema) == {"s": "x", "i": 1, "f": 1, "b": True, "a": [], "o": {}, "n": {"z": "x"}, "e": "red"}
+    assert sample_from_schema(schema) == {
+        "s": "x",
+        "i": 1,
+        "f": 1,
+        "b": True,
+        "a": [],
+        "o": {},
+        "n": {"z": "x"},
+        "e": "red",
+    }
 
 
 # ----- server basics -------------------------------------------------------------------------------
@@ -255,7 +268,15 @@ def test_cap_budget_covers_reasoning_first(provider):
 
 
 def test_chat_openai_cache_and_reasoning_tokens(provider):
-    b = provider.configure(GPT, cache_read_tokens=5, cache_write_tokens=2, cache_read_price=0.1, reasoning_tokens=9, overcount=2, answer_tokens=4)
+    b = provider.configure(
+        GPT,
+        cache_read_tokens=5,
+        cache_write_tokens=2,
+        cache_read_price=0.1,
+        reasoning_tokens=9,
+        overcount=2,
+        answer_tokens=4,
+    )
     reply = chat_openai(provider).invoke("hello")
     usage = reply.usage_metadata
     assert usage["input_tokens"] == HELLO_PROMPT  # OpenAI: prompt_tokens INCLUDES cached tokens
@@ -287,7 +308,9 @@ def test_chat_openai_tool_round_trip(provider):
     (tool_call,) = call.tool_calls
     assert tool_call["name"] == "get_weather" and tool_call["args"] == {"city": "x", "days": 1}
     assert call.response_metadata["finish_reason"] == "tool_calls"
-    expected_out = count_tokens("get_weather") + count_tokens(json.dumps({"city": "x", "days": 1}, separators=(",", ":")))
+    expected_out = count_tokens("get_weather") + count_tokens(
+        json.dumps({"city": "x", "days": 1}, separators=(",", ":"))
+    )
     assert call.usage_metadata["output_tokens"] == expected_out
 
     answer = llm.invoke([question, call, ToolMessage("sunny", tool_call_id=tool_call["id"])])
@@ -341,7 +364,9 @@ def test_fail_times_then_success_with_sdk_retries(provider):
     provider.configure(GPT, fail_status=503, fail_times=2, answer_tokens=3)
     with pytest.raises(openai.InternalServerError):
         chat_openai(provider).invoke("hello")
-    reply = ChatOpenAI(base_url=provider.openai_url, api_key="test", model=GPT, max_retries=2, timeout=5).invoke("hello")
+    reply = ChatOpenAI(base_url=provider.openai_url, api_key="test", model=GPT, max_retries=2, timeout=5).invoke(
+        "hello"
+    )
     assert reply.content == answer_text(3)  # second attempt failed, third succeeded (retry-after-ms: 1)
     assert [r.status for r in provider.requests] == [503, 503, 200]
 
@@ -379,15 +404,22 @@ def test_abandoned_stream_bills_what_was_sent(provider):
     (billed,) = provider.requests
     assert billed.client_disconnected and not billed.usage_reported and billed.finished
     assert 5 <= billed.completion_tokens < 200
-    assert billed.cost_usd == pytest.approx(provider.behaviour(GPT).cost(billed.prompt_tokens, billed.completion_tokens))
+    assert billed.cost_usd == pytest.approx(
+        provider.behaviour(GPT).cost(billed.prompt_tokens, billed.completion_tokens)
+    )
 
 
 def test_openai_image_tiles(provider):
     url = "data:image/png;base64," + base64.b64encode(png(1024, 1024)).decode()
     llm = chat_openai(provider)
-    text_only = llm.invoke([HumanMessage(content=[{"type": "text", "text": "describe"}])]).usage_metadata["input_tokens"]
+    text_only = llm.invoke([HumanMessage(content=[{"type": "text", "text": "describe"}])]).usage_metadata[
+        "input_tokens"
+    ]
     for detail, tokens in (("high", 765), ("low", 85), ("auto", 765)):
-        content = [{"type": "text", "text": "describe"}, {"type": "image_url", "image_url": {"url": url, "detail": detail}}]
+        content = [
+            {"type": "text", "text": "describe"},
+            {"type": "image_url", "image_url": {"url": url, "detail": detail}},
+        ]
         assert llm.invoke([HumanMessage(content=content)]).usage_metadata["input_tokens"] == text_only + tokens
     remote = [{"type": "text", "text": "describe"}, {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/cat.png"}}]
     assert llm.invoke([HumanMessage(content=remote)]).usage_metadata["input_tokens"] == text_only + 765  # 1024x1024
@@ -439,7 +471,15 @@ def test_chat_anthropic_cap_honoured_and_ignored(provider):
 
 
 def test_chat_anthropic_cache_tokens(provider):
-    b = provider.configure(CLAUDE, cache_read_tokens=3, cache_write_tokens=4, cache_read_price=0.08, cache_write_price=1.0, input_price=0.8, reasoning_tokens=2)
+    b = provider.configure(
+        CLAUDE,
+        cache_read_tokens=3,
+        cache_write_tokens=4,
+        cache_read_price=0.08,
+        cache_write_price=1.0,
+        input_price=0.8,
+        reasoning_tokens=2,
+    )
     llm = chat_anthropic(provider)
     for usage in (llm.invoke("hello").usage_metadata, merged(llm.stream("hello")).usage_metadata):
         assert usage["input_tokens"] == HELLO_PROMPT  # LangChain adds the cache tokens back
@@ -509,7 +549,9 @@ def test_chat_anthropic_errors_and_missing_max_tokens(provider):
     with pytest.raises(anthropic.APIStatusError):
         chat_anthropic(provider).invoke("hello")
     provider.configure(CLAUDE)
-    response = httpx.post(provider.anthropic_url + "/v1/messages", json={"model": CLAUDE, "messages": [{"role": "user", "content": "hi"}]})
+    response = httpx.post(
+        provider.anthropic_url + "/v1/messages", json={"model": CLAUDE, "messages": [{"role": "user", "content": "hi"}]}
+    )
     assert response.status_code == 400 and response.json()["type"] == "error"
     assert provider.bill_usd == 0.0
 
@@ -517,7 +559,9 @@ def test_chat_anthropic_errors_and_missing_max_tokens(provider):
 def test_anthropic_image_and_count_tokens(provider):
     data = base64.b64encode(png(1024, 1024)).decode()
     llm = chat_anthropic(provider)
-    text_only = llm.invoke([HumanMessage(content=[{"type": "text", "text": "describe"}])]).usage_metadata["input_tokens"]
+    text_only = llm.invoke([HumanMessage(content=[{"type": "text", "text": "describe"}])]).usage_metadata[
+        "input_tokens"
+    ]
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}}
     with_image = llm.invoke([HumanMessage(content=[{"type": "text", "text": "describe"}, image])])
     assert with_image.usage_metadata["input_tokens"] == text_only + 1399
@@ -533,11 +577,17 @@ def test_openai_legacy_completions(provider):
     done = client.completions.create(model="davinci", prompt="Once upon a time", max_tokens=3)
     assert done.choices[0].text == answer_text(3) and done.choices[0].finish_reason == "length"
     assert done.usage.prompt_tokens == count_tokens("Once upon a time")
-    chunks = list(client.completions.create(model="davinci", prompt="Once upon a time", stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model="davinci", prompt="Once upon a time", stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == answer_text(8)
     usage = chunks[-1].usage
     assert chunks[-1].choices == [] and usage.completion_tokens == 8
-    reported = b.cost(done.usage.prompt_tokens, done.usage.completion_tokens, 1) + b.cost(usage.prompt_tokens, usage.completion_tokens, 1)
+    reported = b.cost(done.usage.prompt_tokens, done.usage.completion_tokens, 1) + b.cost(
+        usage.prompt_tokens, usage.completion_tokens, 1
+    )
     assert abs(reported - provider.bill_usd) < TOL
     assert [r.api for r in provider.requests] == ["openai-completions"] * 2
 
@@ -550,7 +600,15 @@ def test_llamaindex_openai_like_stream_usage(provider):
     from llama_index.llms.openai_like import OpenAILike
 
     b = provider.configure("m", answer_tokens=10)
-    common = dict(api_base=provider.openai_url, api_key="test", model="m", is_chat_model=True, is_function_calling_model=True, max_retries=0, timeout=5)
+    common = dict(
+        api_base=provider.openai_url,
+        api_key="test",
+        model="m",
+        is_chat_model=True,
+        is_function_calling_model=True,
+        max_retries=0,
+        timeout=5,
+    )
     messages = [ChatMessage(role="user", content="hello")]
 
     chunks = list(OpenAILike(**common).stream_chat(messages))
@@ -564,7 +622,11 @@ def test_llamaindex_openai_like_stream_usage(provider):
     # The usage arrives as an EXTRA final ChatResponse: raw has choices == [] and .usage; delta is "";
     # additional_kwargs carries {prompt,completion,total}_tokens; the message keeps the full text.
     assert last.raw.choices == [] and last.raw.usage.completion_tokens == 10 and last.delta == ""
-    assert last.additional_kwargs == {"prompt_tokens": HELLO_PROMPT, "completion_tokens": 10, "total_tokens": HELLO_PROMPT + 10}
+    assert last.additional_kwargs == {
+        "prompt_tokens": HELLO_PROMPT,
+        "completion_tokens": 10,
+        "total_tokens": HELLO_PROMPT + 10,
+    }
     assert last.message.content == answer_text(10)
     assert chunks[-2].raw.choices[0].finish_reason == "stop" and chunks[-2].raw.usage is None
     assert provider.requests[-1].usage_reported
@@ -588,16 +650,20 @@ def test_llamaindex_openai_cap_and_tools(provider):
     assert reply.message.content == answer_text(5)
     billed = provider.requests[-1]
     assert billed.cap_param == "max_tokens" and billed.body["temperature"] == 0.1  # LlamaIndex defaults
-    assert reply.additional_kwargs == {"prompt_tokens": HELLO_PROMPT, "completion_tokens": 5, "total_tokens": HELLO_PROMPT + 5}
+    assert reply.additional_kwargs == {
+        "prompt_tokens": HELLO_PROMPT,
+        "completion_tokens": 5,
+        "total_tokens": HELLO_PROMPT + 5,
+    }
     assert abs(b.cost(HELLO_PROMPT, 5) - provider.bill_usd) < TOL
 
     def add(a: int, b: int) -> int:
         """Add two numbers."""
         return a + b
 
-    response = OpenAI(api_base=provider.openai_url, api_key="test", model=GPT, max_retries=0, timeout=5).chat_with_tools(
-        [FunctionTool.from_defaults(add)], user_msg="1+1?"
-    )
+    response = OpenAI(
+        api_base=provider.openai_url, api_key="test", model=GPT, max_retries=0, timeout=5
+    ).chat_with_tools([FunctionTool.from_defaults(add)], user_msg="1+1?")
     (selection,) = llm.get_tool_calls_from_response(response, error_on_no_tool_call=True)
     assert selection.tool_name == "add" and selection.tool_kwargs == {"a": 1, "b": 1}
 

@@ -146,7 +146,9 @@ def test_strict_mode_refuses_unknown_scopes():
     assert router.decide("hi", "agent-x").scope == "agent-x"
 
 
-@pytest.mark.parametrize("bad", [{"usd": -1}, {"usd": float("nan")}, {"usd": 1, "horizon": 0}, {"usd": 1, "period_s": -5}])
+@pytest.mark.parametrize(
+    "bad", [{"usd": -1}, {"usd": float("nan")}, {"usd": 1, "horizon": 0}, {"usd": 1, "period_s": -5}]
+)
 def test_bad_budgets_are_rejected(bad):
     with pytest.raises(ValueError):
         Budget(**bad)
@@ -233,6 +235,8 @@ def test_extra_input_tokens_are_priced_and_reserved():
     plain = router.decide("What is 2 + 2?", "s", max_tokens=10, model="big")
     more = router.decide("What is 2 + 2?", "s", max_tokens=10, model="big", extra_input_tokens=2_000)
     assert more.input_tokens["big"] == plain.input_tokens["big"] + 2_000
-    assert more.reserved == pytest.approx(router.candidate("big").worst_case_cost(plain.input_tokens["big"] + 2_000, 10))
+    assert more.reserved == pytest.approx(
+        router.candidate("big").worst_case_cost(plain.input_tokens["big"] + 2_000, 10)
+    )
     with pytest.raises(RoutingError, match="extra_input_tokens"):
         router.decide("x", extra_input_tokens=-1)

@@ -7,10 +7,9 @@ import asyncio
 import logging
 
 import numpy as np
-
 import pytest
-
 from ledger_support import Blinking
+
 from shared_core import Budget, Candidate, Router
 from shared_core.budget import BudgetExceeded, LedgerUnavailable, MemoryStore
 from shared_core.calls import settle_usage
@@ -176,7 +175,7 @@ def test_feedback_memory_is_bounded_and_forgets_the_oldest_first(train_sample, t
 
 
 def test_redis_expires_a_backlog_of_holds_in_bounded_batches():
-    from ledger_support import FakeClock, require_redis, redis_admin
+    from ledger_support import FakeClock, redis_admin, require_redis
 
     from shared_core.stores import open_store
 
@@ -204,7 +203,6 @@ def test_redis_expires_a_backlog_of_holds_in_bounded_batches():
 
 def test_a_busy_redis_is_a_ledger_that_is_unavailable():
     import redis
-
     from ledger_support import require_redis
 
     from shared_core.stores import open_store

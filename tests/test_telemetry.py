@@ -137,7 +137,9 @@ async def test_a_fallback_is_one_span_with_the_failed_attempt_as_an_event(spans,
     assert event.name == "omniroute.attempt.failed"
     assert event.attributes["gen_ai.request.model"] == "gpt" and event.attributes["omniroute.attempt"] == 0
     assert event.attributes["omniroute.error.kind"] == "transient"
-    expected = ("InternalServerError", "OpenAIAPIError") if status == 500 else ("RateLimitError", "OpenAIRateLimitError")
+    expected = (
+        ("InternalServerError", "OpenAIAPIError") if status == 500 else ("RateLimitError", "OpenAIRateLimitError")
+    )
     assert event.attributes["error.type"] in expected  # langchain-openai may re-classify the SDK's error
     # The anthropic SDK traces its own API call: it nests under the routed call's span.
     (client,) = [s for s in spans.get_finished_spans() if s.instrumentation_scope.name != "omniroute"]
@@ -191,7 +193,7 @@ async def test_llamaindex_calls_have_the_same_spans(spans, billing):
     assert len(found) == 4 and [s.attributes["omniroute.stream"] for s in found] == [False, False, True, True]
     answered = [b for b in billing.requests if b.status == 200]
     tried = [["gpt", "gpt-again"], ["gpt"], ["gpt"], ["gpt"]]
-    for span, record, bill, names in zip(found, records, answered, tried):
+    for span, record, bill, names in zip(found, records, answered, tried, strict=False):
         assert_describes(span, record, bill, scope="li", tried=names)
     assert [e.attributes["error.type"] for e in found[0].events] == ["RateLimitError"]
     assert sum(s.attributes["omniroute.cost.actual_usd"] for s in found) == pytest.approx(

@@ -29,7 +29,7 @@ class Memoised:
     def transform(self, texts):
         missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
         if missing:
-            self.cache.update(zip(missing, self.inner.transform(missing)))
+            self.cache.update(zip(missing, self.inner.transform(missing), strict=False))
         return np.array([self.cache[t] for t in texts])
 
 

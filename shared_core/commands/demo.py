@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
+from typing import cast
 
 import numpy as np
 
@@ -55,7 +56,8 @@ def _replay_defaults(args: argparse.Namespace) -> int:
         row[0] += 1
         row[1] += cost
         row[2] += decision.quality[decision.chosen]
-    _print_table(rows, budget, router, router.budget_state("demo"), quality_label="prior quality")
+    state = cast(ScopeState, router.budget_state("demo"))  # set_budget above made the scope
+    _print_table(rows, budget, router, state, quality_label="prior quality")
     print(f"\nreference: every prompt to {best} would cost ${ref_cost:.4f}; budget {args.budget:.0%} of it.")
     return 0
 
@@ -71,7 +73,7 @@ def _replay_dataset(args: argparse.Namespace) -> int:
     train, test = data.subset("train"), data.subset("test")
     router = fit_router(train, candidates=train.candidates(max_output_tokens=1024))
     ref = reference_column(train.quality)
-    ref_cost = float(np.nansum(test.cost[:, ref]))
+    ref_cost = float(np.nansum(cast(np.ndarray, test.cost)[:, ref]))  # data.cost was checked above
     budget = args.budget * ref_cost
     # In the file's order, as the demo has always replayed it (online_run's default groups by task).
     run = online_run(router, test, budget, args.budget, order="as-is")

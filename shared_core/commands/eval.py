@@ -8,15 +8,25 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from ..candidates import Candidate
 from ..data import RoutingDataset, load_dataset
 from ..evaluate import (
-    ORDERS, BudgetRun, Curve, batch_run, calibrate_lambda, deferral_curve, fixed_lambda_run, online_run,
-    oracle_curve, prior_curve, reference_column, summarise,
+    ORDERS,
+    BudgetRun,
+    Curve,
+    batch_run,
+    calibrate_lambda,
+    deferral_curve,
+    fixed_lambda_run,
+    online_run,
+    oracle_curve,
+    prior_curve,
+    reference_column,
+    summarise,
 )
 from ..fitting import DEFAULT_PREDICTOR, PREDICTOR_NAMES, fit_router
 from ..plot import plot_evaluation, pyplot
@@ -84,9 +94,11 @@ def run(args: argparse.Namespace) -> int:
     if data.cost is None:
         raise ValueError(f"{args.data} has no per-query costs: pass --prices FILE")
     train, test = data.subset("train"), data.subset("test")
+    # data.cost was checked above, and subsets keep it.
+    train_cost, test_cost = cast(np.ndarray, train.cost), cast(np.ndarray, test.cost)
     candidates = candidates_for(train, max_output_tokens=args.max_output_tokens)
     ref = reference_column(train.quality)
-    ref_cost = float(np.nansum(test.cost[:, ref]))
+    ref_cost = float(np.nansum(test_cost[:, ref]))
     if not ref_cost > 0:
         raise ValueError(f"the reference model {data.models[ref]!r} costs nothing on the test split")
     ref_acc = float(np.nanmean(test.quality[:, ref]))
@@ -94,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
 
     results = [_evaluate(name, train, test, candidates, ref, ref_cost, budgets, args, show) for name in names]
     baselines = {
-        "oracle": oracle_curve(test.quality, test.cost, ref_cost),
-        "prior": prior_curve(train.quality, train.cost, test.quality, test.cost, ref_cost),
+        "oracle": oracle_curve(test.quality, test_cost, ref_cost),
+        "prior": prior_curve(train.quality, train_cost, test.quality, test_cost, ref_cost),
     }
     _print_report(data, train, test, ref, ref_cost, ref_acc, budgets, baselines, results, args.order)
     if args.json:
@@ -133,8 +145,10 @@ def _evaluate(
     print_selection(router)
     est_test = router.estimate(test.prompts)
     est_train = router.estimate(train.prompts)
-    curve = deferral_curve(est_test.quality, est_test.cost, test.quality, test.cost, ref_cost, keep_choices=True)
-    train_ref_cost = float(np.nansum(train.cost[:, ref]))
+    # The caller checked that the dataset has costs, and subsets keep them.
+    train_cost, test_cost = cast(np.ndarray, train.cost), cast(np.ndarray, test.cost)
+    curve = deferral_curve(est_test.quality, est_test.cost, test.quality, test_cost, ref_cost, keep_choices=True)
+    train_ref_cost = float(np.nansum(train_cost[:, ref]))
     runs: list[BudgetRun] = []
     fixed: list[tuple[BudgetRun, float]] = []
     for fraction in budgets:
@@ -142,9 +156,10 @@ def _evaluate(
         runs.append(batch_run(est_test, test, usd, fraction, predictor=name))
         runs.append(online_run(
             router, test, usd, fraction, order=args.order, seed=args.seed, predictor=name,
-            progress=lambda rows, f=fraction: progress(rows, label=f"{name} online@{f:g}", enabled=show),
+            # mypy cannot infer a lambda with a default argument (it binds this iteration's fraction).
+            progress=lambda rows, f=fraction: progress(rows, label=f"{name} online@{f:g}", enabled=show),  # type: ignore[misc]
         ))
-        lam = calibrate_lambda(est_train.quality, est_train.cost, train.cost, fraction * train_ref_cost)
+        lam = calibrate_lambda(est_train.quality, est_train.cost, train_cost, fraction * train_ref_cost)
         fixed.append((fixed_lambda_run(est_test.quality, est_test.cost, test, lam, usd, fraction, predictor=name), lam))
     return _Result(name, curve, runs, fixed)
 
@@ -181,7 +196,8 @@ def _write_decisions(path: Path, test: RoutingDataset, results: list[_Result]) -
                 runs += [(f"curve@{i}", ch) for i, ch in enumerate(r.curve.choices)]  # type: ignore[arg-type]
             for label, choice in runs:
                 out.writerows(
-                    (sid, prefix + label, test.models[j] if j >= 0 else "") for sid, j in zip(test.sample_ids, choice)
+                    (sid, prefix + label, test.models[j] if j >= 0 else "")
+                    for sid, j in zip(test.sample_ids, choice, strict=False)
                 )
 
 
@@ -207,7 +223,7 @@ def _print_report(
     print(head)
     print("-" * len(head))
     for r in results:
-        for fraction, (fixed, _) in zip(budgets, r.fixed):
+        for fraction, (fixed, _) in zip(budgets, r.fixed, strict=False):
             batch, online = (next(x for x in r.runs if x.mode == m and x.budget_fraction == fraction)
                              for m in ("batch", "online"))
             print(f"{r.name:<{w}} {fraction:>7.0%} {batch.budget_usd:>8.4f} | "

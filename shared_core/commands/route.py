@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     rows = np.arange(len(prompts))
     quality, cost = est.quality[rows, solution.choice], est.cost[rows, solution.choice]
     if args.out:
-        write_plan(Path(args.out), zip(ids, plan.models, quality.round(6), cost.round(9)))
+        write_plan(Path(args.out), zip(ids, plan.models, quality.round(6), cost.round(9), strict=False))
     _summary(est.candidates, solution.choice, cost, quality, solution.lam, args, seconds)
     return 0
 

@@ -89,7 +89,7 @@ class QualityPredictor(Protocol):
 
     models_: list[str]
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> "QualityPredictor": ...
+    def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> QualityPredictor: ...
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predicted quality, shape (len(X), len(models_))."""

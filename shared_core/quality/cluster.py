@@ -33,7 +33,7 @@ class ClusterQuality(Estimator):
         if not self.smoothing >= 0:
             raise ValueError(f"smoothing must be >= 0, got {self.smoothing}")
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> "ClusterQuality":
+    def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> ClusterQuality:
         """Cluster the training embeddings, then tally each model's labels per cluster."""
         from sklearn.cluster import KMeans
 

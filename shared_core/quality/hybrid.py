@@ -37,7 +37,7 @@ class HybridQuality(Estimator):
         """The unfitted parametric and k-NN halves this hybrid's hyper-parameters make."""
         return LogisticQuality(C=self.C), KNNQuality(k=self.k, shrinkage=self.shrinkage)
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> "HybridQuality":
+    def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> HybridQuality:
         """Fit both halves on the same data."""
         self._check_params()
         X, Y, models = check_targets(X, Y, models)

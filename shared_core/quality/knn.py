@@ -39,7 +39,7 @@ class KNNQuality(Estimator):
                 or self.max_feedback < 1:
             raise ValueError(f"max_feedback must be a positive int, got {self.max_feedback!r}")
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> "KNNQuality":
+    def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> KNNQuality:
         """Remember the training embeddings and their qualities (NaN labels are never counted)."""
         self._check_params()
         X, Y, self.models_ = check_targets(X, Y, models)

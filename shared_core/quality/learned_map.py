@@ -47,7 +47,7 @@ class LearnedMapQuality(ClusterQuality):
         if not isinstance(self.rounds, (int, np.integer)) or self.rounds < 1:
             raise ValueError(f"rounds must be a positive int, got {self.rounds!r}")
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> "LearnedMapQuality":
+    def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> LearnedMapQuality:
         """K-means, then alternate: learn the map for fixed Ψ, re-tally Ψ with the map."""
         X, Y, models = check_targets(X, Y, models)
         super().fit(X, Y, models)

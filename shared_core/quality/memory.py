@@ -38,7 +38,7 @@ class _Snapshot:
             self.derived["labels"] = (known, known.astype(np.float64), np.where(known, Y, 0.0))
         return self.derived["labels"]
 
-    def rows(self, j: int) -> np.ndarray:
+    def rows(self, j: int | np.integer) -> np.ndarray:
         """The rows labelled for model j."""
         if ("rows", j) not in self.derived:
             self.derived[("rows", j)] = np.flatnonzero(self.labels()[0][:, j])
@@ -52,7 +52,7 @@ class LabelMemory:
         self._snap = _Snapshot(l2_normalise(X), np.array(Y, dtype=np.float64), len(X))
 
     @classmethod
-    def restore(cls, X: np.ndarray, Y: np.ndarray) -> "LabelMemory":
+    def restore(cls, X: np.ndarray, Y: np.ndarray) -> LabelMemory:
         """A memory from saved (already unit-length) rows, kept bit for bit."""
         memory = cls.__new__(cls)
         memory._snap = _Snapshot(np.array(X, dtype=np.float64), np.array(Y, dtype=np.float64), len(X))

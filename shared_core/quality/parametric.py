@@ -45,7 +45,7 @@ class LogisticQuality(Estimator):
         if not self.C > 0:
             raise ValueError(f"C must be > 0, got {self.C}")
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> "LogisticQuality":
+    def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> LogisticQuality:
         """One regression per model column, each on the rows where that model has a label."""
         self._check_params()
         X, Y, self.models_ = check_targets(X, Y, models)

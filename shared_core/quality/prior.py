@@ -20,7 +20,7 @@ class PriorQuality(Estimator):
     def __init__(self, default: float = 0.5) -> None:
         self.default = default
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> "PriorQuality":
+    def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> PriorQuality:
         """Learn each model's mean quality; a model with no labels gets `default`."""
         _, Y, self.models_ = check_targets(X, Y, models)
         self.counts_ = (~np.isnan(Y)).sum(axis=0).astype(np.float64)

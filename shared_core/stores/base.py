@@ -148,7 +148,7 @@ class LedgerStore(ABC):
         names = [s for s in self.scopes() if scope is None or s == scope or s.startswith(scope + "/")]
         return [st for st in self.states(names) if st is not None]
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a no-op default: stores without connections need not override it)
         """Let go of connections and files (the store must not be used afterwards)."""
 
 

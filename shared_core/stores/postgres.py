@@ -37,7 +37,14 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..budget import (
-    DEFAULT_RETENTION_S, IDLE_BATCH, Budget, LedgerUnavailable, ScopeBooks, ScopeState, check_retention, to_nanos,
+    DEFAULT_RETENTION_S,
+    IDLE_BATCH,
+    Budget,
+    LedgerUnavailable,
+    ScopeBooks,
+    ScopeState,
+    check_retention,
+    to_nanos,
 )
 from .base import LedgerStore, no_budget, refuse, unknown_reservation
 from .urls import StoreURL
@@ -341,7 +348,8 @@ class PostgresStore(LedgerStore):
             given = conninfo_to_dict(conninfo)
         except psycopg.ProgrammingError as e:
             raise ValueError(f"malformed PostgreSQL connection string: {e}") from e
-        self.where = _location(given.get("host"), given.get("port"), given.get("dbname"))
+        # libpq's host and dbname are strings; psycopg types every value of the dict str | int | None.
+        self.where = _location(given.get("host"), given.get("port"), given.get("dbname"))  # type: ignore[arg-type]
         try:
             with psycopg.connect(conninfo, connect_timeout=_CONNECT_TIMEOUT_S) as conn:
                 self.where = _location(conn.info.host, conn.info.port, conn.info.dbname)
@@ -518,9 +526,18 @@ def _snapshot(row: Sequence[Any]) -> ScopeState:
     (now, name, budget, period_start, committed, reserved, requests, released, expired, lam, idle_ttl_s,
      models, nanos, calls) = row
     books = ScopeBooks(
-        scope=name, budget=Budget.model_validate_json(budget), period_start=period_start, committed=committed,
-        reserved=reserved, requests=requests, released=released, expired=expired, lam=lam, idle_ttl_s=idle_ttl_s,
-        spend=dict(zip(models or (), nanos or ())), calls=dict(zip(models or (), calls or ())),
+        scope=name,
+        budget=Budget.model_validate_json(budget),
+        period_start=period_start,
+        committed=committed,
+        reserved=reserved,
+        requests=requests,
+        released=released,
+        expired=expired,
+        lam=lam,
+        idle_ttl_s=idle_ttl_s,
+        spend=dict(zip(models or (), nanos or (), strict=False)),
+        calls=dict(zip(models or (), calls or (), strict=False)),
     )
     books.roll(now)  # a view of the new period; the next write stores it
     return books.snapshot()

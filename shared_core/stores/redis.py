@@ -110,12 +110,14 @@ class RedisStore(LedgerStore):
         period = "" if budget.period_s is None else repr(budget.period_s)
         flags = ("1" if reset else "0", "1" if only_if_absent else "0")
         idle = "" if idle_ttl_s is None else repr(idle_ttl_s)
-        return bool(self._run("set_budget", scope, to_nanos(budget.usd), budget.model_dump_json(), period, *flags, idle))
+        return bool(
+            self._run("set_budget", scope, to_nanos(budget.usd), budget.model_dump_json(), period, *flags, idle)
+        )
 
     def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
         if not scopes:
             return []
-        return [_snapshot(scope, found) for scope, found in zip(scopes, self._run("states", *scopes))]
+        return [_snapshot(scope, found) for scope, found in zip(scopes, self._run("states", *scopes), strict=False)]
 
     def scopes(self) -> list[str]:
         return sorted(self._run("scopes"))
@@ -167,7 +169,7 @@ def _snapshot(scope: str, found: Sequence[Sequence[str]]) -> ScopeState | None:
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
     """HGETALL's flat [field, value, ...] reply as a dict."""
-    return dict(zip(flat[::2], flat[1::2]))
+    return dict(zip(flat[::2], flat[1::2], strict=False))
 
 
 
