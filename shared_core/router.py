@@ -143,7 +143,37 @@ class Decision:
 
 
 class Router:
-    """Routes each request to the candidate maximising predicted quality − λ·cost, under budgets."""
+    """Routes each request to the candidate maximising predicted quality − λ·cost, under budgets.
+
+    The per-request rule is OmniRouter's (Mei et al., 2025, "OmniRouter: Budget and Performance
+    Controllable Multi-LLM Routing"): argmaxⱼ q̂ⱼ − λ·ĉⱼ, with λ the Lagrange multiplier of the
+    budget constraint; candidates described only by profile answers are UniRoute's (Jitkrittum
+    et al., 2025, "Universal Model Routing for Efficient LLM Inference").
+
+    Parameters:
+        candidates: the models to route among (at least one; names unique).
+        quality: a fitted quality predictor (`shared_core.quality`), columns named by candidate;
+            None: each candidate's `prior_quality`.
+        lengths: a fitted output-length predictor (`shared_core.length`); None: `LengthPrior()`.
+        embedder: turns prompts into the (n, d) features the predictors read; None when neither needs it.
+        store: the ledger, a LedgerStore or a URL (`memory://`, `sqlite:///…`, `redis://…`,
+            `postgresql://…`); None: a new in-process memory ledger.
+        default_budget: the Budget every new session scope starts with; None: sessions are unbudgeted.
+        pacer: the online DualPacer that prices money per scope (`fit_router` warm-starts it).
+        cost_weight: a floor under λ, in quality per USD: 0 routes on quality alone when no budget
+            binds; 50 gives up 0.01 quality to save $0.0002.
+        strict_scopes: raise UnknownScope for a session without a budget instead of routing it unbudgeted.
+        max_fallbacks: further candidates tried after a failed call (0: none).
+        reservation_ttl_s: seconds a hold lives before its money returns (≥ 0.1).
+        attempt_timeout_s, deadline_s: seconds one attempt, and all attempts of a request, may take.
+        scope_prefix: a tenant every session is nested in (callers cannot charge another tenant).
+        session_idle_ttl_s: seconds after which an idle default-budget session is forgotten (None: never).
+        pending_journal: a file that keeps settles the ledger could not take across a crash.
+        cap_headroom: lower a candidate's output cap to fit what a budget has left when the cap
+            stays ≥ this many times its predicted output (None: never lower one).
+
+    Raises ValueError (or pydantic's ValidationError) naming the parameter for a bad value.
+    """
 
     def __init__(
         self,
