@@ -73,13 +73,16 @@ Messages = Sequence[Mapping[str, Any]]
 
 @dataclass(frozen=True)
 class Estimate:
-    """Per (prompt, candidate) predictions: quality, input/output tokens and cost in USD."""
+    """Per (prompt, candidate) predictions: quality, input/output tokens and cost in USD.
 
-    candidates: list[str]
-    quality: np.ndarray
-    input_tokens: np.ndarray
-    output_tokens: np.ndarray
-    cost: np.ndarray
+    Every array is (n prompts, m candidates), columns in `candidates` order.
+    """
+
+    candidates: list[str]  # the m candidate names, in column order
+    quality: np.ndarray  # predicted quality in [0, 1]
+    input_tokens: np.ndarray  # prompt tokens by each candidate's encoding
+    output_tokens: np.ndarray  # predicted output tokens, at most the candidate's output limit
+    cost: np.ndarray  # predicted USD: input and output tokens at the candidate's prices, plus its per-request price
 
 
 @dataclass(frozen=True)
@@ -92,24 +95,28 @@ class Charge:
 
 @dataclass(frozen=True)
 class Decision:
-    """What the router chose for one request, why, and the money it holds for it."""
+    """What the router chose for one request, why, and the money it holds for it.
 
-    id: str
-    chosen: str
-    scopes: tuple[str, ...]
-    lam: float
-    reserved: float
-    quality: dict[str, float]
-    cost: dict[str, float]
-    input_tokens: dict[str, int]
-    ranking: tuple[str, ...]
-    max_tokens: int | None = None
-    output_caps: dict[str, int] = field(default_factory=dict)
-    output_tokens: dict[str, int] = field(default_factory=dict)
-    cap_lowered: bool = False
-    attempt: int = 0
-    failed: tuple[str, ...] = ()
-    failures: tuple[dict[str, str], ...] = ()
+    Per-candidate dicts are keyed by candidate name; `output_caps` and `output_tokens` hold only
+    the candidates that could serve the request.
+    """
+
+    id: str  # the decision's id, which its reservation (when a budget applies) and settle name
+    chosen: str  # the candidate to call
+    scopes: tuple[str, ...]  # the scopes charged, outermost first (empty: no budget applies)
+    lam: float  # λ, the price of money, in quality per USD (the largest of the scopes' and cost_weight)
+    reserved: float  # USD held in every scope: the chosen candidate's worst case at its cap
+    quality: dict[str, float]  # predicted quality in [0, 1]
+    cost: dict[str, float]  # predicted USD of the call
+    input_tokens: dict[str, int]  # prompt tokens by each candidate's encoding
+    ranking: tuple[str, ...]  # the candidates that could serve it, best score (quality − λ·cost) first
+    max_tokens: int | None = None  # the output cap the caller asked for
+    output_caps: dict[str, int] = field(default_factory=dict)  # output tokens each may write: reserved and sent
+    output_tokens: dict[str, int] = field(default_factory=dict)  # predicted output tokens
+    cap_lowered: bool = False  # the chosen cap was lowered to fit what the budget had left
+    attempt: int = 0  # 0 for the first choice, n after n fallbacks
+    failed: tuple[str, ...] = ()  # candidates tried before that failed
+    failures: tuple[dict[str, str], ...] = ()  # their errors (model, kind, error type, message)
     text: str = field(default="", repr=False)
     #: The call's OpenTelemetry span (a telemetry.CallSpan) from its first attempt to its settlement; None untraced.
     trace: Any = field(default=None, repr=False, compare=False)
