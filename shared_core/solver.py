@@ -93,9 +93,13 @@ def solve(
 ) -> Solution:
     """One model per row: best quality within `budget`, or cheapest with mean quality ≥ `quality_target`.
 
-    `capacity` (m,) caps how many rows each column may take; `feasible` (n, m) masks pairs out.
-    Without capacities the integral assignment is within one row's step of the LP bound.
-    Raises Infeasible when nothing meets the constraints.
+    `quality` (n, m) predicted quality in [0, 1] and `cost` (n, m) predicted USD, a row per prompt
+    and a column per model; `budget` in USD for the whole batch, `quality_target` a mean quality
+    (exactly one of the two). `capacity` (m,) caps how many rows each column may take; `feasible`
+    (n, m) masks pairs out. Without capacities the integral assignment is within one row's step
+    of the LP bound. The problem and its dual are OmniRouter's (Mei et al., 2025; see the module
+    docstring). Raises Infeasible when nothing meets the constraints, ValueError for shapes or
+    values that make no problem (NaN, negative cost, both or neither of budget and target).
     """
     q, c, ok = _validate(quality, cost, feasible)
     if (budget is None) == (quality_target is None):
