@@ -40,14 +40,18 @@ def _redis_problem() -> str | None:
     return None
 
 
-def require_redis() -> None:
-    """Skip the test when Redis is absent, but fail it when OMNIROUTE_REQUIRE_REDIS=1 (CI)."""
-    problem = _redis_problem()
+def _require(problem: str | None, flag: str, remedy: str) -> None:
+    """Skip the test for `problem`, but fail it when the environment variable `flag` is 1 (CI)."""
     if problem is None:
         return
-    if os.environ.get("OMNIROUTE_REQUIRE_REDIS") == "1":
-        pytest.fail(f"OMNIROUTE_REQUIRE_REDIS=1 but {problem}")
-    pytest.skip(f"{problem}; start redis-server to run this test (CI sets OMNIROUTE_REQUIRE_REDIS=1)")
+    if os.environ.get(flag) == "1":
+        pytest.fail(f"{flag}=1 but {problem}")
+    pytest.skip(f"{problem}; {remedy} to run this test (CI sets {flag}=1)")
+
+
+def require_redis() -> None:
+    """Skip the test when Redis is absent, but fail it when OMNIROUTE_REQUIRE_REDIS=1 (CI)."""
+    _require(_redis_problem(), "OMNIROUTE_REQUIRE_REDIS", "start redis-server")
 
 
 def redis_admin() -> Any:
@@ -73,12 +77,7 @@ def _postgres_problem() -> str | None:
 
 def require_postgres() -> None:
     """Skip the test when PostgreSQL is absent, but fail it when OMNIROUTE_REQUIRE_POSTGRES=1 (CI)."""
-    problem = _postgres_problem()
-    if problem is None:
-        return
-    if os.environ.get("OMNIROUTE_REQUIRE_POSTGRES") == "1":
-        pytest.fail(f"OMNIROUTE_REQUIRE_POSTGRES=1 but {problem}")
-    pytest.skip(f"{problem}; start PostgreSQL to run this test (CI sets OMNIROUTE_REQUIRE_POSTGRES=1)")
+    _require(_postgres_problem(), "OMNIROUTE_REQUIRE_POSTGRES", "start PostgreSQL")
 
 
 def postgres_admin() -> Any:
