@@ -38,7 +38,7 @@ def run(train, test, cap: int) -> list[dict]:
     router.quality.max_feedback = cap
     router.set_budget("bench", Budget(usd=1e6))
     prompts = list(test.prompts[:1_000])
-    features = router._features(list(test.prompts))
+    features = router.pool.features(list(test.prompts))
     model = router.candidates[0].name
     rows, fed = [], 0
     for step in STEPS:
@@ -73,7 +73,7 @@ def feedback_audc(train, test, seeds: tuple[int, ...] = (1, 2, 3)) -> list[dict]
         for seed in seeds if cap is not None else seeds[:1]:
             router = fit_router(fit, "knn", warm_start=False)
             if cap is not None:
-                X = router._features(list(fed.prompts))
+                X = router.pool.features(list(fed.prompts))
                 router.quality.max_feedback = cap
                 for k in np.random.default_rng(seed).permutation(len(events)):
                     i, j = events[k]

@@ -8,9 +8,9 @@ from shared_core.errors import BudgetExceeded, OmniRouteError
 
 from .callbacks import SpendTracker
 from .chat_model import ChatOmniRoute
-from .embeddings import LangChainEmbedder
 
 if TYPE_CHECKING:
+    from .embeddings import LangChainEmbedder
     from .middleware import OmniRouteMiddleware
 
 __all__ = [
@@ -24,10 +24,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The agent middleware needs the `langchain` package; the rest of the adapter only langchain-core,
-    # so it is imported when first asked for.
+    # Imported when first asked for: the agent middleware needs the `langchain` package (the rest of
+    # the adapter only langchain-core), and the embedder the core's embedding module, which a router
+    # built from candidates never loads.
     if name == "OmniRouteMiddleware":
         from .middleware import OmniRouteMiddleware
 
         return OmniRouteMiddleware
+    if name == "LangChainEmbedder":
+        from .embeddings import LangChainEmbedder
+
+        return LangChainEmbedder
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

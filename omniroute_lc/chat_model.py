@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from functools import partial
 from operator import itemgetter
 from typing import Any
 
@@ -19,7 +20,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from typing_extensions import Self
 
 from shared_core.budget import Budget, BudgetExceeded, scope_chain
-from shared_core.calls import FallbackStream, acall_with_fallbacks, call_with_fallbacks
+from shared_core.calls import FallbackStream, acall_with_fallbacks, call_with_fallbacks, off_loop, reserve_off_loop
 from shared_core.candidates import Candidate
 from shared_core.metering import METADATA_KEY, StreamSettlement
 from shared_core.router import Decision, Router, RoutingError
@@ -53,7 +54,9 @@ class ChatOmniRoute(BaseChatModel):
     the session's budget and every budget enclosing it. It then calls the chosen candidate's
     own hooks (`_generate` / `_stream` and async forms; one LangChain run per request), falls
     back to the next-best candidate when one raises before answering, and commits the actual
-    cost from the candidate's `usage_metadata` (tiktoken counts when it reports none).
+    cost from the candidate's `usage_metadata` (tiktoken counts when it reports none). The async
+    forms (`ainvoke`, `astream`, ...) make the same routing and ledger calls in worker threads
+    (`shared_core.calls.off_loop`), so neither a decision nor a ledger round trip holds the event loop.
 
     Sessions — which budget a call charges (a scope path: "acme/agent-7" also counts against
     "acme"), first match wins:
@@ -232,6 +235,10 @@ class ChatOmniRoute(BaseChatModel):
         if routed is not None:
             self.router.release(routed[1])
 
+    async def _arelease(self, routed: tuple[RoutedCall, Decision] | None) -> None:
+        if routed is not None:
+            await off_loop(partial(self.router.release, routed[1]))
+
     @staticmethod
     def _with_reporter(
         config: RunnableConfig, kwargs: dict[str, Any], *, asynchronous: bool
@@ -265,6 +272,12 @@ class ChatOmniRoute(BaseChatModel):
                 return None
         return None
 
+    async def _aroute_early(
+        self, input: LanguageModelInput, stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[RoutedCall, Decision] | None:
+        """_route_early in routing's worker threads: the event loop goes on while it decides."""
+        return await reserve_off_loop(partial(self._route_early, input, stop, kwargs), self._release)
+
     def invoke(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
         **kwargs: Any,
@@ -289,11 +302,15 @@ class ChatOmniRoute(BaseChatModel):
         kwargs = self._with_session(config, kwargs)
         if ROUTED_KWARG in kwargs:  # a stream LangChain turned into an invoke (disable_streaming): routed already
             return await super().ainvoke(input, config, stop=stop, **kwargs)
-        routed = self._route_early(input, stop, kwargs)
+        routed = await self._aroute_early(input, stop, kwargs)
         try:
-            return await super().ainvoke(input, config, stop=stop, **kwargs, **{ROUTED_KWARG: routed})
-        finally:
-            self._release(routed)
+            answer = await super().ainvoke(input, config, stop=stop, **kwargs, **{ROUTED_KWARG: routed})
+        except BaseException:
+            await self._arelease(routed)
+            raise
+        if METADATA_KEY not in answer.response_metadata:  # with a summary the call was settled: nothing is held
+            await self._arelease(routed)
+        return answer
 
     def stream(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
@@ -323,14 +340,19 @@ class ChatOmniRoute(BaseChatModel):
         astream = super().astream
 
         async def chunks() -> AsyncIterator[AIMessageChunk]:
-            routed = self._route_early(input, stop, kwargs)
+            routed = await self._aroute_early(input, stop, kwargs)
             inner = astream(input, config, stop=stop, **kwargs, **{ROUTED_KWARG: routed})
+            settled = False  # the closing chunk carries the summary of the settled stream: nothing is held then
             try:
                 async for chunk in inner:
+                    settled = settled or METADATA_KEY in chunk.response_metadata
                     yield chunk
             finally:
-                await inner.aclose()  # `async for` does not pass on a reader's aclose(): settle first
-                self._release(routed)
+                try:
+                    await inner.aclose()  # `async for` does not pass on a reader's aclose(): settle first
+                finally:
+                    if not settled:
+                        await self._arelease(routed)
 
         return chunks()
 
@@ -422,6 +444,22 @@ class ChatOmniRoute(BaseChatModel):
             generation.message.response_metadata = {**generation.message.response_metadata, METADATA_KEY: summary}
         return result
 
+    async def _aroute(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[RoutedCall, Decision]:
+        """_route, deciding in routing's worker threads (a call routed before its run needs none)."""
+        routed = kwargs.get(ROUTED_KWARG)
+        if routed is not None:
+            return routed
+        return await reserve_off_loop(partial(self._route, messages, stop, kwargs), self._release)
+
+    async def _asettled(self, call: RoutedCall, decision: Decision, result: ChatResult) -> ChatResult:
+        messages = [g.message for g in result.generations]
+        summary = await off_loop(partial(settle, self.router, decision, call.session, messages))
+        for generation in result.generations:
+            generation.message.response_metadata = {**generation.message.response_metadata, METADATA_KEY: summary}
+        return result
+
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -446,7 +484,7 @@ class ChatOmniRoute(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        call, decision = self._route(messages, stop, kwargs)
+        call, decision = await self._aroute(messages, stop, kwargs)
 
         async def run(candidate: Candidate, decision: Decision) -> ChatResult:
             model = self._models[candidate.name]
@@ -456,7 +494,7 @@ class ChatOmniRoute(BaseChatModel):
         result, decision = await acall_with_fallbacks(
             self.router, decision, run, on_failure=failure_reporter(run_manager)
         )
-        return self._settled(call, decision, result)
+        return await self._asettled(call, decision, result)
 
     def _stream(
         self,
@@ -495,7 +533,7 @@ class ChatOmniRoute(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        call, decision = self._route(messages, stop, kwargs)
+        call, decision = await self._aroute(messages, stop, kwargs)
 
         def start(candidate: Candidate, decision: Decision) -> AsyncIterator[ChatGenerationChunk]:
             model = self._models[candidate.name]
@@ -513,11 +551,12 @@ class ChatOmniRoute(BaseChatModel):
                 for ready in relay.feed(chunk):
                     yield ready
         except BaseException as error:
-            books.interrupted(error)
+            await off_loop(partial(books.interrupted, error))
             raise
         finally:
             await chunks.aclose()
-        yield relay.closing_chunk(record(books.decision, call.session, books.finished()))
+        settlement = await off_loop(books.finished)
+        yield relay.closing_chunk(record(books.decision, call.session, settlement))
 
     def _convert_cached_generations(self, cache_val: list[Generation]) -> list[ChatGeneration]:
         generations = super()._convert_cached_generations(cache_val)

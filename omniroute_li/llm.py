@@ -7,6 +7,7 @@ import pickle
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing, closing
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from llama_index.core.base.llms.types import (
@@ -28,7 +29,16 @@ from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import BaseTool
 
 from shared_core.budget import Budget, LedgerStore
-from shared_core.calls import FallbackStream, Settlement, acall_with_fallbacks, call_with_fallbacks, settle_usage
+from shared_core.calls import (
+    FallbackStream,
+    Settlement,
+    acall_with_fallbacks,
+    asettle_usage,
+    call_with_fallbacks,
+    off_loop,
+    reserve_off_loop,
+    settle_usage,
+)
 from shared_core.candidates import Candidate
 from shared_core.fallbacks import Attempt
 from shared_core.metering import StreamSettlement, routing_record
@@ -108,13 +118,26 @@ class _StreamRelay:
 
     def interrupted(self, error: BaseException) -> None:
         """The stream failed or was closed: settled by the core's rule (and reported) if it had started."""
-        settlement = self.books.interrupted(error)
+        self._interrupted(self.books.interrupted(error))
+
+    async def ainterrupted(self, error: BaseException) -> None:
+        """interrupted, settling in routing's worker threads (the event is dispatched on the loop)."""
+        self._interrupted(await off_loop(partial(self.books.interrupted, error)))
+
+    def _interrupted(self, settlement: Settlement | None) -> None:
         if settlement is not None:
             _report(self.books.decision, settlement)
 
     def finished(self) -> AnyResponse | None:
         """Settle the complete stream; the closing chunk with costs and usage (None if it was empty)."""
-        settlement, decision = self.books.finished(), self.books.decision
+        return self._finished(self.books.finished())
+
+    async def afinished(self) -> AnyResponse | None:
+        """finished, settling in routing's worker threads (the event is dispatched on the loop)."""
+        return self._finished(await off_loop(self.books.finished))
+
+    def _finished(self, settlement: Settlement) -> AnyResponse | None:
+        decision = self.books.decision
         closing = None if self.last is None else annotate(self.last, decision, settlement, final_chunk=True)
         return _report(decision, settlement, closing)
 
@@ -154,7 +177,9 @@ class OmniRouteLLM(FunctionCallingLLM):
     (`prompt_tokens`, `completion_tokens`, `total_tokens`); `response.raw` stays the provider's
     own response object (a dict `raw` gets the usage merged into `raw["usage"]`). Streams end
     with one extra chunk (empty delta) carrying them. Each settled call also emits a
-    `RoutedCallEndEvent` to LlamaIndex instrumentation (see `SpendTracker`).
+    `RoutedCallEndEvent` to LlamaIndex instrumentation (see `SpendTracker`). The async forms make
+    the same routing and ledger calls in worker threads (`shared_core.calls.off_loop`), so neither
+    a decision nor a ledger round trip holds the event loop; events are dispatched on the loop.
 
     Callbacks: a call's LLM events go to this instance's `callback_manager` (LlamaIndex's
     `Settings.llm` sets it), once: when it has handlers, the chosen candidate is called through a
@@ -312,6 +337,20 @@ class OmniRouteLLM(FunctionCallingLLM):
         settlement = settle_usage(self.router, decision, provider_usage(response), output_text(response))
         return _report(decision, settlement, annotate(response, decision, settlement))
 
+    # The async paths make the same calls in routing's worker threads (shared_core.calls.off_loop):
+    # a `claim` or `hold` made there is kept in the caller's context, and events go out on the loop.
+    async def _aplan(
+        self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
+    ) -> tuple[Decision, Callable[[Any], dict[str, Any]]]:
+        return await reserve_off_loop(partial(self._plan, messages, kwargs), lambda plan: self.router.release(plan[0]))
+
+    async def _adecide(self, request: list[dict[str, Any]], kwargs: dict[str, Any]) -> Decision:
+        return await reserve_off_loop(partial(self._decide, request, kwargs), self.router.release)
+
+    async def _asettled(self, response: Response, decision: Decision) -> Response:
+        settlement = await asettle_usage(self.router, decision, provider_usage(response), output_text(response))
+        return _report(decision, settlement, annotate(response, decision, settlement))
+
     # ------------------------------------------------------------------ chat
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Chat with the candidate the router picks (falling back on errors), then settle its cost."""
@@ -324,14 +363,14 @@ class OmniRouteLLM(FunctionCallingLLM):
         return self._settled(response, decision)
 
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        """The async form of chat (the same core decide / settle calls)."""
-        decision, arguments = self._plan(messages, kwargs)
+        """The async form of chat (the same core decide / settle calls, made off the event loop)."""
+        decision, arguments = await self._aplan(messages, kwargs)
         async def run(candidate: Candidate, decision: Decision) -> ChatResponse:
             llm, extra = self._target(candidate, decision)
             return await llm.achat(**{**arguments(candidate.model), **extra})
 
         response, decision = await acall_with_fallbacks(self.router, decision, run, on_failure=_failed)
-        return self._settled(response, decision)
+        return await self._asettled(response, decision)
 
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         """Stream from the routed candidate; the decision is made when iteration starts."""
@@ -351,7 +390,7 @@ class OmniRouteLLM(FunctionCallingLLM):
         """The async form of stream_chat."""
 
         async def chunks() -> AsyncIterator[ChatResponse]:
-            decision, arguments = self._plan(messages, kwargs)
+            decision, arguments = await self._aplan(messages, kwargs)
 
             async def start(candidate: Candidate, decision: Decision) -> AsyncIterator[ChatResponse]:
                 llm, extra = self._target(candidate, decision, streaming=True)
@@ -379,15 +418,15 @@ class OmniRouteLLM(FunctionCallingLLM):
         return self._settled(response, decision)
 
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        """The async form of complete."""
-        decision = self._decide([{"role": "user", "content": prompt}], kwargs)
+        """The async form of complete (routing and settling off the event loop)."""
+        decision = await self._adecide([{"role": "user", "content": prompt}], kwargs)
 
         async def run(candidate: Candidate, decision: Decision) -> CompletionResponse:
             llm, extra = self._target(candidate, decision)
             return await llm.acomplete(prompt, formatted=formatted, **{**kwargs, **extra})
 
         response, decision = await acall_with_fallbacks(self.router, decision, run, on_failure=_failed)
-        return self._settled(response, decision)
+        return await self._asettled(response, decision)
 
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         """Stream a completion from the routed candidate."""
@@ -407,7 +446,7 @@ class OmniRouteLLM(FunctionCallingLLM):
         """The async form of stream_complete."""
 
         async def chunks() -> AsyncIterator[CompletionResponse]:
-            decision = self._decide([{"role": "user", "content": prompt}], kwargs)
+            decision = await self._adecide([{"role": "user", "content": prompt}], kwargs)
 
             async def start(candidate: Candidate, decision: Decision) -> AsyncIterator[CompletionResponse]:
                 llm, extra = self._target(candidate, decision, streaming=True)
@@ -445,9 +484,9 @@ class OmniRouteLLM(FunctionCallingLLM):
                 async for chunk in chunks:
                     yield books.passing(chunk)
             except BaseException as error:
-                books.interrupted(error)
+                await books.ainterrupted(error)
                 raise
-        final = books.finished()
+        final = await books.afinished()
         if final is not None:
             yield final
 

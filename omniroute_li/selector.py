@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import numpy as np
 from llama_index.core.base.base_selector import BaseSelector, SelectorResult, SingleSelection
@@ -12,6 +13,7 @@ from llama_index.core.schema import QueryBundle
 from llama_index.core.tools.types import ToolMetadata
 from pydantic import InstanceOf
 
+from shared_core.calls import reserve_off_loop
 from shared_core.router import Decision, Router
 
 from .held import hold
@@ -165,7 +167,11 @@ class OmniRouteSelector(BaseSelector):
             scores = self._selected(choices, await self.relevance.aselect(choices, query))
         else:
             scores = None
-        return self._choose(choices, query, scores)
+        # Decided in routing's worker threads; the hold it leaves is kept in this task's context,
+        # where the chosen engine's call claims it.
+        return await reserve_off_loop(
+            partial(self._choose, choices, query, scores), lambda chosen: self.router.release(chosen.decision)
+        )
 
 
 def _relative(query: Sequence[float], descriptions: Sequence[Sequence[float]]) -> list[float]:

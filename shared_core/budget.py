@@ -13,6 +13,7 @@ This module holds what a ledger keeps; the stores that keep it are peers in `sha
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,8 @@ __all__ = [
     "NANOS_PER_USD",
     "MAX_USD",
     "DEFAULT_RETENTION_S",
+    "DEFAULT_MAX_FINISHED",
+    "check_max_finished",
     "MIN_IDLE_TTL_S",
     "check_idle_ttl",
 ]
@@ -57,8 +60,12 @@ MAX_SCOPE_DEPTH = 8
 MAX_HORIZON = 10**12
 MIN_PERIOD_S = 1e-3
 MAX_PERIOD_S = 100 * 365.25 * 86_400.0
-#: How long a finished reservation is remembered, so a repeated commit is recognised (a day).
+#: How long a finished reservation is remembered, so a repeated commit is recognised (a day), unless
+#: DEFAULT_MAX_FINISHED reservations that finished later push it out first (see LedgerStore).
 DEFAULT_RETENTION_S = 86_400.0
+#: How many finished reservations a ledger remembers at most, the oldest forgotten first: what a
+#: ledger keeps is bounded whatever the traffic (29 MB in a memory ledger, 35 MB in Redis; see LedgerStore).
+DEFAULT_MAX_FINISHED = 100_000
 #: The shortest idle time after which a scope may be forgotten (see LedgerStore.set_budget).
 MIN_IDLE_TTL_S = 1.0
 #: How many idle scopes one ledger operation forgets at most: a backlog never stalls a request.
@@ -81,7 +88,17 @@ def to_usd(nanos: int) -> float:
 
 
 class Budget(BaseModel):
-    """A spending limit in US dollars, paced over requests or seconds, optionally reset every period."""
+    """A spending limit in US dollars, paced over requests or seconds, optionally reset every period.
+
+    A hard cap: the ledger never lets committed + reserved money exceed `usd` (each call holds
+    its worst case before it is made). The horizon only paces spending — the price λ of money
+    (OmniRouter's Lagrange multiplier, Mei et al., 2025, arXiv:2502.20576) rises when spend runs
+    ahead of `usd` × the share of the horizon used — and is never a limit itself.
+
+    Fields: `usd` ≥ 0 (at most MAX_USD); `horizon` requests in 1..MAX_HORIZON; `horizon_s` and
+    `period_s` seconds in [MIN_PERIOD_S, MAX_PERIOD_S]. pydantic's ValidationError names the
+    field for a bad value (NaN, ∞, negative, a bool, an unknown field); frozen.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -297,9 +314,18 @@ def check_idle_ttl(idle_ttl_s: float | None, name: str = "idle_ttl_s") -> float 
 
 def check_retention(retention_s: float) -> float:
     """retention_s, after checking it is a positive number of seconds."""
-    if not math.isfinite(retention_s) or retention_s <= 0:
-        raise ValueError(f"retention_s must be a positive number of seconds, got {retention_s}")
+    if isinstance(retention_s, bool) or not isinstance(retention_s, numbers.Real) \
+            or not math.isfinite(retention_s) or retention_s <= 0:
+        raise ValueError(f"retention_s must be a positive number of seconds, got {retention_s!r}")
     return float(retention_s)
+
+
+def check_max_finished(max_finished: int) -> int:
+    """max_finished, after checking it is a whole number of reservations in 1..2⁵³ (Lua counts in doubles)."""
+    if isinstance(max_finished, bool) or not isinstance(max_finished, numbers.Integral) \
+            or not 1 <= max_finished <= 2**53:
+        raise ValueError(f"max_finished must be a whole number of reservations in 1..2**53, got {max_finished!r}")
+    return int(max_finished)
 
 
 # The stores import this module's types, so their classes are fetched only when asked for here.

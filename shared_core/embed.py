@@ -7,6 +7,8 @@ LlamaIndex adapters are thin subclasses).
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, cast, runtime_checkable
 
@@ -15,6 +17,8 @@ import numpy as np
 from .errors import NotFittedError
 from .ngrams import TOKEN_PATTERN, AnalyzerCounter, WordNgramCounter
 from .quality.base import Estimator, l2_normalise
+
+logger = logging.getLogger("omniroute")
 
 __all__ = ["Embedder", "TfidfSvdEmbedder", "FunctionEmbedder", "tail_text", "check_texts", "l2_normalise"]
 
@@ -63,8 +67,10 @@ class TfidfSvdEmbedder(Estimator):
     prompts and L2-normalised. Works offline; `fit` on a few thousand prompts takes seconds.
 
     scikit-learn's `TfidfVectorizer` learns the vocabularies and IDF weights; prompts are then
-    counted by `shared_core.ngrams` (the same counts, without a Python string per n-gram), one
-    path for one prompt and for a batch.
+    counted by `shared_core.ngrams` (the same counts, without a Python string per n-gram), and
+    weighted and projected with NumPy on the rows' CSR parts, without scipy.sparse objects (whose
+    construction cost more than the arithmetic for one prompt). The arithmetic is unchanged:
+    the same vectors, bit for bit, for one prompt and for a batch.
 
     Defaults (word 1–2-grams, no tail weighting): every variant measured in
     benchmarks/predictors.py routes within noise of the others, and this one embeds a prompt
@@ -119,32 +125,46 @@ class TfidfSvdEmbedder(Estimator):
 
     def _sparse(self, texts: list[str]) -> Any:
         """√(1−w)·tfidf(prompt) + √w·tfidf(tail) as a float32 CSR matrix."""
-        w = self.tail_weight
-        H: Any = 0.0  # a sparse matrix once either term is added
-        if w < 1.0:
-            H = np.sqrt(1.0 - w) * self._tfidf(texts)
-        if w > 0.0:
-            H = H + np.sqrt(w) * self._tfidf([tail_text(t, self.tail_chars) for t in texts])
-        # float32 throughout: a float64 matrix would make scipy upcast the whole projection per call.
-        return H.tocsr().astype(np.float32)
+        import scipy.sparse as sp
 
-    def _tfidf(self, docs: list[str]) -> Any:
+        indptr, columns, data = self._rows(texts)
+        return sp.csr_matrix((data, columns, indptr), shape=(len(texts), self._width()))
+
+    def _width(self) -> int:
+        """Columns of the TF-IDF rows: every n-gram kind's vocabulary side by side."""
+        return sum(len(w) for w in self.idf_)
+
+    def _rows(self, texts: list[str]) -> CsrParts:
+        """CSR parts (row pointers, columns, float32 weights) of √(1−w)·tfidf(prompt) + √w·tfidf(tail).
+
+        Plain NumPy on the parts, without scipy.sparse objects, whose construction and checks cost
+        more than the arithmetic for one prompt. The arithmetic is the scipy expression's: the
+        scaled terms in float64, their sum rounded to float32.
+        """
+        w = self.tail_weight
+        if w == 0.0:  # √1 · x is x: the float64 round trip changes no value
+            return self._tfidf(texts)
+        tails = self._tfidf([tail_text(t, self.tail_chars) for t in texts])
+        if w == 1.0:
+            return tails
+        whole = self._tfidf(texts)
+        return _weighted_sum(whole, tails, float(np.sqrt(1.0 - w)), float(np.sqrt(w)), self._width())
+
+    def _tfidf(self, docs: list[str]) -> CsrParts:
         """Sublinear TF × IDF per n-gram kind, each kind L2-normalised, then the whole row.
 
         The arithmetic is TfidfVectorizer's own (float32, in its order, the whole row normalised
         again even for one kind), so fitted embedders and saved routers stay bit for bit the same.
         """
-        import scipy.sparse as sp
-
         blocks = []
         for counter, idf in zip(self._counters, self.idf_, strict=False):
             indptr, columns, counts = counter.count(docs)
-            X = sp.csr_matrix((counts.astype(np.float32), columns, indptr), shape=(len(docs), len(idf)))
-            np.log(X.data, X.data)
-            X.data += 1.0
-            X.data *= idf[X.indices]
-            blocks.append(_normalise_rows(X))
-        return _normalise_rows(blocks[0] if len(blocks) == 1 else sp.hstack(blocks, format="csr"))
+            data = np.log(counts, dtype=np.float32)  # the counts made float32, as scikit-learn's matrix holds them
+            data += np.float32(1.0)
+            data *= idf[columns]
+            blocks.append((indptr, columns, _normalise_rows(indptr, data)))
+        indptr, columns, data = blocks[0] if len(blocks) == 1 else _hstack(blocks, [len(w) for w in self.idf_])
+        return indptr, columns, _normalise_rows(indptr, data)
 
     def fit(self, texts: Sequence[str]) -> TfidfSvdEmbedder:
         """Learn the n-gram vocabularies, IDF weights and SVD directions from training prompts."""
@@ -181,7 +201,7 @@ class TfidfSvdEmbedder(Estimator):
         """Embeddings of `texts`, shape (n, dim), unit length."""
         self._check_fitted()
         texts = check_texts(texts)
-        return l2_normalise(self._sparse(texts) @ self._projection)
+        return _unit_rows(_project(*self._rows(texts), self._projection))
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The vocabularies, plus the IDF weights and SVD directions."""
@@ -207,17 +227,117 @@ class TfidfSvdEmbedder(Estimator):
         self._set_components(components)
 
 
-def _normalise_rows(X: Any) -> Any:
-    """A float32 CSR matrix with each non-empty row scaled to unit L2 norm, in place.
+#: CSR parts of a (texts × features) matrix: row pointers, columns (sorted per row), values.
+CsrParts = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _normalise_rows(indptr: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """The float32 values of CSR rows, each non-empty row scaled to unit L2 norm.
 
     sklearn.preprocessing.normalize's arithmetic (float32 squares summed in double, row by row)
     without its per-call validation, which costs more than the work for one prompt.
     """
-    sizes = np.diff(X.indptr)
-    squares = (X.data * X.data).astype(np.float64)
-    norms = np.sqrt(np.bincount(np.repeat(np.arange(X.shape[0]), sizes), weights=squares, minlength=X.shape[0]))
-    X.data = (X.data / np.repeat(np.where(norms > 0, norms, 1.0), sizes)).astype(np.float32)
+    if len(indptr) == 2:  # one row: a running sum adds in the same order as the bincount below
+        total = float((data * data).astype(np.float64).cumsum()[-1]) if len(data) else 0.0
+        # A NumPy float64 divisor (not a Python float) keeps the division in double, as below.
+        return (data / np.float64(math.sqrt(total) if total > 0 else 1.0)).astype(np.float32)
+    squares = (data * data).astype(np.float64)
+    sizes = np.diff(indptr)
+    n = len(sizes)
+    norms = np.sqrt(np.bincount(np.repeat(np.arange(n), sizes), weights=squares, minlength=n))
+    return (data / np.repeat(np.where(norms > 0, norms, 1.0), sizes)).astype(np.float32)
+
+
+def _unit_rows(Y: np.ndarray) -> np.ndarray:
+    """`l2_normalise(Y)` (float64 rows of unit length, zero rows kept), its arithmetic without its call overhead."""
+    X = Y.astype(np.float64)
+    if len(X) == 1:  # the same pairwise sum over the row as np.linalg.norm's, in fewer calls
+        norm = math.sqrt(np.add.reduce(X[0] * X[0]))
+        if norm > 0:
+            X /= norm
+        return X
+    norms = np.sqrt(np.add.reduce(X * X, axis=1, keepdims=True))  # what np.linalg.norm(X, axis=1) computes
+    X /= np.where(norms > 0, norms, 1.0)
     return X
+
+
+def _hstack(blocks: list[CsrParts], widths: list[int]) -> CsrParts:
+    """Side-by-side CSR blocks of one height (block k's columns shifted by the widths before it)."""
+    offsets = np.cumsum([0, *widths[:-1]])
+    n = len(blocks[0][0]) - 1
+    rows = np.concatenate([np.repeat(np.arange(n), np.diff(p)) for p, _, _ in blocks])
+    columns = np.concatenate([c + off for (_, c, _), off in zip(blocks, offsets, strict=True)])
+    data = np.concatenate([d for _, _, d in blocks])
+    order = np.argsort(rows, kind="stable")  # within a row: block by block, each block's columns in order
+    indptr = np.searchsorted(rows[order], np.arange(n + 1))
+    return indptr, columns[order], data[order]
+
+
+def _weighted_sum(a: CsrParts, b: CsrParts, wa: float, wb: float, width: int) -> CsrParts:
+    """wa·A + wb·B for CSR parts of one shape: each term in float64, the sum rounded to float32."""
+    n = len(a[0]) - 1
+    keys = np.concatenate([np.repeat(np.arange(n), np.diff(p)) * width + c for p, c, _ in (a, b)])
+    values = np.concatenate([a[2] * np.float64(wa), b[2] * np.float64(wb)])
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], values[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else keys
+    summed = np.add.reduceat(values, starts) if len(keys) else values
+    unique = keys[starts]
+    return np.searchsorted(unique // width, np.arange(n + 1)), unique % width, summed.astype(np.float32)
+
+
+def _project(indptr: np.ndarray, columns: np.ndarray, data: np.ndarray, projection: np.ndarray) -> np.ndarray:
+    """The CSR rows times the (features × dim) float32 projection: (n, dim) float32.
+
+    Each row's sum runs over its entries in column order in float32, as scipy.sparse's product
+    does, so the result is that product's to the bit; without scipy objects for one prompt.
+    """
+    n = len(indptr) - 1
+    out = np.zeros((n, projection.shape[1]), dtype=np.float32)
+    if _csr_matvecs is not None:
+        _csr_matvecs(n, projection.shape[0], projection.shape[1], indptr, columns.astype(indptr.dtype, copy=False),
+                     data, projection.ravel(), out.ravel())
+        return out
+    if n <= _SMALL:
+        for i in range(n):
+            lo, hi = indptr[i], indptr[i + 1]
+            # A sum over axis 0 adds the rows one after another, in the order the product does.
+            out[i] = (data[lo:hi, None] * projection[columns[lo:hi]]).sum(axis=0)
+        return out
+    import scipy.sparse as sp
+
+    return np.asarray(sp.csr_matrix((data, columns, indptr), shape=(n, projection.shape[0])) @ projection)
+
+
+def _load_csr_matvecs() -> Callable[..., None] | None:
+    """scipy.sparse's C kernel for a CSR matrix times dense vectors, if it is there and right.
+
+    It is what `csr_matrix @ dense` runs, reached without building the matrix object (tens of
+    microseconds a prompt); it is private, so it is checked on a small product first and not
+    used when missing or different.
+    """
+    try:
+        from scipy.sparse._sparsetools import csr_matvecs
+    except ImportError:
+        return None
+    indptr, columns = np.array([0, 2, 3], dtype=np.int64), np.array([0, 2, 1], dtype=np.int64)
+    data = np.array([1.5, -2.0, 4.0], dtype=np.float32)
+    dense = np.arange(6, dtype=np.float32).reshape(3, 2)
+    out = np.zeros((2, 2), dtype=np.float32)
+    try:
+        csr_matvecs(2, 3, 2, indptr, columns, data, dense.ravel(), out.ravel())
+    except Exception:  # a changed signature: the public product is used instead
+        logger.debug("scipy's csr_matvecs is not usable; embedding through scipy.sparse objects", exc_info=True)
+        return None
+    if not np.array_equal(out, [[-8.0, -8.5], [8.0, 12.0]]):  # 1.5·row 0 − 2·row 2; 4·row 1
+        logger.debug("scipy's csr_matvecs gave %s; embedding through scipy.sparse objects", out.tolist())
+        return None
+    return cast("Callable[..., None]", csr_matvecs)
+
+
+# Rows projected through NumPy when scipy's kernel is unavailable; more go through scipy.sparse.
+_SMALL = 8
+_csr_matvecs = _load_csr_matvecs()
 
 
 class FunctionEmbedder:

@@ -31,7 +31,8 @@ from .solver import solve
 
 if TYPE_CHECKING:
     from .data import RoutingDataset
-    from .router import Estimate, Router
+    from .estimation import Estimate
+    from .router import Router
 
 __all__ = [
     "Curve",

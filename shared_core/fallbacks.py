@@ -19,8 +19,8 @@ Status codes are read from the exception's `status_code` (openai, anthropic), it
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import sys
 from dataclasses import dataclass
 
 from .errors import AllCandidatesFailed
@@ -67,7 +67,12 @@ def classify(error: BaseException) -> str:
         if status in _INVALID:
             return ErrorKind.INVALID_REQUEST
         return ErrorKind.TRANSIENT  # 408, 409, 425, 429, 5xx, 529, ...
-    if isinstance(error, (TimeoutError, asyncio.TimeoutError, ConnectionError)):
+    # asyncio.TimeoutError is TimeoutError from Python 3.11; before, it is its own class. Read from
+    # sys.modules so that routing never imports asyncio (and with it ssl) for this check.
+    asyncio = sys.modules.get("asyncio")
+    if isinstance(error, (TimeoutError, ConnectionError)) or (
+        asyncio is not None and isinstance(error, asyncio.TimeoutError)
+    ):
         return ErrorKind.TRANSIENT
     names = " ".join(cls.__name__ for cls in type(error).__mro__)
     if any(word in names for word in ("Timeout", "Connection", "RateLimit", "Overloaded", "ServiceUnavailable")):

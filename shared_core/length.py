@@ -8,14 +8,27 @@ weight δ. The router turns predicted tokens into the pre-call cost estimate.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from .quality.base import Estimator, check_fitted, check_profile, check_rows, model_index
 from .quality.memory import LabelMemory
 
-__all__ = ["LengthPrior", "HybridLength", "check_lengths"]
+__all__ = ["LengthPredictor", "LengthPrior", "HybridLength", "check_lengths"]
+
+
+@runtime_checkable
+class LengthPredictor(Protocol):
+    """fit(X, L, models) learns from embeddings X (n, d) and output token counts L (n, m, NaN = missing)."""
+
+    models_: list[str]
+
+    def fit(self, X: np.ndarray, L: np.ndarray, models: Sequence[str]) -> LengthPredictor: ...
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predicted output tokens (>= 0), shape (len(X), len(models_))."""
+        ...
 
 
 def check_lengths(X: np.ndarray, L: np.ndarray, models: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -83,7 +96,19 @@ class LengthPrior(Estimator):
 
 
 class HybridLength(Estimator):
-    """L = δ·ridge(x) + (1 − δ)·mean length of the k nearest training prompts, per model."""
+    """L = δ·ridge(x) + (1 − δ)·mean length of the k nearest training prompts, per model.
+
+    OmniRouter's hybrid output-length predictor (Mei et al., 2025, arXiv:2502.20576), in tokens.
+
+    Parameters:
+        delta: weight δ ∈ [0, 1] of the ridge regression (0: retrieval only).
+        k: neighbours averaged (fewer for a model with fewer labels), ≥ 1.
+        alpha: ridge L2 strength, > 0.
+        default: the length of a model without any data, in tokens.
+
+    fit(X (n, d), L (n, m) token counts ≥ 0, NaN = unknown, models); predict(X (r, d)) → (r, m) ≥ 0.
+    ValueError for bad parameters or shapes; NotFittedError before fit.
+    """
 
     needs_embedding = True
 

@@ -5,7 +5,10 @@ the ledger cannot be reached at that moment, the router keeps the commit here an
 again on later commits (`Router.retry_pending`). In memory, what is kept dies with the process;
 a `PendingJournal` keeps it in a file, so a router started after a crash records it.
 
-Replaying is safe: a commit names its reservation, and the ledger charges a reservation once.
+Replaying is safe while the ledger remembers the reservation: a commit names it, and the ledger
+charges a reservation once. A ledger remembers finished reservations for a bounded time and number
+(`LedgerStore`: `retention_s`, `max_finished`); a commit of one it has forgotten is recorded by
+`record_anew`, once, which tells from the commit's `kept_at` whether it can have counted already.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -21,11 +25,16 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .budget import LedgerUnavailable
+from .budget import LedgerStore, LedgerUnavailable
+from .stores.base import no_budget
 
-__all__ = ["PendingCommit", "PendingCommits", "PendingJournal"]
+__all__ = ["PendingCommit", "PendingCommits", "PendingJournal", "record_anew", "CLOCK_SLACK_S"]
 
 logger = logging.getLogger("omniroute")
+
+#: How far apart a router's clock and its ledger's (a server's, for Redis and PostgreSQL) may be when
+#: `record_anew` tells whether the ledger would still remember a commit's first attempt.
+CLOCK_SLACK_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -179,6 +188,55 @@ class PendingJournal(PendingCommits):
                 os.close(fd)
             os.replace(temporary, self.path)
             return sum(entry.ledger == ledger for entry in left)
+
+
+def record_anew(store: LedgerStore, entry: PendingCommit, ttl_s: float) -> bool:
+    """Record a commit whose reservation `store` no longer knows, once; whether this call recorded it.
+
+    The money goes on a hold of 0 USD made for it, `<reservation id>:recorded-anew` (kept `ttl_s`
+    seconds if left open), in those of the entry's scopes that still have a budget, so repeating
+    this — a retry after a lost reply, a replay after a crash — charges once while the ledger
+    remembers that hold. Whether the money can have been counted already depends on when the
+    commit was first tried, `entry.kept_at`, against `store.remembered_since()`:
+
+    - later (by more than CLOCK_SLACK_S): had an earlier attempt reached the ledger, it would
+      remember the reservation; it was never committed (its hold had ended and been forgotten,
+      or the ledger lost its data). Recording it is exact; logged as a WARNING.
+    - earlier: the commit is older than what the ledger remembers (a replay after a long outage or
+      a restart). If a first attempt did reach the ledger and only its replies were lost, this
+      counts it a second time; not recording it would lose it in every other case, far likelier
+      (a kept commit is one the ledger refused on every try). It is recorded, once, with a
+      WARNING that names the reservation and the amount, so that the books can be checked.
+
+    UnknownScope (a KeyError) when none of the entry's scopes has a budget any more;
+    LedgerUnavailable when the ledger cannot be reached (nothing was recorded, or the repeat is safe).
+    """
+    since = store.remembered_since()
+    # Scopes forgotten meanwhile (idle sessions) are left out; the enclosing ones are charged.
+    present = [s.scope for s in store.states(entry.scopes) if s is not None]
+    if not present:
+        raise no_budget(entry.scopes[-1])
+    fresh = f"{entry.reservation_id}:recorded-anew"
+    try:
+        store.reserve(fresh, present, 0.0, ttl_s)
+    except ValueError:  # made by an earlier try: committed already, or open with other scopes
+        pass
+    committed = store.commit(fresh, entry.cost_usd, model=entry.model)
+    if not committed:
+        return False
+    first_try = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.kept_at))
+    if entry.kept_at - CLOCK_SLACK_S >= since:
+        logger.warning("the ledger no longer knew reservation %s (its hold had ended and been forgotten); recorded "
+                       "%.9g USD for %s in scope %r under a new one, exactly: no attempt since %s had reached it",
+                       entry.reservation_id, entry.cost_usd, entry.model, present[-1], first_try)
+    else:
+        remembered = "nothing" if math.isinf(since) else time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+        logger.warning("the ledger no longer knew reservation %s, first tried at %s, before what it remembers "
+                       "(finished reservations since %s); recorded %.9g USD for %s in scope %r under %s, once. If "
+                       "that first commit reached the ledger and only its reply was lost, this counts it twice",
+                       entry.reservation_id, first_try, remembered, entry.cost_usd, entry.model, present[-1], fresh)
+    return True
 
 
 def _write_all(fd: int, data: bytes) -> None:

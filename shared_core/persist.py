@@ -2,7 +2,9 @@
 
 A saved router is a directory holding `router.json` (format name and version, candidates,
 settings, each component's kind and parameters, the shape and dtype of every array, a SHA-256
-of the arrays file and of the manifest itself) and `arrays.npz` (read with allow_pickle=False).
+of the arrays file and of the manifest itself) and `arrays.npz` (read with allow_pickle=False;
+float arrays are stored, since inflating them would slow every load, labels deflated, and member
+timestamps fixed, so the same router always saves the same bytes).
 Loading checks all of it and raises `PersistError` naming what is wrong; only component kinds
 listed in `COMPONENTS` are ever constructed, so loading an untrusted directory runs no code
 from it. Framework model objects and ledgers are not saved: reattach them when loading.
@@ -41,6 +43,7 @@ import struct
 import time
 import uuid
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,11 +54,9 @@ from pydantic import ValidationError
 
 from .budget import Budget
 from .candidates import Candidate
-from .embed import TfidfSvdEmbedder
 from .errors import PersistError
-from .length import HybridLength, LengthPrior
 from .pacing import DualPacer
-from .quality import PREDICTORS, Estimator
+from .quality import PREDICTORS, Registry
 
 if TYPE_CHECKING:
     from .router import Router
@@ -92,15 +93,22 @@ _SETTLE_S = 0.05
 
 #: Every class a saved router may name, by its kind in the manifest: the quality predictors
 #: under their registry names (`quality.PREDICTORS`), then the length predictors and the embedder.
-COMPONENTS: dict[str, type[Estimator]] = {
-    **PREDICTORS,
-    "length-prior": LengthPrior,
-    "length-hybrid": HybridLength,
-    "tfidf-svd": TfidfSvdEmbedder,
-}
+#: A class's module is imported only when a manifest names its kind.
+COMPONENTS = Registry({
+    **PREDICTORS.locations,
+    "length-prior": "shared_core.length:LengthPrior",
+    "length-hybrid": "shared_core.length:HybridLength",
+    "tfidf-svd": "shared_core.embed:TfidfSvdEmbedder",
+})
 #: Kinds that routers saved by earlier versions name, by the kind now in COMPONENTS.
 RENAMED_KINDS = {"logistic": "parametric"}
-_KIND_OF = {cls: kind for kind, cls in COMPONENTS.items()}
+# A member that deflate does not shrink by at least this fraction is stored: float arrays (embeddings,
+# SVD directions) shrink by 0-15 %, and inflating them costs every load more than the bytes saved
+# (labels and counts shrink 20-30 times and stay deflated).
+_MIN_DEFLATE_SAVING = 0.5
+_DEFLATE_SAMPLE = 4 << 20
+# A fixed timestamp on every member: the same router always saves the same bytes (and checksum).
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _SLOTS = ("embedder", "quality", "lengths")
 # An embedder wrapping a framework model (LangChain, LlamaIndex) is reattached, not saved.
 _EXTERNAL = "external"
@@ -122,7 +130,7 @@ def _dump_component(obj: Any, slot: str, arrays: dict[str, np.ndarray]) -> dict[
     # An unfitted predictor (a router built from candidates' priors) is rebuilt by the Router.
     if obj is None or (slot != "embedder" and not hasattr(obj, "models_")):
         return None
-    kind = _KIND_OF.get(type(obj))
+    kind = COMPONENTS.kind_of(type(obj))
     if kind is None:
         if slot == "embedder":
             return {"kind": _EXTERNAL, "class": type(obj).__name__}
@@ -141,10 +149,7 @@ def save_router(router: Router, directory: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     components = {slot: _dump_component(getattr(router, slot), slot, arrays) for slot in _SLOTS}
-    buffer = io.BytesIO()
-    # numpy's stub types **kwds as if they could be its allow_pickle flag; the keys are "slot/name" arrays.
-    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
-    blob = buffer.getvalue()
+    blob = _npz_bytes(arrays)
     body = {
         "format": FORMAT,
         "version": VERSION,
@@ -174,6 +179,23 @@ def save_router(router: Router, directory: str | Path) -> Path:
         _write_atomic(out / ARRAYS, blob)
         _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False).encode())
     return out / MANIFEST
+
+
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """The arrays as an .npz archive (what np.load reads), each member deflated only where that pays."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", allowZip64=True) as zf:
+        for key, array in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, array, allow_pickle=False)
+            data = member.getvalue()
+            sample = data[:_DEFLATE_SAMPLE]  # enough to tell floats from labels, bounded time and memory
+            deflates = len(zlib.compress(sample, 1)) <= (1 - _MIN_DEFLATE_SAVING) * len(sample)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED if deflates else zipfile.ZIP_STORED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+    return buffer.getvalue()
 
 
 def _symlinked_lock(path: Path) -> PersistError:

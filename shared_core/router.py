@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,18 +26,19 @@ from .budget import (
     to_nanos,
     to_usd,
 )
-from .candidates import Candidate, validate_candidates
+from .candidates import Candidate
 from .errors import NoFeasibleCandidate, RoutingError
+from .estimation import CandidatePool, Estimate
 from .fallbacks import Attempt, ErrorKind, classify
 from .feasibility import Request, describe, output_caps, reasons
-from .length import LengthPrior
+from .length import LengthPredictor
 from .pacing import DualPacer
 from .pending import PendingCommit, PendingCommits, PendingJournal
-from .pricing import Usage, price, price_tokens
+from .pricing import Usage, price
 from .quality.base import QualityPredictor
 from .solver import BatchRouting, budget_curve, capacity_counts, solve
 from .stores import open_store
-from .tokens import content_text, count_message_tokens, count_tokens_batch
+from .tokens import content_text
 
 __all__ = [
     "Router", "Charge", "Decision", "RoutingError", "NoFeasibleCandidate", "Estimate", "DEFAULT_SCOPE",
@@ -69,20 +69,6 @@ MIN_LOWERED_CAP = 32
 
 
 Messages = Sequence[Mapping[str, Any]]
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """Per (prompt, candidate) predictions: quality, input/output tokens and cost in USD.
-
-    Every array is (n prompts, m candidates), columns in `candidates` order.
-    """
-
-    candidates: list[str]  # the m candidate names, in column order
-    quality: np.ndarray  # predicted quality in [0, 1]
-    input_tokens: np.ndarray  # prompt tokens by each candidate's encoding
-    output_tokens: np.ndarray  # predicted output tokens, at most the candidate's output limit
-    cost: np.ndarray  # predicted USD: input and output tokens at the candidate's prices, plus its per-request price
 
 
 @dataclass(frozen=True)
@@ -187,7 +173,7 @@ class Router:
         candidates: Sequence[Candidate],
         *,
         quality: QualityPredictor | None = None,
-        lengths: Any = None,
+        lengths: LengthPredictor | None = None,
         embedder: Any = None,
         store: LedgerStore | str | None = None,
         default_budget: Budget | None = None,
@@ -203,12 +189,8 @@ class Router:
         pending_journal: str | os.PathLike[str] | None = None,
         cap_headroom: float | None = DEFAULT_CAP_HEADROOM,
     ) -> None:
-        # Guards the predictors' columns together with the candidate column map (re-entrant:
-        # add_candidate holds it while it calls _set_candidates).
-        self._models_lock = threading.RLock()
-        self.quality = quality
-        self.lengths = lengths if lengths is not None else LengthPrior()
-        self.embedder = embedder
+        # Estimation (candidates, embedder, predictors) is the pool's; this class decides and keeps books.
+        self.pool = CandidatePool(candidates, quality=quality, lengths=lengths, embedder=embedder)
         self.store = open_store(store)
         self.default_budget = default_budget
         self.pacer = pacer if pacer is not None else DualPacer()
@@ -253,7 +235,6 @@ class Router:
         # answer, or a stream's first chunk) and all attempts of one request together.
         self.attempt_timeout_s = attempt_timeout_s
         self.deadline_s = deadline_s
-        self._set_candidates(candidates)
         if pending_journal is not None:  # commits a crashed run kept: recorded now, not at the first commit
             try:
                 self.retry_pending()
@@ -261,53 +242,39 @@ class Router:
                 logger.exception("could not replay the commits kept in %s", pending_journal)
 
     # ----------------------------------------------------------------- candidates
-    def _set_candidates(self, candidates: Sequence[Candidate]) -> None:
-        cands = validate_candidates(candidates)
-        known_q = list(getattr(self.quality, "models_", []) or [])
-        for c in cands:
-            if c.name not in known_q and c.prior_quality is None:
-                raise ValueError(
-                    f"no quality estimate for candidate {c.name!r}: give it prior_quality= or a "
-                    "quality predictor fitted on data that includes it"
-                )
-        known_l = list(getattr(self.lengths, "models_", []) or [])
-        self._candidates = cands
-        self._index = {c.name: i for i, c in enumerate(cands)}
-        self._q_cols = np.array([known_q.index(c.name) if c.name in known_q else -1 for c in cands])
-        self._l_cols = np.array([known_l.index(c.name) if c.name in known_l else -1 for c in cands])
-        self._priors = np.array([c.prior_quality if c.prior_quality is not None else np.nan for c in cands])
-        self._p_in = np.array([c.input_price for c in cands])
-        self._p_out = np.array([c.output_price for c in cands])
-        self._p_req = np.array([c.request_price for c in cands])
-        # The worst case assumes every input token may be billed at the dearest input rate (a
-        # prompt written to the provider's cache costs more than plain input).
-        self._p_in_worst = np.array([c.dearest_input_price for c in cands])
-        self._max_out = np.array([c.max_output_tokens for c in cands], dtype=np.float64)
-        self._uncapped = np.array([not c.accepts_output_cap for c in cands], dtype=bool)
-        self._window = np.array([c.context_window for c in cands], dtype=np.float64)
-
     @property
     def candidates(self) -> tuple[Candidate, ...]:
         """The candidates, in routing-column order."""
-        return self._candidates
+        return self.pool.candidates
+
+    @property
+    def quality(self) -> Any:
+        """The quality predictor (None: the candidates' priors)."""
+        return self.pool.quality
+
+    @property
+    def lengths(self) -> LengthPredictor:
+        """The output-length predictor."""
+        return self.pool.lengths
+
+    @property
+    def embedder(self) -> Any:
+        """The embedder both predictors read (None when neither needs one)."""
+        return self.pool.embedder
 
     def update_candidate(self, candidate: Candidate) -> None:
         """Replace the routed candidate of the same name (new prices, limits or model), keeping its predictions."""
-        with self._models_lock:
-            self.candidate(candidate.name)
-            self._set_candidates([candidate if c.name == candidate.name else c for c in self._candidates])
+        self.pool.replace(candidate)
 
     def priced(self, decision: Decision) -> Candidate:
         """The candidate a decision chose, even if it was removed since (its calls still cost money)."""
         retired = self._retired.get(decision.chosen)
-        return self.candidate(decision.chosen) if retired is None or decision.chosen in self._index else retired
+        return self.candidate(decision.chosen) if retired is None or decision.chosen in self.pool.lineup.index \
+            else retired
 
     def candidate(self, name: str) -> Candidate:
         """The candidate called `name` (KeyError naming the known ones otherwise)."""
-        try:
-            return self._candidates[self._index[name]]
-        except KeyError:
-            raise KeyError(f"unknown candidate {name!r}; candidates are {list(self._index)}") from None
+        return self.pool.lineup.candidate(name)
 
     # ----------------------------------------------------------------- budgets
     def set_budget(self, scope: str, budget: Budget, *, reset: bool = False) -> None:
@@ -376,60 +343,12 @@ class Router:
         return [s for s in states if s is not None]
 
     # ----------------------------------------------------------------- estimation
-    def _features(self, texts: Sequence[str]) -> np.ndarray:
-        """The prompts' embeddings, computed once per request and shared by both predictors."""
-        needs = any(getattr(p, "needs_embedding", True) for p in (self.quality, self.lengths) if p is not None)
-        if self.embedder is None or not needs:
-            return np.empty((len(texts), 0))
-        return np.asarray(self.embedder.transform(list(texts)), dtype=np.float64)
-
-    def _predict(self, X: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        # Adding or removing a candidate changes predictor columns and the router's column map
-        # together: a prediction must see both before or both after.
-        with self._models_lock:
-            q = np.tile(self._priors, (n, 1))
-            if self.quality is not None and (self._q_cols >= 0).any():
-                pred = self.quality.predict(X)
-                has = self._q_cols >= 0
-                q[:, has] = pred[:, self._q_cols[has]]
-            lengths = np.full((n, len(self._candidates)), float(getattr(self.lengths, "default", 256.0)))
-            has = self._l_cols >= 0
-            if has.any():
-                pred_l = self.lengths.predict(X)
-                lengths[:, has] = pred_l[:, self._l_cols[has]]
-                # A candidate without length data (added without profile answers) is expected
-                # to answer like the others do for this prompt.
-                lengths[:, ~has] = lengths[:, has].mean(axis=1, keepdims=True)
-        bad = ~(np.isfinite(lengths) & (lengths >= 0))
-        if bad.any():
-            # A length predictor's bug must not price calls at NaN: the output limit is what a call can cost.
-            logger.warning("the length predictor gave %d invalid predictions (NaN, infinite or negative); "
-                           "counting the candidates' output limits for them", int(bad.sum()))
-            lengths = np.where(bad, self._max_out, lengths)
-        return q, lengths
-
     def estimate(self, prompts: Sequence[str], input_tokens: np.ndarray | None = None) -> Estimate:
-        """Predicted quality, tokens and cost for many prompts at once (no budget involved)."""
-        prompts = [_check_text(p, i) for i, p in enumerate(prompts)]
-        n = len(prompts)
-        if input_tokens is None:
-            input_tokens = self._count_prompt_tokens(prompts)
-        else:
-            input_tokens = np.asarray(input_tokens, dtype=np.float64)
-            if input_tokens.ndim == 1:
-                input_tokens = np.tile(input_tokens[:, None], (1, len(self._candidates)))
-        q, out = self._predict(self._features(prompts), n)
-        out = np.minimum(out, self._max_out)
-        cost = price_tokens(input_tokens, out, self._p_in, self._p_out) + self._p_req
-        return Estimate([c.name for c in self._candidates], q, input_tokens, out, cost)
+        """Predicted quality, tokens and cost (arrays (n, m)) for many prompts at once; no budget involved.
 
-    def _count_prompt_tokens(self, prompts: list[str]) -> np.ndarray:
-        """Input tokens of each prompt for each candidate (n, m), counting once per encoding."""
-        by_enc: dict[str, np.ndarray] = {}
-        for c in self._candidates:
-            if c.encoding not in by_enc:
-                by_enc[c.encoding] = np.asarray(count_tokens_batch(prompts, c.encoding), dtype=np.float64)
-        return np.stack([by_enc[c.encoding] for c in self._candidates], axis=1)
+        `input_tokens` ((n,) or (n, m)) replaces counting the prompts. RoutingError for a prompt that is not a str.
+        """
+        return self.pool.estimate([_check_text(p, i) for i, p in enumerate(prompts)], input_tokens)
 
     # ----------------------------------------------------------------- decisions
     def decide(
@@ -463,60 +382,45 @@ class Router:
         can fits what is left.
         """
         messages, text = _normalise(request)
-        if max_tokens is not None and (
-            isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens <= 0
-        ):
-            raise RoutingError(f"max_tokens must be a whole number of tokens > 0, got {max_tokens!r}")
+        _check_request(max_tokens, extra_input_tokens)
         if model is not None:
             self.candidate(model)
-        if isinstance(extra_input_tokens, bool) or not isinstance(extra_input_tokens, (int, np.integer)) \
-                or extra_input_tokens < 0:
-            raise RoutingError(f"extra_input_tokens must be a whole number >= 0, got {extra_input_tokens!r}")
         states = self._scope_states(session)
-        cands = self._candidates
         tool_list = list(tools or [])
-        counts: dict[tuple[str, str | None], int] = {}
-        input_tokens = np.empty(len(cands))
-        for j, c in enumerate(cands):
-            key = (c.encoding, c.provider)
-            if key not in counts:
-                counts[key] = count_message_tokens(messages, c.encoding, tools=tool_list, image_rule=c.image_rule)
-            input_tokens[j] = counts[key] + extra_input_tokens
-        q, out = self._predict(self._features([text]), 1)
+        lineup, q, out = self.pool.predict(self.pool.features([text]))
         q, out = q[0], out[0]
-        caps = output_caps(input_tokens, self._max_out, self._window, max_tokens)
-        # A client that cannot be sent a cap writes up to its own limit whatever was asked: that is its worst case.
-        caps = np.where(self._uncapped, output_caps(input_tokens, self._max_out, self._window, None), caps)
+        input_tokens = lineup.count_request_tokens(messages, tool_list, extra_input_tokens)
+        caps = output_caps(input_tokens, lineup.max_output, lineup.window, max_tokens, uncapped=lineup.uncapped)
         out = np.minimum(out, caps)
-        cost = price_tokens(input_tokens, out, self._p_in, self._p_out) + self._p_req
-        worst = price_tokens(input_tokens, caps, self._p_in_worst, self._p_out) + self._p_req
+        cost, worst = lineup.cost(input_tokens, out), lineup.worst_cost(input_tokens, caps)
 
         asked = Request(max_tokens=max_tokens, tools=bool(tool_list), structured_output=structured_output,
                         exclude=exclude, model=model)
-        why = reasons(cands, input_tokens, caps, asked)
-        feasible = np.array([not w for w in why])
+        why = reasons(lineup, input_tokens, caps, asked)
+        feasible = np.fromiter((not w for w in why), dtype=bool, count=len(why))
         if not feasible.any():
-            raise NoFeasibleCandidate(describe(cands, why, asked))
-        lam = max([self.cost_weight] + [self.pacer.price(s) for s in states])
+            raise NoFeasibleCandidate(describe(lineup, why, asked))
         if weights:
-            q = q * _weights(weights, [c.name for c in cands])
+            q = q * _weights(weights, lineup.names)
             feasible &= q > 0
             if not feasible.any():
                 raise NoFeasibleCandidate("no candidate can serve this request: every feasible one has weight 0")
+        lam = max([self.cost_weight] + [self.pacer.price(s) for s in states])
         score = np.where(feasible, q - lam * cost, -np.inf)
-        ranking = tuple(cands[j].name for j in np.argsort(-score, kind="stable") if feasible[j])
+        names = lineup.names
+        ranking = tuple(names[j] for j in np.argsort(-score, kind="stable") if feasible[j])
+        served = np.flatnonzero(feasible)
         base = Decision(
             id="", chosen="", scopes=tuple(s.scope for s in states), lam=lam, reserved=0.0,
-            quality={c.name: float(q[j]) for j, c in enumerate(cands)},
-            cost={c.name: float(cost[j]) for j, c in enumerate(cands)},
-            input_tokens={c.name: int(input_tokens[j]) for j, c in enumerate(cands)},
+            quality=dict(zip(names, q.tolist(), strict=True)),
+            cost=dict(zip(names, cost.tolist(), strict=True)),
+            input_tokens=dict(zip(names, input_tokens.astype(int).tolist(), strict=True)),
             ranking=ranking, max_tokens=max_tokens, text=text,
-            output_caps={c.name: int(caps[j]) for j, c in enumerate(cands) if feasible[j]},
-            output_tokens={c.name: int(math.ceil(out[j])) for j, c in enumerate(cands) if feasible[j]},
+            output_caps={names[j]: int(caps[j]) for j in served},
+            output_tokens={names[j]: math.ceil(out[j]) for j in served},
         )
-        worst_by_name = {c.name: float(worst[j]) for j, c in enumerate(cands)}
-        return self._reserve_first(base, list(ranking), worst_by_name, states, reservation_ttl_s,
-                                   scope=self.scope_of(session))
+        return self._reserve_first(base, list(ranking), dict(zip(names, worst.tolist(), strict=True)), states,
+                                   reservation_ttl_s, scope=self.scope_of(session))
 
     def _reserve_first(
         self, base: Decision, order: list[str], worst: Mapping[str, float], states: list[ScopeState],
@@ -771,7 +675,7 @@ class Router:
         solution = solve(
             est.quality, est.cost, budget=budget, quality_target=quality_target,
             capacity=capacity_counts(capacities, est.candidates, len(est.cost)),
-            feasible=output_caps(est.input_tokens, self._max_out, self._window, None) >= 1,
+            feasible=est.output_caps >= 1,
         )
         return BatchRouting([est.candidates[j] for j in solution.choice], solution, est)
 
@@ -813,41 +717,16 @@ class Router:
         """
         if not isinstance(candidate, Candidate):
             raise TypeError(f"candidate must be a Candidate, got {type(candidate).__name__}")
-        if candidate.name in self._index:
-            raise ValueError(f"candidate {candidate.name!r} is already routed; remove it first")
-        if not callable(getattr(self.quality, "add_model", None)):
-            raise TypeError(f"the quality predictor {type(self.quality).__name__} cannot take in new models")
-        if profile_output_tokens is not None and not callable(getattr(self.lengths, "add_model", None)):
-            raise TypeError(f"the length predictor {type(self.lengths).__name__} cannot take in new models")
         prompts = [_check_text(p, i) for i, p in enumerate(profile_prompts)]
         if not prompts:
             raise ValueError("add_candidate needs at least one profile prompt")
-        X = self._features(prompts)
-        with self._models_lock:
-            # add_model, remove_model and observe are optional (checked above), outside the protocols.
-            cast(Any, self.quality).add_model(candidate.name, X, np.asarray(profile_quality, dtype=np.float64))
-            try:
-                if profile_output_tokens is not None:
-                    self.lengths.add_model(candidate.name, X, np.asarray(profile_output_tokens, dtype=np.float64))
-                self._set_candidates([*self._candidates, candidate])
-            except Exception:
-                for predictor in cast("tuple[Any, ...]", (self.quality, self.lengths)):
-                    if candidate.name in getattr(predictor, "models_", ()):
-                        predictor.remove_model(candidate.name)
-                raise
+        self.pool.add(candidate, self.pool.features(prompts), np.asarray(profile_quality, dtype=np.float64),
+                      None if profile_output_tokens is None else np.asarray(profile_output_tokens, dtype=np.float64))
 
     def remove_candidate(self, name: str) -> None:
         """Stop routing to `name` at once, and drop it from the predictors that can forget models."""
-        with self._models_lock:
-            self.candidate(name)
-            remaining = [c for c in self._candidates if c.name != name]
-            if not remaining:
-                raise ValueError(f"cannot remove {name!r}: it is the only candidate")
-            for predictor in cast("tuple[Any, ...]", (self.quality, self.lengths)):
-                if name in getattr(predictor, "models_", ()) and callable(getattr(predictor, "remove_model", None)):
-                    predictor.remove_model(name)
-            self._retired[name] = self.candidate(name)
-            self._set_candidates(remaining)
+        # Kept before removal: calls in flight to it must still be priced when they settle.
+        self._retired[name] = self.pool.remove(name)
 
     def feedback(self, decision: Decision, quality: float) -> None:
         """Teach the quality predictor how the chosen model did on this request (online learning)."""
@@ -856,13 +735,9 @@ class Router:
         quality = float(quality)
         if not 0.0 <= quality <= 1.0:
             raise ValueError(f"quality must be in [0, 1], got {quality}")
-        if not callable(getattr(self.quality, "observe", None)):
-            raise TypeError(f"the quality predictor {type(self.quality).__name__} does not learn online")
         if not decision.text:
             raise ValueError("the decision carries no prompt text to learn from")
-        X = self._features([decision.text])
-        with self._models_lock:
-            cast(Any, self.quality).observe(X, decision.chosen, np.array([quality]))
+        self.pool.observe(decision.text, decision.chosen, quality)
 
     def save(self, directory: str | Path) -> Path:
         """Write the fitted router (candidates, settings, predictors) as JSON + .npz; returns the manifest path.
@@ -871,7 +746,7 @@ class Router:
         """
         from .persist import save_router
 
-        with self._models_lock:
+        with self.pool.frozen():
             return save_router(self, directory)
 
     @classmethod
@@ -910,6 +785,17 @@ def _normalise(request: str | Messages) -> tuple[list[Mapping[str, Any]], str]:
     # mypy widens `request` back to include str at isinstance(request, Sequence), though str returned above.
     text = "\n".join(t for t in (content_text(m.get("content")) for m in request) if t)  # type: ignore[union-attr]
     return list(request), text  # type: ignore[arg-type]
+
+
+def _check_request(max_tokens: Any, extra_input_tokens: Any) -> None:
+    """RoutingError naming a malformed output cap or extra input token count."""
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens <= 0
+    ):
+        raise RoutingError(f"max_tokens must be a whole number of tokens > 0, got {max_tokens!r}")
+    if isinstance(extra_input_tokens, bool) or not isinstance(extra_input_tokens, (int, np.integer)) \
+            or extra_input_tokens < 0:
+        raise RoutingError(f"extra_input_tokens must be a whole number >= 0, got {extra_input_tokens!r}")
 
 
 def _weights(weights: Mapping[str, float], names: Sequence[str]) -> np.ndarray:

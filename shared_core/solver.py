@@ -32,7 +32,7 @@ import numpy as np
 from .errors import Infeasible
 
 if TYPE_CHECKING:
-    from .router import Estimate
+    from .estimation import Estimate
 
 __all__ = ["Solution", "BatchRouting", "Infeasible", "solve", "budget_curve", "capacity_counts"]
 

@@ -128,6 +128,27 @@ def ledger(kind: str, tmp_path: Path, **options: Any) -> Iterator[LedgerStore]:
             store.close()
 
 
+def finished_records(store: LedgerStore) -> int:
+    """How many finished reservations `store` keeps records of: entries, rows or hold keys beside the open ones."""
+    kind = type(store).__name__
+    if kind.endswith("MemoryStore"):
+        return len(store._done)  # type: ignore[attr-defined]
+    if kind.endswith("SQLiteStore"):
+        import sqlite3
+
+        with sqlite3.connect(store.path) as db:  # type: ignore[attr-defined]
+            return db.execute("SELECT count(*) FROM holds WHERE status <> 'open'").fetchone()[0]
+    if kind.endswith("RedisStore"):
+        client, prefix = store.client, store.prefix  # type: ignore[attr-defined]
+        holds = sum(1 for _ in client.scan_iter(match=prefix + "hold:*", count=1000))
+        return holds - client.zcard(prefix + "open")
+    if kind.endswith("PostgresStore"):
+        with postgres_admin() as db:
+            return db.execute(f'SELECT count(*) FROM "{store.schema}".holds WHERE status <> %s',  # type: ignore[attr-defined]
+                              ("open",)).fetchone()[0]
+    raise TypeError(f"no way to count the finished reservations of a {kind}")
+
+
 class FakeClock:
     """A clock that moves only when told to, for expiry and period tests."""
 

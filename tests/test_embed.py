@@ -9,7 +9,7 @@ from llama_index.core.embeddings import MockEmbedding
 
 from omniroute_lc.embeddings import LangChainEmbedder
 from omniroute_li.embeddings import LlamaIndexEmbedder
-from shared_core.embed import Embedder, FunctionEmbedder, TfidfSvdEmbedder, tail_text
+from shared_core.embed import Embedder, FunctionEmbedder, TfidfSvdEmbedder, l2_normalise, tail_text
 from shared_core.fitting import fit_router
 
 
@@ -139,3 +139,83 @@ def test_one_prompt_path_gives_the_same_vectors_as_the_batch_path(small, options
     batch = embedder.transform(prompts)  # more than a few: the sparse path
     one_by_one = np.vstack([embedder.transform([p]) for p in prompts])
     np.testing.assert_allclose(one_by_one, batch, atol=1e-5)
+
+
+# --- issue 17: the leaner embedding step gives today's vectors ---
+
+
+def reference_embedding(embedder, texts):
+    """The embedding as it was computed before the lean path: scikit-learn's TfidfVectorizer with the
+    fitted vocabulary and IDF (its counts, its TF-IDF arithmetic), each row normalised again, then
+    a scipy.sparse product with the SVD directions."""
+    import scipy.sparse as sp
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import normalize
+
+    from shared_core.ngrams import TOKEN_PATTERN
+
+    kinds = [dict(ngram_range=embedder.word_ngrams, token_pattern=TOKEN_PATTERN)]
+    if embedder.char_ngrams is not None:
+        kinds.append(dict(analyzer="char_wb", ngram_range=embedder.char_ngrams))
+
+    def tfidf(docs):
+        blocks = []
+        for kind, vocabulary, idf in zip(kinds, embedder.vocabularies_, embedder.idf_, strict=True):
+            vectorizer = TfidfVectorizer(vocabulary=vocabulary, sublinear_tf=True, dtype=np.float32, **kind)
+            vectorizer.idf_ = idf
+            blocks.append(vectorizer.transform(docs))
+        return normalize(sp.hstack(blocks, format="csr"))
+
+    w = embedder.tail_weight
+    H = np.sqrt(1 - w) * tfidf(texts)
+    if w > 0:
+        H = H + np.sqrt(w) * tfidf([tail_text(t, embedder.tail_chars) for t in texts])
+    return l2_normalise(H.tocsr().astype(np.float32) @ embedder.components_.T)
+
+
+@pytest.fixture(scope="session")
+def default_tfidf(train):
+    """The default embedder, fitted on RouterBench's training split as fit_router fits it."""
+    return TfidfSvdEmbedder().fit(train.prompts)
+
+
+def test_embeddings_equal_the_scipy_path_on_every_prompt_of_both_datasets(default_tfidf, routerbench, llmrouter):
+    prompts = list(dict.fromkeys(routerbench.prompts + llmrouter.prompts))
+    expected = reference_embedding(default_tfidf, prompts)
+    np.testing.assert_allclose(default_tfidf.transform(prompts), expected, atol=1e-6)
+    # One at a time (a routed request) takes the path without scipy.sparse objects.
+    one_by_one = np.vstack([default_tfidf.transform([p]) for p in prompts])
+    np.testing.assert_allclose(one_by_one, expected, atol=1e-6)
+
+
+def test_tail_weighted_character_embeddings_equal_the_scipy_path(train, routerbench, llmrouter):
+    embedder = TfidfSvdEmbedder(dim=64, tail_weight=0.4, char_ngrams=(3, 4)).fit(train.prompts[::3])
+    prompts = routerbench.prompts[::13] + llmrouter.prompts[::23]
+    expected = reference_embedding(embedder, prompts)
+    np.testing.assert_allclose(embedder.transform(prompts), expected, atol=1e-6)
+    np.testing.assert_allclose(np.vstack([embedder.transform([p]) for p in prompts[:60]]), expected[:60], atol=1e-6)
+
+
+def test_a_saved_router_loads_and_embeds_the_same(default_tfidf, train, test_split, tmp_path):
+    from shared_core.candidates import Candidate
+    from shared_core.router import Router
+
+    candidate = Candidate(name="only", input_price=1.0, output_price=2.0, prior_quality=0.5)
+    Router([candidate], embedder=default_tfidf).save(tmp_path / "router")
+    loaded = Router.load(tmp_path / "router").embedder
+    prompts = test_split.prompts
+    np.testing.assert_array_equal(loaded.transform(prompts), default_tfidf.transform(prompts))
+    np.testing.assert_allclose(loaded.transform(prompts[:1]), reference_embedding(default_tfidf, prompts[:1]),
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_the_projection_without_scipys_kernel_gives_the_same_vectors(default_tfidf, test_split, monkeypatch, rows):
+    """scipy's CSR kernel is private: without it, small batches sum in NumPy and large ones build scipy objects."""
+    from shared_core import embed
+
+    assert embed._csr_matvecs is not None  # the fast path is in use on this scipy
+    prompts = test_split.prompts[:rows]
+    fast = default_tfidf.transform(prompts)
+    monkeypatch.setattr(embed, "_csr_matvecs", None)
+    np.testing.assert_array_equal(default_tfidf.transform(prompts), fast)

@@ -58,3 +58,64 @@ def test_a_model_without_labels_gets_its_prior():
     out = memory.neighbour_means(queries, 2, np.array([0.5, 0.25]), 0.0)
     np.testing.assert_array_equal(out[:, 1], [0.25, 0.25])
     np.testing.assert_array_equal(out[:, 0], [0.5, 0.5])
+
+
+def test_models_profiled_on_the_same_prompts_share_rows_and_match_the_definition():
+    rng = np.random.default_rng(11)
+    X, Q = rng.normal(size=(500, 6)), rng.normal(size=(40, 6))
+    Y = rng.integers(0, 2, size=(500, 3)).astype(float)
+    memory = LabelMemory(X, Y)
+    profile = rng.normal(size=(30, 6))
+    labels = [rng.random(30) for _ in range(25)]
+    for y in labels:
+        memory.add_column(profile, y)
+    assert len(memory.X) == 500 + 30  # one set of profile rows, whatever the number of models
+    # The definition, with each added model given rows of its own (as if nothing were shared).
+    X_all = np.vstack([X] + [profile] * len(labels))
+    Y_all = np.full((len(X_all), 3 + len(labels)), np.nan)
+    Y_all[:500, :3] = Y
+    for j, y in enumerate(labels):
+        Y_all[500 + 30 * j: 530 + 30 * j, 3 + j] = y
+    prior = np.nanmean(Y_all, axis=0)
+    np.testing.assert_allclose(memory.neighbour_means(Q, 60, prior, 0.0),
+                               brute_force(X_all, Y_all, Q, 60, prior, 0.0), atol=1e-12)
+
+
+def test_a_profile_prompt_given_twice_keeps_both_labels():
+    memory = LabelMemory(np.eye(3), np.ones((3, 1)))
+    memory.add_column(np.array([[0.0, 1.0, 1.0], [0.0, 1.0, 1.0]]), np.array([0.0, 1.0]))
+    assert len(memory.X) == 5
+    np.testing.assert_array_equal(np.sort(memory.Y[3:, 1]), [0.0, 1.0])
+
+
+def test_label_sums_kept_up_to_date_equal_a_fresh_count():
+    rng = np.random.default_rng(3)
+    memory = LabelMemory(rng.normal(size=(50, 4)), rng.random((50, 3)))
+    memory.label_sums()  # computed once, then carried along by appends
+    for _ in range(40):
+        Y = np.full((1, 3), np.nan)
+        Y[0, rng.integers(3)] = rng.random()
+        memory.append(rng.normal(size=(1, 4)), Y)
+    memory.forget(np.arange(10, 30))
+    memory.append(rng.normal(size=(2, 4)), rng.random((2, 3)))
+    sums, counts = memory.label_sums()
+    np.testing.assert_allclose(sums, np.nansum(memory.Y, axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(counts, (~np.isnan(memory.Y)).sum(axis=0))
+
+
+def test_memories_of_the_same_prompts_share_one_search_and_agree_with_separate_ones():
+    rng = np.random.default_rng(21)
+    X, Q = rng.normal(size=(400, 8)), rng.normal(size=(1, 8))
+    quality, lengths = rng.integers(0, 2, size=(400, 3)).astype(float), rng.integers(1, 90, size=(400, 3)).astype(float)
+    a, b = LabelMemory(X, quality), LabelMemory(X.copy(), lengths)
+    assert a.X.base is b.X.base or a.X is b.X  # one buffer for the same rows
+    prior_a, prior_b = quality.mean(axis=0), lengths.mean(axis=0)
+    shared = (a.neighbour_means(Q, 50, prior_a, 0.0), b.neighbour_means(Q, 8, prior_b, 0.0))
+    np.testing.assert_allclose(shared[0], brute_force(X, quality, Q, 50, prior_a, 0.0), atol=1e-12)
+    np.testing.assert_allclose(shared[1], brute_force(X, lengths, Q, 8, prior_b, 0.0), atol=1e-12)
+    # After feedback the first memory has rows of its own: each searches its own rows again.
+    a.append(Q, np.array([[1.0, np.nan, np.nan]]))
+    assert a.X.base is not b.X.base
+    np.testing.assert_allclose(b.neighbour_means(Q, 8, prior_b, 0.0), shared[1], atol=1e-12)
+    np.testing.assert_allclose(a.neighbour_means(Q, 50, prior_a, 0.0),
+                               brute_force(np.vstack([X, Q]), a.Y, Q, 50, prior_a, 0.0), atol=1e-12)

@@ -53,8 +53,12 @@ def test_word_ngram_counts_equal_sklearn_on_any_text(corpus, queries):
         return
     terms = vectorizer.get_feature_names_out().tolist()
     texts = queries + corpus
-    got = dense(WordNgramCounter(terms, (1, 2)).count(texts), len(texts), len(terms))
-    np.testing.assert_array_equal(got, sklearn_counts(vectorizer, texts))
+    counter = WordNgramCounter(terms, (1, 2))
+    expected = sklearn_counts(vectorizer, texts)
+    np.testing.assert_array_equal(dense(counter.count(texts), len(texts), len(terms)), expected)
+    # One text at a time (its own path), its paragraphs now remembered from the batch above.
+    alone = np.vstack([dense(counter.count([t]), 1, len(terms)) for t in texts])
+    np.testing.assert_array_equal(alone, expected)
 
 
 def test_character_ngrams_are_counted_through_the_analyzer(routerbench):
@@ -83,3 +87,46 @@ def test_a_vocabulary_the_analyzer_could_not_have_produced_is_refused(terms):
 def test_a_bad_ngram_range_is_refused():
     with pytest.raises(ValueError, match="ngram_range"):
         WordNgramCounter(["hello"], (2, 1))
+
+
+# --- issue 17: repeated paragraphs are split once, in a bounded memo ---
+
+
+def test_remembered_paragraphs_give_the_same_counts_within_the_memo_bounds(routerbench, monkeypatch):
+    from shared_core import ngrams
+
+    train, test = routerbench.subset("train").prompts, routerbench.subset("test").prompts[:200]
+    vectorizer = CountVectorizer(ngram_range=(1, 2), token_pattern=TOKEN_PATTERN, min_df=2).fit(train)
+    terms = vectorizer.get_feature_names_out().tolist()
+    expected = sklearn_counts(vectorizer, test)
+    monkeypatch.setattr(ngrams, "_MEMO_CHARS", 20_000)
+    monkeypatch.setattr(ngrams, "_MEMO_ENTRIES", 64)
+    counter = WordNgramCounter(terms, (1, 2))
+    for _ in range(2):  # the second time most few-shot examples come from the memo
+        np.testing.assert_array_equal(dense(counter.count(test), len(test), len(terms)), expected)
+        alone = np.vstack([dense(counter.count([t]), 1, len(terms)) for t in test])
+        np.testing.assert_array_equal(alone, expected)
+        assert len(counter._memo) <= 64 and counter._memo_chars <= 20_000
+    # RouterBench's 5-shot examples are shared by its prompts: once seen, most paragraphs are
+    # found in the memo instead of being split again.
+    monkeypatch.undo()
+    counter = WordNgramCounter(terms, (1, 2))
+    counter.count(test[:100])
+    split = []
+    monkeypatch.setattr(counter, "_split", lambda paragraphs: split.extend(paragraphs) or
+                        WordNgramCounter._split(counter, paragraphs))
+    np.testing.assert_array_equal(dense(counter.count(test[100:]), 100, len(terms)), expected[100:])
+    assert len(split) < 0.3 * sum(len(t.split("\n\n")) for t in test[100:])
+
+
+def test_a_paragraph_longer_than_the_memo_is_counted_and_not_remembered(monkeypatch):
+    from shared_core import ngrams
+
+    monkeypatch.setattr(ngrams, "_MEMO_CHARS", 100)
+    counter = WordNgramCounter(["hello", "hello world", "world"], (1, 2))
+    counter.count(["short hello"])
+    assert counter._memo_chars == 11 and "short hello" in counter._memo
+    for _ in range(2):
+        indptr, columns, counts = counter.count(["hello world " * 20 + "\n\nworld"])
+        assert dict(zip(columns.tolist(), counts.tolist(), strict=True)) == {0: 20, 1: 20, 2: 21}
+        assert counter._memo_chars <= 100 and len(counter._memo) <= 1

@@ -183,16 +183,16 @@ class LostReply(SQLiteStore):
 
 
 def test_money_for_a_forgotten_reservation_is_recorded_once_through_lost_replies(tmp_path):
-    store = LostReply(tmp_path / "l.db")
+    from ledger_support import FakeClock
+
+    clock = FakeClock()
+    store = LostReply(tmp_path / "l.db", clock=clock, retention_s=60)
     try:
         router = Router(_cands(), store=store)
         router.set_budget("acme", Budget(usd=1.0))
         decision = router.decide("Hello.", "acme", max_tokens=10)
         store.release(decision.id)
-        store._retention_s = 1e-3  # the ledger forgets the finished reservation at once
-        import time as _time
-
-        _time.sleep(0.01)
+        clock.advance(61)  # the ledger forgets the finished reservation; the retries below take no ledger time
         store.lose = True
         router.commit(decision, cost=0.25)  # retried three times, every reply lost, then kept
         store.lose = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -149,3 +150,117 @@ def test_a_route_that_fails_while_writing_leaves_no_plan(saved, tmp_path, capsys
     out_csv.write_text("earlier plan\n")
     assert main(["route", str(saved / "router"), str(path), "--budget", "1", "--out", str(out_csv)]) == 2
     assert out_csv.read_text() == "earlier plan\n" and list(out_csv.parent.iterdir()) == [out_csv]
+
+
+# --- issue 17 item 3: files larger than memory, read in chunks, planned in two passes ---
+
+
+@pytest.fixture
+def test_jsonl(test_split, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n"
+                            for i, p in zip(test_split.sample_ids, test_split.prompts, strict=True)))
+    return path
+
+
+def test_a_plan_read_in_chunks_is_the_plan_of_the_whole_batch(saved, test_split, test_jsonl, tmp_path, monkeypatch):
+    from shared_core import batch
+    from shared_core.commands import route
+    from shared_core.router import Router
+
+    args = ["route", str(saved / "router"), str(test_jsonl), "--budget", "0.5", "--capacity",
+            "gpt-4-1106-preview=0.05", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "whole.csv")]) == 0
+    sizes = []
+    original = batch.EstimateCollector.add
+    monkeypatch.setattr(batch.EstimateCollector, "add",
+                        lambda self, prompts, tokens=None: sizes.append(len(prompts)) or original(self, prompts))
+    monkeypatch.setattr(route, "CHUNK_SIZE", 100)
+    assert main([*args, "--out", str(tmp_path / "chunked.csv")]) == 0
+    assert sizes == [100] * 9 + [46]
+    chunked = read_plan(tmp_path / "chunked.csv")
+    assert chunked == read_plan(tmp_path / "whole.csv")
+    expected = batch.route_batch(Router.load(saved / "router"), test_split.prompts, budget=0.5,
+                                 capacities={"gpt-4-1106-preview": 0.05})
+    rows = np.arange(len(test_split))
+    assert [row["id"] for row in chunked] == list(test_split.sample_ids)
+    assert [row["model"] for row in chunked] == expected.models
+    np.testing.assert_allclose([float(row["estimated_cost_usd"]) for row in chunked],
+                               expected.estimate.cost[rows, expected.solution.choice], atol=5e-10)
+    np.testing.assert_allclose([float(row["predicted_quality"]) for row in chunked],
+                               expected.estimate.quality[rows, expected.solution.choice], atol=5e-7)
+
+
+def test_a_malformed_line_past_the_first_chunk_is_named(saved, test_jsonl, monkeypatch, capsys):
+    from shared_core.commands import route
+
+    monkeypatch.setattr(route, "CHUNK_SIZE", 100)
+    lines = test_jsonl.read_text().split("\n")
+    lines[250] = '{"id": "x" "prompt": "a comma is missing"}'
+    test_jsonl.write_text("\n".join(lines))
+    assert main(["route", str(saved / "router"), str(test_jsonl), "--budget", "1"]) == 2
+    assert "prompts.jsonl:251: not JSON (Expecting ',' delimiter, column 12)" in capsys.readouterr().err
+    lines[250] = '{"id": "x", "text": "no prompt field"}'
+    test_jsonl.write_text("\n".join(lines))
+    assert main(["route", str(saved / "router"), str(test_jsonl), "--budget", "1"]) == 2
+    assert "prompts.jsonl:251: row 250 has no prompt text in 'prompt' (got None)" in capsys.readouterr().err
+
+
+def test_a_file_that_changes_between_the_two_passes_leaves_no_plan(saved, test_jsonl, tmp_path, monkeypatch, capsys):
+    from shared_core.commands import route
+
+    original = route.solve_collected
+
+    def solve_while_someone_appends(*args, **kwargs):
+        with open(test_jsonl, "a") as f:
+            f.write(json.dumps({"id": "late", "prompt": "A prompt added during the solve."}) + "\n")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(route, "solve_collected", solve_while_someone_appends)
+    out_csv = tmp_path / "plan.csv"
+    assert main(["route", str(saved / "router"), str(test_jsonl), "--budget", "1", "--out", str(out_csv)]) == 2
+    assert "changed while it was being routed (946 prompts at first)" in capsys.readouterr().err
+    assert not out_csv.exists() and not list(tmp_path.glob(".plan.csv.*"))
+
+
+def test_long_work_reports_progress_on_stderr(saved, test_jsonl, tmp_path, monkeypatch, capsys):
+    from shared_core.commands import route
+
+    ticks = iter(range(0, 10_000, 3))  # every look at the clock is three seconds later
+
+    class SlowProgress(route.Progress):
+        def __init__(self, enabled=True):
+            super().__init__(enabled, clock=lambda: float(next(ticks)))
+
+    monkeypatch.setattr(route, "Progress", SlowProgress)
+    monkeypatch.setattr(route, "CHUNK_SIZE", 400)
+    args = ["route", str(saved / "router"), str(test_jsonl), "--budget", "1", "--out", str(tmp_path / "plan.csv")]
+    assert main(args) == 0
+    err = capsys.readouterr().err.splitlines()
+    # A line at most every 5 s off a terminal; each look at this clock is 3 s later.
+    read = [re.fullmatch(r"omniroute route: estimated (\d+) prompts \((\d+)% of the file\), [\d,]+ prompts/s "
+                         r"\[(\d+) s\]", line) for line in err[:2]]
+    assert [(int(m[1]), int(m[3])) for m in read] == [(400, 3), (946, 9)]
+    assert 42 < int(read[0][2]) < int(read[1][2]) == 100  # of the bytes: the long ARC prompts come first
+    assert err[2:] == ["omniroute route: solving for 946 prompts × 11 candidates [12 s]",
+                       "omniroute route: wrote 800 of 946 plan rows [18 s]"]
+    assert main([*args, "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_is_quiet_for_short_work_and_paced_for_long_work():
+    import io
+
+    from shared_core.commands.route import Progress
+
+    now = [0.0]
+    stream = io.StringIO()
+    progress = Progress(stream=stream, clock=lambda: now[0])
+    progress.update("early")  # under a second in: nothing
+    for t in (1.5, 2.0, 6.4, 6.6):
+        now[0] = t
+        progress.update(f"at {t}")
+    now[0] = 6.7
+    progress.update("forced", force=True)
+    assert stream.getvalue().splitlines() == ["omniroute route: at 1.5 [2 s]", "omniroute route: at 6.6 [7 s]",
+                                              "omniroute route: forced [7 s]"]

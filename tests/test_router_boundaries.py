@@ -160,7 +160,7 @@ def test_feedback_memory_is_bounded_and_forgets_the_oldest_first(train_sample, t
     assert len(knn.feedback_rows_) == len(knn.memory_.X) - trained
     # The newest feedback is remembered, the oldest forgotten.
     def remembered(text: str) -> bool:
-        x = router._features([text])[0]
+        x = router.pool.features([text])[0]
         x = x / np.linalg.norm(x)
         return bool(np.isclose(knn.memory_.X[knn.feedback_rows_] @ x, 1.0, atol=1e-9).any())
 

@@ -4,6 +4,10 @@ OmniRouter's global problem from the command line: one model per prompt, the bes
 predicted quality within the budget (or the least predicted cost at a mean quality target),
 optional per-model capacities. Nothing is called and no ledger is touched: the plan is a CSV
 for whoever runs the calls.
+
+Files larger than memory are fine: the prompts are read and estimated a chunk at a time and only
+the predicted quality and cost of every (prompt, candidate) pair are kept (about 17 bytes per pair)
+for the one solve; a second pass over the file then writes the plan row by row.
 """
 
 from __future__ import annotations
@@ -11,16 +15,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
+import itertools
 import json
 import os
 import secrets
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..batch import CHUNK_SIZE, EstimateCollector, solve_collected
 from ..router import Router
+from ..solver import capacity_counts
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Route every prompt of PROMPTS with the router saved in ROUTER (by `omniroute fit` or "
             "Router.save) through OmniRouter's Lagrangian dual: the best total predicted quality "
             "within --budget USD, or the least predicted cost with mean predicted quality >= "
-            "--quality-target. Prints a summary; --out writes one row per prompt."
+            "--quality-target. Prints a summary; --out writes one row per prompt. PROMPTS is read "
+            "in chunks, so files larger than memory work; progress goes to stderr."
         ),
     )
     p.add_argument("router", metavar="ROUTER", help="directory of a saved router")
@@ -45,25 +56,63 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id-column", default="id",
                    help="field or column naming each prompt in --out (default: id; else the row number)")
     p.add_argument("--out", metavar="FILE.csv", help="write id,model,predicted_quality,estimated_cost_usd per prompt")
+    p.add_argument("--no-progress", action="store_true", help="do not report progress on stderr")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.budget is not None and not args.budget > 0:
         raise ValueError(f"--budget must be > 0 USD, got {args.budget}")
+    capacities = parse_capacities(args.capacity)
+    source = PromptFile(Path(args.prompts), args.prompt_column, args.id_column)
     router = Router.load(args.router)
-    ids, prompts = read_prompts(Path(args.prompts), args.prompt_column, args.id_column)
+    # Checked before hours of estimation, not after: a misspelt model or a bad share.
+    capacity_counts(capacities, [c.name for c in router.candidates], 1)
+    progress = Progress(enabled=not args.no_progress)
     start = time.perf_counter()
-    plan = router.route_batch(prompts, budget=args.budget, quality_target=args.quality_target,
-                              capacities=parse_capacities(args.capacity))
+    collector = EstimateCollector(router, keep_all=False)
+    with contextlib.closing(source.chunks(CHUNK_SIZE)) as chunks:
+        for _, prompts in chunks:
+            collector.add(prompts)
+            rate = collector.n / max(time.perf_counter() - start, 1e-9)
+            progress.update(f"estimated {collector.n:,} prompts ({source.fraction_read():.0%} of the file), "
+                            f"{rate:,.0f} prompts/s")
+    if not collector.n:
+        raise ValueError(f"{source.path} holds no prompts")
+    names = collector.candidates or []
+    quality, cost, feasible = collector.arrays()
+    progress.update(f"solving for {collector.n:,} prompts × {len(names)} candidates", force=True)
+    solution = solve_collected(quality, cost, feasible, names, budget=args.budget,
+                               quality_target=args.quality_target, capacities=capacities)
     seconds = time.perf_counter() - start
-    est, solution = plan.estimate, plan.solution
-    rows = np.arange(len(prompts))
-    quality, cost = est.quality[rows, solution.choice], est.cost[rows, solution.choice]
+    rows = np.arange(collector.n)
+    chosen_quality, chosen_cost = quality[rows, solution.choice], cost[rows, solution.choice]
+    del quality, cost, feasible, rows  # the plan needs only the chosen pairs from here on
     if args.out:
-        write_plan(Path(args.out), zip(ids, plan.models, quality.round(6), cost.round(9), strict=False))
-    _summary(est.candidates, solution.choice, cost, quality, solution.lam, args, seconds)
+        with contextlib.closing(source.chunks(CHUNK_SIZE)) as again:
+            write_plan(Path(args.out), _plan_rows(source, again, names, solution.choice, chosen_quality,
+                                                  chosen_cost, progress))
+    progress.done()
+    _summary(names, solution.choice, chosen_cost, chosen_quality, solution.lam, args, seconds)
     return 0
+
+
+def _plan_rows(source: PromptFile, chunks: Iterator[tuple[list[str], list[str]]], names: Sequence[str],
+               choice: np.ndarray, quality: np.ndarray, cost: np.ndarray,
+               progress: Progress) -> Iterator[tuple[object, ...]]:
+    """The plan's rows, the ids read again from the file (the second pass), a chunk at a time."""
+    n, done = len(choice), 0
+    for ids, _ in chunks:
+        hi = done + len(ids)
+        if hi > n:
+            break
+        models = [names[j] for j in choice[done:hi].tolist()]
+        yield from zip(ids, models, quality[done:hi].round(6).tolist(), cost[done:hi].round(9).tolist(),
+                       strict=True)
+        done = hi
+        progress.update(f"wrote {done:,} of {n:,} plan rows")
+    if done != n or source.changed():
+        raise ValueError(f"{source.path} changed while it was being routed ({n} prompts at first); route it again")
 
 
 def write_plan(out: Path, rows: Iterable[Sequence[object]]) -> None:
@@ -87,62 +136,151 @@ def write_plan(out: Path, rows: Iterable[Sequence[object]]) -> None:
 CSV_FIELD_LIMIT = 64 * 1024 * 1024
 
 
-def _csv_records(path: Path) -> list[dict[str, str]]:
-    previous = csv.field_size_limit()
-    csv.field_size_limit(max(previous, CSV_FIELD_LIMIT))
-    try:
-        # utf-8-sig: a byte order mark written by Excel is not part of the first column's name.
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            return list(csv.DictReader(f))
-    except csv.Error as error:
-        raise ValueError(f"{path}: not a readable CSV ({error})") from None
-    finally:
-        csv.field_size_limit(previous)
+class PromptFile:
+    """(id, prompt) records of a JSONL, CSV or Parquet file, read a chunk at a time (each pass reads it anew).
 
+    An id is the record's `id_column` value as text, else its row number (from 0, blank JSONL
+    lines not counted). Raises FileNotFoundError for a missing file, ValueError for another
+    suffix, and — while reading — ValueError naming the line (JSONL, CSV) or row (Parquet) of a
+    record that is not JSON or has no prompt text.
+    """
 
-def _jsonl_records(path: Path, prompt_column: str) -> list[dict]:
-    records = []
-    text = path.read_text(encoding="utf-8-sig")
-    # JSON Lines are separated by \n only: str.splitlines() would also split inside strings
-    # holding U+2028, U+2029, U+0085 and other characters it treats as line breaks.
-    for n, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
+    def __init__(self, path: Path, prompt_column: str, id_column: str) -> None:
+        if not path.exists():
+            raise FileNotFoundError(f"prompts file not found: {path}")
+        self.suffix = path.suffix.lower()
+        if self.suffix not in (".jsonl", ".csv", ".parquet"):
+            raise ValueError(f"{path}: give prompts as .jsonl, .csv or .parquet")
+        self.path, self.prompt_column, self.id_column = path, prompt_column, id_column
+        self._stamp = self._stat()
+        self._done, self._total = 0, 1
+
+    def _stat(self) -> tuple[int, int]:
+        st = self.path.stat()
+        return st.st_size, st.st_mtime_ns
+
+    def changed(self) -> bool:
+        """Whether the file's size or modification time differs from when it was opened."""
+        return self._stat() != self._stamp
+
+    def fraction_read(self) -> float:
+        """How much of the file the current pass has read, in [0, 1] (bytes; Parquet: rows)."""
+        return min(1.0, self._done / max(self._total, 1))
+
+    def chunks(self, size: int) -> Generator[tuple[list[str], list[str]], None, None]:
+        """(ids, prompts) lists of up to `size` records each, in file order."""
+        records = self.records()
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{n}: not JSON ({error.msg})") from None
-        records.append(record if isinstance(record, dict) else {prompt_column: record})
-    return records
+            while chunk := list(itertools.islice(records, size)):
+                yield [i for i, _ in chunk], [p for _, p in chunk]
+        finally:
+            records.close()
+
+    def records(self) -> Generator[tuple[str, str], None, None]:
+        """(id, prompt) per record, in file order."""
+        self._done, self._total = 0, max(1, self._stamp[0])
+        if self.suffix == ".parquet":
+            yield from self._parquet()
+            return
+        raw = open(self.path, "rb")  # noqa: SIM115 - closed in the finally below, with the text layer
+        # utf-8-sig: a byte order mark written by Excel is not part of the first field's name.
+        # JSON Lines are separated by \n only (newline="\n"): universal newlines would also split
+        # at a lone \r, which JSON strings cannot hold raw but CSV fields can.
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="\n" if self.suffix == ".jsonl" else "")
+        try:
+            yield from (self._jsonl(text, raw) if self.suffix == ".jsonl" else self._csv(text, raw))
+        finally:
+            text.close()
+
+    def _record(self, record: Any, n: int, where: str) -> tuple[str, str]:
+        prompt = record.get(self.prompt_column)
+        if not isinstance(prompt, str) or not prompt.strip():
+            shown = repr(prompt)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise ValueError(f"{where}: row {n} has no prompt text in {self.prompt_column!r} (got {shown})")
+        return str(record.get(self.id_column, n)), prompt
+
+    def _jsonl(self, text: io.TextIOWrapper, raw: Any) -> Iterator[tuple[str, str]]:
+        n = 0
+        for line_no, line in enumerate(text, start=1):
+            self._done = raw.tell()
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{self.path}:{line_no}: not JSON ({error.msg}, column {error.colno})") from None
+            record = record if isinstance(record, dict) else {self.prompt_column: record}
+            yield self._record(record, n, f"{self.path}:{line_no}")
+            n += 1
+
+    def _csv(self, text: io.TextIOWrapper, raw: Any) -> Iterator[tuple[str, str]]:
+        previous = csv.field_size_limit()
+        csv.field_size_limit(max(previous, CSV_FIELD_LIMIT))
+        try:
+            reader = csv.DictReader(text)
+            for n, record in enumerate(reader):
+                self._done = raw.tell()
+                yield self._record(record, n, f"{self.path}:{reader.line_num}")
+        except csv.Error as error:
+            raise ValueError(f"{self.path}: not a readable CSV ({error})") from None
+        finally:
+            csv.field_size_limit(previous)
+
+    def _parquet(self) -> Iterator[tuple[str, str]]:
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ImportError("reading Parquet needs pyarrow: pip install 'omniroute[data]'") from None
+        with pq.ParquetFile(self.path) as f:
+            self._total = max(1, f.metadata.num_rows)
+            present = set(f.schema_arrow.names)
+            columns = [c for c in dict.fromkeys((self.prompt_column, self.id_column)) if c in present]
+            n = 0
+            for batch in f.iter_batches(batch_size=CHUNK_SIZE, columns=columns):
+                for record in batch.to_pylist():
+                    yield self._record(record, n, str(self.path))
+                    n += 1
+                self._done = n
 
 
 def read_prompts(path: Path, prompt_column: str, id_column: str) -> tuple[list[str], list[str]]:
-    """(ids, prompts) from a JSONL, CSV or Parquet file; ids are row numbers when there is no id column."""
-    if not path.exists():
-        raise FileNotFoundError(f"prompts file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        records: list[dict] = _jsonl_records(path, prompt_column)
-    elif suffix == ".csv":
-        records = _csv_records(path)
-    elif suffix == ".parquet":
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("reading Parquet needs pandas: pip install 'omniroute[data]'") from None
-        records = pd.read_parquet(path).to_dict("records")
-    else:
-        raise ValueError(f"{path}: give prompts as .jsonl, .csv or .parquet")
+    """(ids, prompts) of a JSONL, CSV or Parquet file, in memory; ids are row numbers without an id column."""
+    records = list(PromptFile(path, prompt_column, id_column).records())
     if not records:
         raise ValueError(f"{path} holds no prompts")
-    prompts, ids = [], []
-    for n, record in enumerate(records):
-        prompt = record.get(prompt_column)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"{path}: row {n} has no prompt text in {prompt_column!r} (got {prompt!r})")
-        prompts.append(prompt)
-        ids.append(str(record.get(id_column, n)))
-    return ids, prompts
+    return [i for i, _ in records], [p for _, p in records]
+
+
+class Progress:
+    """Progress of long work on stderr: silent for the first second, then a line every few seconds
+    (redrawn in place every 0.2 s on a terminal)."""
+
+    def __init__(self, enabled: bool = True, stream: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.clock = clock
+        self.start = clock()
+        self.last: float | None = None
+
+    def update(self, message: str, force: bool = False) -> None:
+        """Show `message` if the work has run a second and the last line is old enough (or `force`, after a second)."""
+        now = self.clock()
+        if not self.enabled or now - self.start < 1.0:
+            return
+        if not force and self.last is not None and now - self.last < (0.2 if self.tty else 5.0):
+            return
+        line = f"omniroute route: {message} [{now - self.start:.0f} s]"
+        self.stream.write(f"\r{line}\x1b[K" if self.tty else line + "\n")
+        self.stream.flush()
+        self.last = now
+
+    def done(self) -> None:
+        """End a line redrawn in place."""
+        if self.tty and self.last is not None:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def parse_capacities(items: list[str]) -> dict[str, float | int]:

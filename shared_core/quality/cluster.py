@@ -18,7 +18,19 @@ __all__ = ["ClusterQuality"]
 
 
 class ClusterQuality(Estimator):
-    """Routes by the quality each model reached on the prompt's K-means cluster (hard assignment)."""
+    """Routes by the quality each model reached on the prompt's K-means cluster (hard assignment).
+
+    UniRoute's cluster-based predictor (Jitkrittum et al., 2025, arXiv:2502.08773): each model is a
+    vector of per-cluster qualities, so a model never seen in training joins from a small profile set (`add_model`).
+
+    Parameters:
+        n_clusters: K-means clusters K (at most the training prompts), ≥ 1.
+        smoothing: pseudo-labels a at the model's mean in each cluster's average, ≥ 0.
+        random_state: the K-means seed.
+
+    fit(X (n, d), Y (n, m) in [0, 1], NaN = unknown, models); predict(X (r, d)) → (r, m).
+    ValueError for bad parameters or shapes; NotFittedError before fit.
+    """
 
     needs_embedding = True
 

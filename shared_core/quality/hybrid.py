@@ -15,10 +15,18 @@ __all__ = ["HybridQuality"]
 
 
 class HybridQuality(Estimator):
-    """A γ-blend of per-model logistic regressions and the k-NN retrieval estimate.
+    """A γ-blend of per-model logistic regressions and the k-NN retrieval estimate (Mei et al., 2025, arXiv:2502.20576).
 
     The regression generalises across the embedding space; retrieval follows local structure
-    and learns online. Unseen models and feedback reach both halves (feedback: k-NN only).
+    and learns online. Unseen models reach both halves; feedback reaches the k-NN half only.
+
+    Parameters:
+        gamma: weight γ ∈ [0, 1] of the regression (1: regression only, 0: k-NN only).
+        k, shrinkage: the k-NN half's (`KNNQuality`).
+        C: inverse L2 strength of each regression (`LogisticQuality`); > 0.
+
+    fit(X (n, d), Y (n, m) in [0, 1], NaN = unknown, models); predict(X (r, d)) → (r, m) in [0, 1].
+    ValueError for bad parameters or shapes; NotFittedError before fit.
     """
 
     needs_embedding = True

@@ -16,11 +16,20 @@ __all__ = ["KNNQuality"]
 class KNNQuality(Estimator):
     """Per model, the mean quality of the k nearest (cosine) training prompts labelled for it.
 
-    `shrinkage` adds that many pseudo-labels at the model's overall mean, which steadies models
-    with few labels. New models (profile rows) and feedback join the memory without a refit.
-    At most `max_feedback` feedback rows are remembered: past it the oldest tenth of them is
-    forgotten at once (training and profile rows are never forgotten), so memory and decide
-    latency stay flat however much feedback arrives.
+    The retrieval half of OmniRouter's hybrid predictor (Mei et al., 2025, arXiv:2502.20576); models added from a
+    profile set are UniRoute's unseen models (Jitkrittum et al., 2025, arXiv:2502.08773).
+
+    Parameters:
+        k: neighbours averaged for the best-labelled model (a model with fewer labels uses
+            proportionally fewer); ≥ 1.
+        shrinkage: pseudo-labels at the model's overall mean added to every average, which
+            steadies models with few labels; ≥ 0.
+        max_feedback: feedback rows remembered; past it the oldest tenth is forgotten at once
+            (training and profile rows never are), so memory and latency stay flat; ≥ 1.
+
+    fit(X (n, d), Y (n, m) in [0, 1] with NaN = unknown, models); predict(X (r, d)) → (r, m).
+    New models (`add_model`) and feedback (`observe`) join the memory without a refit.
+    ValueError for bad parameters or shapes; NotFittedError before fit.
     """
 
     needs_embedding = True
@@ -49,9 +58,9 @@ class KNNQuality(Estimator):
         return self
 
     def _update_means(self) -> None:
-        Y = self.memory_.Y
-        counts = (~np.isnan(Y)).sum(axis=0)
-        self.mean_ = np.where(counts > 0, np.nansum(Y, axis=0) / np.maximum(counts, 1), 0.5)
+        # The memory keeps its label sums and counts up to date as rows come and go, so this is O(models).
+        sums, counts = self.memory_.label_sums()
+        self.mean_ = np.where(counts > 0, sums / np.maximum(counts, 1), 0.5)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predicted quality, shape (len(X), len(models_))."""
@@ -83,7 +92,8 @@ class KNNQuality(Estimator):
         Y = np.full((len(X), len(self.models_)), np.nan)
         Y[:, j] = y
         start = len(self.memory_.X)
-        self.memory_.append(X, Y)
+        # Room for the feedback bound at once: growing the memory copies it, and should happen once.
+        self.memory_.append(X, Y, room=int(self.max_feedback) - len(self.feedback_rows_))
         self.feedback_rows_ = np.concatenate([self.feedback_rows_, np.arange(start, start + len(X))])
         excess = len(self.feedback_rows_) - int(self.max_feedback)
         if excess > 0:

@@ -22,7 +22,21 @@ _EPS = 1e-6
 
 
 class LearnedMapQuality(ClusterQuality):
-    """K-means clusters, then a learned softmax map from embedding to cluster weights."""
+    """K-means clusters, then a learned softmax map from embedding to cluster weights.
+
+    UniRoute's LearnedMap predictor (Jitkrittum et al., 2025, arXiv:2502.08773); a new model needs
+    only its Ψ column, tallied on its profile set with the learned map.
+
+    Parameters:
+        n_clusters, smoothing, random_state: as `ClusterQuality`'s.
+        l2: L2 penalty on the map's weights W, ≥ 0.
+        temperature: temperature of the starting map (a softmax near the nearest centre), > 0.
+        rounds: alternations of learning W and re-tallying Ψ, ≥ 1.
+        max_iter: L-BFGS iterations per round, ≥ 1.
+
+    fit(X (n, d), Y (n, m) in [0, 1], NaN = unknown, models); predict(X (r, d)) → (r, m).
+    ValueError for bad parameters or shapes; NotFittedError before fit.
+    """
 
     def __init__(
         self,

@@ -3,10 +3,19 @@
 Shared by the k-NN quality predictor and the k-NN half of the output-length predictor: both
 remember training prompts with one label per model (NaN = unknown) and average the labels of
 each query's k most similar remembered prompts, per model, among those labelled for it.
+
+Cost per query is one similarity pass over the memory plus work on its k + 16 nearest rows
+(widened while labels are missing there), whatever the number of models: models profiled on the
+same prompts share those rows (UniRoute's fixed profile set), and a model whose neighbours lie
+further away is searched among its own rows together with every model labelled on exactly the
+same rows.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,46 +25,105 @@ from .base import l2_normalise
 
 __all__ = ["LabelMemory"]
 
-# Rows beyond k scanned before falling back to a per-model search, so a few missing labels
-# among the nearest rows do not force the slow path.
+# Rows beyond k taken in similarity order, so a few missing labels among the nearest rows do
+# not send a model to the slower search among its own rows.
 _SLACK = 16
-# Query rows per similarity block: bounds the (rows × memory × models) temporaries.
-_CHUNK = 256
+# Times the nearest rows are widened fourfold before a model still short of labels is searched
+# among its own rows.
+_WIDEN = 2
+# Elements per (query rows × nearest rows × models) block: bounds the temporaries of a batch.
+_BLOCK = 1 << 21
 
 
 @dataclass(frozen=True)
 class _Snapshot:
-    X: np.ndarray
-    Y: np.ndarray
+    """Rows [0, n) of the buffers; appends write beyond n, so a reader's snapshot never changes."""
+
+    X: np.ndarray  # (capacity, d) unit-length embeddings
+    Y0: np.ndarray  # (capacity, m) labels, 0 where unknown
+    K: np.ndarray  # (capacity, m) True where the label is known
     n: int
-    derived: dict[Any, Any] = field(default_factory=dict)  # arrays computed from X, Y on first use
+    derived: dict[Any, Any] = field(default_factory=dict)  # computed from rows [0, n) on first use
 
-    def labels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Which labels are known (bool), the same as float, and the labels with NaN as 0."""
-        if "labels" not in self.derived:
-            Y = self.Y[: self.n]
-            known = ~np.isnan(Y)
-            self.derived["labels"] = (known, known.astype(np.float64), np.where(known, Y, 0.0))
-        return self.derived["labels"]
+    def counts(self) -> np.ndarray:
+        """Labels known per model, (m,)."""
+        if "counts" not in self.derived:
+            self.derived["counts"] = self.K[: self.n].sum(axis=0)
+        return self.derived["counts"]
 
-    def rows(self, j: int | np.integer) -> np.ndarray:
-        """The rows labelled for model j."""
-        if ("rows", j) not in self.derived:
-            self.derived[("rows", j)] = np.flatnonzero(self.labels()[0][:, j])
-        return self.derived[("rows", j)]
+    def sums(self) -> np.ndarray:
+        """The sum of the known labels per model, (m,)."""
+        if "sums" not in self.derived:
+            self.derived["sums"] = self.Y0[: self.n].sum(axis=0)
+        return self.derived["sums"]
+
+    def carried(self, X: np.ndarray, Y0: np.ndarray, K: np.ndarray, n: int, added: slice) -> _Snapshot:
+        """The snapshot of rows [0, n) of these buffers when only the rows `added` are new: the label
+        counts and sums carry over in O(rows added) instead of a pass over the memory."""
+        derived = {}
+        if "counts" in self.derived:
+            derived["counts"] = self.derived["counts"] + K[added].sum(axis=0)
+        if "sums" in self.derived:
+            derived["sums"] = self.derived["sums"] + Y0[added].sum(axis=0)
+        return _Snapshot(X, Y0, K, n, derived)
+
+    def groups(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """The distinct sets of labelled rows, and each model's set: models labelled on the same rows share one."""
+        if "groups" not in self.derived:
+            sets: dict[bytes, int] = {}
+            rows: list[np.ndarray] = []
+            of_model = np.empty(self.K.shape[1], dtype=np.intp)
+            for j, column in enumerate(self.K[: self.n].T):
+                labelled = np.flatnonzero(column)
+                of_model[j] = sets.setdefault(labelled.tobytes(), len(rows))
+                if of_model[j] == len(rows):
+                    rows.append(labelled)
+            self.derived["groups"] = (rows, of_model)
+        return self.derived["groups"]
+
+    def row_index(self) -> dict[bytes, int]:
+        """Each remembered embedding (its bytes) to its row, for rows shared by models profiled on the same prompts."""
+        if "row_index" not in self.derived:
+            self.derived["row_index"] = {row.tobytes(): i for i, row in enumerate(self.X[: self.n])}
+        return self.derived["row_index"]
+
+
+def _snapshot(X: np.ndarray, Y: np.ndarray) -> _Snapshot:
+    known = ~np.isnan(Y)
+    return _Snapshot(_intern(X), np.where(known, Y, 0.0), known, len(X))
+
+
+# Embedding buffers by content: memories made from the same prompts (the quality and length
+# predictors fitted on one training split, or loaded from one saved router) share one read-only
+# buffer, and through it one neighbour search per query (see _search).
+_interned: weakref.WeakValueDictionary[tuple[Any, ...], np.ndarray] = weakref.WeakValueDictionary()
+_interning = threading.Lock()
+
+
+def _intern(X: np.ndarray) -> np.ndarray:
+    """The one read-only buffer holding exactly these rows (a new one the first time)."""
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    key = (X.shape, hashlib.blake2b(X.data, digest_size=16).digest())
+    with _interning:
+        found = _interned.get(key)
+        if found is not None and np.array_equal(found, X):
+            return found
+        X.flags.writeable = False  # exactly full: an append copies it to a larger buffer first
+        _interned[key] = X
+        return X
 
 
 class LabelMemory:
     """Unit-length embeddings X (n, d) with labels Y (n, m); appends never disturb readers."""
 
     def __init__(self, X: np.ndarray, Y: np.ndarray) -> None:
-        self._snap = _Snapshot(l2_normalise(X), np.array(Y, dtype=np.float64), len(X))
+        self._snap = _snapshot(l2_normalise(X), np.array(Y, dtype=np.float64))
 
     @classmethod
     def restore(cls, X: np.ndarray, Y: np.ndarray) -> LabelMemory:
         """A memory from saved (already unit-length) rows, kept bit for bit."""
         memory = cls.__new__(cls)
-        memory._snap = _Snapshot(np.array(X, dtype=np.float64), np.array(Y, dtype=np.float64), len(X))
+        memory._snap = _snapshot(np.array(X, dtype=np.float64), np.array(Y, dtype=np.float64))
         return memory
 
     @property
@@ -66,38 +134,69 @@ class LabelMemory:
 
     @property
     def Y(self) -> np.ndarray:
-        """The remembered labels (a view: do not modify)."""
+        """The remembered labels, NaN where unknown (a new array)."""
         s = self._snap
-        return s.Y[: s.n]
+        return np.where(s.K[: s.n], s.Y0[: s.n], np.nan)
 
-    def append(self, X: np.ndarray, Y: np.ndarray) -> None:
-        """Remember more rows (capacity doubles, so appending one row is amortised O(d + m))."""
+    def label_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per model, the sum of its known labels and how many there are, (m,) each."""
+        s = self._snap
+        return s.sums(), s.counts()
+
+    def append(self, X: np.ndarray, Y: np.ndarray, *, room: int = 0) -> None:
+        """Remember more rows; when the buffers must grow, make room for `room` more rows beyond them.
+
+        Growing copies the remembered rows once (readers keep the old buffers), so a caller that
+        knows how far the memory may grow (KNNQuality: its feedback bound) passes it as `room`
+        and no later append copies; otherwise capacity doubles (amortised O(d + m) per row).
+        The new rows are zero pages until written, so unused room costs address space, not memory.
+        """
         s = self._snap
         X, Y = l2_normalise(X), np.asarray(Y, dtype=np.float64)
+        if not len(X):
+            return
         need = s.n + len(X)
-        Xb, Yb = s.X, s.Y
+        Xb, Yb, Kb = s.X, s.Y0, s.K
         if need > len(Xb):
-            cap = max(need, 2 * len(Xb))
-            Xb = np.concatenate([Xb[: s.n], np.empty((cap - s.n, Xb.shape[1]))])
-            Yb = np.concatenate([Yb[: s.n], np.full((cap - s.n, Yb.shape[1]), np.nan)])
-        Xb[s.n:need], Yb[s.n:need] = X, Y
-        self._snap = _Snapshot(Xb, Yb, need)
+            cap = max(need + max(0, int(room)), 2 * len(Xb))
+            Xb, Yb, Kb = (_grown(b, s.n, cap) for b in (Xb, Yb, Kb))
+        known = ~np.isnan(Y)
+        Xb[s.n:need], Yb[s.n:need], Kb[s.n:need] = X, np.where(known, Y, 0.0), known
+        self._snap = s.carried(Xb, Yb, Kb, need, slice(s.n, need))
 
     def add_column(self, X: np.ndarray, y: np.ndarray) -> None:
-        """A new model labelled only on the new rows X (NaN for every remembered row)."""
+        """A new model labelled only on the rows X (unknown for every other row).
+
+        A profile prompt already remembered (the same embedding, e.g. another model's profile on
+        the same prompts) takes the label in its row instead of a new row, so models profiled on
+        one profile set share its rows and add no search cost per model.
+        """
         s = self._snap
-        Y_old = np.column_stack([s.Y[: s.n], np.full(s.n, np.nan)])
-        Y_new = np.full((len(X), Y_old.shape[1]), np.nan)
-        Y_new[:, -1] = y
-        self._snap = _Snapshot(np.concatenate([s.X[: s.n], l2_normalise(X)]), np.concatenate([Y_old, Y_new]),
-                               s.n + len(X))
+        X, y = l2_normalise(X), np.asarray(y, dtype=np.float64)
+        index = s.row_index()
+        found = np.array([index.get(row.tobytes(), -1) for row in X], dtype=np.intp)
+        # A prompt twice in the profile keeps both labels: the second copy gets a row of its own.
+        _, first = np.unique(found, return_index=True)
+        repeat = np.ones(len(found), dtype=bool)
+        repeat[first] = False
+        found[repeat] = -1
+        new = found < 0
+        n_new = int(new.sum())
+        m = s.Y0.shape[1]
+        Y0 = np.zeros((s.n + n_new, m + 1))
+        K = np.zeros((s.n + n_new, m + 1), dtype=bool)
+        Y0[: s.n, :m], K[: s.n, :m] = s.Y0[: s.n], s.K[: s.n]
+        rows = np.where(new, s.n + np.cumsum(new) - 1, found)
+        labelled = ~np.isnan(y)
+        Y0[rows, m], K[rows, m] = np.where(labelled, y, 0.0), labelled
+        self._snap = _Snapshot(np.concatenate([s.X[: s.n], X[new]]), Y0, K, s.n + n_new)
 
     def drop_column(self, j: int) -> np.ndarray:
         """Forget model column j, and the rows left without any label; which rows were kept (bool)."""
         s = self._snap
-        Y = np.delete(s.Y[: s.n], j, axis=1)
-        keep = ~np.isnan(Y).all(axis=1) if Y.shape[1] else np.zeros(s.n, dtype=bool)
-        self._snap = _Snapshot(s.X[: s.n][keep], Y[keep], int(keep.sum()))
+        K = np.delete(s.K[: s.n], j, axis=1)
+        keep = np.asarray(K.any(axis=1)) if K.shape[1] else np.zeros(s.n, dtype=bool)
+        self._snap = _Snapshot(s.X[: s.n][keep], np.delete(s.Y0[: s.n], j, axis=1)[keep], K[keep], int(keep.sum()))
         return keep
 
     def forget(self, rows: np.ndarray) -> np.ndarray:
@@ -105,7 +204,7 @@ class LabelMemory:
         s = self._snap
         keep = np.ones(s.n, dtype=bool)
         keep[rows] = False
-        self._snap = _Snapshot(s.X[: s.n][keep], s.Y[: s.n][keep], int(keep.sum()))
+        self._snap = _Snapshot(s.X[: s.n][keep], s.Y0[: s.n][keep], s.K[: s.n][keep], int(keep.sum()))
         return keep
 
     def neighbour_means(self, Q: np.ndarray, k: int, prior: np.ndarray, shrinkage: float) -> np.ndarray:
@@ -113,64 +212,106 @@ class LabelMemory:
 
         k is the neighbour count of the best-labelled model; a model with fewer labels (one
         added from a small profile) uses proportionally fewer, k_j = k·n_j / max n, so every
-        model averages over a neighbourhood of about the same size.
+        model averages over a neighbourhood of about the same size. Q is (r, d); the result (r, m).
         """
         s = self._snap
         X = s.X[: s.n]
         Q = l2_normalise(Q)
-        n_labels = s.labels()[1].sum(axis=0)
-        ks = np.minimum(n_labels, np.maximum(1, np.round(k * n_labels / max(1, n_labels.max())))).astype(int)
-        out = np.empty((len(Q), len(ks)))
-        for start in range(0, len(Q), _CHUNK):
-            sums, counts = _sums(s, Q[start:start + _CHUNK] @ X.T, ks)
+        n_labels = s.counts()
+        ks = np.minimum(n_labels, np.maximum(1, np.round(k * n_labels / max(1, n_labels.max())))).astype(np.intp)
+        m = len(ks)
+        width = min(s.n, int(ks.max(initial=0)) + _SLACK)
+        step = max(1, _BLOCK // max(1, min(s.n, width * 4**_WIDEN) * m))  # room for the widest pass
+        out = np.empty((len(Q), m))
+        for start in range(0, len(Q), step):
+            sums, counts = _sums(s, _search(X, Q[start:start + step]), ks, width)
             with np.errstate(invalid="ignore", divide="ignore"):
                 est = (sums + shrinkage * prior) / (counts + shrinkage)
-            out[start:start + _CHUNK] = np.where(counts + shrinkage > 0, est, prior)
+            out[start:start + step] = np.where(counts + shrinkage > 0, est, prior)
         return out
 
 
-def _sums(snap: _Snapshot, S: np.ndarray, ks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _grown(buffer: np.ndarray, n: int, capacity: int) -> np.ndarray:
+    """A buffer of `capacity` rows holding the first n rows of `buffer` (np.zeros: untouched rows stay unmapped)."""
+    out = np.zeros((capacity, buffer.shape[1]), dtype=buffer.dtype)
+    out[:n] = buffer[:n]
+    return out
+
+
+class _Search:
+    """Similarities S (r, n) of queries to a memory's rows, and their nearest rows in order, widened on demand."""
+
+    def __init__(self, S: np.ndarray) -> None:
+        self.S = S
+        self._order: np.ndarray | None = None
+
+    def nearest(self, width: int) -> np.ndarray:
+        """Each query's `width` nearest rows, most similar first (ties: lower row first), (r, width)."""
+        if self._order is None or self._order.shape[1] < width:
+            self._order = _nearest_sorted(self.S, width)
+        return self._order[:, :width]
+
+
+# The last single query's search, per thread: the length predictor, asked right after the quality
+# predictor about the same prompt, reuses its similarities and ordering when both remember the
+# same buffer. Held by weak reference, so it never keeps an outgrown buffer alive.
+_last = threading.local()
+
+
+def _search(X: np.ndarray, Q: np.ndarray) -> _Search:
+    """The search of queries Q among rows X, shared with the previous one on this thread when it is the same."""
+    if len(Q) != 1:
+        return _Search(Q @ X.T)
+    key = (id(X.base if X.base is not None else X), X.shape, Q.tobytes())
+    last = getattr(_last, "search", None)
+    if last is not None and last[0] == key and last[1]() is not None:
+        return last[2]
+    search = _Search(Q @ X.T)
+    _last.search = (key, weakref.ref(X.base if X.base is not None else X), search)
+    return search
+
+
+def _sums(snap: _Snapshot, search: _Search, ks: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Label sums and counts over each query's ks[j] nearest rows labelled for model j.
 
-    One pass serves every model whose k_j is within the slack of k = max ks (a few missing
-    labels): the k0 = min of those k_j nearest rows are summed as a set (a 0/1 weight matrix
-    times the labels), and only the rows after them are put in order, each model taking the
-    first k_j − (its labels among the k0) of them.
+    The `width` nearest rows are put in similarity order; each model takes its first k_j
+    labelled ones. While a model finds fewer there (sparse feedback labels one model per row, a
+    small profile a few rows in many) the width grows fourfold, up to _WIDEN times; a model still
+    short is searched among its own rows, once per distinct set of labelled rows.
     """
-    known, known_f, Y0 = snap.labels()
-    k = int(ks.max(initial=0))
-    if k == 0 or not S.shape[1]:
+    Y0, K = snap.Y0[: snap.n], snap.K[: snap.n]
+    S = search.S
+    if width == 0 or not int(ks.max(initial=0)):
         return np.zeros((len(S), len(ks))), np.zeros((len(S), len(ks)))
-    k0 = max(1, int(ks[ks >= k - _SLACK].min()))
-    c = min(S.shape[1], k + _SLACK)
-    idx = _nearest(S, c)[:, :c]
-    if c > k0:  # the k0 nearest first, unordered (one partition of c columns is cheap)
-        idx = np.take_along_axis(idx, _nearest(np.take_along_axis(S, idx, axis=1), k0), axis=1)
-    W = np.zeros(S.shape)
-    np.put_along_axis(W, idx[:, :k0], 1.0, axis=1)
-    sums, counts = W @ Y0, W @ known_f
-    if c > k0:
-        after = _by_similarity(S, idx[:, k0:])
-        lab = known[after]
-        use = lab & (np.cumsum(lab, axis=1) <= (ks - counts)[:, None, :])
-        sums += np.where(use, Y0[after], 0.0).sum(axis=1)
-        counts += use.sum(axis=1)
-    # Models with far fewer neighbours (one added from a small profile), or with too few
-    # labels among the c nearest rows (sparse feedback), are searched among their own rows.
-    for j in np.flatnonzero((counts < ks).any(axis=0) | (ks < k0)):
-        rows, kj = snap.rows(j), int(ks[j])
-        top = rows[_nearest(S[:, rows], kj)[:, :kj]] if kj < len(rows) else rows[None, :]
-        sums[:, j] = Y0[top, j].sum(axis=1)
-        counts[:, j] = kj
+    widest = min(snap.n, width * 4**_WIDEN)
+    while True:
+        idx = search.nearest(width)
+        known = K[idx]  # (r, width, m)
+        use = known & (np.cumsum(known, axis=1, dtype=np.intp) <= ks)
+        counts = use.sum(axis=1)
+        short = (counts < ks).any(axis=0)
+        if not short.any() or width >= widest:
+            break
+        width = min(widest, 4 * width)
+    sums = np.einsum("rwm,rwm->rm", Y0[idx], use)
+    if short.any():
+        rows_of, group = snap.groups()
+        for g in np.unique(group[short]):
+            models = np.flatnonzero(short & (group == g))
+            rows, kg = rows_of[g], int(ks[models].max())
+            top = rows[_nearest_sorted(S[:, rows], kg)]  # (r, kg): every row here is labelled for these models
+            running = np.cumsum(Y0[top][:, :, models], axis=1)
+            sums[:, models] = running[:, ks[models] - 1, np.arange(len(models))]
+            counts[:, models] = ks[models]
     return sums, counts
 
 
-def _nearest(S: np.ndarray, c: int) -> np.ndarray:
-    """Column indices of each row's entries, its c largest first (in no particular order)."""
-    return np.argpartition(-S, c - 1, axis=1) if c < S.shape[1] else np.broadcast_to(np.arange(S.shape[1]), S.shape)
-
-
-def _by_similarity(S: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Column indices idx of each row, most similar first."""
+def _nearest_sorted(S: np.ndarray, c: int) -> np.ndarray:
+    """Column indices of each row's c largest entries, largest first (ties: lower index first)."""
+    if c < S.shape[1]:
+        idx = np.argpartition(-S, c - 1, axis=1)[:, :c]
+        idx.sort(axis=1)  # ties keep the lower index first, as a stable sort of all columns would
+    else:
+        idx = np.broadcast_to(np.arange(S.shape[1]), S.shape)
     order = np.argsort(-np.take_along_axis(S, idx, axis=1), axis=1, kind="stable")
     return np.take_along_axis(idx, order, axis=1)

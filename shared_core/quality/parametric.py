@@ -34,7 +34,17 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, C: float) -> tuple[np.ndarray, fl
 
 
 class LogisticQuality(Estimator):
-    """P(answer is good | prompt) per model by logistic regression on the prompt embedding."""
+    """P(answer is good | prompt) per model by logistic regression on the prompt embedding.
+
+    The parametric half of OmniRouter's hybrid predictor (Mei et al., 2025, arXiv:2502.20576).
+
+    Parameters:
+        C: inverse L2 regularisation strength (scikit-learn's), > 0.
+
+    fit(X (n, d), Y (n, m) in [0, 1], NaN = unknown, models): a label q between 0 and 1 counts as a
+    positive of weight q and a negative of weight 1 − q; predict(X (r, d)) → (r, m) in (0, 1).
+    ValueError for bad parameters or shapes; NotFittedError before fit.
+    """
 
     needs_embedding = True
 

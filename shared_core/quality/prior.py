@@ -13,7 +13,15 @@ __all__ = ["PriorQuality"]
 
 
 class PriorQuality(Estimator):
-    """Predicts every prompt's quality as the model's mean over the training set (NaN skipped)."""
+    """Predicts every prompt's quality as the model's mean over the training set (NaN skipped).
+
+    The baseline every router is compared with: routing on it sends every prompt to one model.
+
+    Parameters:
+        default: the quality of a model without any label, in [0, 1].
+
+    fit(X (n, d) (ignored), Y (n, m) in [0, 1], NaN = unknown, models); predict(X (r, ·)) → (r, m).
+    """
 
     needs_embedding = False
 

@@ -23,7 +23,7 @@ def open_store(
 ) -> LedgerStore:
     """The ledger store a URL names (memory:// when None); a LedgerStore is returned as it is.
 
-    `options` (clock, retention_s) go to the store's constructor. Paths follow SQLAlchemy:
+    `options` (clock, retention_s, max_finished) go to the store's constructor. Paths follow SQLAlchemy:
     three slashes for a relative path, four for an absolute one. With `must_exist=True` a
     sqlite:// URL naming a missing file, or a postgresql:// URL naming a schema that holds no
     ledger, raises FileNotFoundError (its `filename` names what is missing) instead of creating an

@@ -29,10 +29,26 @@ class LedgerStore(ABC):
 
     A reservation is open until committed, released, or `ttl_s` has passed; then it lapses and
     its money returns to the budget. Committing a lapsed or released reservation still records
-    what was spent, once: the ledger remembers every finished id for `retention_s`.
+    what was spent, once.
+
+    **Finished reservations, and how long a repeat is recognised.** The ledger remembers each
+    finished (committed, released or lapsed) reservation so that a repeated commit charges once —
+    a retry after a lost reply, a replay of a kept commit (`shared_core.pending`) — and a late
+    commit of a released or lapsed one charges once. It remembers one until `retention_s` seconds
+    after its last change (its end, or its late commit), or until `max_finished` reservations that
+    finished after it are remembered, whichever comes first: never more than `max_finished`
+    (memory:, SQLite and Redis exactly; PostgreSQL give or take the calls running at that moment),
+    the oldest forgotten first, so what a ledger keeps does not grow with traffic. A repeat is
+    therefore recognised within min(`retention_s`, the time in which `max_finished` later
+    reservations finish); with the defaults (a day, 100,000) that is a day below 1.16 finished
+    reservations per second, 1,000 s at 100 per second, 100 s at 1,000. All processes sharing
+    a ledger should open it with the same two settings. A commit of a forgotten id raises
+    UnknownReservation (a KeyError), as for an id never made; `remembered_since` tells which
+    of the two it can still be, and `shared_core.pending.record_anew` records such a commit once.
 
     A store implements the hooks `_set_budget`, `_reserve`, `_commit` and `_adjust_lambda`, which
-    get the arguments checked, and `states`, `scopes`, `release` and `open_reservations`.
+    get the arguments checked, and `states`, `scopes`, `release`, `open_reservations` and
+    `remembered_since`.
     """
 
     def set_budget(
@@ -132,6 +148,14 @@ class LedgerStore(ABC):
     @abstractmethod
     def open_reservations(self) -> int:
         """How many reservations are open (after expiring stale ones)."""
+
+    def remembered_since(self) -> float:
+        """The time (the ledger's clock, Unix seconds) after which every reservation that finished is still
+        remembered: a commit that reached the ledger after it is recognised when repeated, and an id it
+        does not know was never committed after it. The oldest remembered end when the ledger remembers
+        any, else `retention_s` ago; math.inf from a store that cannot tell (every forgotten id is
+        then taken as possibly committed)."""
+        return math.inf
 
     @property
     def url(self) -> str:

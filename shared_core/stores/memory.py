@@ -12,7 +12,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..budget import DEFAULT_RETENTION_S, IDLE_BATCH, Budget, ScopeBooks, ScopeState, check_retention
+from ..budget import (
+    DEFAULT_MAX_FINISHED,
+    DEFAULT_RETENTION_S,
+    IDLE_BATCH,
+    Budget,
+    ScopeBooks,
+    ScopeState,
+    check_max_finished,
+    check_retention,
+)
 from .base import LedgerStore, id_taken, no_budget, unknown_reservation
 from .urls import StoreURL
 
@@ -22,40 +31,59 @@ __all__ = ["MemoryStore"]
 URL_OPTIONS: frozenset[str] = frozenset()
 
 
-@dataclass
+@dataclass(slots=True)
 class _Hold:
     scopes: tuple[str, ...]
     amount: int
     expires_at: float
-    status: str = "open"
 
 
 class MemoryStore(LedgerStore):
-    """A thread-safe ledger in this process's memory (the default; gone when the process ends)."""
+    """A thread-safe ledger in this process's memory (the default; gone when the process ends).
 
-    def __init__(self, clock: Callable[[], float] = time.time, retention_s: float = DEFAULT_RETENTION_S) -> None:
+    `retention_s` and `max_finished` bound how long and how many finished reservations are
+    remembered (see LedgerStore). Each costs about 290 bytes once the bound is reached (its id, its
+    place in the order, and the room CPython keeps in a dict that entries leave): 29 MB at the
+    default 100,000, the same after 1M or 2M requests (benchmarks/ledger_retention.py).
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        retention_s: float = DEFAULT_RETENTION_S,
+        max_finished: int = DEFAULT_MAX_FINISHED,
+    ) -> None:
         self._lock = threading.Lock()
         self._clock = clock
         self._retention_s = check_retention(retention_s)
+        self._max_finished = check_max_finished(max_finished)
         self._books: dict[str, ScopeBooks] = {}
         self._touched: dict[str, float] = {}  # last activity of each forgettable scope
         self._idle: list[tuple[float, str]] = []  # heap of forgettable scopes by when they may go
         self._queued: dict[str, float] = {}  # each queued scope's live heap entry (others are stale)
         self._open: dict[str, _Hold] = {}
-        self._done: dict[str, _Hold] = {}  # lapsed, committed or released, kept for retention_s
-        self._expiry: list[tuple[float, str]] = []  # heap of open holds by expiry
-        self._forget: deque[tuple[float, str]] = deque()  # finished holds, oldest first
+        self._expiry: list[tuple[float, str]] = []  # heap of open holds by expiry (some finished since)
+        # Finished reservations: None for a committed one (a repeat only needs to know it), the scopes
+        # of a released or lapsed one (a late commit charges them). Ids only, never whole holds.
+        self._done: dict[str, tuple[str, ...] | None] = {}
+        # Their ids and forget times (end + retention_s) in the order they ended. A late commit moves
+        # its id to the end: the earlier place stays behind, stale, marked in `_moved`.
+        self._order: deque[str] = deque()
+        self._until: deque[float] = deque()
+        self._moved: set[str] = set()
 
     def _sweep(self, now: float) -> None:
         while self._expiry and self._expiry[0][0] <= now:
-            _, rid = heapq.heappop(self._expiry)
-            if rid in self._open:
-                hold = self._finish(rid, "lapsed", now)
+            expires, rid = heapq.heappop(self._expiry)
+            hold = self._open.get(rid)
+            if hold is not None and hold.expires_at == expires:  # else finished, or its id reused since
+                del self._open[rid]
+                self._finish(rid, hold.scopes, now)
                 for b in self._present(hold.scopes):
                     b.reserved -= hold.amount
                     b.expired += 1
-        while self._forget and self._forget[0][0] <= now:
-            self._done.pop(self._forget.popleft()[1], None)
+        while self._until and self._until[0] <= now:
+            self._forget_oldest()
         for _ in range(IDLE_BATCH):
             if not self._idle or self._idle[0][0] > now:
                 break
@@ -89,12 +117,23 @@ class MemoryStore(LedgerStore):
         """The books of those of `scopes` the ledger still has (a forgotten scope is skipped)."""
         return [self._books[s] for s in scopes if s in self._books]
 
-    def _finish(self, rid: str, status: str, now: float) -> _Hold:
-        hold = self._open.pop(rid)
-        hold.status = status
-        self._done[rid] = hold
-        self._forget.append((now + self._retention_s, rid))
-        return hold
+    def _finish(self, rid: str, scopes: tuple[str, ...] | None, now: float) -> None:
+        """Remember that `rid` ended now: committed (`scopes` None), or released or lapsed."""
+        if rid in self._done:
+            self._moved.add(rid)
+        self._done[rid] = scopes
+        self._order.append(rid)
+        self._until.append(now + self._retention_s)
+        while len(self._done) > self._max_finished:
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        rid = self._order.popleft()
+        self._until.popleft()
+        if rid in self._moved:  # the place it had before its late commit
+            self._moved.remove(rid)
+        else:
+            del self._done[rid]
 
     def _scope(self, scope: str, now: float) -> ScopeBooks:
         books = self._books.get(scope)
@@ -149,25 +188,34 @@ class MemoryStore(LedgerStore):
                 b.reserved += nanos
             self._touch(books, now)
             self._open[reservation_id] = _Hold(chain, nanos, now + ttl_s)
-            heapq.heappush(self._expiry, (now + ttl_s, reservation_id))
+            if len(self._expiry) > 2 * len(self._open) + 64:
+                # Most entries are of holds that ended before their expiry: rebuild the heap from the
+                # open ones, so that it stays bounded by what is open (a rebuild costs len(open), and
+                # at least len(open) + 64 reserves come between two).
+                self._expiry = [(h.expires_at, rid) for rid, h in self._open.items()]
+                heapq.heapify(self._expiry)
+            else:
+                heapq.heappush(self._expiry, (now + ttl_s, reservation_id))
 
     def _commit(self, reservation_id: str, nanos: int, model: str | None) -> bool:
         with self._lock:
             now = self._clock()
             self._sweep(now)
-            hold = self._open.get(reservation_id) or self._done.get(reservation_id)
-            if hold is None:
+            hold = self._open.pop(reservation_id, None)
+            if hold is not None:
+                scopes = hold.scopes
+            elif reservation_id in self._done:
+                ended = self._done[reservation_id]
+                if ended is None:
+                    return False  # committed before
+                scopes = ended
+            else:
                 raise unknown_reservation(reservation_id)
-            if hold.status == "committed":
-                return False
-            was_open = hold.status == "open"
-            if was_open:
-                self._finish(reservation_id, "committed", now)
-            hold.status = "committed"
-            books = self._present(hold.scopes)
+            self._finish(reservation_id, None, now)
+            books = self._present(scopes)
             for b in books:
                 b.roll(now)
-                if was_open:
+                if hold is not None:
                     b.reserved -= hold.amount
                 b.charge(nanos, model)
             self._touch(books, now)
@@ -177,9 +225,10 @@ class MemoryStore(LedgerStore):
         with self._lock:
             now = self._clock()
             self._sweep(now)
-            if reservation_id not in self._open:
+            hold = self._open.pop(reservation_id, None)
+            if hold is None:
                 return False
-            hold = self._finish(reservation_id, "released", now)
+            self._finish(reservation_id, hold.scopes, now)
             books = self._present(hold.scopes)
             for b in books:
                 b.roll(now)
@@ -201,6 +250,13 @@ class MemoryStore(LedgerStore):
         with self._lock:
             self._sweep(self._clock())
             return len(self._open)
+
+    def remembered_since(self) -> float:
+        with self._lock:
+            now = self._clock()
+            self._sweep(now)
+            # Forgetting goes oldest first, so all that was forgotten ended by the oldest end still here.
+            return (self._until[0] if self._until else now) - self._retention_s
 
 
 def open_url(url: StoreURL, must_exist: bool, **options: Any) -> MemoryStore:

@@ -12,6 +12,8 @@ while a row lock queues them and lets unrelated tenants run in parallel. Deadloc
 by the order locks are taken in: (1) the hold row a commit or release changes, holding nothing else;
 (2) the holds that lapse or are forgotten, with SKIP LOCKED, so never waiting; (3) every scope
 row the call will write, in one `SELECT ... ORDER BY name FOR UPDATE`, so in one global order.
+The holds forgotten beyond max_finished after a commit or release are taken with SKIP LOCKED
+too, so that late step never waits either.
 set_budget first takes an advisory lock on the scope's name, so two creators of one scope queue
 there, holding nothing, rather than on a row that one of them would lock out of that order.
 
@@ -37,12 +39,14 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..budget import (
+    DEFAULT_MAX_FINISHED,
     DEFAULT_RETENTION_S,
     IDLE_BATCH,
     Budget,
     LedgerUnavailable,
     ScopeBooks,
     ScopeState,
+    check_max_finished,
     check_retention,
     to_nanos,
 )
@@ -75,7 +79,8 @@ _TCP = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepal
 # Pools a forked child inherited: they belong to the parent, so the child never uses or closes them.
 _INHERITED: list[ConnectionPool] = []
 
-# {s} is the quoted schema; {batch} is IDLE_BATCH. `t` is the time of the call, `retain` retention_s.
+# {s} is the quoted schema; {batch} is IDLE_BATCH. `t` is the time of the call, `retain` retention_s,
+# `keep` max_finished.
 _DDL = """
 CREATE TABLE IF NOT EXISTS {s}.ledger_schema (version integer NOT NULL);
 -- Every request rewrites its scopes' rows: room left on each page lets PostgreSQL do it in place.
@@ -108,16 +113,30 @@ CREATE TABLE IF NOT EXISTS {s}.holds (
     amount bigint NOT NULL,
     expires_at double precision NOT NULL,
     status text NOT NULL,
-    forget_at double precision
+    forget_at double precision,
+    seq bigint
 );
+-- A finished hold's `seq` is its place in the order holds ended (from holds_ended_seq): the oldest
+-- beyond `keep` are forgotten. A ledger made before it had `seq` gets it here, in place.
+ALTER TABLE {s}.holds ADD COLUMN IF NOT EXISTS seq bigint;
+CREATE SEQUENCE IF NOT EXISTS {s}.holds_ended_seq;
 CREATE INDEX IF NOT EXISTS holds_open ON {s}.holds (expires_at) WHERE status = 'open';
 CREATE INDEX IF NOT EXISTS holds_forget ON {s}.holds (forget_at) WHERE forget_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS holds_ended ON {s}.holds (seq) WHERE seq IS NOT NULL;
+
+-- Forget the holds that ended first beyond the newest `keep` ({batch} at most per call, so that a
+-- lowered max_finished never stalls one request; rows another call has locked are left to later ones).
+CREATE OR REPLACE FUNCTION {s}.ledger_bound(keep bigint) RETURNS void LANGUAGE sql AS $$
+  DELETE FROM {s}.holds WHERE id IN (
+    SELECT id FROM {s}.holds WHERE seq <= (SELECT last_value FROM {s}.holds_ended_seq) - keep
+    ORDER BY seq LIMIT {batch} FOR UPDATE SKIP LOCKED);
+$$;
 
 -- The start of every call: forget holds finished more than `retain` ago, lapse those whose time
 -- is up (their money returns) and forget idle scopes, a batch of each at most; lock the rows of
 -- `p_chain` and of every scope these touch, in name order (see the module's docstring); then start
 -- a new period for each scope of `p_chain` whose period is over (its spend and counts reset).
-CREATE OR REPLACE FUNCTION {s}.ledger_begin(t double precision, retain double precision, p_chain text[])
+CREATE OR REPLACE FUNCTION {s}.ledger_begin(t double precision, retain double precision, keep bigint, p_chain text[])
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
   lapsed text[];
@@ -132,11 +151,13 @@ BEGIN
     DELETE FROM {s}.holds WHERE id IN (
       SELECT id FROM {s}.holds WHERE forget_at <= t LIMIT {batch} FOR UPDATE SKIP LOCKED);
     WITH done AS (
-      UPDATE {s}.holds SET status = 'lapsed', forget_at = t + retain WHERE id IN (
+      UPDATE {s}.holds SET status = 'lapsed', forget_at = t + retain, seq = nextval('{s}.holds_ended_seq')
+      WHERE id IN (
         SELECT id FROM {s}.holds WHERE status = 'open' AND expires_at <= t LIMIT {batch} FOR UPDATE SKIP LOCKED)
       RETURNING chain AS names, amount)
     SELECT array_agg(name), array_agg(nanos), array_agg(n) INTO lapsed, lapsed_nanos, lapsed_count
     FROM (SELECT name, sum(amount)::bigint AS nanos, count(*) AS n FROM done, unnest(names) AS name GROUP BY name) AS l;
+    IF lapsed IS NOT NULL THEN PERFORM {s}.ledger_bound(keep); END IF;
     SELECT array_agg(name) INTO idle FROM (
       SELECT name FROM {s}.scopes WHERE idle_at <= t ORDER BY idle_at LIMIT {batch}) AS due;
   END IF;
@@ -165,13 +186,13 @@ END $$;
 
 -- The rule of LedgerStore.set_budget: true when set, false when only_if_absent found a budget.
 CREATE OR REPLACE FUNCTION {s}.ledger_set_budget(
-  t double precision, retain double precision, p_scope text, p_budget text, p_usd bigint,
+  t double precision, retain double precision, keep bigint, p_scope text, p_budget text, p_usd bigint,
   p_period_s double precision, p_reset boolean, p_only_if_absent boolean, p_idle_ttl_s double precision)
 RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
   t := coalesce(t, extract(epoch FROM clock_timestamp()));
   PERFORM pg_advisory_xact_lock({lock_class}, hashtext(p_scope));
-  PERFORM {s}.ledger_begin(t, retain, ARRAY[p_scope]);
+  PERFORM {s}.ledger_begin(t, retain, keep, ARRAY[p_scope]);
   INSERT INTO {s}.scopes (name, budget, usd, period_s, period_start, idle_ttl_s, idle_at)
   VALUES (p_scope, p_budget, p_usd, p_period_s, t, p_idle_ttl_s, t + p_idle_ttl_s)
   ON CONFLICT (name) DO NOTHING;
@@ -191,7 +212,7 @@ BEGIN
 END $$;
 
 -- Each named scope that has a budget, with its spend per model and the time of the read.
-CREATE OR REPLACE FUNCTION {s}.ledger_states(t double precision, retain double precision, p_names text[])
+CREATE OR REPLACE FUNCTION {s}.ledger_states(t double precision, retain double precision, keep bigint, p_names text[])
 RETURNS TABLE (now double precision, name text, budget text, period_start double precision, committed bigint,
                reserved bigint, requests bigint, released bigint, expired bigint, lam double precision,
                idle_ttl_s double precision, models text[], nanos bigint[], calls bigint[])
@@ -199,7 +220,7 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
   t := coalesce(t, extract(epoch FROM clock_timestamp()));
-  PERFORM {s}.ledger_begin(t, retain, '{}');
+  PERFORM {s}.ledger_begin(t, retain, keep, '{}');
   RETURN QUERY
   SELECT t, sc.name, sc.budget, sc.period_start, sc.committed, sc.reserved, sc.requests, sc.released,
          sc.expired, sc.lam, sc.idle_ttl_s, sp.models, sp.nanos, sp.calls
@@ -209,24 +230,25 @@ BEGIN
   WHERE sc.name = ANY (p_names);
 END $$;
 
-CREATE OR REPLACE FUNCTION {s}.ledger_scopes(t double precision, retain double precision)
+CREATE OR REPLACE FUNCTION {s}.ledger_scopes(t double precision, retain double precision, keep bigint)
 RETURNS SETOF text LANGUAGE plpgsql AS $$
 BEGIN
   t := coalesce(t, extract(epoch FROM clock_timestamp()));
-  PERFORM {s}.ledger_begin(t, retain, '{}');
+  PERFORM {s}.ledger_begin(t, retain, keep, '{}');
   RETURN QUERY SELECT name FROM {s}.scopes;
 END $$;
 
 -- {ok} | {used} | {unknown, scope} | {exceeded, scope, nano-dollars left there}
 CREATE OR REPLACE FUNCTION {s}.ledger_reserve(
-  t double precision, retain double precision, p_id text, p_chain text[], p_amount bigint, p_ttl_s double precision)
+  t double precision, retain double precision, keep bigint, p_id text, p_chain text[], p_amount bigint,
+  p_ttl_s double precision)
 RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
   held record;
   refusal record;
 BEGIN
   t := coalesce(t, extract(epoch FROM clock_timestamp()));
-  PERFORM {s}.ledger_begin(t, retain, p_chain);
+  PERFORM {s}.ledger_begin(t, retain, keep, p_chain);
   -- Read after the chain's locks, so a retry racing its original sees it (a reserve never changes a hold).
   SELECT status, chain, amount INTO held FROM {s}.holds WHERE id = p_id;
   IF FOUND THEN
@@ -252,7 +274,7 @@ END $$;
 
 -- 'ok' | 'repeat' (committed before) | 'unknown'
 CREATE OR REPLACE FUNCTION {s}.ledger_commit(
-  t double precision, retain double precision, p_id text, p_actual bigint, p_model text)
+  t double precision, retain double precision, keep bigint, p_id text, p_actual bigint, p_model text)
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
   held record;
@@ -260,7 +282,7 @@ BEGIN
   t := coalesce(t, extract(epoch FROM clock_timestamp()));
   SELECT chain INTO held FROM {s}.holds WHERE id = p_id FOR UPDATE;
   IF NOT FOUND THEN RETURN 'unknown'; END IF;
-  PERFORM {s}.ledger_begin(t, retain, held.chain);
+  PERFORM {s}.ledger_begin(t, retain, keep, held.chain);
   SELECT status, chain, amount INTO held FROM {s}.holds WHERE id = p_id;
   IF NOT FOUND THEN RETURN 'unknown'; END IF;  -- forgotten by the sweep just now
   IF held.status = 'committed' THEN RETURN 'repeat'; END IF;
@@ -273,11 +295,14 @@ BEGIN
     INSERT INTO {s}.spend AS sp (scope, model, nanos, calls)
     SELECT name, p_model, p_actual, 1 FROM charged WHERE p_model IS NOT NULL
     ON CONFLICT (scope, model) DO UPDATE SET nanos = sp.nanos + excluded.nanos, calls = sp.calls + 1)
-  UPDATE {s}.holds SET status = 'committed', forget_at = coalesce(forget_at, t + retain) WHERE id = p_id;
+  -- A late commit is remembered `retain` from now, as the newest.
+  UPDATE {s}.holds SET status = 'committed', forget_at = t + retain, seq = nextval('{s}.holds_ended_seq')
+  WHERE id = p_id;
+  PERFORM {s}.ledger_bound(keep);
   RETURN 'ok';
 END $$;
 
-CREATE OR REPLACE FUNCTION {s}.ledger_release(t double precision, retain double precision, p_id text)
+CREATE OR REPLACE FUNCTION {s}.ledger_release(t double precision, retain double precision, keep bigint, p_id text)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
   held record;
@@ -285,32 +310,39 @@ BEGIN
   t := coalesce(t, extract(epoch FROM clock_timestamp()));
   SELECT chain INTO held FROM {s}.holds WHERE id = p_id AND status = 'open' FOR UPDATE;
   IF NOT FOUND THEN RETURN false; END IF;
-  PERFORM {s}.ledger_begin(t, retain, held.chain);
+  PERFORM {s}.ledger_begin(t, retain, keep, held.chain);
   SELECT chain, amount INTO held FROM {s}.holds WHERE id = p_id AND status = 'open';
   IF NOT FOUND THEN RETURN false; END IF;  -- lapsed by the sweep just now
   WITH freed AS (
     UPDATE {s}.scopes SET reserved = reserved - held.amount, released = released + 1, idle_at = t + idle_ttl_s
     WHERE name = ANY (held.chain))
-  UPDATE {s}.holds SET status = 'released', forget_at = t + retain WHERE id = p_id;
+  UPDATE {s}.holds SET status = 'released', forget_at = t + retain, seq = nextval('{s}.holds_ended_seq')
+  WHERE id = p_id;
+  PERFORM {s}.ledger_bound(keep);
   RETURN true;
 END $$;
 """
 
-# The ledger's functions take the time of the call (NULL: the database's clock) and retention_s first.
+# The ledger's functions take the time of the call (NULL: the database's clock), retention_s and
+# max_finished first.
 _FUNCTIONS = {
-    "set_budget": "SELECT {s}.ledger_set_budget(%s::float8, %s::float8, %s::text, %s::text, %s::int8, "
+    "set_budget": "SELECT {s}.ledger_set_budget(%s::float8, %s::float8, %s::int8, %s::text, %s::text, %s::int8, "
                   "%s::float8, %s::bool, %s::bool, %s::float8)",
-    "states": "SELECT * FROM {s}.ledger_states(%s::float8, %s::float8, %s::text[])",
-    "scopes": "SELECT * FROM {s}.ledger_scopes(%s::float8, %s::float8)",
-    "reserve": "SELECT {s}.ledger_reserve(%s::float8, %s::float8, %s::text, %s::text[], %s::int8, %s::float8)",
-    "commit": "SELECT {s}.ledger_commit(%s::float8, %s::float8, %s::text, %s::int8, %s::text)",
-    "release": "SELECT {s}.ledger_release(%s::float8, %s::float8, %s::text)",
+    "states": "SELECT * FROM {s}.ledger_states(%s::float8, %s::float8, %s::int8, %s::text[])",
+    "scopes": "SELECT * FROM {s}.ledger_scopes(%s::float8, %s::float8, %s::int8)",
+    "reserve": "SELECT {s}.ledger_reserve(%s::float8, %s::float8, %s::int8, %s::text, %s::text[], %s::int8, "
+               "%s::float8)",
+    "commit": "SELECT {s}.ledger_commit(%s::float8, %s::float8, %s::int8, %s::text, %s::int8, %s::text)",
+    "release": "SELECT {s}.ledger_release(%s::float8, %s::float8, %s::int8, %s::text)",
 }
 # Neither sweeps, as in the other stores: λ is no activity, and lapsed holds are not counted as open.
 _QUERIES = {
     "lambda": "UPDATE {s}.scopes SET lam = %s::float8 WHERE name = %s::text RETURNING 1",
     "open": "SELECT count(*) FROM {s}.holds WHERE status = 'open' "
             "AND expires_at > coalesce(%s::float8, extract(epoch FROM clock_timestamp()))",
+    # LedgerStore.remembered_since: what ended `retain` ago goes at the next call even before a sweep.
+    "since": "SELECT greatest(coalesce(%s::float8, extract(epoch FROM clock_timestamp())), "
+             "(SELECT forget_at FROM {s}.holds WHERE seq IS NOT NULL ORDER BY seq LIMIT 1)) - %s::float8",
 }
 
 
@@ -320,6 +352,9 @@ class PostgresStore(LedgerStore):
     `conninfo` is a libpq URL or key=value string (credentials may come from libpq's PG*
     variables or ~/.pgpass). `clock=None` (the default) uses the database's clock; give a clock
     only to test with fake time. At most `max_connections` connections are pooled per process.
+    `retention_s` and `max_finished` bound how long and how many finished reservations are
+    remembered (see LedgerStore): the holds table keeps about `max_finished` rows beside the open
+    ones (more by at most the calls running at that moment; a lowered bound takes a few calls).
     LedgerUnavailable when the database cannot be reached; ValueError when the schema cannot be
     set up or holds another version of the ledger.
     """
@@ -331,6 +366,7 @@ class PostgresStore(LedgerStore):
         schema: str = DEFAULT_SCHEMA,
         clock: Callable[[], float] | None = None,
         retention_s: float = DEFAULT_RETENTION_S,
+        max_finished: int = DEFAULT_MAX_FINISHED,
         max_connections: int = 8,
         create: bool = True,
     ) -> None:
@@ -343,6 +379,7 @@ class PostgresStore(LedgerStore):
         self._conninfo = conninfo
         self._clock = clock
         self._retention_s = check_retention(retention_s)
+        self._max_finished = check_max_finished(max_finished)
         self._max_connections = max_connections
         try:
             given = conninfo_to_dict(conninfo)
@@ -376,6 +413,11 @@ class PostgresStore(LedgerStore):
                 if version != _SCHEMA_VERSION:
                     raise ValueError(f"the PostgreSQL ledger at {self.url} holds ledger schema version {version}; "
                                      f"this code reads {_SCHEMA_VERSION}")
+                # A ledger made before finished holds were bounded gets `seq`, its sequence, its index and
+                # the functions that take max_finished, in place (its version stays: the old functions
+                # remain for code that still calls them, and their holds are forgotten by time alone).
+                if conn.execute("SELECT to_regclass(%s)", (f"{quoted}.holds_ended_seq",)).fetchone() == (None,):
+                    self._run_ddl(conn, quoted)
                 return
             if not create:
                 raise FileNotFoundError(errno.ENOENT, "no OmniRoute ledger in this PostgreSQL schema",
@@ -383,9 +425,14 @@ class PostgresStore(LedgerStore):
             # Only a missing schema is created: one made beforehand needs no right to create schemas.
             if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)).fetchone() is None:
                 conn.execute(f"CREATE SCHEMA {quoted}")
-            ddl = _DDL.replace("{s}", quoted).replace("{batch}", str(IDLE_BATCH))
-            conn.execute(ddl.replace("{lock_class}", str(_LOCK_CLASS)))
+            self._run_ddl(conn, quoted)
             conn.execute(f"INSERT INTO {table} (version) VALUES ({_SCHEMA_VERSION})")
+
+    @staticmethod
+    def _run_ddl(conn: psycopg.Connection, quoted: str) -> None:
+        """Create what the ledger needs in the schema `quoted` (every statement may run again)."""
+        ddl = _DDL.replace("{s}", quoted).replace("{batch}", str(IDLE_BATCH))
+        conn.execute(ddl.replace("{lock_class}", str(_LOCK_CLASS)))
 
     def _open_pool(self) -> ConnectionPool:
         return ConnectionPool(
@@ -405,7 +452,7 @@ class PostgresStore(LedgerStore):
 
     def _ledger(self, name: str, *args: Any) -> list[tuple[Any, ...]]:
         """The rows of one call of the ledger's function `name` (one round trip, one transaction)."""
-        return self._run(name, (self._now(), self._retention_s, *args))
+        return self._run(name, (self._now(), self._retention_s, self._max_finished, *args))
 
     def _now(self) -> float | None:
         """The injected clock's time, or None for the database's clock."""
@@ -481,6 +528,10 @@ class PostgresStore(LedgerStore):
     def open_reservations(self) -> int:
         ((count,),) = self._run("open", (self._now(),))
         return int(count)
+
+    def remembered_since(self) -> float:
+        ((since,),) = self._run("since", (self._now(), self._retention_s))
+        return float(since)
 
     def close(self) -> None:
         with self._pool_lock:

@@ -23,7 +23,17 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from ..budget import DEFAULT_RETENTION_S, Budget, LedgerUnavailable, ScopeBooks, ScopeState, check_retention, to_nanos
+from ..budget import (
+    DEFAULT_MAX_FINISHED,
+    DEFAULT_RETENTION_S,
+    Budget,
+    LedgerUnavailable,
+    ScopeBooks,
+    ScopeState,
+    check_max_finished,
+    check_retention,
+    to_nanos,
+)
 from .base import LedgerStore, no_budget, refuse, unknown_reservation
 from .urls import StoreURL
 
@@ -43,7 +53,7 @@ def _lua(name: str) -> str:
 # Each operation's script: the functions they all use (the prelude), then its own body.
 _SCRIPTS = {
     name: _lua("prelude") + _lua(name)
-    for name in ("set_budget", "states", "reserve", "commit", "release", "lambda", "open", "scopes")
+    for name in ("set_budget", "states", "reserve", "commit", "release", "lambda", "open", "scopes", "since")
 }
 
 
@@ -52,6 +62,8 @@ class RedisStore(LedgerStore):
 
     The client must decode responses (`decode_responses=True`, as `from_url` sets).
     `clock=None` (the default) uses the server's clock; give a clock only to test with fake time.
+    `retention_s` and `max_finished` bound how long and how many finished reservations are
+    remembered (see LedgerStore): at most `max_finished` hold keys beside the open ones.
     """
 
     def __init__(
@@ -61,6 +73,7 @@ class RedisStore(LedgerStore):
         prefix: str = DEFAULT_PREFIX,
         clock: Callable[[], float] | None = None,
         retention_s: float = DEFAULT_RETENTION_S,
+        max_finished: int = DEFAULT_MAX_FINISHED,
     ) -> None:
         if not isinstance(prefix, str) or not prefix:
             raise ValueError(f"the Redis key prefix must be a non-empty string, got {prefix!r}")
@@ -70,6 +83,7 @@ class RedisStore(LedgerStore):
         self.prefix = prefix
         self._clock = clock
         self._retention_s = repr(check_retention(retention_s))
+        self._max_finished = check_max_finished(max_finished)
         self._scripts = {name: client.register_script(text) for name, text in _SCRIPTS.items()}
         kw = client.connection_pool.connection_kwargs
         self.where = f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
@@ -102,7 +116,7 @@ class RedisStore(LedgerStore):
     def _run(self, script: str, *args: Any) -> Any:
         now = "" if self._clock is None else repr(float(self._clock()))
         with self._reaching():
-            return self._scripts[script](args=[self.prefix, now, self._retention_s, *args])
+            return self._scripts[script](args=[self.prefix, now, self._retention_s, self._max_finished, *args])
 
     def _set_budget(
         self, scope: str, budget: Budget, reset: bool, only_if_absent: bool, idle_ttl_s: float | None
@@ -140,6 +154,9 @@ class RedisStore(LedgerStore):
 
     def open_reservations(self) -> int:
         return int(self._run("open"))
+
+    def remembered_since(self) -> float:
+        return float(self._run("since"))
 
     def close(self) -> None:
         self.client.close()

@@ -1,6 +1,6 @@
--- ARGV[4] id, ARGV[5] actual, ARGV[6] model (absent when None)
+-- ARGV[5] id, ARGV[6] actual, ARGV[7] model (absent when None)
 sweep()
-local id, actual, model = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local id, actual, model = ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local h = P .. 'hold:' .. id
 local f = redis.call('HMGET', h, 'status', 'scopes', 'amount')
 if not f[1] then return 'unknown' end

@@ -1,5 +1,6 @@
 -- The functions every ledger script starts with. ARGV[1] is the key prefix, ARGV[2] the time
--- ('' = the server's clock), ARGV[3] the retention in seconds; a script's own arguments follow.
+-- ('' = the server's clock), ARGV[3] the retention in seconds, ARGV[4] the most finished
+-- reservations remembered; a script's own arguments follow.
 local P = ARGV[1]
 local now = tonumber(ARGV[2])
 if not now then
@@ -7,6 +8,7 @@ if not now then
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local RETAIN = tonumber(ARGV[3])
+local KEEP = tonumber(ARGV[4])
 local OPEN, DONE, IDLE = P .. 'open', P .. 'done', P .. 'idle'
 
 local function skey(s) return P .. 'scope:' .. s end
@@ -47,15 +49,39 @@ local function roll(s)
   end
 end
 
--- A reservation is over: remember how it ended for RETAIN seconds (from when it first ended).
+-- Forget finished reservations: their records and their places in DONE.
+local function forget(ids)
+  if #ids == 0 then return end
+  local keys = {}
+  for i, id in ipairs(ids) do keys[i] = P .. 'hold:' .. id end
+  redis.call('DEL', unpack(keys))
+  redis.call('ZREM', DONE, unpack(ids))
+end
+
+-- A reservation is over, or a released or lapsed one committed late: remember how it ended for
+-- RETAIN seconds from now (DONE is ordered by that time, so it moves to the newest end), and
+-- forget the oldest beyond KEEP (a thousand at most per script: a lowered KEEP takes a few).
 local function finish(id, status)
   redis.call('HSET', P .. 'hold:' .. id, 'status', status)
   redis.call('ZREM', OPEN, id)
-  redis.call('ZADD', DONE, 'NX', now + RETAIN, id)
+  -- Never before the newest end already there: a clock set back must not put this one first in line.
+  local score = now + RETAIN
+  local newest = redis.call('ZRANGE', DONE, -1, -1, 'WITHSCORES')
+  if newest[2] and tonumber(newest[2]) > score then score = tonumber(newest[2]) end
+  redis.call('ZADD', DONE, score, id)
+  local over = math.min(redis.call('ZCARD', DONE) - KEEP, 1000)
+  if over > 0 then
+    -- Ends at one time are ordered by id: one more is read, so that this one, if among them, stays.
+    local gone = {}
+    for _, old in ipairs(redis.call('ZRANGE', DONE, 0, over)) do
+      if old ~= id and #gone < over then gone[#gone + 1] = old end
+    end
+    forget(gone)
+  end
 end
 
 -- Lapse reservations whose time is up (their money returns; the record stays for late
--- commits) and forget, a thousand at a time, those finished more than RETAIN seconds ago.
+-- commits) and forget, a thousand at a time, those that ended more than RETAIN seconds ago.
 local function sweep()
   -- At most SWEEP holds per script, so that a backlog never blocks the server (what is left
   -- lapses in the next scripts; until then it is still counted as held: refusals err safe).
@@ -69,9 +95,7 @@ local function sweep()
     end
     finish(id, 'lapsed')
   end
-  local old = redis.call('ZRANGEBYSCORE', DONE, '-inf', now, 'LIMIT', 0, 1000)
-  for _, id in ipairs(old) do redis.call('DEL', P .. 'hold:' .. id) end
-  if #old > 0 then redis.call('ZREM', DONE, unpack(old)) end
+  forget(redis.call('ZRANGEBYSCORE', DONE, '-inf', now, 'LIMIT', 0, 1000))
   -- Forget, a thousand at a time, scopes idle past their idle_ttl_s that hold no money.
   for _, s in ipairs(redis.call('ZRANGEBYSCORE', IDLE, '-inf', now, 'LIMIT', 0, 1000)) do
     local f = redis.call('HMGET', skey(s), 'reserved', 'idle_ttl_s')

@@ -1,6 +1,6 @@
--- ARGV[4] id → 1 when an open reservation was released
+-- ARGV[5] id → 1 when an open reservation was released
 sweep()
-local id = ARGV[4]
+local id = ARGV[5]
 local h = P .. 'hold:' .. id
 local f = redis.call('HMGET', h, 'status', 'scopes', 'amount')
 if f[1] ~= 'open' then return 0 end

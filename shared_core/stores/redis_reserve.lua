@@ -1,6 +1,6 @@
--- ARGV[4] id, ARGV[5] scopes JSON, ARGV[6] amount, ARGV[7] ttl_s
+-- ARGV[5] id, ARGV[6] scopes JSON, ARGV[7] amount, ARGV[8] ttl_s
 sweep()
-local id, scopes_json, amount = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local id, scopes_json, amount = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local h = P .. 'hold:' .. id
 local held = redis.call('HMGET', h, 'status', 'scopes', 'amount')
 if held[1] then
@@ -22,7 +22,7 @@ for _, s in ipairs(scopes) do
   incr(skey(s), 'reserved', amount)
   touch(s)
 end
-local expires = now + tonumber(ARGV[7])
+local expires = now + tonumber(ARGV[8])
 redis.call('HSET', h, 'status', 'open', 'scopes', scopes_json, 'amount', int(amount))
 redis.call('ZADD', OPEN, expires, id)
 return {'ok'}

@@ -1,7 +1,7 @@
--- ARGV[4..] scopes → for each, {} when it has no budget, else {scope hash, spend, calls}
+-- ARGV[5..] scopes → for each, {} when it has no budget, else {scope hash, spend, calls}
 sweep()
 local found = {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local s = ARGV[i]
   if not scoped(s) then
     found[#found + 1] = {}

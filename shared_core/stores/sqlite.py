@@ -18,7 +18,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..budget import DEFAULT_RETENTION_S, IDLE_BATCH, Budget, LedgerUnavailable, ScopeBooks, ScopeState, check_retention
+from ..budget import (
+    DEFAULT_MAX_FINISHED,
+    DEFAULT_RETENTION_S,
+    IDLE_BATCH,
+    Budget,
+    LedgerUnavailable,
+    ScopeBooks,
+    ScopeState,
+    check_max_finished,
+    check_retention,
+)
 from .base import LedgerStore, id_taken, no_budget, unknown_reservation
 from .urls import StoreURL
 
@@ -56,13 +66,18 @@ CREATE TABLE IF NOT EXISTS holds (
     amount INTEGER NOT NULL,
     expires_at REAL NOT NULL,
     status TEXT NOT NULL,
-    forget_at REAL
+    forget_at REAL,
+    seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS holds_open ON holds (expires_at) WHERE status = 'open';
 CREATE INDEX IF NOT EXISTS holds_forget ON holds (forget_at) WHERE forget_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS holds_ended ON holds (seq) WHERE seq IS NOT NULL;
 """
 # Version 1 → 2: scopes may be forgotten when idle (LedgerStore.set_budget's idle_ttl_s).
 _MIGRATIONS = {1: ("ALTER TABLE scopes ADD COLUMN idle_ttl_s REAL", "ALTER TABLE scopes ADD COLUMN idle_at REAL")}
+# Added to a version 2 file in place, without a new version: code that does not know them still reads
+# and writes the file as before (its finished holds have no `seq` and are forgotten by time alone).
+_ADDED_COLUMNS = {"holds": {"seq": "INTEGER"}}
 _COLUMNS = "name, budget, period_start, committed, reserved, requests, released, expired, lam, idle_ttl_s"
 _SYNCHRONOUS = ("normal", "full")
 # Connections opened before a fork belong to the parent: the child must neither use nor close them.
@@ -73,7 +88,10 @@ class SQLiteStore(LedgerStore):
     """A ledger in a SQLite file (WAL), safe for many threads and processes on one host.
 
     `synchronous="normal"` survives any process crash; "full" also survives power loss, at the
-    price of an fsync per reservation.
+    price of an fsync per reservation. `retention_s` and `max_finished` bound how long and how
+    many finished reservations are remembered (see LedgerStore): the holds table keeps at most
+    `max_finished` rows beside the open ones. Each finished hold carries `seq`, its place in the
+    order holds ended; the oldest are deleted first.
     """
 
     def __init__(
@@ -82,6 +100,7 @@ class SQLiteStore(LedgerStore):
         *,
         clock: Callable[[], float] = time.time,
         retention_s: float = DEFAULT_RETENTION_S,
+        max_finished: int = DEFAULT_MAX_FINISHED,
         synchronous: str = "normal",
         busy_timeout_s: float = 30.0,
     ) -> None:
@@ -92,6 +111,7 @@ class SQLiteStore(LedgerStore):
         self.path = Path(path)
         self._clock = clock
         self._retention_s = check_retention(retention_s)
+        self._max_finished = check_max_finished(max_finished)
         self._synchronous = synchronous
         self._busy_timeout_s = busy_timeout_s
         self._pool_lock = threading.Lock()
@@ -125,6 +145,11 @@ class SQLiteStore(LedgerStore):
             for step in range(version, _SCHEMA_VERSION) if version else ():
                 for statement in _MIGRATIONS[step]:
                     conn.execute(statement)
+            for table, added in _ADDED_COLUMNS.items():
+                present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                for column, kind in added.items() if present else ():  # no table yet: _SCHEMA makes it
+                    if column not in present:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -183,20 +208,23 @@ class SQLiteStore(LedgerStore):
 
     # ----------------------------------------------------------------- books
     def _sweep(self, db: sqlite3.Connection, now: float) -> None:
-        """Lapse reservations whose time is up (their money returns) and forget old finished ones."""
+        """Lapse reservations whose time is up (their money returns) and forget finished ones past
+        their retention, and the oldest beyond max_finished."""
         lapsed = db.execute(
-            "SELECT scopes, amount FROM holds WHERE status = 'open' AND expires_at <= ?", (now,)
+            "SELECT id, scopes, amount FROM holds WHERE status = 'open' AND expires_at <= ?", (now,)
         ).fetchall()
-        for scopes, amount in lapsed:
+        for _, scopes, amount in lapsed:
             db.executemany(
                 "UPDATE scopes SET reserved = reserved - ?, expired = expired + 1 WHERE name = ?",
                 [(amount, s) for s in json.loads(scopes)],
             )
         if lapsed:
-            db.execute(
-                "UPDATE holds SET status = 'lapsed', forget_at = ? WHERE status = 'open' AND expires_at <= ?",
-                (now + self._retention_s, now),
+            first = self._next_seq(db)
+            db.executemany(
+                "UPDATE holds SET status = 'lapsed', forget_at = ?, seq = ? WHERE id = ?",
+                [(now + self._retention_s, first + i, rid) for i, (rid, _, _) in enumerate(lapsed)],
             )
+            self._bound(db, first + len(lapsed) - 1)
         db.execute("DELETE FROM holds WHERE forget_at <= ?", (now,))
         due = db.execute(
             "SELECT name, reserved, idle_ttl_s FROM scopes WHERE idle_at <= ? LIMIT ?", (now, IDLE_BATCH)
@@ -207,6 +235,30 @@ class SQLiteStore(LedgerStore):
         idle = [(name,) for name, reserved, _ in due if not reserved]
         db.executemany("DELETE FROM scopes WHERE name = ?", idle)
         db.executemany("DELETE FROM spend WHERE scope = ?", idle)
+
+    @staticmethod
+    def _next_seq(db: sqlite3.Connection) -> int:
+        """The place of the next hold to end in the order holds ended (one writer at a time: no gaps)."""
+        return int(db.execute("SELECT coalesce(max(seq), 0) + 1 FROM holds WHERE seq IS NOT NULL").fetchone()[0])
+
+    def _end(self, db: sqlite3.Connection, reservation_id: str, status: str, now: float) -> None:
+        """Mark a hold ended now (or committed late): remembered retention_s from now, the newest in the order."""
+        seq = self._next_seq(db)
+        db.execute(
+            "UPDATE holds SET status = ?, forget_at = ?, seq = ? WHERE id = ?",
+            (status, now + self._retention_s, seq, reservation_id),
+        )
+        self._bound(db, seq)
+
+    def _bound(self, db: sqlite3.Connection, newest: int) -> None:
+        """Forget the holds that ended first beyond the max_finished up to place `newest` (IDLE_BATCH
+        places at most per call, so that a lowered max_finished never stalls one request)."""
+        if newest <= self._max_finished:
+            return  # fewer have ever ended (since the ledger last forgot them all)
+        db.execute(
+            "DELETE FROM holds WHERE seq <= min(?, (SELECT min(seq) FROM holds WHERE seq IS NOT NULL) + ?)",
+            (newest - self._max_finished, IDLE_BATCH - 1),
+        )
 
     def _load(
         self, db: sqlite3.Connection, chain: Sequence[str], now: float, present: bool = False
@@ -345,10 +397,7 @@ class SQLiteStore(LedgerStore):
                     "DO UPDATE SET nanos = nanos + excluded.nanos, calls = calls + 1",
                     [(b.scope, model, nanos) for b in books],
                 )
-            db.execute(
-                "UPDATE holds SET status = 'committed', forget_at = COALESCE(forget_at, ?) WHERE id = ?",
-                (now + self._retention_s, reservation_id),
-            )
+            self._end(db, reservation_id, "committed", now)
             return True
 
     def release(self, reservation_id: str) -> bool:
@@ -365,10 +414,7 @@ class SQLiteStore(LedgerStore):
                 b.reserved -= row[1]
                 b.released += 1
             self._save(db, books, now)
-            db.execute(
-                "UPDATE holds SET status = 'released', forget_at = ? WHERE id = ?",
-                (now + self._retention_s, reservation_id),
-            )
+            self._end(db, reservation_id, "released", now)
             return True
 
     def _adjust_lambda(self, scope: str, value: float) -> None:
@@ -381,6 +427,15 @@ class SQLiteStore(LedgerStore):
             return db.execute(
                 "SELECT COUNT(*) FROM holds WHERE status = 'open' AND expires_at > ?", (self._clock(),)
             ).fetchone()[0]
+
+    def remembered_since(self) -> float:
+        now = self._clock()
+        with self._transaction(write=False) as db:
+            row = db.execute(
+                "SELECT forget_at FROM holds WHERE seq = (SELECT min(seq) FROM holds WHERE seq IS NOT NULL)"
+            ).fetchone()
+        # What ended retention_s ago is gone at the next write even where no sweep has run yet.
+        return max(now, row[0] if row else now) - self._retention_s
 
     @property
     def url(self) -> str:
