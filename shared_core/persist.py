@@ -87,9 +87,10 @@ SETTINGS = frozenset({
 # Longest .npy header accepted (numpy writes a few hundred bytes at most).
 _MAX_NPY_HEADER = 1 << 16
 # A lockless load re-reads the pair this many times when the manifest is replaced meanwhile,
-# waiting up to _SETTLE_S each time for a save caught between its two renames to finish.
+# waiting up to _SETTLE_S each time for a save caught between its two renames to finish (a
+# saver descheduled on a loaded machine can sit there for far longer than a rename takes).
 _READ_ATTEMPTS = 5
-_SETTLE_S = 0.05
+_SETTLE_S = 1.0
 
 #: Every class a saved router may name, by its kind in the manifest: the quality predictors
 #: under their registry names (`quality.PREDICTORS`), then the length predictors and the embedder.
