@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import RoutingError
-from .feasibility import output_caps
 from .solver import BatchRouting, Solution, capacity_counts, solve
 
 if TYPE_CHECKING:
-    from .router import Estimate, Router
+    from .estimation import Estimate
+    from .router import Router
 
 __all__ = ["CHUNK_SIZE", "EstimateCollector", "route_batch", "solve_collected"]
 
@@ -55,7 +55,6 @@ class EstimateCollector:
         self.candidates: list[str] | None = None
         self._parts: dict[str, list[np.ndarray]] = {}
         self._template: Estimate | None = None
-        self._limits: tuple[np.ndarray, np.ndarray] | None = None
 
     def add(self, prompts: Sequence[str], input_tokens: np.ndarray | None = None) -> None:
         """Estimate `prompts` (and keep the result); `input_tokens` as `Router.estimate` takes them."""
@@ -65,9 +64,8 @@ class EstimateCollector:
         elif list(est.candidates) != self.candidates:
             raise RoutingError(f"the router's candidates changed while the batch was estimated (from "
                                f"{self.candidates} to {list(est.candidates)}); route the batch again")
-        assert self._limits is not None  # set by _start
         rows = len(prompts)
-        arrays: dict[str, np.ndarray] = {"feasible": output_caps(est.input_tokens, *self._limits, None) >= 1}
+        arrays: dict[str, np.ndarray] = {"feasible": est.output_caps >= 1}
         names = self._array_fields(est, rows, len(est.candidates)) if self.keep_all else _SOLVER_FIELDS
         for name in names:
             arrays[name] = np.asarray(getattr(est, name))
@@ -80,13 +78,6 @@ class EstimateCollector:
 
     def _start(self, est: Estimate) -> None:
         self.candidates = list(est.candidates)
-        by_name = {c.name: c for c in self.router.candidates}
-        try:
-            chosen = [by_name[name] for name in self.candidates]
-        except KeyError as error:
-            raise RoutingError(f"the router's candidates changed while the batch was estimated ({error})") from None
-        self._limits = (np.array([c.max_output_tokens for c in chosen], dtype=np.float64),
-                        np.array([c.context_window for c in chosen], dtype=np.float64))
         # The first chunk's estimate lends its type and non-array fields to the whole one.
         self._template = est
 

@@ -109,8 +109,6 @@ class TfidfSvdEmbedder(Estimator):
         return kinds
 
     def _set_vocabularies(self, vocabularies: list[list[str]], idf: list[np.ndarray]) -> None:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
         kinds = self._kinds()
         if len(vocabularies) != len(kinds) or len(idf) != len(kinds):
             raise ValueError(f"{len(vocabularies)} vocabularies for {len(kinds)} n-gram kinds")
@@ -120,6 +118,9 @@ class TfidfSvdEmbedder(Estimator):
             WordNgramCounter(vocabularies[0], self.word_ngrams)
         ]
         if self.char_ngrams is not None:
+            # Imported here, its one use: scikit-learn (with scipy.stats, pandas) costs a second to load a router.
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
             analyzer = TfidfVectorizer(**kinds[1]).build_analyzer()
             self._counters.append(AnalyzerCounter(analyzer, vocabularies[1]))
 
@@ -294,19 +295,28 @@ def _project(indptr: np.ndarray, columns: np.ndarray, data: np.ndarray, projecti
     """
     n = len(indptr) - 1
     out = np.zeros((n, projection.shape[1]), dtype=np.float32)
-    if _csr_matvecs is not None:
-        _csr_matvecs(n, projection.shape[0], projection.shape[1], indptr, columns.astype(indptr.dtype, copy=False),
-                     data, projection.ravel(), out.ravel())
-        return out
-    if n <= _SMALL:
+    if n <= _SMALL:  # a few rows: NumPy, so that routing one prompt never imports scipy
         for i in range(n):
             lo, hi = indptr[i], indptr[i + 1]
             # A sum over axis 0 adds the rows one after another, in the order the product does.
             out[i] = (data[lo:hi, None] * projection[columns[lo:hi]]).sum(axis=0)
         return out
+    kernel = _kernel()
+    if kernel is not None:
+        kernel(n, projection.shape[0], projection.shape[1], indptr, columns.astype(indptr.dtype, copy=False),
+               data, projection.ravel(), out.ravel())
+        return out
     import scipy.sparse as sp
 
     return np.asarray(sp.csr_matrix((data, columns, indptr), shape=(n, projection.shape[0])) @ projection)
+
+
+def _kernel() -> Callable[..., None] | None:
+    """scipy's CSR kernel (`_load_csr_matvecs`), loaded on the first batch that needs it."""
+    global _csr_matvecs
+    if _csr_matvecs is _UNLOADED:
+        _csr_matvecs = _load_csr_matvecs()
+    return cast("Callable[..., None] | None", _csr_matvecs)
 
 
 def _load_csr_matvecs() -> Callable[..., None] | None:
@@ -335,9 +345,10 @@ def _load_csr_matvecs() -> Callable[..., None] | None:
     return cast("Callable[..., None]", csr_matvecs)
 
 
-# Rows projected through NumPy when scipy's kernel is unavailable; more go through scipy.sparse.
+# Rows projected through NumPy; more go through scipy's kernel, or scipy.sparse without it.
 _SMALL = 8
-_csr_matvecs = _load_csr_matvecs()
+_UNLOADED: Any = object()
+_csr_matvecs: Any = _UNLOADED
 
 
 class FunctionEmbedder:

@@ -76,6 +76,7 @@ class Lineup:
     uncapped: np.ndarray  # True: the client cannot be sent an output cap
     window: np.ndarray
     count_keys: tuple[tuple[str, str], ...]  # distinct (encoding, provider): messages are counted once per key
+    count_rules: tuple[Any, ...]  # each key's image rule (the provider's), for count_message_tokens
     count_cols: np.ndarray  # each candidate's index in count_keys
     capabilities: Mapping[str, np.ndarray]  # feasibility.CAPABILITIES' Candidate fields: which candidates have each
 
@@ -102,6 +103,7 @@ class Lineup:
             uncapped=np.array([not c.accepts_output_cap for c in candidates], dtype=bool),
             window=np.array([c.context_window for c in candidates], dtype=np.float64),
             count_keys=keys,
+            count_rules=tuple({(c.encoding, c.provider or ""): c.image_rule for c in candidates}[k] for k in keys),
             count_cols=np.array([keys.index((c.encoding, c.provider or "")) for c in candidates], dtype=np.intp),
             capabilities=capabilities(candidates),
         )
@@ -134,9 +136,9 @@ class Lineup:
     ) -> np.ndarray:
         """Input tokens (m,) of one chat request for each candidate: messages and tools as its provider
         bills them, counted once per (encoding, provider), plus `extra` (e.g. retrieved context)."""
-        rules = {(c.encoding, c.provider or ""): c.image_rule for c in self.candidates}
-        counts = np.array([count_message_tokens(messages, enc, tools=tools, image_rule=rules[enc, provider])
-                           for enc, provider in self.count_keys], dtype=np.float64)
+        counts = np.array([count_message_tokens(messages, enc, tools=tools, image_rule=rule)
+                           for (enc, _), rule in zip(self.count_keys, self.count_rules, strict=True)],
+                          dtype=np.float64)
         return counts[self.count_cols] + extra
 
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from . import batch
 from .budget import (
     Budget,
     BudgetExceeded,
@@ -33,10 +34,10 @@ from .fallbacks import Attempt, ErrorKind, classify
 from .feasibility import Request, describe, output_caps, reasons
 from .length import LengthPredictor
 from .pacing import DualPacer
-from .pending import PendingCommit, PendingCommits, PendingJournal
+from .pending import PendingCommit, PendingCommits, PendingJournal, record_anew
 from .pricing import Usage, price
 from .quality.base import QualityPredictor
-from .solver import BatchRouting, budget_curve, capacity_counts, solve
+from .solver import BatchRouting, budget_curve
 from .stores import open_store
 from .tokens import content_text
 
@@ -608,26 +609,11 @@ class Router:
 
     def _store_commit(self, entry: PendingCommit) -> bool:
         """The ledger's commit; for a reservation it no longer knows (forgotten after its retention,
-        or lost with the ledger), the money is recorded under a fresh zero hold instead."""
+        or lost with the ledger), `pending.record_anew` records the money once under a new hold."""
         try:
             return self.store.commit(entry.reservation_id, entry.cost_usd, model=entry.model)
         except KeyError:
-            # The new hold's id is derived from the old one, so that repeating this (a retry after a
-            # lost reply, a replay after a crash) records the money once.
-            fresh = f"{entry.reservation_id}:recorded-anew"
-            # Scopes forgotten meanwhile (idle sessions) are left out; the enclosing ones are charged.
-            present = [s.scope for s in self.store.states(entry.scopes) if s is not None]
-            if not present:
-                raise
-            try:
-                self.store.reserve(fresh, present, 0.0, self.reservation_ttl_s)
-            except ValueError:  # made by an earlier try: committed already, or open with other scopes
-                pass
-            committed = self.store.commit(fresh, entry.cost_usd, model=entry.model)
-            if committed:
-                logger.warning("the ledger no longer knew reservation %s; recorded %.9g USD for %s under a new one",
-                               entry.reservation_id, entry.cost_usd, entry.model)
-            return committed
+            return record_anew(self.store, entry, self.reservation_ttl_s)
 
     def retry_pending(self) -> int:
         """Commit what the ledger could not take before (see `commit`); how many are still kept."""
@@ -669,15 +655,12 @@ class Router:
         least predicted cost with mean predicted quality ≥ `quality_target` (exactly one of them).
 
         `capacities` caps a candidate's prompts by share (float in [0, 1]) or count (int). No
-        ledger is touched: the plan is for callers that run the calls themselves.
+        ledger is touched: the plan is for callers that run the calls themselves. Prompts are
+        estimated `batch.CHUNK_SIZE` at a time, so memory stays bounded at any batch size.
+        ValueError for no prompts.
         """
-        est = self.estimate(prompts, input_tokens)
-        solution = solve(
-            est.quality, est.cost, budget=budget, quality_target=quality_target,
-            capacity=capacity_counts(capacities, est.candidates, len(est.cost)),
-            feasible=est.output_caps >= 1,
-        )
-        return BatchRouting([est.candidates[j] for j in solution.choice], solution, est)
+        return batch.route_batch(self, prompts, budget=budget, quality_target=quality_target,
+                                 capacities=capacities, input_tokens=input_tokens)
 
     def warm_start(self, prompts: Sequence[str], *, quality: np.ndarray | None = None) -> DualPacer:
         """Price every scope from the batch solution on `prompts` (e.g. the training split): the λ

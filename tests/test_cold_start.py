@@ -136,8 +136,6 @@ def test_loading_a_router_imports_only_the_parts_it_holds(saved):
     assert {"shared_core.quality.knn", "shared_core.embed", "shared_core.length"} <= set(out)
 
 
-@pytest.mark.xfail(strict=True, reason="shared_core/embed.py imports scikit-learn to restore a word "
-                                       "vocabulary and scipy.sparse at import (issue 17: not this file's)")
 def test_loading_a_router_and_deciding_imports_neither_scikit_learn_nor_scipy_nor_pandas(saved):
     _, directory = saved
     out = fresh(
