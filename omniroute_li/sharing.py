@@ -130,13 +130,13 @@ def _ledger_recipe(store: LedgerStore) -> tuple[Any, ...]:
     ("local", what, pid) for a ledger that lives in process `pid` only."""
     if isinstance(store, SQLiteStore):  # an absolute path: the worker may run elsewhere
         return ("sqlite", os.path.abspath(store.path),
-                _options(store, "synchronous", "busy_timeout_s", "retention_s", "clock"))
+                _options(store, "synchronous", "busy_timeout_s", "retention_s", "max_finished", "clock"))
     try:
         from shared_core.stores.redis import RedisStore
     except ImportError:  # the redis extra is not installed, so this is no Redis ledger
         RedisStore = None  # noqa: N806
     if RedisStore is not None and isinstance(store, RedisStore):
-        options = {"prefix": store.prefix, **_options(store, "clock", "retention_s")}
+        options = {"prefix": store.prefix, **_options(store, "clock", "retention_s", "max_finished")}
         if "retention_s" in options:
             options["retention_s"] = float(options["retention_s"])  # kept as its repr for the Lua scripts
         return ("redis", _redis_url(store.client), options)

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from omniroute_li import LedgerNotShared, OmniRouteLLM, SpendTracker
 from shared_core import Budget, Candidate, NoFeasibleCandidate, Router
+from shared_core.stores import open_store
 
 GPT, MINI = "gpt-4o-mini", "local-mini"
 PRICES = {GPT: dict(input_price=0.15, output_price=0.6), MINI: dict(input_price=0.1, output_price=0.4)}
@@ -354,3 +355,16 @@ def test_spend_tracker_adds_routed_responses_by_hand():
     tracker.track(MockLLM().complete("not routed"))
     assert tracker.usd == {("s", CHEAP): pytest.approx(llm.router.budget_state("s").committed)}
     assert tracker.calls == {("s", CHEAP): 1}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_worker_reopens_the_shared_ledger_with_its_settings(kind, tmp_path):
+    """A worker process's ledger keeps the bounds it was opened with, not the defaults."""
+    from omniroute_li.sharing import _ledger_recipe, _rebuild
+
+    with store_url(kind, tmp_path) as url:
+        store = open_store(url, retention_s=120.0, max_finished=7)
+        router = Router([candidate(CHEAP, UsageLLM(label="small"))], store=store)
+        rebuilt = _rebuild({"ledger": _ledger_recipe(store), "cls": Router, "candidates": list(router.candidates),
+                            "settings": {}}).store
+        assert (float(rebuilt._retention_s), rebuilt._max_finished) == (120.0, 7)
