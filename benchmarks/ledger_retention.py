@@ -10,7 +10,10 @@ size on disk.
 
 Target: flat from 100k to 1M. A ledger remembers at most `max_finished` finished reservations
 (default 100,000; `--max-finished` to change it), so from 100k requests on what it keeps stops
-growing. Clock: the real one. A run lasts minutes, far below the default retention of a day, so
+growing. (The memory store's RSS steps up once after the bound is reached, ~17 → ~28 MB: CPython
+resizes a dict that entries keep leaving to room for 3 × its live entries; flat after that.)
+
+Clock: the real one. A run lasts minutes, far below the default retention of a day, so
 the count bound alone decides what is kept here; the time window is tested with an injected
 clock in tests/test_ledger_retention.py. To keep the run short, Redis and PostgreSQL get
 `--workers` threads (default 4) and PostgreSQL runs with `synchronous_commit=off` (durability of
@@ -21,9 +24,14 @@ the last commits after a server crash, not what a ledger keeps).
 requests (default 100,000: before the bound it grew about 54 MiB per 100,000).
 
 `--max-requests STORE=N,...` stops a store at N requests (its last checkpoint): PostgreSQL takes
-about an hour for 1M on a busy 2-core machine. Each store's results are kept in
+about an hour for 1M on a busy 2-core machine. A subset of stores or a --max-finished writes
+ledger_retention-<stores>[-max<N>].json. Each store's results are kept in
 <tmp>/omniroute-ledger-retention/ as it finishes; `--resume` reuses those of the same store,
 tree, checkpoints and max_finished, so a run that was cut short need not measure them again.
+
+Measured with: --sizes 10000,100000,1000000,2000000 --max-requests sqlite=1000000,redis=1000000
+--stores memory,sqlite,redis --baseline-src DIR, and for PostgreSQL --stores postgres --max-finished
+5000 --sizes 5000,20000,50000 (a smaller bound, and 10 × past it, for time).
 
 Run: python benchmarks/ledger_retention.py [--sizes 10000,100000,1000000]
      [--stores memory,sqlite,redis,postgres] [--workers 4] [--max-finished N]
@@ -216,7 +224,9 @@ def main() -> None:
                 f"{args.max_finished or 'default: 100,000'})",
                 ["tree", "store", "requests", "finished kept", "open", "rows / keys", "MiB", "measured as",
                  "requests/s"], table)
-    write_json("ledger_retention", {"sizes": sizes, "workers": args.workers, "max_finished": args.max_finished,
+    name = "ledger_retention" + ("" if kinds == list(STORES) else "-" + "-".join(kinds)) \
+        + ("" if args.max_finished is None else f"-max{args.max_finished}")
+    write_json(name, {"sizes": sizes, "workers": args.workers, "max_finished": args.max_finished,
                                     "max_requests": limits, "baseline_src": args.baseline_src,
                                     "results": results})
 

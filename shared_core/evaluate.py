@@ -20,7 +20,7 @@ prompt (no budget left) counted as wrong.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -97,6 +97,10 @@ class Curve:
         return [[float(x), float(y)] for x, y in zip(self.x, self.y, strict=False)]
 
 
+# Elements per (λ × rows × models) block of a deferral curve's sweep.
+_SWEEP_BLOCK = 1 << 20
+
+
 def route_argmax(q_pred: np.ndarray, c_pred: np.ndarray, lam: float, feasible: np.ndarray | None = None) -> np.ndarray:
     """Column index per row of argmaxⱼ (q − λc); ties go to the cheaper model."""
     score = q_pred - lam * c_pred
@@ -144,25 +148,30 @@ def deferral_curve(
     if not reference_cost > 0:
         raise ValueError(f"reference_cost must be > 0, got {reference_cost}")
     lams = lambda_grid(q_pred, c_pred) if lambdas is None else np.asarray(lambdas, float)
-    xs, ys, ls, chs = [], [], [], []
-    for lam in lams:
-        ch = route_argmax(q_pred, c_pred, float(lam))
-        cost, acc = realised(ch, q_true, c_true)
-        xs.append(cost / reference_cost)
-        ys.append(acc)
-        ls.append(lam)
-        chs.append(ch)
+    chs = list(_route_sweep(q_pred, c_pred, lams))
+    ls = [float(lam) for lam in lams]
     cheapest = np.full(len(q_true), int(np.argmin(np.nanmean(c_pred, axis=0))))
-    cost, acc = realised(cheapest, q_true, c_true)
-    xs.append(cost / reference_cost)
-    ys.append(acc)
-    ls.append(np.inf)
     chs.append(cheapest)
+    ls.append(np.inf)
+    rows = np.arange(len(q_true))
+    choices = np.asarray(chs).reshape(len(chs), len(q_true))
+    q = q_true[rows, choices]  # (λ, n)
+    labelled = (~np.isnan(q)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ys = np.where(labelled > 0, np.nansum(q, axis=1) / labelled, np.nan)
+    xs = np.nansum(c_true[rows, choices], axis=1) / reference_cost
     order = np.argsort(xs, kind="stable")
-    return Curve(
-        np.asarray(xs)[order], np.asarray(ys)[order], np.asarray(ls)[order],
-        np.asarray(chs)[order] if keep_choices else None,
-    )
+    return Curve(xs[order], ys[order], np.asarray(ls)[order], choices[order] if keep_choices else None)
+
+
+def _route_sweep(q_pred: np.ndarray, c_pred: np.ndarray, lams: np.ndarray) -> Iterator[np.ndarray]:
+    """route_argmax for each λ in turn, computed for blocks of λ at once (bounded temporaries)."""
+    step = max(1, _SWEEP_BLOCK // max(1, q_pred.size))
+    for start in range(0, len(lams), step):
+        lam = lams[start:start + step, None, None]
+        score = q_pred[None] - lam * c_pred[None]  # (λ, n, m): the same arithmetic as route_argmax
+        tied = score >= score.max(axis=2, keepdims=True) - 1e-12
+        yield from np.where(tied, c_pred[None], np.inf).argmin(axis=2)
 
 
 def oracle_curve(q_true: np.ndarray, c_true: np.ndarray, reference_cost: float) -> Curve:

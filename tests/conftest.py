@@ -15,6 +15,29 @@ DATA = SHARED / "data"
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
 
 
+def _offline_read_file(blobpath: str, _read=None) -> bytes:
+    """tiktoken's file reader, refusing downloads: an encoding missing from the cache (o200k_base)
+    must take the fallback without a DNS lookup, which pytest-socket does not block."""
+    if "://" in blobpath:
+        raise ConnectionError(f"tests run offline: not downloading {blobpath}")
+    assert _read is not None
+    return _read(blobpath)
+
+
+def _install_offline_tiktoken() -> None:
+    import functools
+
+    import tiktoken.load
+
+    if not getattr(tiktoken.load.read_file, "_omniroute_offline", False):
+        reader = functools.partial(_offline_read_file, _read=tiktoken.load.read_file)
+        reader._omniroute_offline = True  # type: ignore[attr-defined]
+        tiktoken.load.read_file = reader
+
+
+_install_offline_tiktoken()
+
+
 def _require(path: Path) -> Path:
     """`path`, or a skip when the shared data is absent (a failure under OMNIROUTE_REQUIRE_SHARED=1, as in CI)."""
     if not path.exists():

@@ -199,6 +199,7 @@ async def li_calls() -> tuple[Router, list[dict[str, Any]]]:
     return llm.router, [a.additional_kwargs["omniroute"] for a in answers]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("adapter", ["langchain", "llamaindex"])
 async def test_a_slow_decision_and_settlement_do_not_stall_the_event_loop(adapter, monkeypatch):
     run = lc_calls if adapter == "langchain" else li_calls

@@ -20,6 +20,7 @@ def sample_fit(train_sample):
     return data, fit_router(data, AUTO, warm_start=False)
 
 
+@pytest.mark.slow
 def test_auto_is_the_default_and_chooses_by_cross_validation(sample_fit):
     data, router = sample_fit
     assert DEFAULT_PREDICTOR == AUTO
@@ -47,6 +48,7 @@ def test_the_choice_is_saved_with_the_router(sample_fit, tmp_path):
     np.testing.assert_allclose(loaded.estimate(prompt).quality, router.estimate(prompt).quality)
 
 
+@pytest.mark.slow
 def test_a_blended_hybrid_scores_as_a_fitted_one(train_sample):
     data = train_sample(300, 5)
     X = fit_router(data, "knn", warm_start=False).embedder.transform(data.prompts)
@@ -81,6 +83,7 @@ def test_select_predictor_validates_its_input(train_sample, kwargs, message):
         select_predictor(X[:-1], data.quality, data.cost, data.models, lambda s: make_predictor(s.kind, **s.kwargs))
 
 
+@pytest.mark.slow
 def test_fit_prints_the_cross_validation_table(train_sample, tmp_path, capsys):
     data = train_sample(400, 1)
     path = tmp_path / "small.parquet"

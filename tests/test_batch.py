@@ -33,6 +33,7 @@ def routers(routerbench, llmrouter):
             (("routerbench", routerbench), ("llmrouter", llmrouter))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset, chunk_size", [("routerbench", 1000), ("llmrouter", 97)])
 def test_chunked_routing_gives_the_plan_of_the_whole_batch(routers, routerbench, llmrouter, dataset, chunk_size):
     data = {"routerbench": routerbench, "llmrouter": llmrouter}[dataset]

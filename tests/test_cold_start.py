@@ -150,6 +150,7 @@ def test_loading_a_router_and_deciding_imports_neither_scikit_learn_nor_scipy_no
 
 @pytest.mark.parametrize(("package", "embedder"), [("omniroute_lc", "LangChainEmbedder"),
                                                    ("omniroute_li", "LlamaIndexEmbedder")])
+@pytest.mark.slow
 def test_an_adapter_loads_the_embedding_module_only_for_its_embedder(package, embedder):
     out = fresh(
         "import json, sys\n"

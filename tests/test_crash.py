@@ -79,6 +79,7 @@ def url(request, tmp_path):
         yield u
 
 
+@pytest.mark.slow
 def test_money_held_by_a_killed_worker_returns_after_expiry(url):
     costs = _run_and_kill(url, forever=False)
 
@@ -99,6 +100,7 @@ def test_money_held_by_a_killed_worker_returns_after_expiry(url):
     store.close()
 
 
+@pytest.mark.slow
 def test_a_kill_at_any_moment_loses_no_commit(url):
     reported = _run_and_kill(url, forever=True)  # killed somewhere in the loop, perhaps mid-transaction
 

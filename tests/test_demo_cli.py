@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from shared_core.cli import COMMANDS, main
 
 
@@ -23,6 +25,7 @@ def test_demo_on_bundled_defaults(capsys):
     assert "gpt-4-1106-preview" in out and "total" in out
 
 
+@pytest.mark.slow
 def test_demo_replays_real_data_within_budget(capsys, routerbench_path):
     assert main(["demo", "--data", str(routerbench_path), "--budget", "0.1"]) == 0
     out = capsys.readouterr().out

@@ -179,6 +179,7 @@ def default_tfidf(train):
     return TfidfSvdEmbedder().fit(train.prompts)
 
 
+@pytest.mark.slow
 def test_embeddings_equal_the_scipy_path_on_every_prompt_of_both_datasets(default_tfidf, routerbench, llmrouter):
     prompts = list(dict.fromkeys(routerbench.prompts + llmrouter.prompts))
     expected = reference_embedding(default_tfidf, prompts)
@@ -188,6 +189,7 @@ def test_embeddings_equal_the_scipy_path_on_every_prompt_of_both_datasets(defaul
     np.testing.assert_allclose(one_by_one, expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_tail_weighted_character_embeddings_equal_the_scipy_path(train, routerbench, llmrouter):
     embedder = TfidfSvdEmbedder(dim=64, tail_weight=0.4, char_ngrams=(3, 4)).fit(train.prompts[::3])
     prompts = routerbench.prompts[::13] + llmrouter.prompts[::23]

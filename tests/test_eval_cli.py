@@ -35,6 +35,7 @@ def decisions(report):
     return runs
 
 
+@pytest.mark.slow
 def test_json_has_the_contracted_fields(report):
     data = json.loads((report / "eval.json").read_text())
     assert (data["n_train"], data["n_test"], data["reference_model"]) == (2218, 946, "gpt-4-1106-preview")
@@ -86,6 +87,7 @@ def test_plot_is_a_png(report):
     assert (report / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_table_is_printed(routerbench_path, capsys):
     assert main(["eval", str(routerbench_path), "--predictor", "prior", "--budgets", "0.25", "--no-progress"]) == 0
     out = capsys.readouterr().out

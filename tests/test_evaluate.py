@@ -130,6 +130,7 @@ def default_runs(split):
     return curve, runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fraction", [0.1, 0.5])
 def test_budget_runs_of_the_default_predictor_hold_their_budgets(split, default_runs, fraction):
     _, test, _, ref_cost = split

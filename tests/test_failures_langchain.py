@@ -227,6 +227,7 @@ async def test_tracing_names_the_routed_model(provider):
     assert chat.router.budget_state("default").reserved == 0
 
 
+@pytest.mark.slow
 def test_an_attempt_given_up_on_is_charged_its_worst_case(provider):
     # The hung call goes on in its worker thread and the provider bills it when it answers:
     # the ledger must not hold less than the bill.

@@ -223,6 +223,7 @@ def test_a_connection_killed_by_the_server_is_reopened_without_losing_a_request(
         router.store.close()
 
 
+@pytest.mark.slow
 def test_a_redis_outage_fails_clearly_and_the_books_stay_consistent(proxy, silent_server):
     prefix, clock = f"omniroute-test:{uuid.uuid4().hex}:", FakeClock()
     store = open_store(f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}", clock=clock)

@@ -50,6 +50,7 @@ def test_fit_learns_prices_when_the_dataset_has_none(sample, tmp_path, capsys):
     assert (gpt4.input_price, gpt4.output_price) == pytest.approx((10.0, 30.0))
 
 
+@pytest.mark.slow
 def test_fit_with_a_price_table_and_no_costs(llmrouter_paths, tmp_path):
     data, prices = llmrouter_paths
     frame = pd.read_parquet(data).sample(250, random_state=0)

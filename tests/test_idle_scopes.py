@@ -90,6 +90,7 @@ def test_a_zero_hold_on_a_forgotten_session_charges_the_tenant(kind, tmp_path):
         assert store.release("free2") is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", STORES)
 def test_expiry_is_bounded_per_operation(kind, tmp_path):
     clock = FakeClock()

@@ -261,6 +261,7 @@ def test_blocked_sets_hold_each_framework_and_only_it():
         assert shared not in without_langchain and shared not in without_llamaindex
 
 
+@pytest.mark.slow
 def test_the_core_needs_neither_framework():
     blocked = sorted({*_blocked(LANGCHAIN, NEUTRAL_EXTRAS), *_blocked(LLAMAINDEX, NEUTRAL_EXTRAS)})
     result = run_without([LANGCHAIN, LLAMAINDEX], blocked, ["shared_core"], CORE)
@@ -271,6 +272,7 @@ def test_the_core_needs_neither_framework():
     assert not any(name.startswith("omniroute_") for name in result["imported"])
 
 
+@pytest.mark.slow
 def test_the_langchain_adapter_needs_no_llamaindex():
     blocked = _blocked(LLAMAINDEX, LANGCHAIN_EXTRAS)
     result = run_without([LLAMAINDEX], blocked, ["shared_core", "omniroute_lc"], LANGCHAIN_SCENARIO)
@@ -279,6 +281,7 @@ def test_the_langchain_adapter_needs_no_llamaindex():
     assert result["usage_source"] == ["provider", "provider"]  # the fake's usage_metadata was read
 
 
+@pytest.mark.slow
 def test_the_llamaindex_adapter_needs_no_langchain():
     blocked = _blocked(LANGCHAIN, LLAMAINDEX_EXTRAS)
     result = run_without([LANGCHAIN], blocked, ["shared_core", "omniroute_li"], LLAMAINDEX_SCENARIO)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -19,6 +21,7 @@ def _run(name: str, *args: str) -> list[str]:
     return done.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_chain_example_routes_each_session_to_what_it_affords():
     rows = [line.split() for line in _run("lc_chain.py") if line.startswith(("premium ", "economy "))]
     answers = [r for r in rows if r[1] != "structured"]
@@ -28,6 +31,7 @@ def test_chain_example_routes_each_session_to_what_it_affords():
     assert {r[0]: r[4].rstrip(":") for r in rows if r[1] == "structured"} == expected
 
 
+@pytest.mark.slow
 def test_agents_example_keeps_every_agent_within_its_budget():
     out = _run("lc_agents_budgets.py")
     briefs = [line.split()[1] for line in out if line.strip().startswith("brief:")]
@@ -40,6 +44,7 @@ def test_agents_example_keeps_every_agent_within_its_budget():
     assert abs(table["acme"][1] - agents) < 1e-5
 
 
+@pytest.mark.slow
 def test_fitted_router_example_spends_within_budget_for_more_accuracy_than_the_cheapest():
     out = "\n".join(_run("lc_fitted_router.py", str(ROOT.parent / "shared" / "data" / "routerbench_subset.parquet"),
                          "--requests", "150", "--predictor", "knn"))
@@ -54,6 +59,7 @@ def test_fitted_router_example_spends_within_budget_for_more_accuracy_than_the_c
     assert recorded == charged
 
 
+@pytest.mark.slow
 def test_agent_middleware_example_routes_every_step_within_each_users_budget():
     out = _run("lc_agent_middleware.py")
     steps = [line.split() for line in out if line.startswith(("  ada ", "  bob ")) and line.endswith(" USD")]

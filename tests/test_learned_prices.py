@@ -71,6 +71,7 @@ def test_priced_candidates_prefer_the_table(train):
         priced_candidates(replace(train, prices=None, cost=None))
 
 
+@pytest.mark.slow
 def test_eval_runs_on_a_dataset_whose_models_have_unknown_names(routerbench_path, tmp_path):
     frame = pd.read_parquet(routerbench_path)
     models = [c[: -len("|total_cost")] for c in frame.columns if c.endswith("|total_cost")]

@@ -169,6 +169,7 @@ def test_report_lists_a_scope_and_the_scopes_nested_in_it(store):
     assert [s.scope for s in store.report()] == ["acme", "acme/bot", "acme2"]
 
 
+@pytest.mark.slow
 def test_a_thousand_commits_add_up_exactly(kind, tmp_path):
     with ledger(kind, tmp_path) as store:
         store.set_budget("big", Budget(usd=MAX_USD))

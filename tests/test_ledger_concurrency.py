@@ -73,6 +73,7 @@ def _set_budgets(url: str) -> None:
     store.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_eight_threads_share_one_budget(kind, tmp_path):
     with store_url(kind, tmp_path) as url:
@@ -99,6 +100,7 @@ def test_eight_threads_share_one_budget(kind, tmp_path):
         router.store.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["redis", "postgres"])
 def test_four_processes_share_one_budget(kind, tmp_path):
     with store_url(kind, tmp_path) as url:

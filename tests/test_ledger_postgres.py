@@ -203,6 +203,7 @@ def test_a_server_that_refuses_writes_is_unavailable_and_the_router_keeps_the_mo
         writable.close()
 
 
+@pytest.mark.slow
 def test_a_row_locked_elsewhere_fails_in_bounded_time(tmp_path):
     with ledger("postgres", tmp_path) as store:
         store.set_budget("acme", Budget(usd=1.0))

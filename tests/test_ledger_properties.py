@@ -131,6 +131,7 @@ def test_sqlite_ledger_never_spends_past_its_budget(operations):
             store.close()
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(operations=OPERATIONS)
 def test_postgres_ledger_never_spends_past_its_budget(operations):

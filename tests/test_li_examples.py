@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPENSIVE, CHEAP = "gpt-4-1106-preview", "mistralai/mistral-7b-chat"
 
@@ -20,12 +22,14 @@ def _run(name: str) -> list[str]:
     return done.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_query_engine_example_routes_each_session_to_what_it_affords():
     rows = [line.split() for line in _run("li_query_engine.py")[1:]]
     assert {(r[0], r[-3]) for r in rows} == {("premium", EXPENSIVE), ("economy", CHEAP)}
     assert all(float(r[-2]) > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_router_query_engine_example_selects_by_budget_and_holds_nothing():
     out = _run("li_router_query_engine.py")
     picks = [line for line in out if "routes this query" in line]
@@ -35,6 +39,7 @@ def test_router_query_engine_example_selects_by_budget_and_holds_nothing():
     assert sum("reserved $0.0" in line for line in out) == 2
 
 
+@pytest.mark.slow
 def test_agent_example_calls_tools_through_affordable_tool_capable_models():
     out = _run("li_agent.py")
     for agent, model in (("analyst", "gpt-3.5-turbo-1106"), ("intern", CHEAP)):

@@ -118,6 +118,7 @@ def test_deepcopy_shares_the_router_and_charges_the_same_ledger():
     assert copy.deepcopy(KeywordExtractor(llm=llm)).llm.router is llm.router  # deep copies of components too
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
 def test_an_ingestion_pipeline_with_two_worker_processes_charges_the_shared_ledger(
     billing, tmp_path, kind, caplog, two_workers
@@ -147,6 +148,7 @@ def test_an_ingestion_pipeline_with_two_worker_processes_charges_the_shared_ledg
             llm.router.store.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extractor", ["custom", "SummaryExtractor"])
 def test_a_memory_ledger_stays_in_its_process_and_the_worker_says_how_to_share_it(billing, two_workers, extractor):
     from llama_index.core.extractors import SummaryExtractor
@@ -180,6 +182,7 @@ def _route_in_worker(data: bytes) -> tuple[dict, dict]:
     return decision.quality, record(llm.complete(QUESTION, session="worker"))
 
 
+@pytest.mark.slow
 def test_a_fitted_router_crosses_processes_with_its_predictions_and_its_ledger(train_sample, tmp_path):
     import multiprocessing
 

@@ -117,6 +117,7 @@ def test_a_lowered_cap_is_sent_to_a_real_client_and_the_bill_fits_the_budget(pro
     assert state.committed == pytest.approx(provider.bill_usd, abs=1e-9) and state.committed <= budget
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["arc-challenge", "winogrande"])
 def test_a_tight_budget_on_one_task_is_spent(routerbench, task):
     """One task alone, 10 % of GPT-4's cost: the full allowance of every better model outgrows the

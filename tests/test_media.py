@@ -147,6 +147,7 @@ def test_image_size_never_raises(data):
     assert size is None or (len(size) == 2 and min(size) > 0)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(max_size=200), prefix=st.sampled_from(["", "iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR"]))
 def test_base64_text_of_any_kind_never_raises(text, prefix):

@@ -26,6 +26,7 @@ def dense(parts, n_rows, n_columns):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ngrams", [(1, 1), (1, 2), (2, 3)])
 def test_word_ngram_counts_equal_sklearn_on_both_datasets(routerbench, llmrouter, ngrams):
     for data in (routerbench, llmrouter):

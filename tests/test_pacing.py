@@ -192,6 +192,7 @@ def test_a_fitted_router_is_warm_started_on_its_training_prompts(train_sample, t
     assert Router.load(tmp_path / "router").pacer.warm_lambdas == router.pacer.warm_lambdas
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", ["grouped", "random"])
 def test_online_pacing_spends_the_budget_with_the_parametric_predictor(train, test_split, order):
     # The predictor whose warm curve was furthest off before the out-of-fold curve and θ correction

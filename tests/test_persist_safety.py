@@ -200,6 +200,7 @@ def test_fortran_ordered_arrays_read_back_exactly(copy, fitted):
 
 # ---------------------------------------------------------------- 3. streamed checksums
 
+@pytest.mark.slow
 def test_a_large_arrays_file_is_hashed_in_bounded_memory_before_parsing(copy, monkeypatch):
     # 256 MiB (sparse, quick to make) that is not the saved arrays: refused as not matching,
     # without holding the file in memory and without ever opening it as a zip.

@@ -73,6 +73,7 @@ def audc(est, train, test) -> float:
     return deferral_curve(est.quality, est.cost, test.quality, test.cost, ref_cost).area()
 
 
+@pytest.mark.slow
 def test_default_predictor_meets_the_audc_target_and_beats_the_prior(train, test_split, default_estimate):
     default = audc(default_estimate, train, test_split)
     prior = audc(fit_router(train, "prior").estimate(test_split.prompts), train, test_split)

@@ -29,6 +29,7 @@ def read_plan(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_a_budget_plan_spends_the_budget_and_buys_the_accuracy_of_the_batch_solver(saved, train, test_split, capsys):
     budget = 0.25 * float(test_split.cost[:, reference_column(train.quality)].sum())
     assert main(["route", str(saved / "router"), str(saved / "test.parquet"), "--budget", str(budget),

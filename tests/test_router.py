@@ -28,6 +28,7 @@ def replay_setup(routerbench):
     return router, test, float(np.nansum(test.cost[:, ref]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fraction", [0.10, 0.25])
 def test_session_budget_holds_and_is_used_on_the_real_test_split(replay_setup, fraction):
     """Issue 2: replaying the test split at a fraction of all-GPT-4 cost stays within budget."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -28,6 +29,7 @@ def _span(c):
     return float(c.min(axis=1).sum()), float(c.max(axis=1).sum())
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(instances(), st.floats(0, 1), st.floats(0, 1))
 def test_more_budget_never_lowers_predicted_quality_and_spend_stays_within(inst, a, b):
@@ -43,6 +45,7 @@ def test_more_budget_never_lowers_predicted_quality_and_spend_stays_within(inst,
     assert second.lam <= first.lam
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(instances(), st.floats(0, 1), st.floats(0, 1))
 def test_a_higher_quality_target_never_costs_less_and_is_always_met(inst, a, b):
@@ -57,6 +60,7 @@ def test_a_higher_quality_target_never_costs_less_and_is_always_met(inst, a, b):
     assert second.cost >= first.cost - 1e-9
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(instances(), st.floats(0, 1), st.data())
 def test_capacities_and_budget_are_never_violated(inst, a, data):
@@ -75,6 +79,7 @@ def test_capacities_and_budget_are_never_violated(inst, a, data):
     assert (np.bincount(sol.choice, minlength=m) <= caps).all()
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(instances(), st.floats(0, 1), st.data())
 def test_capacities_and_quality_target_are_never_violated(inst, a, data):

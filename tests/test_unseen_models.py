@@ -82,6 +82,7 @@ def fresh(cluster_seven, embedder, seven):
                   lengths=copy.deepcopy(cluster_seven.lengths), embedder=embedder)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cluster", "learned-map"])
 def test_models_added_from_400_prompts_route_as_well_as_models_fitted_on_all(
     name, train, test_split, seven, embedder, profile_rows
