@@ -119,3 +119,18 @@ def test_memories_of_the_same_prompts_share_one_search_and_agree_with_separate_o
     np.testing.assert_allclose(b.neighbour_means(Q, 8, prior_b, 0.0), shared[1], atol=1e-12)
     np.testing.assert_allclose(a.neighbour_means(Q, 50, prior_a, 0.0),
                                brute_force(np.vstack([X, Q]), a.Y, Q, 50, prior_a, 0.0), atol=1e-12)
+
+
+def test_one_query_at_a_time_gives_the_batch_rows_bit_for_bit(routerbench):
+    # A decision asks about one prompt (a 1-D fast path), a batch about many: the same numbers.
+    from shared_core.embed import TfidfSvdEmbedder
+
+    train, test = routerbench.subset("train"), routerbench.subset("test")
+    embedder = TfidfSvdEmbedder().fit(train.prompts)
+    memory = LabelMemory(embedder.transform(train.prompts), train.quality)
+    Q = embedder.transform(test.prompts[:200])
+    prior = np.nanmean(train.quality, axis=0)
+    for k in (1, 20, 200):
+        batch = memory.neighbour_means(Q, k, prior, 0.0)
+        one_by_one = np.vstack([memory.neighbour_means(Q[i:i + 1], k, prior, 0.0) for i in range(len(Q))])
+        np.testing.assert_array_equal(one_by_one, batch)

@@ -67,6 +67,16 @@ class _Snapshot:
             derived["sums"] = self.derived["sums"] + Y0[added].sum(axis=0)
         return _Snapshot(X, Y0, K, n, derived)
 
+    def neighbourhood(self, k: int) -> tuple[np.ndarray, int]:
+        """Per model the neighbours it averages, k_j = k·n_j / max n (at least 1, at most n_j), and
+        the nearest rows to take first (the largest k_j plus _SLACK)."""
+        key = ("neighbourhood", k)
+        if key not in self.derived:
+            n_labels = self.counts()
+            ks = np.minimum(n_labels, np.maximum(1, np.round(k * n_labels / max(1, n_labels.max())))).astype(np.intp)
+            self.derived[key] = (ks, min(self.n, int(ks.max(initial=0)) + _SLACK))
+        return self.derived[key]
+
     def groups(self) -> tuple[list[np.ndarray], np.ndarray]:
         """The distinct sets of labelled rows, and each model's set: models labelled on the same rows share one."""
         if "groups" not in self.derived:
@@ -217,10 +227,8 @@ class LabelMemory:
         s = self._snap
         X = s.X[: s.n]
         Q = l2_normalise(Q)
-        n_labels = s.counts()
-        ks = np.minimum(n_labels, np.maximum(1, np.round(k * n_labels / max(1, n_labels.max())))).astype(np.intp)
+        ks, width = s.neighbourhood(k)
         m = len(ks)
-        width = min(s.n, int(ks.max(initial=0)) + _SLACK)
         step = max(1, _BLOCK // max(1, min(s.n, width * 4**_WIDEN) * m))  # room for the widest pass
         out = np.empty((len(Q), m))
         for start in range(0, len(Q), step):
@@ -308,6 +316,16 @@ def _sums(snap: _Snapshot, search: _Search, ks: np.ndarray, width: int) -> tuple
 
 def _nearest_sorted(S: np.ndarray, c: int) -> np.ndarray:
     """Column indices of each row's c largest entries, largest first (ties: lower index first)."""
+    if len(S) == 1:
+        # One query (every decision): the same selection on 1-D arrays, without the 2-D
+        # bookkeeping that costs more than the arithmetic at this size.
+        s = S[0]
+        if c < len(s):
+            idx = np.argpartition(-s, c - 1)[:c]
+            idx.sort()
+        else:
+            idx = np.arange(len(s))
+        return idx[np.argsort(-s[idx], kind="stable")][None]
     if c < S.shape[1]:
         idx = np.argpartition(-S, c - 1, axis=1)[:, :c]
         idx.sort(axis=1)  # ties keep the lower index first, as a stable sort of all columns would
