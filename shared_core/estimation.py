@@ -22,6 +22,7 @@ from .feasibility import capabilities, output_caps
 from .length import LengthPredictor, LengthPrior
 from .pricing import price_tokens
 from .quality.base import ExtensiblePredictor, OnlinePredictor, QualityPredictor
+from .quality.memory import SHARED_ROWS
 from .tokens import count_message_tokens, count_tokens_batch
 
 __all__ = ["CandidatePool", "Estimate", "Lineup"]
@@ -267,16 +268,19 @@ class CandidatePool:
         with self._lock:
             lineup = self.lineup
             q = np.tile(lineup.priors, (n, 1))
-            has = lineup.q_cols >= 0
-            if self.quality is not None and has.any():
-                q[:, has] = self.quality.predict(X)[:, lineup.q_cols[has]]
             lengths = np.full((n, len(lineup.names)), float(getattr(self.lengths, "default", 256.0)))
-            has = lineup.l_cols >= 0
-            if has.any():
-                lengths[:, has] = self.lengths.predict(X)[:, lineup.l_cols[has]]
+            has_q, has_l = lineup.q_cols >= 0, lineup.l_cols >= 0
+            # Both predictors asked about the same rows in turn: k-NN ones share one neighbour search.
+            for start in range(0, n, SHARED_ROWS):
+                rows = slice(start, start + SHARED_ROWS)
+                if self.quality is not None and has_q.any():
+                    q[rows, has_q] = self.quality.predict(X[rows])[:, lineup.q_cols[has_q]]
+                if has_l.any():
+                    lengths[rows, has_l] = self.lengths.predict(X[rows])[:, lineup.l_cols[has_l]]
+            if has_l.any():
                 # A candidate without length data (added without profile answers) is expected
                 # to answer like the others do for this prompt.
-                lengths[:, ~has] = lengths[:, has].mean(axis=1, keepdims=True)
+                lengths[:, ~has_l] = lengths[:, has_l].mean(axis=1, keepdims=True)
         bad = ~(np.isfinite(lengths) & (lengths >= 0))
         if bad.any():
             # A length predictor's bug must not price calls at NaN: the output limit is what a call can cost.

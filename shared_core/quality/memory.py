@@ -260,15 +260,19 @@ class _Search:
         return self._order[:, :width]
 
 
-# The last single query's search, per thread: the length predictor, asked right after the quality
-# predictor about the same prompt, reuses its similarities and ordering when both remember the
+# The last search of a few queries, per thread: the length predictor, asked right after the
+# quality predictor about the same prompts (one for a decision, SHARED_ROWS at a time for a
+# batch: see CandidatePool.predict), reuses its similarities and ordering when both remember the
 # same buffer. Held by weak reference, so it never keeps an outgrown buffer alive.
 _last = threading.local()
+
+#: Queries at most in a search kept for the next predictor (bounds what the memo holds).
+SHARED_ROWS = 64
 
 
 def _search(X: np.ndarray, Q: np.ndarray) -> _Search:
     """The search of queries Q among rows X, shared with the previous one on this thread when it is the same."""
-    if len(Q) != 1:
+    if len(Q) > SHARED_ROWS:
         return _Search(Q @ X.T)
     key = (id(X.base if X.base is not None else X), X.shape, Q.tobytes())
     last = getattr(_last, "search", None)
