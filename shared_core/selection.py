@@ -28,6 +28,7 @@ import numpy as np
 from .evaluate import deferral_curve, reference_column
 from .progress import progress
 from .quality import Estimator, HybridQuality
+from .quality.base import serial_blas
 
 __all__ = [
     "PredictorSpec", "Selection", "DEFAULT_GRID", "DEFAULT_FOLDS", "BASELINE", "select_predictor",
@@ -193,6 +194,32 @@ def select_predictor(
     # Hybrids last, so that their halves' predictions are there to blend.
     order = sorted(range(len(grid)), key=lambda i: grid[i].kind == "hybrid")
     fold = _folds(n, folds, seed, groups)
+    with serial_blas():
+        scores, seconds = _cross_validate(X, Y, cost, models, make, grid, order, fold, folds, show_progress)
+    measured = ~np.isnan(scores[0])
+    if not measured.any():
+        raise ValueError("no fold has a reference model with a positive recorded cost to measure AUDC against")
+    scores = scores[:, measured]
+    k = scores.shape[1]
+    audc, se = scores.mean(axis=1), scores.std(axis=1, ddof=1) / np.sqrt(k) if k > 1 else np.zeros(len(grid))
+    base = grid.index(baseline)
+    gain = scores - scores[base]
+    gain_mean = gain.mean(axis=1)
+    gain_se = gain.std(axis=1, ddof=1) / np.sqrt(k) if k > 1 else np.zeros(len(grid))
+    ranked = np.argsort(-audc, kind="stable")
+    # One measured fold has no spread to judge a difference by: the baseline stays.
+    better = [i for i in ranked if k > 1 and gain_mean[i] > margin * gain_se[i] and gain_mean[i] > 0]
+    best = grid[better[0]] if better else baseline
+    rows = [{"spec": grid[i], "audc": float(audc[i]), "se": float(se[i]), "gain": float(gain_mean[i]),
+             "gain_se": float(gain_se[i]), "seconds": float(seconds[i])} for i in ranked]
+    return Selection(rows=rows, best=best, baseline=baseline, folds=int(k))
+
+
+def _cross_validate(
+    X: np.ndarray, Y: np.ndarray, cost: np.ndarray, models: Sequence[str], make: Callable[[PredictorSpec], Estimator],
+    grid: list[PredictorSpec], order: list[int], fold: np.ndarray, folds: int, show_progress: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """AUDC per spec and fold ((specs, folds), NaN where a fold cannot be measured) and seconds per spec."""
     scores = np.full((len(grid), folds), np.nan)
     seconds = np.zeros(len(grid))
     held_cost = np.nan_to_num(cost, nan=np.inf)  # a model without a recorded cost is never chosen
@@ -221,20 +248,4 @@ def select_predictor(
         cache[_key(predictor)] = q
         seconds[i] += time.perf_counter() - start
         scores[i, f] = deferral_curve(q, held_cost[held], Y[held], cost[held], ref_cost).area()
-    measured = ~np.isnan(scores[0])
-    if not measured.any():
-        raise ValueError("no fold has a reference model with a positive recorded cost to measure AUDC against")
-    scores = scores[:, measured]
-    k = scores.shape[1]
-    audc, se = scores.mean(axis=1), scores.std(axis=1, ddof=1) / np.sqrt(k) if k > 1 else np.zeros(len(grid))
-    base = grid.index(baseline)
-    gain = scores - scores[base]
-    gain_mean = gain.mean(axis=1)
-    gain_se = gain.std(axis=1, ddof=1) / np.sqrt(k) if k > 1 else np.zeros(len(grid))
-    ranked = np.argsort(-audc, kind="stable")
-    # One measured fold has no spread to judge a difference by: the baseline stays.
-    better = [i for i in ranked if k > 1 and gain_mean[i] > margin * gain_se[i] and gain_mean[i] > 0]
-    best = grid[better[0]] if better else baseline
-    rows = [{"spec": grid[i], "audc": float(audc[i]), "se": float(se[i]), "gain": float(gain_mean[i]),
-             "gain_se": float(gain_se[i]), "seconds": float(seconds[i])} for i in ranked]
-    return Selection(rows=rows, best=best, baseline=baseline, folds=int(k))
+    return scores, seconds

@@ -4,7 +4,8 @@ and `Estimator`, the base that derives parameters, copies and saved state from `
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -13,7 +14,7 @@ from ..errors import NotFittedError
 
 __all__ = [
     "Estimator", "QualityPredictor", "ExtensiblePredictor", "OnlinePredictor", "check_targets", "check_fitted",
-    "check_rows", "check_labels", "check_profile", "model_index", "l2_normalise",
+    "check_rows", "check_labels", "check_profile", "model_index", "l2_normalise", "serial_blas",
 ]
 
 E = TypeVar("E", bound="Estimator")
@@ -192,3 +193,16 @@ def model_index(models: Sequence[str], name: str) -> int:
         return list(models).index(name)
     except ValueError:
         raise KeyError(f"unknown model {name!r}; known models are {list(models)}") from None
+
+
+@contextmanager
+def serial_blas() -> Iterator[None]:
+    """BLAS on one thread inside the block: for fits made of many small solves (an L-BFGS step
+    on n × d times d × K, a regression per model, cross-validation folds), OpenBLAS's threads cost
+    more than they save — on 2 cores `fit_router(train, "auto")` takes 12.4 s with them and
+    6.6 s without (RouterBench's 2,218 prompts; docs/benchmarks.md). Entering costs about 2 ms,
+    so it wraps whole fits, never a decision."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import check_fitted, check_rows, check_targets
+from .base import check_fitted, check_rows, check_targets, serial_blas
 from .cluster import ClusterQuality
 
 __all__ = ["LearnedMapQuality"]
@@ -109,7 +109,8 @@ class LearnedMapQuality(ClusterQuality):
             return value, grad
 
         theta0 = np.concatenate([self.W_.ravel(), self.b_])
-        res = minimize(loss, theta0, jac=True, method="L-BFGS-B", options={"maxiter": int(self.max_iter)})
+        with serial_blas():
+            res = minimize(loss, theta0, jac=True, method="L-BFGS-B", options={"maxiter": int(self.max_iter)})
         self.W_, self.b_ = res.x[: d * K].reshape(d, K), res.x[d * K:]
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

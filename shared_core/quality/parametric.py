@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Estimator, check_fitted, check_profile, check_rows, check_targets, model_index
+from .base import Estimator, check_fitted, check_profile, check_rows, check_targets, model_index, serial_blas
 
 __all__ = ["LogisticQuality", "fit_logistic"]
 
@@ -59,7 +59,8 @@ class LogisticQuality(Estimator):
         """One regression per model column, each on the rows where that model has a label."""
         self._check_params()
         X, Y, self.models_ = check_targets(X, Y, models)
-        fits = [fit_logistic(X, Y[:, j], self.C) for j in range(Y.shape[1])]
+        with serial_blas():
+            fits = [fit_logistic(X, Y[:, j], self.C) for j in range(Y.shape[1])]
         self.coef_ = np.array([w for w, _ in fits]).reshape(len(fits), X.shape[1])
         self.intercept_ = np.array([b for _, b in fits])
         return self
