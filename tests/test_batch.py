@@ -29,7 +29,7 @@ def whole_batch(router, prompts, est=None, **goal):
 @pytest.fixture(scope="module")
 def routers(routerbench, llmrouter):
     """The k-NN router (the predictor `auto` picks on RouterBench) fitted on each dataset's training split."""
-    return {name: fit_router(data.subset("train"), "knn") for name, data in
+    return {name: fit_router(data.subset("train"), "knn", warm_start=False) for name, data in
             (("routerbench", routerbench), ("llmrouter", llmrouter))}
 
 
