@@ -200,8 +200,10 @@ def serial_blas() -> Iterator[None]:
     """BLAS on one thread inside the block: for fits made of many small solves (an L-BFGS step
     on n × d times d × K, a regression per model, cross-validation folds), OpenBLAS's threads cost
     more than they save — on 2 cores `fit_router(train, "auto")` takes 12.4 s with them and
-    6.6 s without (RouterBench's 2,218 prompts; docs/benchmarks.md). Entering costs about 2 ms,
-    so it wraps whole fits, never a decision."""
+    7.1 s without (RouterBench's 2,218 prompts; benchmarks/fit_threads.py). BLAS has one thread
+    setting per process, so other threads' matrix products run on one thread too while a fit is
+    inside; the setting is restored on exit. Entering costs about 2 ms, so it wraps whole fits,
+    never a decision."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
