@@ -21,7 +21,7 @@ from .candidates import Candidate, validate_candidates
 from .feasibility import capabilities, output_caps
 from .length import LengthPredictor, LengthPrior
 from .pricing import price_tokens
-from .quality.base import ExtensiblePredictor, OnlinePredictor, QualityPredictor
+from .quality.base import ExtensiblePredictor, OnlinePredictor, QualityPredictor, needs_embedding
 from .quality.memory import SHARED_ROWS
 from .tokens import count_message_tokens, count_tokens_batch
 
@@ -43,11 +43,6 @@ class Estimate:
     output_tokens: np.ndarray  # predicted output tokens, at most the candidate's output limit
     cost: np.ndarray  # predicted USD: input and output tokens at the candidate's prices, plus its per-request price
     output_caps: np.ndarray  # output tokens each candidate may write for the prompt (< 1: it does not fit the window)
-
-
-def _needs_embedding(predictor: object) -> bool:
-    # A predictor that does not say is assumed to read embeddings (the safe side: it gets them).
-    return bool(getattr(predictor, "needs_embedding", True))
 
 
 def _columns(predictor: object) -> list[str]:
@@ -254,7 +249,7 @@ class CandidatePool:
     # ----------------------------------------------------------------- estimation
     def features(self, texts: Sequence[str]) -> np.ndarray:
         """The prompts' embeddings (n, d), computed once and shared by both predictors; (n, 0) when none reads them."""
-        needs = any(_needs_embedding(p) for p in (self.quality, self.lengths) if p is not None)
+        needs = any(needs_embedding(p) for p in (self.quality, self.lengths) if p is not None)
         if self.embedder is None or not needs:
             return np.empty((len(texts), 0))
         return np.asarray(self.embedder.transform(list(texts)), dtype=np.float64)

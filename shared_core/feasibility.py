@@ -111,4 +111,13 @@ def describe(lineup: Lineup, why: Sequence[tuple[str, ...]], request: Request) -
     """The NoFeasibleCandidate message: each candidate's reasons (only the asked-for model's, when one is)."""
     listed = [f"{c.name}: {', '.join(w)}" for c, w in zip(lineup.candidates, why, strict=False)
               if request.model is None or c.name == request.model]
-    return "no candidate can serve this request (" + "; ".join(listed) + ")"
+    message = "no candidate can serve this request (" + "; ".join(listed) + ")"
+    # A capability no candidate declares is usually one that was never declared, not one missing.
+    undeclared = [field for need, field, _ in CAPABILITIES
+                  if getattr(request, need) and not lineup.capabilities[field].any()]
+    if undeclared:
+        flags = ", ".join(f"{field}=True" for field in undeclared)
+        message += (f"; no candidate declares {' or '.join(undeclared)}: if one can, say so with "
+                    f"Candidate(..., {flags}) or its framework model's own flag (e.g. LlamaIndex "
+                    "OpenAILike(is_function_calling_model=True))")
+    return message

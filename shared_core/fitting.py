@@ -16,6 +16,7 @@ from .length import HybridLength, LengthPrior
 from .pricing import price_tokens
 from .progress import progress
 from .quality import PREDICTORS
+from .quality.base import needs_embedding
 from .router import Router
 from .selection import BASELINE, DEFAULT_FOLDS, PredictorSpec, Selection, out_of_fold_quality, select_predictor
 
@@ -237,11 +238,11 @@ def fit_router(
     cands = list(candidates)
     lengths_y = output_lengths(dataset, {c.name: (c.input_price, c.output_price) for c in cands},
                                {c.name: c.request_price for c in cands})
-    needs_embedding = quality.needs_embedding
-    lengths = HybridLength() if needs_embedding and lengths_y is not None else LengthPrior()
+    embeds = needs_embedding(quality)
+    lengths = HybridLength() if embeds and lengths_y is not None else LengthPrior()
     if lengths_y is None:  # no length data: every model gets the prior's default
         lengths_y = np.full(dataset.quality.shape, np.nan)
-    fit_embedder = needs_embedding and embedder is None
+    fit_embedder = embeds and embedder is None
     if fit_embedder:
         embedder = TfidfSvdEmbedder()
     X = np.empty((len(dataset), 0))
@@ -265,12 +266,12 @@ def fit_router(
     def fit_lengths() -> None:
         lengths.fit(X, lengths_y, dataset.models)
 
-    steps = ([embed] if needs_embedding else []) + [fit_quality, fit_lengths]
+    steps = ([embed] if embeds else []) + [fit_quality, fit_lengths]
     name = predictor.label if isinstance(predictor, PredictorSpec) else predictor
     label = f"fitting {name} on {len(dataset)} prompts × {len(dataset.models)} models"
     for step in progress(steps, label=label, enabled=show_progress):
         step()
-    router = Router(cands, quality=quality, lengths=lengths, embedder=embedder if needs_embedding else None,
+    router = Router(cands, quality=quality, lengths=lengths, embedder=embedder if embeds else None,
                     **router_kwargs)
     if warm_start:
         router.warm_start(dataset.prompts, quality=_unseen_quality(router, quality, X, dataset))

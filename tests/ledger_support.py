@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import os
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -19,8 +21,6 @@ REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 #: The test database: trust auth, as CI's server is set up (.ci/run).
 PG_URL = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/test"
-#: Every store kind; tests parametrised over these run the same assertions on each.
-STORES = ("memory", "sqlite", "redis", "postgres")
 
 
 @functools.cache
@@ -88,33 +88,95 @@ def postgres_admin() -> Any:
 
 
 @contextmanager
-def store_url(kind: str, tmp_path: Path) -> Iterator[str]:
+def _memory_url(tmp_path: Path) -> Iterator[str]:
+    yield "memory://"
+
+
+@contextmanager
+def _sqlite_url(tmp_path: Path) -> Iterator[str]:
+    yield f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+@contextmanager
+def _redis_url(tmp_path: Path) -> Iterator[str]:
+    require_redis()
+    prefix = f"omniroute-test:{uuid.uuid4().hex}:"
+    try:
+        yield f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}"
+    finally:
+        admin = redis_admin()
+        keys = list(admin.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            admin.delete(*keys)
+        admin.close()
+
+
+@contextmanager
+def _postgres_url(tmp_path: Path) -> Iterator[str]:
+    require_postgres()
+    schema = f"omniroute_test_{uuid.uuid4().hex}"
+    try:
+        yield f"{PG_URL}?schema={schema}"
+    finally:
+        with postgres_admin() as admin:
+            admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _memory_finished(store: Any) -> int:
+    return len(store._done)
+
+
+def _sqlite_finished(store: Any) -> int:
+    import sqlite3
+
+    with sqlite3.connect(store.path) as db:
+        return db.execute("SELECT count(*) FROM holds WHERE status <> 'open'").fetchone()[0]
+
+
+def _redis_finished(store: Any) -> int:
+    client, prefix = store.client, store.prefix
+    holds = sum(1 for _ in client.scan_iter(match=prefix + "hold:*", count=1000))
+    return holds - client.zcard(prefix + "open")
+
+
+def _postgres_finished(store: Any) -> int:
+    with postgres_admin() as db:
+        return db.execute(f'SELECT count(*) FROM "{store.schema}".holds WHERE status <> %s', ("open",)).fetchone()[0]
+
+
+@dataclass(frozen=True)
+class StoreKind:
+    """How the tests make a fresh, empty store of one kind and look inside it.
+
+    url: tmp_path → a context manager yielding the store's URL (and cleaning up after it);
+    scheme: the URL scheme `open_store` knows it by; finished: a store → how many finished
+    reservations it keeps records of; durable: what it holds outlives the process (and other
+    processes can open it from the URL).
+    """
+
+    url: Callable[[Path], AbstractContextManager[str]]
+    scheme: str
+    finished: Callable[[Any], int]
+    durable: bool
+
+
+#: Every store kind the ledger tests run on. A new store is one entry here: the tests
+#: parametrised over STORES (or DURABLE) then run the same assertions on it.
+KINDS: dict[str, StoreKind] = {
+    "memory": StoreKind(_memory_url, "memory", _memory_finished, durable=False),
+    "sqlite": StoreKind(_sqlite_url, "sqlite", _sqlite_finished, durable=True),
+    "redis": StoreKind(_redis_url, "redis", _redis_finished, durable=True),
+    "postgres": StoreKind(_postgres_url, "postgresql", _postgres_finished, durable=True),
+}
+STORES = tuple(KINDS)
+DURABLE = tuple(kind for kind, spec in KINDS.items() if spec.durable)
+
+
+def store_url(kind: str, tmp_path: Path) -> AbstractContextManager[str]:
     """A URL for a fresh, empty store of `kind`; Redis keys and PostgreSQL schemas are removed afterwards."""
-    if kind == "memory":
-        yield "memory://"
-    elif kind == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
-    elif kind == "redis":
-        require_redis()
-        prefix = f"omniroute-test:{uuid.uuid4().hex}:"
-        try:
-            yield f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}"
-        finally:
-            admin = redis_admin()
-            keys = list(admin.scan_iter(match=prefix + "*", count=1000))
-            if keys:
-                admin.delete(*keys)
-            admin.close()
-    elif kind == "postgres":
-        require_postgres()
-        schema = f"omniroute_test_{uuid.uuid4().hex}"
-        try:
-            yield f"{PG_URL}?schema={schema}"
-        finally:
-            with postgres_admin() as admin:
-                admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    else:
-        raise ValueError(f"unknown store kind {kind!r}")
+    if kind not in KINDS:
+        raise ValueError(f"unknown store kind {kind!r}; add it to KINDS in tests/ledger_support.py")
+    return KINDS[kind].url(tmp_path)
 
 
 @contextmanager
@@ -130,23 +192,11 @@ def ledger(kind: str, tmp_path: Path, **options: Any) -> Iterator[LedgerStore]:
 
 def finished_records(store: LedgerStore) -> int:
     """How many finished reservations `store` keeps records of: entries, rows or hold keys beside the open ones."""
-    kind = type(store).__name__
-    if kind.endswith("MemoryStore"):
-        return len(store._done)  # type: ignore[attr-defined]
-    if kind.endswith("SQLiteStore"):
-        import sqlite3
-
-        with sqlite3.connect(store.path) as db:  # type: ignore[attr-defined]
-            return db.execute("SELECT count(*) FROM holds WHERE status <> 'open'").fetchone()[0]
-    if kind.endswith("RedisStore"):
-        client, prefix = store.client, store.prefix  # type: ignore[attr-defined]
-        holds = sum(1 for _ in client.scan_iter(match=prefix + "hold:*", count=1000))
-        return holds - client.zcard(prefix + "open")
-    if kind.endswith("PostgresStore"):
-        with postgres_admin() as db:
-            return db.execute(f'SELECT count(*) FROM "{store.schema}".holds WHERE status <> %s',  # type: ignore[attr-defined]
-                              ("open",)).fetchone()[0]
-    raise TypeError(f"no way to count the finished reservations of a {kind}")
+    scheme = urlsplit(store.url).scheme
+    for spec in KINDS.values():
+        if spec.scheme == scheme:
+            return spec.finished(store)
+    raise TypeError(f"no store kind in tests/ledger_support.py KINDS has the scheme {scheme!r}")
 
 
 class FakeClock:

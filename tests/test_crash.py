@@ -10,12 +10,11 @@ import sys
 import time
 
 import pytest
-from ledger_support import store_url
+from ledger_support import DURABLE, store_url
 
 from shared_core.budget import Budget, BudgetExceeded, to_nanos
 from shared_core.stores import open_store
 
-DURABLE = ["sqlite", "redis", "postgres"]
 TTL_S = 1.0
 SCOPES = ["acme", "acme/worker"]
 

@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from ledger_support import STORES, FakeClock, ledger, redis_admin, store_url
+from ledger_support import DURABLE, STORES, FakeClock, ledger, redis_admin, store_url
 
 from shared_core.budget import MAX_USD, Budget, BudgetExceeded, ScopeState, UnknownScope, to_nanos
 from shared_core.candidates import Candidate
@@ -198,7 +198,7 @@ def test_the_largest_budget_is_held_to_the_nano_dollar(kind, tmp_path):
         Budget(usd=MAX_USD + 1e-3)
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis", "postgres"])
+@pytest.mark.parametrize("kind", DURABLE)
 def test_a_durable_store_keeps_everything_across_connections(kind, tmp_path):
     with store_url(kind, tmp_path) as url:
         first = open_store(url)
@@ -247,7 +247,7 @@ def test_a_router_opens_its_ledger_from_a_url(tmp_path):
     reopened.close()
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis", "postgres"])  # each command opens the store anew
+@pytest.mark.parametrize("kind", DURABLE)  # each command opens the store anew
 def test_the_budget_command_sets_budgets_and_reports_spend_per_scope_and_model(kind, tmp_path, capsys):
     with store_url(kind, tmp_path) as url:
         assert main(["budget", "set", "acme", "--usd", "50", "--period-s", "86400", "--create", "--store", url]) == 0

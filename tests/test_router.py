@@ -133,6 +133,20 @@ def test_infeasible_requests_are_explained():
     assert router.decide("hi", model="small").chosen == "small"
 
 
+def test_a_capability_no_candidate_declares_is_explained_with_how_to_declare_it():
+    router = Router([Candidate(name=n, input_price=1.0, output_price=2.0, prior_quality=0.5, supports_tools=False)
+                     for n in ("a", "b")])
+    with pytest.raises(NoFeasibleCandidate) as caught:
+        router.decide("hi", tools=[{"name": "f", "parameters": {}}])
+    assert "a: cannot call tools; b: cannot call tools" in str(caught.value)
+    assert "Candidate(..., supports_tools=True)" in str(caught.value)
+    # One that does declare it: the others are simply ruled out, with no hint.
+    router = Router([*router.candidates, Candidate(name="c", input_price=1.0, output_price=2.0, prior_quality=0.5)])
+    with pytest.raises(NoFeasibleCandidate) as caught:
+        router.decide("hi", tools=[{"name": "f", "parameters": {}}], exclude=["c"])
+    assert "supports_tools=True" not in str(caught.value)
+
+
 @pytest.mark.parametrize("bad", ["", "   ", [], [{"content": "no role"}], 42])
 def test_malformed_requests_are_rejected(bad):
     with pytest.raises(RoutingError):

@@ -14,7 +14,7 @@ from ..errors import NotFittedError
 
 __all__ = [
     "Estimator", "QualityPredictor", "ExtensiblePredictor", "OnlinePredictor", "check_targets", "check_fitted",
-    "check_rows", "check_labels", "check_profile", "model_index", "l2_normalise", "serial_blas",
+    "check_rows", "check_labels", "check_profile", "model_index", "l2_normalise", "serial_blas", "needs_embedding",
 ]
 
 E = TypeVar("E", bound="Estimator")
@@ -95,6 +95,12 @@ class QualityPredictor(Protocol):
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predicted quality, shape (len(X), len(models_))."""
         ...
+
+
+def needs_embedding(predictor: object) -> bool:
+    """Whether `predictor` reads prompt embeddings: its `needs_embedding` class attribute (False for a
+    prompt-blind one, such as the prior), True when it does not say — the safe side: it gets them."""
+    return bool(getattr(predictor, "needs_embedding", True))
 
 
 def check_targets(X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
