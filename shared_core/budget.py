@@ -291,12 +291,22 @@ def _encodable(text: str) -> bool:
 
 def check_reservation(scopes: Sequence[str], ttl_s: float) -> tuple[str, ...]:
     """The scopes as a tuple, after checking they are distinct and non-empty and ttl_s is positive."""
+    if isinstance(scopes, (str, bytes)):
+        # A lone name would be read character by character, each charged as a scope of its own.
+        raise TypeError(f"scopes must be a sequence of scope names, not one name: pass [{scopes!r}]")
     chain = tuple(scopes)
     if not chain or any(not isinstance(s, str) or not s for s in chain) or len(set(chain)) != len(chain):
         raise ValueError(f"a reservation needs distinct, non-empty scope names, got {list(chain)!r}")
     if not math.isfinite(ttl_s) or ttl_s <= 0:
         raise ValueError(f"ttl_s must be a positive number of seconds, got {ttl_s}")
     return chain
+
+
+def check_reservation_id(reservation_id: str) -> str:
+    """The reservation id, after checking it is a non-empty str (every store keys its holds by it)."""
+    if not isinstance(reservation_id, str) or not reservation_id:
+        raise TypeError(f"a reservation id must be a non-empty str, got {reservation_id!r}")
+    return reservation_id
 
 
 def check_idle_ttl(idle_ttl_s: float | None, name: str = "idle_ttl_s") -> float | None:

@@ -7,7 +7,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,7 +29,7 @@ from .budget import (
 )
 from .candidates import Candidate
 from .errors import NoFeasibleCandidate, RoutingError
-from .estimation import CandidatePool, Estimate
+from .estimation import CandidatePool, Estimate, Lineup
 from .fallbacks import Attempt, ErrorKind, classify
 from .feasibility import Request, describe, output_caps, reasons
 from .length import LengthPredictor
@@ -420,26 +420,27 @@ class Router:
             output_caps={names[j]: int(caps[j]) for j in served},
             output_tokens={names[j]: math.ceil(out[j]) for j in served},
         )
-        return self._reserve_first(base, list(ranking), dict(zip(names, worst.tolist(), strict=True)), states,
-                                   reservation_ttl_s, scope=self.scope_of(session))
+        return self._reserve_first(lineup, base, list(ranking), dict(zip(names, worst.tolist(), strict=True)),
+                                   states, reservation_ttl_s, scope=self.scope_of(session))
 
     def _reserve_first(
-        self, base: Decision, order: list[str], worst: Mapping[str, float], states: list[ScopeState],
-        ttl_s: float | None = None, *, scope: str | None,
+        self, lineup: Lineup, base: Decision, order: list[str], worst: Mapping[str, float],
+        states: list[ScopeState], ttl_s: float | None = None, *, scope: str | None,
     ) -> Decision:
         """Reserve for the best-ranked candidate that fits every scope; BudgetExceeded if none.
 
-        A scope forgotten (idle) or lost between the read and the hold is re-established once, as
-        for any request that finds it missing."""
+        `lineup` is the one the request was priced with: a candidate changed meanwhile does not
+        change this request. A scope forgotten (idle) or lost between the read and the hold is
+        re-established once, as for any request that finds it missing."""
         try:
-            return self._reserve_ranked(base, order, worst, states, ttl_s)
+            return self._reserve_ranked(lineup, base, order, worst, states, ttl_s)
         except UnknownScope:
             if scope is None:
                 raise
             states = self._chain_states(scope)
             base = replace(base, scopes=tuple(s.scope for s in states))
         try:
-            return self._reserve_ranked(base, order, worst, states, ttl_s)
+            return self._reserve_ranked(lineup, base, order, worst, states, ttl_s)
         except UnknownScope as error:
             raise LedgerUnavailable(
                 f"the budget of scope {scope!r} vanished twice between reading and holding it ({error}); "
@@ -447,8 +448,8 @@ class Router:
             ) from error
 
     def _reserve_ranked(
-        self, base: Decision, order: list[str], worst: Mapping[str, float], states: list[ScopeState],
-        ttl_s: float | None = None,
+        self, lineup: Lineup, base: Decision, order: list[str], worst: Mapping[str, float],
+        states: list[ScopeState], ttl_s: float | None = None,
     ) -> Decision:
         if not base.scopes:
             return _routed(replace(base, id=uuid.uuid4().hex, chosen=order[0]))
@@ -457,11 +458,12 @@ class Router:
             left = min(s.remaining for s in states)
             hold, caps, lowered = worst[name], base.output_caps, False
             if hold > left:
-                cap = self._cap_within(base, name, left)
+                candidate = lineup.candidate(name)
+                cap = self._cap_within(base, candidate, left)
                 if cap is None:
                     continue
                 hold, caps, lowered = (
-                    self.candidate(name).worst_case_cost(base.input_tokens[name], cap),
+                    candidate.worst_case_cost(base.input_tokens[name], cap),
                     {**caps, name: cap},
                     True,
                 )
@@ -475,13 +477,14 @@ class Router:
             return _routed(replace(base, id=rid, chosen=name, reserved=hold, output_caps=caps, cap_lowered=lowered))
         raise _refusal(base, order, worst, states) from last
 
-    def _cap_within(self, base: Decision, name: str, left: float) -> int | None:
+    def _cap_within(self, base: Decision, candidate: Candidate, left: float) -> int | None:
         """The largest output cap whose worst case fits `left` USD, or None when it would fall below
         `cap_headroom` × the predicted output (or MIN_LOWERED_CAP): an answer that long is unlikely to be cut."""
+        name = candidate.name
         predicted = base.output_tokens.get(name)
-        if self.cap_headroom is None or predicted is None or not self.candidate(name).accepts_output_cap:
+        if self.cap_headroom is None or predicted is None or not candidate.accepts_output_cap:
             return None  # a cap that cannot be sent cannot be lowered
-        candidate, tokens = self.candidate(name), base.input_tokens[name]
+        tokens = base.input_tokens[name]
         floor = max(MIN_LOWERED_CAP, math.ceil(self.cap_headroom * predicted))
         per_token = candidate.output_price / 1e6
         if per_token <= 0 or floor >= base.output_caps[name]:
@@ -502,11 +505,14 @@ class Router:
         failed = decision.failed + (decision.chosen,)
         record = Attempt(decision.chosen, classify(error) if error is not None else ErrorKind.UNKNOWN,
                          error if error is not None else RuntimeError("failed")).to_dict()
-        order = [n for n in decision.ranking if n not in failed]
+        # Candidates removed since the decision are skipped; the others are priced as they are now.
+        lineup = self.pool.lineup
+        order = [n for n in decision.ranking if n not in failed and n in lineup.index]
         if decision.attempt >= self.max_fallbacks or not order:
             return None
         states = [s for s in self.store.states(decision.scopes) if s]
-        worst = {n: self.candidate(n).worst_case_cost(decision.input_tokens[n], decision.output_caps[n]) for n in order}
+        worst = {n: lineup.candidate(n).worst_case_cost(decision.input_tokens[n], decision.output_caps[n])
+                 for n in order}
         following = replace(
             decision, failed=failed, failures=decision.failures + (record,), attempt=decision.attempt + 1
         )
@@ -514,7 +520,7 @@ class Router:
             states = self._chain_states(decision.scope)
             following = replace(following, scopes=tuple(s.scope for s in states))
         try:
-            return self._reserve_first(following, order, worst, states, scope=decision.scope)
+            return self._reserve_first(lineup, following, order, worst, states, scope=decision.scope)
         except BudgetExceeded:
             return None
 
@@ -762,12 +768,34 @@ def _normalise(request: str | Messages) -> tuple[list[Mapping[str, Any]], str]:
         return [{"role": "user", "content": request}], request
     if not isinstance(request, Sequence) or not request:
         raise RoutingError("a request must be a non-empty prompt string or a non-empty list of messages")
+    messages: list[Mapping[str, Any]] = []
     for i, m in enumerate(request):
         if not isinstance(m, Mapping) or "role" not in m:
             raise RoutingError(f"messages[{i}] must be a mapping with 'role' and 'content', got {m!r}")
-    # mypy widens `request` back to include str at isinstance(request, Sequence), though str returned above.
-    text = "\n".join(t for t in (content_text(m.get("content")) for m in request) if t)  # type: ignore[union-attr]
-    return list(request), text  # type: ignore[arg-type]
+        content = m.get("content")
+        checked = _check_content(i, content)
+        messages.append(m if checked is content else {**m, "content": checked})
+    text = "\n".join(t for t in (content_text(m.get("content")) for m in messages) if t)
+    return messages, text
+
+
+def _check_content(i: int, content: Any) -> Any:
+    """A message's content if it is None, a str or a list of blocks (str or mapping); other
+    iterables of blocks as a list; RoutingError for anything else — bytes, a lone mapping, nested
+    lists would otherwise count as a few tokens and slip past the window check and the hard cap."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(block, (str, Mapping)) for block in content):
+        return content
+    if isinstance(content, (bytes, bytearray, Mapping)) or not isinstance(content, Iterable):
+        raise RoutingError(f"messages[{i}] content must be a str or a list of content blocks, "
+                           f"got {type(content).__name__}")
+    blocks = list(content)
+    for j, block in enumerate(blocks):
+        if not isinstance(block, (str, Mapping)):
+            raise RoutingError(f"messages[{i}] content[{j}] must be a str or a mapping (a content block), "
+                               f"got {type(block).__name__}")
+    return blocks
 
 
 def _check_request(max_tokens: Any, extra_input_tokens: Any) -> None:

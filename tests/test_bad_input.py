@@ -84,6 +84,19 @@ def test_a_malformed_reservation_changes_nothing(store, scopes, ttl_s, problem):
     assert _books(store) == before
 
 
+@pytest.mark.parametrize(
+    "rid, scopes, problem",
+    [("r", "acme", r"not one name: pass \['acme'\]"), (("r",), ("acme",), "must be a non-empty str"),
+     ("", ("acme",), "must be a non-empty str")],
+)
+def test_a_lone_scope_name_or_a_bad_reservation_id_is_refused_alike_by_every_store(store, rid, scopes, problem):
+    # A lone "acme" would be read letter by letter and hold money in scopes "a", "c", "m", "e".
+    before = _books(store)
+    with pytest.raises(TypeError, match=problem):
+        store.reserve(rid, scopes, 0.1, ttl_s=60)
+    assert _books(store) == before
+
+
 @pytest.mark.parametrize("actual", [-0.01, math.nan, math.inf])
 def test_a_bad_actual_cost_changes_nothing_and_keeps_the_hold(store, actual):
     before = _books(store)
@@ -133,7 +146,11 @@ def test_an_unknown_scope_in_strict_mode_is_refused(store):
     "request_, problem",
     [("", "the prompt is empty"), ("   \n", "the prompt is empty"), ([], "non-empty list of messages"),
      ([{"content": "hi"}], r"messages\[0\] must be a mapping with 'role'"),
-     (["hi"], r"messages\[0\] must be a mapping")],
+     (["hi"], r"messages\[0\] must be a mapping"),
+     # Content that would be counted as a few tokens and slip past the window check and the cap.
+     ([{"role": "user", "content": b"x " * 50_000}], r"messages\[0\] content must be a str or a list"),
+     ([{"role": "user", "content": {"type": "text", "text": "x " * 50_000}}], "got dict"),
+     ([{"role": "user", "content": [["x " * 50_000]]}], r"content\[0\] must be a str or a mapping")],
 )
 def test_empty_or_malformed_messages_are_refused(store, request_, problem):
     router = Router(CANDIDATES, store=store)

@@ -141,3 +141,39 @@ def test_estimate_reports_each_candidates_room_and_the_batch_plan_honours_it():
     assert est.output_caps[1, 0] < 1  # 200 words leave the 60-token window no room
     plan = router.route_batch(prompts, budget=1.0)
     assert plan.models[1] == "large"
+
+
+def test_a_fallback_skips_a_candidate_removed_since_the_decision():
+    router = Router([Candidate(name=n, input_price=p, output_price=p, prior_quality=q)
+                     for n, p, q in (("a", 10.0, 0.9), ("b", 1.0, 0.8), ("c", 0.1, 0.5))],
+                    default_budget=Budget(usd=10.0))
+    d = router.decide("hello", "s")
+    assert d.ranking == ("a", "b", "c")
+    router.remove_candidate("c")  # during the call: a rollout takes one model away
+    following = router.reroute(d, RuntimeError("503"))
+    assert following is not None and following.chosen == "b"
+    router.remove_candidate("b")
+    assert router.reroute(following, RuntimeError("503")) is None  # nothing left to try, not a KeyError
+    assert router.budget_state("s").reserved == 0
+
+
+def test_a_request_is_held_with_the_lineup_it_was_priced_with():
+    # A tight budget makes the reservation lower the cap: it must do so with the candidate the
+    # request was priced with, even when that candidate is removed in the meantime.
+    router = Router([Candidate(name="a", input_price=1.0, output_price=60.0, prior_quality=0.9,
+                               max_output_tokens=4_096, context_window=8_000),
+                     Candidate(name="b", input_price=1.0, output_price=60.0, prior_quality=0.5,
+                               max_output_tokens=4_096, context_window=8_000)],
+                    default_budget=Budget(usd=0.1))
+    predict = router.pool.predict
+
+    def predict_then_remove(X):
+        out = predict(X)
+        if "a" in router.pool.lineup.index:
+            router.remove_candidate("a")
+        return out
+
+    router.pool.predict = predict_then_remove  # type: ignore[method-assign]
+    d = router.decide("hello", "s")
+    assert d.chosen == "a" and d.cap_lowered
+    assert d.reserved == pytest.approx(router.priced(d).worst_case_cost(d.input_tokens["a"], d.output_caps["a"]))

@@ -16,6 +16,7 @@ from ..budget import (
     ScopeState,
     check_idle_ttl,
     check_reservation,
+    check_reservation_id,
     scope_chain,
     to_nanos,
 )
@@ -117,7 +118,8 @@ class LedgerStore(ABC):
         after a lost reply); reusing its id otherwise raises ValueError.
         """
         nanos = to_nanos(amount, "reservation amount")
-        self._reserve(reservation_id, check_reservation(scopes, ttl_s), nanos, float(ttl_s))
+        chain = check_reservation(scopes, ttl_s)
+        self._reserve(check_reservation_id(reservation_id), chain, nanos, float(ttl_s))
 
     @abstractmethod
     def _reserve(self, reservation_id: str, chain: tuple[str, ...], nanos: int, ttl_s: float) -> None:
@@ -125,7 +127,7 @@ class LedgerStore(ABC):
 
     def commit(self, reservation_id: str, actual: float, model: str | None = None) -> bool:
         """Turn a reservation into spend of `actual`; False when that id was already committed."""
-        return self._commit(reservation_id, to_nanos(actual, "actual cost"), model)
+        return self._commit(check_reservation_id(reservation_id), to_nanos(actual, "actual cost"), model)
 
     @abstractmethod
     def _commit(self, reservation_id: str, nanos: int, model: str | None) -> bool:
