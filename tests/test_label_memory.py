@@ -134,3 +134,21 @@ def test_one_query_at_a_time_gives_the_batch_rows_bit_for_bit(routerbench):
         batch = memory.neighbour_means(Q, k, prior, 0.0)
         one_by_one = np.vstack([memory.neighbour_means(Q[i:i + 1], k, prior, 0.0) for i in range(len(Q))])
         np.testing.assert_array_equal(one_by_one, batch)
+
+
+def test_equally_similar_rows_are_taken_lower_row_first_in_a_batch_and_alone():
+    # A prompt remembered many times (repeated feedback) is equally similar in every copy: which
+    # copies are the k nearest must not depend on the batch a query comes in.
+    rng = np.random.default_rng(5)
+    base = rng.integers(-3, 4, size=(5, 8)).astype(float)
+    X = np.repeat(base, 30, axis=0)
+    Y = rng.random((150, 3))
+    Y[rng.random(Y.shape) < 0.3] = np.nan
+    memory = LabelMemory(X, Y)
+    prior = np.nanmean(Y, axis=0)
+    Q = np.vstack([base, base[::-1]])
+    for k in (1, 3, 7, 40):
+        batch = memory.neighbour_means(Q, k, prior, 0.0)
+        alone = np.vstack([memory.neighbour_means(Q[i:i + 1], k, prior, 0.0) for i in range(len(Q))])
+        np.testing.assert_array_equal(alone, batch)
+        np.testing.assert_allclose(batch, brute_force(X, Y, Q, k, prior, 0.0), atol=1e-12)

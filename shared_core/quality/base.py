@@ -4,6 +4,7 @@ and `Estimator`, the base that derives parameters, copies and saved state from `
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -210,7 +211,25 @@ def serial_blas() -> Iterator[None]:
     setting per process, so other threads' matrix products run on one thread too while a fit is
     inside; the setting is restored on exit. Entering costs about 2 ms, so it wraps whole fits,
     never a decision."""
+    global _serial_depth, _serial_limits
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1, user_api="blas"):
+    # The setting is the process's: the first fit in sets it, the last one out restores it, so
+    # fits overlapping in threads neither restore it early nor leave it at one thread for good.
+    with _serial_lock:
+        if _serial_depth == 0:
+            _serial_limits = threadpool_limits(limits=1, user_api="blas")
+        _serial_depth += 1
+    try:
         yield
+    finally:
+        with _serial_lock:
+            _serial_depth -= 1
+            if _serial_depth == 0 and _serial_limits is not None:
+                _serial_limits.restore_original_limits()
+                _serial_limits = None
+
+
+_serial_lock = threading.Lock()
+_serial_depth = 0
+_serial_limits: Any = None

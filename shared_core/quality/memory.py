@@ -319,21 +319,30 @@ def _sums(snap: _Snapshot, search: _Search, ks: np.ndarray, width: int) -> tuple
 
 
 def _nearest_sorted(S: np.ndarray, c: int) -> np.ndarray:
-    """Column indices of each row's c largest entries, largest first (ties: lower index first)."""
-    if len(S) == 1:
+    """Column indices of each row's c largest entries, largest first, equal entries lower index
+    first — at the c-th place too, so that a batch, a single query and a wider search that is cut
+    short all pick the same rows among equally similar ones (a prompt remembered twice). NaN
+    counts as the least similar."""
+    if np.isnan(S).any():
+        S = np.where(np.isnan(S), -np.inf, S)
+    r, n = S.shape
+    if r == 1:
         # One query (every decision): the same selection on 1-D arrays, without the 2-D
         # bookkeeping that costs more than the arithmetic at this size.
         s = S[0]
-        if c < len(s):
-            idx = np.argpartition(-s, c - 1)[:c]
-            idx.sort()
+        if c >= n:
+            one = np.arange(n)
         else:
-            idx = np.arange(len(s))
-        return idx[np.argsort(-s[idx], kind="stable")][None]
-    if c < S.shape[1]:
-        idx = np.argpartition(-S, c - 1, axis=1)[:, :c]
-        idx.sort(axis=1)  # ties keep the lower index first, as a stable sort of all columns would
+            v = s[np.argpartition(-s, c - 1)[c - 1]]  # the c-th largest
+            above = np.flatnonzero(s > v)
+            one = np.concatenate([above, np.flatnonzero(s == v)[: c - len(above)]])
+        return one[np.argsort(-s[one], kind="stable")][None]
+    if c >= n:
+        idx = np.broadcast_to(np.arange(n), S.shape)
     else:
-        idx = np.broadcast_to(np.arange(S.shape[1]), S.shape)
+        v = np.take_along_axis(S, np.argpartition(-S, c - 1, axis=1)[:, c - 1:c], axis=1)
+        above, ties = S > v, S == v
+        chosen = above | (ties & (np.cumsum(ties, axis=1) <= c - above.sum(axis=1, keepdims=True)))
+        idx = np.nonzero(chosen)[1].reshape(r, c)  # ascending per row
     order = np.argsort(-np.take_along_axis(S, idx, axis=1), axis=1, kind="stable")
     return np.take_along_axis(idx, order, axis=1)
