@@ -59,8 +59,12 @@ class LengthPrior(Estimator):
     def __init__(self, default: float = 256.0) -> None:
         self.default = default
 
+    def _check_params(self) -> None:
+        _check_default(self.default)
+
     def fit(self, X: np.ndarray, L: np.ndarray, models: Sequence[str]) -> LengthPrior:
         """Learn per-model mean output length from token counts L (n, m; NaN = unknown)."""
+        self._check_params()
         _, L, self.models_ = check_lengths(np.empty((len(np.asarray(L)), 0)), L, models)
         self.mean_ = _column_means(L, self.default)
         return self
@@ -119,6 +123,7 @@ class HybridLength(Estimator):
         self.default = default
 
     def _check_params(self) -> None:
+        _check_default(self.default)
         if not 0.0 <= self.delta <= 1.0:
             raise ValueError(f"delta must be in [0, 1], got {self.delta}")
         if not isinstance(self.k, (int, np.integer)) or self.k < 1:
@@ -188,3 +193,9 @@ class HybridLength(Estimator):
         self.memory_ = LabelMemory.restore(X, L)
         self.mean_ = _column_means(L, self.default)
         self.coef_, self.intercept_ = coef, intercept
+
+
+def _check_default(default: Any) -> None:
+    """ValueError unless `default` (tokens for a model without data) is a finite number >= 0."""
+    if isinstance(default, bool) or not isinstance(default, (int, float, np.number)) or not 0 <= default < np.inf:
+        raise ValueError(f"default must be a finite number of tokens >= 0, got {default!r}")

@@ -38,12 +38,22 @@ class Estimator:
         return {name: getattr(self, name) for name in self._param_names()}
 
     def set_params(self: E, **params: Any) -> E:
-        """Change hyper-parameters by name (ValueError naming an unknown one); returns self."""
+        """Change hyper-parameters by name; returns self. ValueError naming an unknown one, or an
+        invalid value (the parameters are then left as they were)."""
         unknown = sorted(set(params) - set(self._param_names()))
         if unknown:
             raise ValueError(f"{type(self).__name__} has no parameters {unknown}; it has {list(self._param_names())}")
+        # A fitted predictor reads its parameters at predict time: a bad one is refused here, not
+        # found later as NaN predictions or a saved router that will not load.
+        before = {name: getattr(self, name) for name in params}
         for name, value in params.items():
             setattr(self, name, value)
+        try:
+            self._check_params()
+        except ValueError:
+            for name, value in before.items():
+                setattr(self, name, value)
+            raise
         return self
 
     def clone(self: E) -> E:

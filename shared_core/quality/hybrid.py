@@ -40,6 +40,8 @@ class HybridQuality(Estimator):
     def _check_params(self) -> None:
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        for half in self.halves():
+            half._check_params()
 
     def halves(self) -> tuple[LogisticQuality, KNNQuality]:
         """The unfitted parametric and k-NN halves this hybrid's hyper-parameters make."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,10 +41,11 @@ class KNNQuality(Estimator):
         self.max_feedback = max_feedback
 
     def _check_params(self) -> None:
-        if not isinstance(self.k, (int, np.integer)) or self.k < 1:
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
             raise ValueError(f"k must be a positive int, got {self.k!r}")
-        if not self.shrinkage >= 0:
-            raise ValueError(f"shrinkage must be >= 0, got {self.shrinkage}")
+        if isinstance(self.shrinkage, bool) or not isinstance(self.shrinkage, (int, float, np.number)) \
+                or not 0 <= self.shrinkage < math.inf:
+            raise ValueError(f"shrinkage must be a finite number >= 0, got {self.shrinkage!r}")
         if isinstance(self.max_feedback, bool) or not isinstance(self.max_feedback, (int, np.integer)) \
                 or self.max_feedback < 1:
             raise ValueError(f"max_feedback must be a positive int, got {self.max_feedback!r}")

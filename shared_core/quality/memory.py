@@ -72,6 +72,7 @@ class _Snapshot:
         the nearest rows to take first (the largest k_j plus _SLACK)."""
         key = ("neighbourhood", k)
         if key not in self.derived:
+            k = min(int(k), max(1, self.n))  # more neighbours than rows is all of them
             n_labels = self.counts()
             ks = np.minimum(n_labels, np.maximum(1, np.round(k * n_labels / max(1, n_labels.max())))).astype(np.intp)
             self.derived[key] = (ks, min(self.n, int(ks.max(initial=0)) + _SLACK))
@@ -334,8 +335,8 @@ def _nearest_sorted(S: np.ndarray, c: int) -> np.ndarray:
             one = np.arange(n)
         else:
             v = s[np.argpartition(-s, c - 1)[c - 1]]  # the c-th largest
-            above = np.flatnonzero(s > v)
-            one = np.concatenate([above, np.flatnonzero(s == v)[: c - len(above)]])
+            first = np.flatnonzero(s > v)
+            one = np.concatenate([first, np.flatnonzero(s == v)[: c - len(first)]])
         return one[np.argsort(-s[one], kind="stable")][None]
     if c >= n:
         idx = np.broadcast_to(np.arange(n), S.shape)
