@@ -1,8 +1,15 @@
-"""Every error OmniRoute raises on purpose, under one base, `OmniRouteError`.
+"""Every error OmniRoute raises about routing, budgets, ledgers and saved routers, under one
+base, `OmniRouteError`.
 
 Each also keeps the built-in base it had before the base existed (ValueError, RuntimeError,
 KeyError, TimeoutError), so code that caught those still does. The modules that raise them
 re-export them under their old names (`shared_core.budget.BudgetExceeded`, ...).
+
+A bad argument to a constructor or a setter — a negative price, a malformed store URL, an
+unknown predictor parameter, a scope name where a list is expected — is the programmer's
+mistake and raises the built-in ValueError or TypeError (pydantic's ValidationError, a
+ValueError, for `Candidate` and `Budget`), naming the argument, as scikit-learn and the
+standard library do; a malformed *request* is a `RoutingError`, since requests come from users.
 """
 
 from __future__ import annotations

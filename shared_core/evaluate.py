@@ -141,13 +141,24 @@ def deferral_curve(
     lambdas: np.ndarray | None = None,
     keep_choices: bool = False,
 ) -> Curve:
-    """The deferral curve of the router that scores q_pred − λ·c_pred, measured on the truths."""
+    """The deferral curve of the router that scores q_pred − λ·c_pred, measured on the truths.
+
+    All four arrays are (n, m) with n ≥ 1: predicted quality and cost (USD; +inf for a model never
+    to choose; NaN is refused), true quality (NaN = unknown, skipped) and true cost. ValueError
+    for shapes that disagree, NaN predictions or reference_cost ≤ 0."""
     q_pred, c_pred = np.asarray(q_pred, float), np.asarray(c_pred, float)
-    if q_pred.shape != c_pred.shape or q_pred.shape != q_true.shape or c_true.shape != q_true.shape:
-        raise ValueError("q_pred, c_pred, q_true and c_true must share one (n, m) shape")
+    q_true, c_true = np.asarray(q_true, float), np.asarray(c_true, float)
+    if q_pred.ndim != 2 or not q_pred.shape == c_pred.shape == q_true.shape == c_true.shape or not len(q_pred):
+        raise ValueError("q_pred, c_pred, q_true and c_true must share one (n, m) shape with n >= 1, got "
+                         f"{q_pred.shape}, {c_pred.shape}, {q_true.shape}, {c_true.shape}")
+    for name, values in (("q_pred", q_pred), ("c_pred", c_pred)):
+        if np.isnan(values).any():
+            rows = np.flatnonzero(np.isnan(values).any(axis=1))
+            raise ValueError(f"{name} has NaN in {len(rows)} rows (first: {rows[:5].tolist()}): a router "
+                             "cannot rank a model by an unknown prediction")
     if not reference_cost > 0:
         raise ValueError(f"reference_cost must be > 0, got {reference_cost}")
-    lams = lambda_grid(q_pred, c_pred) if lambdas is None else np.asarray(lambdas, float)
+    lams = lambda_grid(q_pred, c_pred) if lambdas is None else np.atleast_1d(np.asarray(lambdas, float))
     chs = list(_route_sweep(q_pred, c_pred, lams))
     ls = [float(lam) for lam in lams]
     cheapest = np.full(len(q_true), int(np.argmin(np.nanmean(c_pred, axis=0))))

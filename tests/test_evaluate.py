@@ -151,3 +151,17 @@ def test_fixed_lambda_run_is_per_query_argmax(split):
     assert np.array_equal(run.choice, route_argmax(est.quality, est.cost, 50.0))
     assert (run.spent_usd, run.accuracy) == pytest.approx(realised(run.choice, test.quality, test.cost))
     assert run.to_dict()["mode"] == "fixed-lambda" and run.name == "fixed-lambda@0.25"
+
+
+def test_a_deferral_curve_refuses_nan_predictions_and_takes_one_lambda():
+    q = np.array([[0.9, 0.5], [0.8, 0.6]])
+    c = np.array([[1.0, 0.01], [1.0, 0.01]])
+    truth = np.array([[1.0, 0.0], [1.0, 1.0]])
+    bad = c.copy()
+    bad[1, 0] = np.nan  # would send row 1 to column 0 at every λ, dearest first
+    with pytest.raises(ValueError, match=r"c_pred has NaN in 1 rows \(first: \[1\]\)"):
+        deferral_curve(q, bad, truth, c, 2.0)
+    with pytest.raises(ValueError, match="n >= 1"):
+        deferral_curve(q[:0], c[:0], truth[:0], c[:0], 2.0)
+    one = deferral_curve(q, c, truth.tolist(), c.tolist(), 2.0, lambdas=0.0)  # a scalar λ, lists of truths
+    assert one.x.tolist() == [0.01, 1.0] and one.y.tolist() == [0.5, 1.0]  # λ = ∞ (cheapest), then λ = 0
