@@ -530,6 +530,14 @@ def load_router(
     if embedder is not None:
         parts["embedder"] = embedder
     try:
-        return Router(candidates, **parts, store=store, **{**settings, **router_kwargs})
+        router = Router(candidates, **parts, store=store, **{**settings, **router_kwargs})
     except (ValueError, TypeError) as e:
         raise PersistError(f"{MANIFEST}: the saved parts do not make a router: {e}") from None
+    if embedder is None:  # one given by the caller may be a remote service: not called here
+        # Parts that each load can still disagree (an embedder of another width than the
+        # predictors' memory): one prediction now, rather than the same error on every request.
+        try:
+            router.pool.predict(router.pool.features(["a probe prompt"]))
+        except (ValueError, IndexError) as e:
+            raise PersistError(f"{MANIFEST}: the saved embedder and predictors disagree: {e}") from None
+    return router

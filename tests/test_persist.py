@@ -203,6 +203,23 @@ def test_a_forged_array_file_with_matching_checksums_is_still_checked(copy_of_sa
         Router.load(copy_of_saved)
 
 
+def test_a_forged_memory_of_another_width_than_the_embedder_is_refused_at_load(copy_of_saved):
+    """Each part loads, but they disagree: the error comes at load, not on every request after."""
+    with np.load(copy_of_saved / "arrays.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["quality/X"] = np.ascontiguousarray(arrays["quality/X"][:, :5])
+    np.savez(copy_of_saved / "arrays.npz", **arrays)
+    blob = (copy_of_saved / "arrays.npz").read_bytes()
+
+    def resign(body):
+        body["arrays"]["quality/X"]["shape"] = list(arrays["quality/X"].shape)
+        body["arrays_sha256"] = hashlib.sha256(blob).hexdigest()
+
+    rewrite_manifest(copy_of_saved, resign)
+    with pytest.raises(PersistError, match="embedder and predictors disagree"):
+        Router.load(copy_of_saved)
+
+
 def _save_repeatedly(directory: str, weight: float, times: int) -> None:
     """A worker process: save a router with its own cost weight over and over."""
     from shared_core.candidates import Candidate
