@@ -216,30 +216,27 @@ def model_index(models: Sequence[str], name: str) -> int:
 def serial_blas() -> Iterator[None]:
     """BLAS on one thread inside the block: for fits made of many small solves (an L-BFGS step
     on n × d times d × K, a regression per model, cross-validation folds), OpenBLAS's threads cost
-    more than they save — on 2 cores `fit_router(train, "auto")` takes 12.4 s with them and
-    7.1 s without (RouterBench's 2,218 prompts; benchmarks/fit_threads.py). BLAS has one thread
-    setting per process, so other threads' matrix products run on one thread too while a fit is
-    inside; the setting is restored on exit. Entering costs about 2 ms, so it wraps whole fits,
-    never a decision."""
-    global _serial_depth, _serial_limits
+    more than they save — on 2 cores `fit_router(train, "auto")` takes 11.7 s with them and
+    6.8 s without (RouterBench's 2,218 prompts; benchmarks/fit_threads.py).
+
+    BLAS has one thread setting per process, and OpenBLAS restores it reliably only from the
+    thread that changed it: so one thread at a time is inside (a fit in another thread waits for
+    this one; the same thread may nest), and it sets and restores the setting itself. Other
+    threads' matrix products run on one thread too while a fit is inside. Entering costs about
+    2 ms, so it wraps whole fits, never a decision."""
+    global _serial_depth
     from threadpoolctl import threadpool_limits
 
-    # The setting is the process's: the first fit in sets it, the last one out restores it, so
-    # fits overlapping in threads neither restore it early nor leave it at one thread for good.
     with _serial_lock:
-        if _serial_depth == 0:
-            _serial_limits = threadpool_limits(limits=1, user_api="blas")
+        limits = threadpool_limits(limits=1, user_api="blas") if _serial_depth == 0 else None
         _serial_depth += 1
-    try:
-        yield
-    finally:
-        with _serial_lock:
+        try:
+            yield
+        finally:
             _serial_depth -= 1
-            if _serial_depth == 0 and _serial_limits is not None:
-                _serial_limits.restore_original_limits()
-                _serial_limits = None
+            if limits is not None:
+                limits.restore_original_limits()
 
 
-_serial_lock = threading.Lock()
+_serial_lock = threading.RLock()
 _serial_depth = 0
-_serial_limits: Any = None
