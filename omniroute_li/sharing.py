@@ -223,7 +223,7 @@ class _UnsharedLedger(LedgerStore):
     def _commit(self, reservation_id: str, nanos: int, model: str | None) -> bool:  # noqa: D102
         return self._refuse()
 
-    def release(self, reservation_id: str) -> bool:  # noqa: D102
+    def _release(self, reservation_id: str) -> bool:  # noqa: D102
         return self._refuse()
 
     def _adjust_lambda(self, scope: str, value: float) -> None:  # noqa: D102

@@ -303,9 +303,16 @@ def check_reservation(scopes: Sequence[str], ttl_s: float) -> tuple[str, ...]:
 
 
 def check_reservation_id(reservation_id: str) -> str:
-    """The reservation id, after checking it is a non-empty str (every store keys its holds by it)."""
+    """The reservation id, after checking it is a non-empty str that every store can hold: TypeError
+    for another type, ValueError for a NUL or a lone surrogate (no UTF-8 form)."""
     if not isinstance(reservation_id, str) or not reservation_id:
         raise TypeError(f"a reservation id must be a non-empty str, got {reservation_id!r}")
+    if "\x00" in reservation_id:
+        raise ValueError(f"a reservation id cannot contain NUL, got {reservation_id!r}")
+    try:
+        reservation_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"a reservation id must be valid Unicode text, got {reservation_id!r}") from None
     return reservation_id
 
 

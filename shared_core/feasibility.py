@@ -73,6 +73,8 @@ class Lineup(Protocol):
     @property
     def index(self) -> Mapping[str, int]: ...
 
+    def candidate(self, name: str) -> Candidate: ...
+
     @property
     def capabilities(self) -> Mapping[str, np.ndarray]: ...
 
@@ -85,7 +87,7 @@ def reasons(lineup: Lineup, input_tokens: np.ndarray, caps: np.ndarray, request:
     rules: list[tuple[np.ndarray, Callable[[int], str]]] = []
     if request.model is not None:
         other = np.ones(m, dtype=bool)
-        other[lineup.index[request.model]] = False
+        other[lineup.index[lineup.candidate(request.model).name]] = False  # KeyError naming the known ones
         rules.append((other, lambda j: f"not the model asked for ({request.model})"))
     if request.exclude:
         excluded = np.zeros(m, dtype=bool)

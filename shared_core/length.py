@@ -12,7 +12,15 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .quality.base import Estimator, check_fitted, check_profile, check_rows, model_index
+from .quality.base import (
+    Estimator,
+    check_fitted,
+    check_int_param,
+    check_number_param,
+    check_profile,
+    check_rows,
+    model_index,
+)
 from .quality.memory import LabelMemory
 
 __all__ = ["LengthPredictor", "LengthPrior", "HybridLength", "check_lengths"]
@@ -60,7 +68,7 @@ class LengthPrior(Estimator):
         self.default = default
 
     def _check_params(self) -> None:
-        _check_default(self.default)
+        check_number_param("default", self.default)
 
     def fit(self, X: np.ndarray, L: np.ndarray, models: Sequence[str]) -> LengthPrior:
         """Learn per-model mean output length from token counts L (n, m; NaN = unknown)."""
@@ -123,13 +131,10 @@ class HybridLength(Estimator):
         self.default = default
 
     def _check_params(self) -> None:
-        _check_default(self.default)
-        if not 0.0 <= self.delta <= 1.0:
-            raise ValueError(f"delta must be in [0, 1], got {self.delta}")
-        if not isinstance(self.k, (int, np.integer)) or self.k < 1:
-            raise ValueError(f"k must be a positive int, got {self.k!r}")
-        if not self.alpha > 0:
-            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        check_number_param("default", self.default)
+        check_number_param("delta", self.delta, 0.0, 1.0)
+        check_int_param("k", self.k)
+        check_number_param("alpha", self.alpha, low_open=True)
 
     def fit(self, X: np.ndarray, L: np.ndarray, models: Sequence[str]) -> HybridLength:
         """Remember the training prompts' lengths and fit one ridge regression per model."""
@@ -194,8 +199,3 @@ class HybridLength(Estimator):
         self.mean_ = _column_means(L, self.default)
         self.coef_, self.intercept_ = coef, intercept
 
-
-def _check_default(default: Any) -> None:
-    """ValueError unless `default` (tokens for a model without data) is a finite number >= 0."""
-    if isinstance(default, bool) or not isinstance(default, (int, float, np.number)) or not 0 <= default < np.inf:
-        raise ValueError(f"default must be a finite number of tokens >= 0, got {default!r}")

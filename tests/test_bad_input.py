@@ -97,6 +97,19 @@ def test_a_lone_scope_name_or_a_bad_reservation_id_is_refused_alike_by_every_sto
     assert _books(store) == before
 
 
+@pytest.mark.parametrize("rid, error", [(b"r", TypeError), (None, TypeError), (["r"], TypeError),
+                                        ("r\x00", ValueError), ("bad\ud800", ValueError)])
+def test_a_bad_reservation_id_is_refused_alike_by_every_store_whatever_the_operation(store, rid, error):
+    # Redis took b"r" for "r" and released that hold; SQLite and PostgreSQL raised their own errors.
+    store.reserve("r", ("acme",), 0.1, ttl_s=60)
+    before = _books(store)
+    for operation in (lambda: store.release(rid), lambda: store.commit(rid, 0.05),
+                      lambda: store.reserve(rid, ("acme",), 0.1, ttl_s=60)):
+        with pytest.raises(error, match="reservation id"):
+            operation()
+    assert _books(store) == before
+
+
 @pytest.mark.parametrize("actual", [-0.01, math.nan, math.inf])
 def test_a_bad_actual_cost_changes_nothing_and_keeps_the_hold(store, actual):
     before = _books(store)

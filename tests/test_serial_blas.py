@@ -44,3 +44,32 @@ def test_fits_in_several_threads_at_once_leave_the_setting_as_it_was():
         for t in threads:
             t.join(10)
         assert _blas_threads() == before
+
+
+def test_a_process_forked_while_a_fit_runs_can_fit_too():
+    # The child inherits the lock a thread of the parent holds; that thread does not exist there.
+    import os
+    import signal
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with serial_blas():
+            inside.set()
+            leave.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    inside.wait(5)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: a fit must not wait for a lock nobody will release
+            signal.alarm(5)
+            with serial_blas():
+                pass
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        leave.set()
+        holder.join(10)

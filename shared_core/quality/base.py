@@ -4,6 +4,8 @@ and `Estimator`, the base that derives parameters, copies and saved state from `
 from __future__ import annotations
 
 import inspect
+import math
+import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -16,6 +18,7 @@ from ..errors import NotFittedError
 __all__ = [
     "Estimator", "QualityPredictor", "ExtensiblePredictor", "OnlinePredictor", "check_targets", "check_fitted",
     "check_rows", "check_labels", "check_profile", "model_index", "l2_normalise", "serial_blas", "needs_embedding",
+    "check_int_param", "check_number_param",
 ]
 
 E = TypeVar("E", bound="Estimator")
@@ -50,10 +53,12 @@ class Estimator:
             setattr(self, name, value)
         try:
             self._check_params()
-        except ValueError:
+        except (ValueError, TypeError) as error:
             for name, value in before.items():
                 setattr(self, name, value)
-            raise
+            if isinstance(error, ValueError):
+                raise
+            raise ValueError(f"invalid parameters {params!r} for {type(self).__name__}: {error}") from error
         return self
 
     def clone(self: E) -> E:
@@ -106,6 +111,23 @@ class QualityPredictor(Protocol):
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predicted quality, shape (len(X), len(models_))."""
         ...
+
+
+def check_int_param(name: str, value: Any, low: int = 1) -> None:
+    """ValueError unless the hyper-parameter `name` is an int (not a bool) >= low."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def check_number_param(name: str, value: Any, low: float = 0.0, high: float = math.inf, *,
+                       low_open: bool = False) -> None:
+    """ValueError unless the hyper-parameter `name` is a finite real number (not a bool) in
+    [low, high] ((low, high] with `low_open`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or not (value > low if low_open else value >= low) or value > high:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}]" if high < math.inf \
+            else (f"> {low:g}" if low_open else f">= {low:g}")
+        raise ValueError(f"{name} must be a finite number {'in ' if high < math.inf else ''}{interval}, got {value!r}")
 
 
 def needs_embedding(predictor: object) -> bool:
@@ -222,8 +244,10 @@ def serial_blas() -> Iterator[None]:
     BLAS has one thread setting per process, and OpenBLAS restores it reliably only from the
     thread that changed it: so one thread at a time is inside (a fit in another thread waits for
     this one; the same thread may nest), and it sets and restores the setting itself. Other
-    threads' matrix products run on one thread too while a fit is inside. Entering costs about
-    2 ms, so it wraps whole fits, never a decision."""
+    threads' matrix products run on one thread too while a fit is inside. The limit is a
+    speed-up, never needed for a correct result: in a thread other than the first to use it,
+    OpenBLAS 0.3.31 was seen to keep its threads. Entering costs about 2 ms, so it wraps whole
+    fits, never a decision."""
     global _serial_depth
     from threadpoolctl import threadpool_limits
 
@@ -240,3 +264,14 @@ def serial_blas() -> Iterator[None]:
 
 _serial_lock = threading.RLock()
 _serial_depth = 0
+
+
+def _after_fork_in_child() -> None:
+    # A child forked while another thread was inside would inherit the held lock, and hang at
+    # its first fit; that thread does not exist in the child, so nobody is inside.
+    global _serial_lock, _serial_depth
+    _serial_lock, _serial_depth = threading.RLock(), 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -12,7 +12,17 @@ from typing import Any
 
 import numpy as np
 
-from .base import Estimator, check_fitted, check_labels, check_profile, check_rows, check_targets, model_index
+from .base import (
+    Estimator,
+    check_fitted,
+    check_int_param,
+    check_labels,
+    check_number_param,
+    check_profile,
+    check_rows,
+    check_targets,
+    model_index,
+)
 
 __all__ = ["ClusterQuality"]
 
@@ -40,10 +50,10 @@ class ClusterQuality(Estimator):
         self.random_state = random_state
 
     def _check_params(self) -> None:
-        if not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 1:
-            raise ValueError(f"n_clusters must be a positive int, got {self.n_clusters!r}")
-        if not self.smoothing >= 0:
-            raise ValueError(f"smoothing must be >= 0, got {self.smoothing}")
+        check_int_param("n_clusters", self.n_clusters)
+        check_number_param("smoothing", self.smoothing)
+        if self.random_state is not None:
+            check_int_param("random_state", self.random_state, low=0)
 
     def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> ClusterQuality:
         """Cluster the training embeddings, then tally each model's labels per cluster."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Estimator, check_fitted, check_targets
+from .base import Estimator, check_fitted, check_number_param, check_targets
 from .knn import KNNQuality
 from .parametric import LogisticQuality
 
@@ -38,8 +38,7 @@ class HybridQuality(Estimator):
         self.shrinkage = shrinkage
 
     def _check_params(self) -> None:
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        check_number_param("gamma", self.gamma, 0.0, 1.0)
         for half in self.halves():
             half._check_params()
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .base import Estimator, check_fitted, check_labels, check_profile, check_rows, check_targets, model_index
+from .base import (
+    Estimator,
+    check_fitted,
+    check_int_param,
+    check_labels,
+    check_number_param,
+    check_profile,
+    check_rows,
+    check_targets,
+    model_index,
+)
 from .memory import LabelMemory
 
 __all__ = ["KNNQuality"]
@@ -41,14 +50,9 @@ class KNNQuality(Estimator):
         self.max_feedback = max_feedback
 
     def _check_params(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
-            raise ValueError(f"k must be a positive int, got {self.k!r}")
-        if isinstance(self.shrinkage, bool) or not isinstance(self.shrinkage, (int, float, np.number)) \
-                or not 0 <= self.shrinkage < math.inf:
-            raise ValueError(f"shrinkage must be a finite number >= 0, got {self.shrinkage!r}")
-        if isinstance(self.max_feedback, bool) or not isinstance(self.max_feedback, (int, np.integer)) \
-                or self.max_feedback < 1:
-            raise ValueError(f"max_feedback must be a positive int, got {self.max_feedback!r}")
+        check_int_param("k", self.k)
+        check_number_param("shrinkage", self.shrinkage)
+        check_int_param("max_feedback", self.max_feedback)
 
     def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> KNNQuality:
         """Remember the training embeddings and their qualities (NaN labels are never counted)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import check_fitted, check_rows, check_targets, serial_blas
+from .base import check_fitted, check_int_param, check_number_param, check_rows, check_targets, serial_blas
 from .cluster import ClusterQuality
 
 __all__ = ["LearnedMapQuality"]
@@ -56,10 +56,10 @@ class LearnedMapQuality(ClusterQuality):
 
     def _check_params(self) -> None:
         super()._check_params()
-        if not self.l2 >= 0 or not self.temperature > 0:
-            raise ValueError(f"l2 must be >= 0 and temperature > 0, got {self.l2}, {self.temperature}")
-        if not isinstance(self.rounds, (int, np.integer)) or self.rounds < 1:
-            raise ValueError(f"rounds must be a positive int, got {self.rounds!r}")
+        check_number_param("l2", self.l2)
+        check_number_param("temperature", self.temperature, low_open=True)
+        check_int_param("rounds", self.rounds)
+        check_int_param("max_iter", self.max_iter)
 
     def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> LearnedMapQuality:
         """K-means, then alternate: learn the map for fixed Ψ, re-tally Ψ with the map."""

@@ -327,6 +327,8 @@ def _nearest_sorted(S: np.ndarray, c: int) -> np.ndarray:
     if np.isnan(S).any():
         S = np.where(np.isnan(S), -np.inf, S)
     r, n = S.shape
+    if c <= 0:
+        return np.empty((r, 0), dtype=np.intp)
     if r == 1:
         # One query (every decision): the same selection on 1-D arrays, without the 2-D
         # bookkeeping that costs more than the arithmetic at this size.
@@ -341,9 +343,15 @@ def _nearest_sorted(S: np.ndarray, c: int) -> np.ndarray:
     if c >= n:
         idx = np.broadcast_to(np.arange(n), S.shape)
     else:
-        v = np.take_along_axis(S, np.argpartition(-S, c - 1, axis=1)[:, c - 1:c], axis=1)
-        above, ties = S > v, S == v
-        chosen = above | (ties & (np.cumsum(ties, axis=1) <= c - above.sum(axis=1, keepdims=True)))
-        idx = np.nonzero(chosen)[1].reshape(r, c)  # ascending per row
+        idx = np.argpartition(-S, c - 1, axis=1)[:, :c]
+        v = np.take_along_axis(S, idx, axis=1).min(axis=1, keepdims=True)  # each row's c-th largest
+        # Where more entries equal the c-th largest than there is room for, the partition chose
+        # among them arbitrarily: those rows (rare: a prompt remembered many times) take the
+        # lowest-numbered ones instead.
+        for i in np.flatnonzero((S >= v).sum(axis=1) > c):
+            s, vi = S[i], v[i, 0]
+            first = np.flatnonzero(s > vi)
+            idx[i] = np.concatenate([first, np.flatnonzero(s == vi)[: c - len(first)]])
+        idx.sort(axis=1)
     order = np.argsort(-np.take_along_axis(S, idx, axis=1), axis=1, kind="stable")
     return np.take_along_axis(idx, order, axis=1)

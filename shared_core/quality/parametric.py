@@ -7,7 +7,16 @@ from typing import Any
 
 import numpy as np
 
-from .base import Estimator, check_fitted, check_profile, check_rows, check_targets, model_index, serial_blas
+from .base import (
+    Estimator,
+    check_fitted,
+    check_number_param,
+    check_profile,
+    check_rows,
+    check_targets,
+    model_index,
+    serial_blas,
+)
 
 __all__ = ["LogisticQuality", "fit_logistic"]
 
@@ -52,8 +61,7 @@ class LogisticQuality(Estimator):
         self.C = C
 
     def _check_params(self) -> None:
-        if not self.C > 0:
-            raise ValueError(f"C must be > 0, got {self.C}")
+        check_number_param("C", self.C, low_open=True)
 
     def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> LogisticQuality:
         """One regression per model column, each on the rows where that model has a label."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Estimator, check_fitted, check_labels, check_profile, check_targets, model_index
+from .base import Estimator, check_fitted, check_labels, check_number_param, check_profile, check_targets, model_index
 
 __all__ = ["PriorQuality"]
 
@@ -28,8 +28,12 @@ class PriorQuality(Estimator):
     def __init__(self, default: float = 0.5) -> None:
         self.default = default
 
+    def _check_params(self) -> None:
+        check_number_param("default", self.default, 0.0, 1.0)
+
     def fit(self, X: np.ndarray, Y: np.ndarray, models: Sequence[str]) -> PriorQuality:
         """Learn each model's mean quality; a model with no labels gets `default`."""
+        self._check_params()
         _, Y, self.models_ = check_targets(X, Y, models)
         self.counts_ = (~np.isnan(Y)).sum(axis=0).astype(np.float64)
         self.sums_ = np.nansum(Y, axis=0)

@@ -133,9 +133,13 @@ class LedgerStore(ABC):
     def _commit(self, reservation_id: str, nanos: int, model: str | None) -> bool:
         """commit, `nanos` a valid amount."""
 
-    @abstractmethod
     def release(self, reservation_id: str) -> bool:
         """Drop a reservation without spending; False when it was not open."""
+        return self._release(check_reservation_id(reservation_id))
+
+    @abstractmethod
+    def _release(self, reservation_id: str) -> bool:
+        """release, `reservation_id` a valid id."""
 
     def adjust_lambda(self, scope: str, value: float) -> None:
         """Store the scope's dual variable."""

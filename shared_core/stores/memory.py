@@ -221,7 +221,7 @@ class MemoryStore(LedgerStore):
             self._touch(books, now)
             return True
 
-    def release(self, reservation_id: str) -> bool:
+    def _release(self, reservation_id: str) -> bool:
         with self._lock:
             now = self._clock()
             self._sweep(now)

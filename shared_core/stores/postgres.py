@@ -517,7 +517,7 @@ class PostgresStore(LedgerStore):
             raise unknown_reservation(reservation_id)
         return outcome == "ok"
 
-    def release(self, reservation_id: str) -> bool:
+    def _release(self, reservation_id: str) -> bool:
         ((released,),) = self._ledger("release", reservation_id)
         return bool(released)
 

@@ -145,7 +145,7 @@ class RedisStore(LedgerStore):
             raise unknown_reservation(reservation_id)
         return outcome == "ok"
 
-    def release(self, reservation_id: str) -> bool:
+    def _release(self, reservation_id: str) -> bool:
         return bool(self._run("release", reservation_id))
 
     def _adjust_lambda(self, scope: str, value: float) -> None:

@@ -400,7 +400,7 @@ class SQLiteStore(LedgerStore):
             self._end(db, reservation_id, "committed", now)
             return True
 
-    def release(self, reservation_id: str) -> bool:
+    def _release(self, reservation_id: str) -> bool:
         with self._transaction() as db:
             now = self._clock()
             self._sweep(db, now)
