@@ -257,7 +257,7 @@ def serial_blas() -> Iterator[None]:
         try:
             yield
         finally:
-            _serial_depth -= 1
+            _serial_depth = max(0, _serial_depth - 1)  # a fork inside the block reset it in the child
             if limits is not None:
                 limits.restore_original_limits()
 
