@@ -186,36 +186,32 @@ def test_a_hybrid_saved_before_it_wrote_its_own_parameters_takes_its_halves(smal
     assert_same_estimates(router, loaded, prompts)
 
 
-def test_a_forged_array_file_with_matching_checksums_is_still_checked(copy_of_saved):
-    """Arrays swapped for others of the right names: shapes must still agree with the parameters."""
-    with np.load(copy_of_saved / "arrays.npz", allow_pickle=False) as npz:
+def forge_array(directory: Path, name: str, change) -> None:
+    """Replace the saved array `name` by change(array) and re-sign the manifest to match, as a
+    forger who knows the format would: only the loader's own checks can catch it."""
+    with np.load(directory / "arrays.npz", allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
-    arrays["quality/Y"] = arrays["quality/Y"][:, :3]
-    np.savez(copy_of_saved / "arrays.npz", **arrays)
-    blob = (copy_of_saved / "arrays.npz").read_bytes()
+    arrays[name] = np.ascontiguousarray(change(arrays[name]))
+    np.savez(directory / "arrays.npz", **arrays)
+    blob = (directory / "arrays.npz").read_bytes()
 
     def resign(body):
-        body["arrays"]["quality/Y"]["shape"] = list(arrays["quality/Y"].shape)
+        body["arrays"][name]["shape"] = list(arrays[name].shape)
         body["arrays_sha256"] = hashlib.sha256(blob).hexdigest()
 
-    rewrite_manifest(copy_of_saved, resign)
+    rewrite_manifest(directory, resign)
+
+
+def test_a_forged_array_file_with_matching_checksums_is_still_checked(copy_of_saved):
+    """Arrays swapped for others of the right names: shapes must still agree with the parameters."""
+    forge_array(copy_of_saved, "quality/Y", lambda Y: Y[:, :3])
     with pytest.raises(PersistError, match="saved quality"):
         Router.load(copy_of_saved)
 
 
 def test_a_forged_memory_of_another_width_than_the_embedder_is_refused_at_load(copy_of_saved):
     """Each part loads, but they disagree: the error comes at load, not on every request after."""
-    with np.load(copy_of_saved / "arrays.npz", allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    arrays["quality/X"] = np.ascontiguousarray(arrays["quality/X"][:, :5])
-    np.savez(copy_of_saved / "arrays.npz", **arrays)
-    blob = (copy_of_saved / "arrays.npz").read_bytes()
-
-    def resign(body):
-        body["arrays"]["quality/X"]["shape"] = list(arrays["quality/X"].shape)
-        body["arrays_sha256"] = hashlib.sha256(blob).hexdigest()
-
-    rewrite_manifest(copy_of_saved, resign)
+    forge_array(copy_of_saved, "quality/X", lambda X: X[:, :5])
     with pytest.raises(PersistError, match="embedder and predictors disagree"):
         Router.load(copy_of_saved)
 
