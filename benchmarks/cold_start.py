@@ -38,6 +38,9 @@ from pathlib import Path
 import numpy as np
 from _common import DATA, ROOT, print_table, write_json
 
+sys.path.insert(0, str(ROOT / "tests"))  # the dependency closure the import-independence test uses
+from install_closure import dependency_closure  # noqa: E402
+
 REPEAT = 7
 TARGET_S = 0.5
 HEAVY = ("scipy", "sklearn", "pandas", "pyarrow", "langchain_core", "langsmith", "llama_index", "litellm",
@@ -108,32 +111,6 @@ def test_prompts() -> tuple[str, str]:
 
 # ---------------------------------------------------------------- install sizes
 
-def _closure(requirements: list[str]) -> dict[str, metadata.Distribution]:
-    """Installed distributions `requirements` pull in (markers and extras evaluated), by name."""
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
-    found: dict[str, metadata.Distribution] = {}
-    extras_seen: dict[str, set[str]] = {}
-    todo = [Requirement(r) for r in requirements]
-    while todo:
-        req = todo.pop()
-        name = canonicalize_name(req.name)
-        if name in found and set(req.extras) <= extras_seen[name]:
-            continue
-        try:
-            dist = metadata.distribution(req.name)
-        except metadata.PackageNotFoundError:
-            continue
-        found[name] = dist
-        extras_seen[name] = extras_seen.get(name, set()) | set(req.extras)
-        for line in dist.requires or ():
-            dep = Requirement(line)
-            if dep.marker is None or any(dep.marker.evaluate({"extra": e}) for e in extras_seen[name] or {""}):
-                todo.append(dep)
-    return found
-
-
 def _installed_bytes(dist: metadata.Distribution) -> int:
     total = 0
     for file in dist.files or ():
@@ -158,7 +135,7 @@ def install_sizes() -> dict[str, dict[str, float]]:
     }
     out = {}
     for name, requirements in profiles.items():
-        dists = _closure(requirements)
+        dists = dependency_closure(requirements)
         out[name] = {"distributions": len(dists), "mib": sum(map(_installed_bytes, dists.values())) / 2**20}
     return out
 

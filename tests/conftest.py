@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from ledger_support import STORES, FakeClock
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -47,6 +48,18 @@ def _require(path: Path) -> Path:
             pytest.fail(reason)
         pytest.skip(reason)
     return path
+
+
+@pytest.fixture(params=STORES)
+def kind(request) -> str:
+    """Each ledger store kind in turn (tests/ledger_support.py KINDS), for the tests that take `kind`."""
+    return request.param
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock that moves only when the test advances it."""
+    return FakeClock()
 
 
 @pytest.fixture(scope="session")

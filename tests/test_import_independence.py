@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 reads pyproject.toml
+from install_closure import dependency_closure  # noqa: E402
 from packaging.requirements import Requirement  # noqa: E402  # after the skip, as its guard intends
 from packaging.utils import canonicalize_name  # noqa: E402
 
@@ -36,30 +37,6 @@ LLAMAINDEX = "llama-index-core"
 FRAMEWORK_PREFIXES = {LANGCHAIN: ("langchain", "langsmith", "langgraph"), LLAMAINDEX: ("llama_index",)}
 PROBES = {LANGCHAIN: ["langchain_core.language_models", "langsmith", "langchain.agents"],
           LLAMAINDEX: ["llama_index.core.llms"]}
-
-
-def _closure(requirements: Iterable[str]) -> dict[str, metadata.Distribution]:
-    """Every installed distribution `requirements` pull in (markers and extras evaluated), by name."""
-    found: dict[str, metadata.Distribution] = {}
-    extras_seen: dict[str, set[str]] = {}
-    todo = [Requirement(r) for r in requirements]
-    while todo:
-        req = todo.pop()
-        name = canonicalize_name(req.name)
-        extras = set(req.extras)
-        if name in found and extras <= extras_seen[name]:
-            continue
-        try:
-            dist = metadata.distribution(req.name)
-        except metadata.PackageNotFoundError:
-            continue  # an optional dependency this environment lacks cannot leak in either
-        found[name] = dist
-        extras_seen[name] = extras_seen.get(name, set()) | extras
-        for line in dist.requires or ():
-            dep = Requirement(line)
-            if dep.marker is None or any(dep.marker.evaluate({"extra": e}) for e in extras_seen[name] or {""}):
-                todo.append(dep)
-    return found
 
 
 def _top_level(dist: metadata.Distribution) -> set[str]:
@@ -85,8 +62,8 @@ def _blocked(framework: str, keep_extras: Iterable[str]) -> list[str]:
     other = [r for r in core if canonicalize_name(Requirement(r).name) != framework]
     other += [r for extra in keep_extras for r in extras[extra] if not r.startswith("omniroute[")]
     other += INSTALLERS
-    kept = _closure(other)
-    own = {name: dist for name, dist in _closure([framework]).items() if name not in kept}
+    kept = dependency_closure(other)
+    own = {name: dist for name, dist in dependency_closure([framework]).items() if name not in kept}
     return sorted(m for d in own.values() for m in _top_level(d))
 
 

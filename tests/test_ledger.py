@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from ledger_support import DURABLE, STORES, FakeClock, ledger, redis_admin, store_url
+from ledger_support import DURABLE, ledger, redis_admin, store_url
 
 from shared_core.budget import MAX_USD, Budget, BudgetExceeded, ScopeState, UnknownScope, to_nanos
 from shared_core.candidates import Candidate
@@ -15,16 +15,6 @@ from shared_core.router import Router
 from shared_core.stores import SQLiteStore, open_store
 
 CHAIN = ("acme", "acme/bot")
-
-
-@pytest.fixture(params=STORES)
-def kind(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -7,23 +7,13 @@ that was current stays counted; only reset=True or the new period's own roll-ove
 from __future__ import annotations
 
 import pytest
-from ledger_support import STORES, FakeClock, ledger
+from ledger_support import ledger
 
 from shared_core.budget import Budget, BudgetExceeded
 from shared_core.candidates import Candidate
 from shared_core.router import Router
 
 DAY, HOUR = 86_400.0, 3_600.0
-
-
-@pytest.fixture(params=STORES)
-def kind(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 def spend(store, scope: str, usd: float, rid: str) -> None:

@@ -11,7 +11,7 @@ import logging
 import sqlite3
 
 import pytest
-from ledger_support import STORES, FakeClock, finished_records, ledger, postgres_admin, store_url
+from ledger_support import finished_records, ledger, postgres_admin, store_url
 
 from shared_core import Budget, Candidate, Router
 from shared_core.budget import DEFAULT_MAX_FINISHED, LedgerUnavailable, check_max_finished
@@ -19,16 +19,6 @@ from shared_core.pending import CLOCK_SLACK_S, PendingCommit, record_anew
 from shared_core.stores import LedgerStore, MemoryStore, SQLiteStore, open_store
 
 CHAIN = ("acme", "acme/bot")
-
-
-@pytest.fixture(params=STORES)
-def kind(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 def _budgets(store) -> None:
