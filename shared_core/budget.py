@@ -12,6 +12,7 @@ This module holds what a ledger keeps; the stores that keep it are peers in `sha
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -269,6 +270,12 @@ def scope_chain(scope: str) -> tuple[str, ...]:
     """
     if not isinstance(scope, str) or not scope:
         raise ValueError(f"scope must be a non-empty path like 'tenant/agent/session', got {scope!r}")
+    return _scope_chain(str(scope))
+
+
+# Every request reads its scope's chain several times; sessions repeat, so the checks run once per name.
+@functools.lru_cache(maxsize=4096)
+def _scope_chain(scope: str) -> tuple[str, ...]:
     if len(scope) > MAX_SCOPE_CHARS:
         raise ValueError(f"scope must be at most {MAX_SCOPE_CHARS} characters, got {len(scope)}")
     parts = scope.split("/")

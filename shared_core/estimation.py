@@ -262,17 +262,18 @@ class CandidatePool:
         # a prediction must see both before or both after.
         with self._lock:
             lineup = self.lineup
-            q = np.tile(lineup.priors, (n, 1))
-            lengths = np.full((n, len(lineup.names)), float(getattr(self.lengths, "default", 256.0)))
             has_q, has_l = lineup.q_cols >= 0, lineup.l_cols >= 0
+            some_q, some_l = self.quality is not None and has_q.any(), has_l.any()
+            q = np.empty((n, len(lineup.names))) if some_q and has_q.all() else np.tile(lineup.priors, (n, 1))
+            lengths = np.full((n, len(lineup.names)), float(getattr(self.lengths, "default", 256.0)))
             # Both predictors asked about the same rows in turn: k-NN ones share one neighbour search.
             for start in range(0, n, SHARED_ROWS):
                 rows = slice(start, start + SHARED_ROWS)
-                if self.quality is not None and has_q.any():
-                    q[rows, has_q] = self.quality.predict(X[rows])[:, lineup.q_cols[has_q]]
-                if has_l.any():
+                if some_q:
+                    q[rows, has_q] = self.quality.predict(X[rows])[:, lineup.q_cols[has_q]]  # type: ignore[union-attr]
+                if some_l:
                     lengths[rows, has_l] = self.lengths.predict(X[rows])[:, lineup.l_cols[has_l]]
-            if has_l.any():
+            if some_l and not has_l.all():
                 # A candidate without length data (added without profile answers) is expected
                 # to answer like the others do for this prompt.
                 lengths[:, ~has_l] = lengths[:, has_l].mean(axis=1, keepdims=True)

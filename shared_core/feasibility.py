@@ -100,7 +100,8 @@ def reasons(lineup: Lineup, input_tokens: np.ndarray, caps: np.ndarray, request:
         if getattr(request, need):
             rules.append((~lineup.capabilities[field], partial(_fixed, text)))
     why: list[tuple[str, ...]] = [()] * m
-    for j in np.flatnonzero(np.logical_or.reduce([mask for mask, _ in rules])):
+    blocked = rules[0][0] if len(rules) == 1 else np.logical_or.reduce([mask for mask, _ in rules])
+    for j in np.flatnonzero(blocked):
         why[j] = tuple(text(int(j)) for mask, text in rules if mask[j])
     return why
 

@@ -161,7 +161,11 @@ class HybridLength(Estimator):
         """Predicted output tokens (>= 0), shape (len(X), len(models_))."""
         check_fitted(self)
         X = check_rows(X, self.coef_.shape[1])
+        if self.delta == 0.0:  # retrieval only (the usual choice): 0·ridge adds nothing
+            return np.maximum(0.0, self.memory_.neighbour_means(X, int(self.k), self.mean_, 0.0))
         ridge = X @ self.coef_.T + self.intercept_
+        if self.delta == 1.0:
+            return np.maximum(0.0, ridge)
         knn = self.memory_.neighbour_means(X, int(self.k), self.mean_, 0.0)
         return np.maximum(0.0, self.delta * ridge + (1.0 - self.delta) * knn)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections.abc import Callable
@@ -91,7 +92,7 @@ class DualPacer(BaseModel):
             return None
         # The batch solution at budget rate ρ is priced by the λ of the largest curve rate ≤ ρ;
         # below the whole curve, by its highest λ (the cheapest assignment).
-        i = int(np.searchsorted(self.warm_rates, rate, side="right")) - 1
+        i = bisect.bisect_right(self.warm_rates, rate) - 1
         return self.warm_lambdas[max(i, 0)]
 
     def theta(self, state: ScopeState) -> float:

@@ -398,7 +398,7 @@ class Router:
         asked = Request(max_tokens=max_tokens, tools=bool(tool_list), structured_output=structured_output,
                         exclude=exclude, model=model)
         why = reasons(lineup, input_tokens, caps, asked)
-        feasible = np.fromiter((not w for w in why), dtype=bool, count=len(why))
+        feasible = np.array([not w for w in why], dtype=bool)
         if not feasible.any():
             raise NoFeasibleCandidate(describe(lineup, why, asked))
         if weights:
@@ -409,16 +409,18 @@ class Router:
         lam = max([self.cost_weight] + [self.pacer.price(s) for s in states])
         score = np.where(feasible, q - lam * cost, -np.inf)
         names = lineup.names
-        ranking = tuple(names[j] for j in np.argsort(-score, kind="stable") if feasible[j])
-        served = np.flatnonzero(feasible)
+        servable = feasible.tolist()
+        ranking = tuple(names[j] for j in np.argsort(-score, kind="stable").tolist() if servable[j])
+        served = [j for j, ok in enumerate(servable) if ok]
+        caps_of, out_of = caps.tolist(), out.tolist()
         base = Decision(
             id="", chosen="", scopes=tuple(s.scope for s in states), lam=lam, reserved=0.0,
             quality=dict(zip(names, q.tolist(), strict=True)),
             cost=dict(zip(names, cost.tolist(), strict=True)),
             input_tokens=dict(zip(names, input_tokens.astype(int).tolist(), strict=True)),
             ranking=ranking, max_tokens=max_tokens, text=text,
-            output_caps={names[j]: int(caps[j]) for j in served},
-            output_tokens={names[j]: math.ceil(out[j]) for j in served},
+            output_caps={names[j]: int(caps_of[j]) for j in served},
+            output_tokens={names[j]: math.ceil(out_of[j]) for j in served},
         )
         return self._reserve_first(lineup, base, list(ranking), dict(zip(names, worst.tolist(), strict=True)),
                                    states, reservation_ttl_s, scope=self.scope_of(session))

@@ -141,6 +141,14 @@ def test_one_prompt_path_gives_the_same_vectors_as_the_batch_path(small, options
     np.testing.assert_allclose(one_by_one, batch, atol=1e-5)
 
 
+def test_one_prompt_embeds_bit_for_bit_as_in_a_batch(test_split, default_tfidf):
+    """A routed request (the NumPy path for a few rows) and route_batch (scipy's kernel) give a
+    prompt the same vector to the last bit, so a prompt is routed alike in both."""
+    prompts = test_split.prompts
+    batch = default_tfidf.transform(prompts)
+    np.testing.assert_array_equal(np.vstack([default_tfidf.transform([p]) for p in prompts]), batch)
+
+
 # --- issue 17: the leaner embedding step gives today's vectors ---
 
 

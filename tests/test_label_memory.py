@@ -152,3 +152,36 @@ def test_equally_similar_rows_are_taken_lower_row_first_in_a_batch_and_alone():
         alone = np.vstack([memory.neighbour_means(Q[i:i + 1], k, prior, 0.0) for i in range(len(Q))])
         np.testing.assert_array_equal(alone, batch)
         np.testing.assert_allclose(batch, brute_force(X, Y, Q, k, prior, 0.0), atol=1e-12)
+
+
+def sorted_reference(S, c):
+    """Each row's c largest columns, largest first, equal values lower column first; NaN least."""
+    S = np.where(np.isnan(S), -np.inf, S)
+    return np.array([np.lexsort((np.arange(len(s)), -s))[:c] for s in S]).reshape(len(S), min(c, S.shape[1]))
+
+
+def test_the_nearest_rows_are_an_exact_selection_alone_and_in_a_batch():
+    # The single-query path narrows the candidates with a strided sample before selecting; the
+    # batch path partitions whole rows. Both must give the sorted reference, ties and NaN included.
+    from shared_core.quality.memory import _nearest_sorted
+
+    rng = np.random.default_rng(17)
+    for case in range(300):
+        n = int(rng.integers(1, 700))
+        c = int(rng.integers(1, n + 40))
+        kind = case % 4
+        if kind == 0:  # continuous similarities
+            S = rng.uniform(-1, 1, size=(5, n))
+        elif kind == 1:  # a few distinct values: ties everywhere, at the c-th place too
+            S = rng.integers(-2, 3, size=(5, n)) / 2
+        elif kind == 2:  # the largest values all at the end (the sample sees few of them)
+            S = np.sort(rng.uniform(-1, 1, size=(5, n)), axis=1)
+        else:  # NaN and infinities mixed in
+            S = rng.uniform(-1, 1, size=(5, n))
+            S[rng.random(S.shape) < 0.2] = np.nan
+            S[rng.random(S.shape) < 0.05] = np.inf
+            S[rng.random(S.shape) < 0.05] = -np.inf
+        expected = sorted_reference(S, c)
+        np.testing.assert_array_equal(_nearest_sorted(S, c), expected)
+        for i in range(len(S)):
+            np.testing.assert_array_equal(_nearest_sorted(S[i:i + 1], c), expected[i:i + 1])

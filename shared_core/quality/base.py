@@ -180,6 +180,10 @@ class OnlinePredictor(Protocol):
 def l2_normalise(X: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (zero rows stay zero), so a dot product is a cosine."""
     X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 2 and len(X) == 1:
+        # One row (every decision): np.linalg.norm's sum of squares, without its call overhead.
+        norm = math.sqrt(np.add.reduce(X[0] * X[0]))
+        return X / norm if norm > 0 else X.copy()
     norms = np.linalg.norm(X, axis=1, keepdims=True)
     return X / np.where(norms > 0, norms, 1.0)
 

@@ -14,6 +14,7 @@ same rows.
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -50,6 +51,12 @@ class _Snapshot:
         if "counts" not in self.derived:
             self.derived["counts"] = self.K[: self.n].sum(axis=0)
         return self.derived["counts"]
+
+    def complete(self) -> bool:
+        """Whether every row is labelled for every model (no NaN labels)."""
+        if "complete" not in self.derived:
+            self.derived["complete"] = bool(self.K[: self.n].all())
+        return self.derived["complete"]
 
     def sums(self) -> np.ndarray:
         """The sum of the known labels per model, (m,)."""
@@ -229,15 +236,22 @@ class LabelMemory:
         X = s.X[: s.n]
         Q = l2_normalise(Q)
         ks, width = s.neighbourhood(k)
-        m = len(ks)
-        step = max(1, _BLOCK // max(1, min(s.n, width * 4**_WIDEN) * m))  # room for the widest pass
-        out = np.empty((len(Q), m))
+        step = max(1, _BLOCK // max(1, min(s.n, width * 4**_WIDEN) * len(ks)))  # room for the widest pass
+        if 0 < len(Q) <= step:  # every decision: one block, without the loop's copies
+            return _means(*_sums(s, _search(X, Q), ks, width), prior, shrinkage)
+        out = np.empty((len(Q), len(ks)))
         for start in range(0, len(Q), step):
-            sums, counts = _sums(s, _search(X, Q[start:start + step]), ks, width)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                est = (sums + shrinkage * prior) / (counts + shrinkage)
-            out[start:start + step] = np.where(counts + shrinkage > 0, est, prior)
+            out[start:start + step] = _means(*_sums(s, _search(X, Q[start:start + step]), ks, width), prior, shrinkage)
         return out
+
+
+def _means(sums: np.ndarray, counts: np.ndarray, prior: np.ndarray, shrinkage: float) -> np.ndarray:
+    """(sums + s·prior) / (counts + s), the prior where nothing is counted and s is 0."""
+    pseudo = counts + shrinkage
+    counted = pseudo > 0
+    if counted.all():  # every decision of a fitted memory
+        return (sums + shrinkage * prior) / pseudo
+    return np.where(counted, (sums + shrinkage * prior) / np.where(counted, pseudo, 1.0), prior)
 
 
 def _grown(buffer: np.ndarray, n: int, capacity: int) -> np.ndarray:
@@ -294,20 +308,26 @@ def _sums(snap: _Snapshot, search: _Search, ks: np.ndarray, width: int) -> tuple
     """
     Y0, K = snap.Y0[: snap.n], snap.K[: snap.n]
     S = search.S
-    if width == 0 or not int(ks.max(initial=0)):
+    top = int(ks.max(initial=0))
+    if width == 0 or not top:
         return np.zeros((len(S), len(ks))), np.zeros((len(S), len(ks)))
+    if top == ks.min() and snap.complete():
+        # Every row labelled for every model (a fitted length memory, say): the sums are plain sums.
+        head = search.nearest(width)[:, :top]
+        return Y0[head].sum(axis=1), np.broadcast_to(ks, (len(S), len(ks)))
     widest = min(snap.n, width * 4**_WIDEN)
     while True:
         idx = search.nearest(width)
         known = K[idx]  # (r, width, m)
-        use = known & (np.cumsum(known, axis=1, dtype=np.intp) <= ks)
-        counts = use.sum(axis=1)
+        seen = np.cumsum(known, axis=1, dtype=np.intp)
+        counts = np.minimum(seen[:, -1], ks)  # labelled rows taken: all there are, up to k_j
         short = (counts < ks).any(axis=0)
-        if not short.any() or width >= widest:
+        any_short = bool(short.any())
+        if not any_short or width >= widest:
             break
         width = min(widest, 4 * width)
-    sums = np.einsum("rwm,rwm->rm", Y0[idx], use)
-    if short.any():
+    sums = np.einsum("rwm,rwm->rm", Y0[idx], known & (seen <= ks))
+    if any_short:
         rows_of, group = snap.groups()
         for g in np.unique(group[short]):
             models = np.flatnonzero(short & (group == g))
@@ -319,12 +339,30 @@ def _sums(snap: _Snapshot, search: _Search, ks: np.ndarray, width: int) -> tuple
     return sums, counts
 
 
+# Every _STRIDE-th similarity is a sample whose order statistics bound the c-th largest from below.
+_STRIDE = 8
+
+
+def _at_least(s: np.ndarray, c: int) -> np.ndarray:
+    """Indices (ascending) of the entries of `s` at least as large as a bound below its c-th
+    largest: all of its c largest, and some more (0 < c < len(s)).
+
+    The bound is a strided sample's ⌈1.5·c/_STRIDE⌉ + 8-th largest, which has about 1.5·c entries
+    above it: one partial selection of an eighth of the entries and one of about 1.5·c, instead of
+    one of them all. Were fewer than c left above it, every index is returned.
+    """
+    sample = s[::_STRIDE]
+    rank = min(len(sample), -(-3 * c // (2 * _STRIDE)) + 8)
+    near = np.flatnonzero(s >= np.partition(sample, len(sample) - rank)[len(sample) - rank])
+    return near if len(near) >= c else np.arange(len(s))
+
+
 def _nearest_sorted(S: np.ndarray, c: int) -> np.ndarray:
     """Column indices of each row's c largest entries, largest first, equal entries lower index
     first — at the c-th place too, so that a batch, a single query and a wider search that is cut
     short all pick the same rows among equally similar ones (a prompt remembered twice). NaN
     counts as the least similar."""
-    if np.isnan(S).any():
+    if math.isnan(np.maximum.reduce(S, axis=None, initial=-np.inf)):  # the largest is NaN where any is
         S = np.where(np.isnan(S), -np.inf, S)
     r, n = S.shape
     if c <= 0:
@@ -336,9 +374,10 @@ def _nearest_sorted(S: np.ndarray, c: int) -> np.ndarray:
         if c >= n:
             one = np.arange(n)
         else:
-            v = s[np.argpartition(-s, c - 1)[c - 1]]  # the c-th largest
-            first = np.flatnonzero(s > v)
-            one = np.concatenate([first, np.flatnonzero(s == v)[: c - len(first)]])
+            near = _at_least(s, c)  # indices, ascending, of a few more than the c largest
+            t = s[near]
+            v = np.partition(t, len(t) - c)[len(t) - c]  # the c-th largest
+            one = np.concatenate([near[t > v], near[t == v][: c - int((t > v).sum())]])
         return one[np.argsort(-s[one], kind="stable")][None]
     if c >= n:
         idx = np.broadcast_to(np.arange(n), S.shape)
