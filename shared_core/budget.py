@@ -270,7 +270,8 @@ def scope_chain(scope: str) -> tuple[str, ...]:
     """
     if not isinstance(scope, str) or not scope:
         raise ValueError(f"scope must be a non-empty path like 'tenant/agent/session', got {scope!r}")
-    return _scope_chain(str(scope))
+    # A str subclass may define its own split or equality: it is checked as it is, never cached.
+    return _scope_chain(scope) if type(scope) is str else _scope_chain.__wrapped__(scope)
 
 
 # Every request reads its scope's chain several times; sessions repeat, so the checks run once per name.

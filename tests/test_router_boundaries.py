@@ -114,8 +114,10 @@ def test_both_adapters_bind_callers_to_a_tenant():
 ])
 def test_session_ids_are_bounded_and_clean(session, message):
     router = Router(_cands(), default_budget=Budget(usd=1.0))
-    with pytest.raises(ValueError, match=message):
-        router.decide("Hello.", session)
+    router.release(router.decide("Hello.", "good/session"))  # checked names are remembered (cached) ...
+    for _ in range(2):  # ... refused ones never are
+        with pytest.raises(ValueError, match=message):
+            router.decide("Hello.", session)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])

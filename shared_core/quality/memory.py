@@ -249,9 +249,10 @@ def _means(sums: np.ndarray, counts: np.ndarray, prior: np.ndarray, shrinkage: f
     """(sums + s·prior) / (counts + s), the prior where nothing is counted and s is 0."""
     pseudo = counts + shrinkage
     counted = pseudo > 0
+    total = sums + shrinkage * prior if shrinkage else sums  # 0·prior would be NaN for an infinite prior
     if counted.all():  # every decision of a fitted memory
-        return (sums + shrinkage * prior) / pseudo
-    return np.where(counted, (sums + shrinkage * prior) / np.where(counted, pseudo, 1.0), prior)
+        return total / pseudo
+    return np.where(counted, total / np.where(counted, pseudo, 1.0), prior)
 
 
 def _grown(buffer: np.ndarray, n: int, capacity: int) -> np.ndarray:
