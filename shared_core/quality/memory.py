@@ -378,7 +378,8 @@ def _nearest_sorted(S: np.ndarray, c: int) -> np.ndarray:
             near = _at_least(s, c)  # indices, ascending, of a few more than the c largest
             t = s[near]
             v = np.partition(t, len(t) - c)[len(t) - c]  # the c-th largest
-            one = np.concatenate([near[t > v], near[t == v][: c - int((t > v).sum())]])
+            above = t > v
+            one = np.concatenate([near[above], near[t == v][: c - int(above.sum())]])
         return one[np.argsort(-s[one], kind="stable")][None]
     if c >= n:
         idx = np.broadcast_to(np.arange(n), S.shape)
