@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import gc
 import statistics
@@ -44,7 +43,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 from omniroute_lc import ChatOmniRoute
-from shared_core import Budget, calls
+from shared_core import Budget, offload
 from shared_core.data import load_dataset
 from shared_core.fitting import DEFAULT_PREDICTOR, fit_router
 from shared_core.persist import MANIFEST
@@ -85,15 +84,22 @@ class SleepyChat(BaseChatModel):
 
 
 class StageClock:
-    """Thread CPU seconds spent inside the router's decide / commit / release, summed over calls."""
+    """Thread CPU seconds spent inside the router's decide / commit / release, summed over calls.
+
+    The async path decides in steps (shared_core.offload): checking each request, predicting for
+    a batch of them, finishing each; "decide" sums all three."""
 
     STAGES = ("decide", "commit", "release")
+    STEPS = {"decide": ((0, "decide"), (0, "_ask"), (0, "_decide_predicted"), (1, "features"), (1, "predict")),
+             "commit": ((0, "commit"),), "release": ((0, "release"),)}
 
     def __init__(self, router: Router) -> None:
         self._lock = threading.Lock()
         self.seconds = dict.fromkeys(self.STAGES, 0.0)
-        for stage in self.STAGES:
-            setattr(router, stage, self._timed(stage, getattr(router, stage)))
+        for stage, steps in self.STEPS.items():
+            for owner, name in steps:
+                target = (router, router.pool)[owner]
+                setattr(target, name, self._timed(stage, getattr(target, name)))
 
     def _timed(self, stage: str, method: Callable[..., Any]) -> Callable[..., Any]:
         def run(*args: Any, **kwargs: Any) -> Any:
@@ -115,26 +121,19 @@ class StageClock:
 
 @contextlib.contextmanager
 def routing_inline() -> Iterator[None]:
-    """Routing's worker pool replaced by running each call at once on the caller's thread (the event
+    """Routing's workers replaced by running each call at once on the caller's thread (the event
     loop): the async path as it was before routing moved off the loop."""
-    submit = calls._submit
+    dispatch = offload._dispatch
 
-    def inline(fn: Callable[[], Any]) -> tuple[concurrent.futures.Future[Any], Any]:
-        import contextvars
+    def inline(job: Any) -> None:
+        offload._run([job])
+        offload._settle_futures([job])
 
-        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        context = contextvars.copy_context()
-        try:
-            done.set_result(context.run(fn))
-        except BaseException as error:  # handed to the awaiting caller, as the pool would
-            done.set_exception(error)
-        return done, context
-
-    calls._submit = inline
+    offload._dispatch = inline
     try:
         yield
     finally:
-        calls._submit = submit
+        offload._dispatch = dispatch
 
 
 class GCPauses:
@@ -275,7 +274,7 @@ async def run(args: argparse.Namespace, folder: Path, tmp: Path) -> dict[str, An
         entry["stage_cpu_s_per_round"] = cpu
         results[kind] = entry
     print_table(f"{CALLS} concurrent ainvoke, candidates awaiting {LATENCY_S} s; median of {args.rounds} rounds "
-                f"(routing threads: {calls.ROUTING_THREADS})",
+                f"(routing threads: {offload.ROUTING_THREADS})",
                 ["store", "calls", "wall s", "÷ direct", "stall ms", "stall ms (worst round)",
                  "stall ms without GC", "longest GC pause ms", f"≤ {TARGET_RATIO}× and ≤ {TARGET_STALL_MS:g} ms"], rows)
     stage_rows = []
@@ -300,10 +299,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--router", type=Path, help="folder to keep the fitted router in (fitted if empty)")
     parser.add_argument("--stores", type=lambda s: s.split(","), default=["memory", "sqlite", "redis"])
-    parser.add_argument("--threads", type=int, default=calls.ROUTING_THREADS,
-                        help="routing worker threads (shared_core.calls.ROUTING_THREADS)")
+    parser.add_argument("--threads", type=int, default=offload.ROUTING_THREADS,
+                        help="routing worker threads (shared_core.offload.ROUTING_THREADS)")
     args = parser.parse_args()
-    calls.ROUTING_THREADS = args.threads  # read when the pool is first made
+    offload.ROUTING_THREADS = args.threads  # read when the pool is first made
     with tempfile.TemporaryDirectory(prefix="omniroute-async-loop-") as tmp:
         folder = args.router or Path(tmp) / "router"
         fitted_router(folder)

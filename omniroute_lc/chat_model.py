@@ -20,9 +20,10 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from typing_extensions import Self
 
 from shared_core.budget import Budget, BudgetExceeded, scope_chain
-from shared_core.calls import FallbackStream, acall_with_fallbacks, call_with_fallbacks, off_loop, reserve_off_loop
+from shared_core.calls import FallbackStream, acall_with_fallbacks, call_with_fallbacks
 from shared_core.candidates import Candidate
 from shared_core.metering import METADATA_KEY, StreamSettlement
+from shared_core.offload import decide_off_loop, off_loop
 from shared_core.router import Decision, Router, RoutingError
 from shared_core.tokens import count_message_tokens, count_tokens
 
@@ -56,7 +57,7 @@ class ChatOmniRoute(BaseChatModel):
     back to the next-best candidate when one raises before answering, and commits the actual
     cost from the candidate's `usage_metadata` (tiktoken counts when it reports none). The async
     forms (`ainvoke`, `astream`, ...) make the same routing and ledger calls in worker threads
-    (`shared_core.calls.off_loop`), so neither a decision nor a ledger round trip holds the event loop.
+    (`shared_core.offload`), so neither a decision nor a ledger round trip holds the event loop.
 
     Sessions — which budget a call charges (a scope path: "acme/agent-7" also counts against
     "acme"), first match wins:
@@ -259,24 +260,37 @@ class ChatOmniRoute(BaseChatModel):
             kwargs.pop(plumbing, None)
         return super()._get_llm_string(stop=stop, **kwargs)
 
+    def _routes_early(self) -> bool:
+        """Whether to route before LangChain starts the run, so tracing names the chosen model: not
+        when a cache may answer (no money should be held for it)."""
+        return self.cache is False or (self.cache is None and get_llm_cache() is None)
+
     def _route_early(
         self, input: LanguageModelInput, stop: list[str] | None, kwargs: dict[str, Any]
     ) -> tuple[RoutedCall, Decision] | None:
-        """Route before LangChain starts the run, so tracing names the chosen model; None to route in
-        the hook instead: when a cache may answer (no money should be held for it), or when routing
-        fails (the error then surfaces inside the run, where callback handlers see it)."""
-        if self.cache is False or (self.cache is None and get_llm_cache() is None):
-            try:
-                return self._route(self._convert_input(input).to_messages(), stop, kwargs)
-            except (RoutingError, BudgetExceeded):
-                return None
-        return None
+        """The call routed before its run (see _routes_early); None to route in the hook instead, also
+        when routing fails (the error then surfaces inside the run, where callback handlers see it)."""
+        if not self._routes_early():
+            return None
+        try:
+            return self._route(self._convert_input(input).to_messages(), stop, kwargs)
+        except (RoutingError, BudgetExceeded):
+            return None
 
     async def _aroute_early(
         self, input: LanguageModelInput, stop: list[str] | None, kwargs: dict[str, Any]
     ) -> tuple[RoutedCall, Decision] | None:
         """_route_early in routing's worker threads: the event loop goes on while it decides."""
-        return await reserve_off_loop(partial(self._route_early, input, stop, kwargs), self._release)
+        if not self._routes_early():
+            return None
+
+        def request() -> tuple[RoutedCall, dict[str, Any]]:
+            return self._request(self._convert_input(input).to_messages(), stop, kwargs)
+
+        try:
+            return await decide_off_loop(self.router, request, self._release)
+        except (RoutingError, BudgetExceeded):
+            return None
 
     def invoke(
         self, input: LanguageModelInput, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
@@ -424,19 +438,26 @@ class ChatOmniRoute(BaseChatModel):
         return CallKwargsToConfig(chain)
 
     # ------------------------------------------------------------------ hooks
+    def _request(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[RoutedCall, dict[str, Any]]:
+        """The call as the router sees it, and the keyword arguments of its `Router.decide`."""
+        session = resolve_session(kwargs.get("session"), self.session, None, self.default_session)
+        call = RoutedCall.from_call(messages, stop or self.stop, kwargs, session=session, max_tokens=self.max_tokens)
+        return call, dict(
+            request=call.messages, session=call.session, tools=call.tool_schemas(),
+            structured_output=call.structured is not None, max_tokens=call.max_tokens,
+            exclude=call.unsupported(self._models), model=call.model,
+        )
+
     def _route(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> tuple[RoutedCall, Decision]:
         routed = kwargs.get(ROUTED_KWARG)
         if routed is not None:  # decided before the run started (see _route_early)
             return routed
-        session = resolve_session(kwargs.get("session"), self.session, None, self.default_session)
-        call = RoutedCall.from_call(messages, stop or self.stop, kwargs, session=session, max_tokens=self.max_tokens)
-        decision = self.router.decide(
-            call.messages, call.session, tools=call.tool_schemas(), structured_output=call.structured is not None,
-            max_tokens=call.max_tokens, exclude=call.unsupported(self._models), model=call.model,
-        )
-        return call, decision
+        call, arguments = self._request(messages, stop, kwargs)
+        return call, self.router.decide(**arguments)
 
     def _settled(self, call: RoutedCall, decision: Decision, result: ChatResult) -> ChatResult:
         summary = settle(self.router, decision, call.session, [g.message for g in result.generations])
@@ -451,7 +472,7 @@ class ChatOmniRoute(BaseChatModel):
         routed = kwargs.get(ROUTED_KWARG)
         if routed is not None:
             return routed
-        return await reserve_off_loop(partial(self._route, messages, stop, kwargs), self._release)
+        return await decide_off_loop(self.router, partial(self._request, messages, stop, kwargs), self._release)
 
     async def _asettled(self, call: RoutedCall, decision: Decision, result: ChatResult) -> ChatResult:
         messages = [g.message for g in result.generations]

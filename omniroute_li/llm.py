@@ -35,13 +35,12 @@ from shared_core.calls import (
     acall_with_fallbacks,
     asettle_usage,
     call_with_fallbacks,
-    off_loop,
-    reserve_off_loop,
     settle_usage,
 )
 from shared_core.candidates import Candidate
 from shared_core.fallbacks import Attempt
 from shared_core.metering import StreamSettlement, routing_record
+from shared_core.offload import decide_off_loop, off_loop
 from shared_core.router import Decision, Router
 
 from .held import claim
@@ -178,7 +177,7 @@ class OmniRouteLLM(FunctionCallingLLM):
     own response object (a dict `raw` gets the usage merged into `raw["usage"]`). Streams end
     with one extra chunk (empty delta) carrying them. Each settled call also emits a
     `RoutedCallEndEvent` to LlamaIndex instrumentation (see `SpendTracker`). The async forms make
-    the same routing and ledger calls in worker threads (`shared_core.calls.off_loop`), so neither
+    the same routing and ledger calls in worker threads (`shared_core.offload`), so neither
     a decision nor a ledger round trip holds the event loop; events are dispatched on the loop.
 
     Callbacks: a call's LLM events go to this instance's `callback_manager` (LlamaIndex's
@@ -302,14 +301,19 @@ class OmniRouteLLM(FunctionCallingLLM):
 
     # ------------------------------------------------------------------ routing
     def _decide(self, request: list[dict[str, Any]], kwargs: dict[str, Any], tools: list | None = None) -> Decision:
+        return self.router.decide(**self._arguments(request, kwargs, tools))
+
+    def _arguments(
+        self, request: list[dict[str, Any]], kwargs: dict[str, Any], tools: list | None = None
+    ) -> dict[str, Any]:
+        """The keyword arguments of the call's `Router.decide` (taking the routing ones out of `kwargs`)."""
         session = kwargs.pop("session", self.session)
         model = kwargs.pop("model", self.model)
         max_tokens = kwargs.pop("max_tokens", None)
         structured = bool(kwargs.pop(_STRUCTURED, False))
         claim(self.router, model)  # a selection held for this engine's call gives way to it
-        return self.router.decide(
-            request, session, tools=tools, structured_output=structured, model=model, max_tokens=max_tokens
-        )
+        return dict(request=request, session=session, tools=tools, structured_output=structured, model=model,
+                    max_tokens=max_tokens)
 
     def _target(
         self, candidate: Candidate, decision: Decision, *, streaming: bool = False
@@ -326,26 +330,40 @@ class OmniRouteLLM(FunctionCallingLLM):
         self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
     ) -> tuple[Decision, Callable[[Any], dict[str, Any]]]:
         """The decision for a chat call and, per candidate, the arguments of its own chat call."""
+        arguments, decide = self._chat_request(messages, kwargs)
+        return self.router.decide(**decide), arguments
+
+    def _chat_request(
+        self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
+    ) -> tuple[Callable[[Any], dict[str, Any]], dict[str, Any]]:
+        """Per candidate, the arguments of its own chat call; and those of the call's `Router.decide`."""
         prepared: _PreparedTools | None = kwargs.pop(_PREPARED, None)
         if prepared is not None:
-            decision = self._decide(prepared.request, dict(prepared.routing), tools=tool_schemas(prepared.tools))
-            return decision, prepared.arguments
-        decision = self._decide(to_request(messages), kwargs)
-        return decision, lambda llm: {"messages": messages, **kwargs}
+            return prepared.arguments, self._arguments(
+                prepared.request, dict(prepared.routing), tools=tool_schemas(prepared.tools)
+            )
+        return (lambda llm: {"messages": messages, **kwargs}), self._arguments(to_request(messages), kwargs)
 
     def _settled(self, response: Response, decision: Decision) -> Response:
         settlement = settle_usage(self.router, decision, provider_usage(response), output_text(response))
         return _report(decision, settlement, annotate(response, decision, settlement))
 
-    # The async paths make the same calls in routing's worker threads (shared_core.calls.off_loop):
+    # The async paths make the same calls in routing's worker threads (shared_core.offload):
     # a `claim` or `hold` made there is kept in the caller's context, and events go out on the loop.
     async def _aplan(
         self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]
     ) -> tuple[Decision, Callable[[Any], dict[str, Any]]]:
-        return await reserve_off_loop(partial(self._plan, messages, kwargs), lambda plan: self.router.release(plan[0]))
+        arguments, decision = await decide_off_loop(
+            self.router, partial(self._chat_request, messages, kwargs), lambda plan: self.router.release(plan[1])
+        )
+        return decision, arguments
 
     async def _adecide(self, request: list[dict[str, Any]], kwargs: dict[str, Any]) -> Decision:
-        return await reserve_off_loop(partial(self._decide, request, kwargs), self.router.release)
+        def prepare() -> tuple[None, dict[str, Any]]:
+            return None, self._arguments(request, kwargs)
+
+        _, decision = await decide_off_loop(self.router, prepare, lambda plan: self.router.release(plan[1]))
+        return decision
 
     async def _asettled(self, response: Response, decision: Decision) -> Response:
         settlement = await asettle_usage(self.router, decision, provider_usage(response), output_text(response))

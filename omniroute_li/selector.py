@@ -13,7 +13,7 @@ from llama_index.core.schema import QueryBundle
 from llama_index.core.tools.types import ToolMetadata
 from pydantic import InstanceOf
 
-from shared_core.calls import reserve_off_loop
+from shared_core.offload import reserve_off_loop
 from shared_core.router import Decision, Router
 
 from .held import hold

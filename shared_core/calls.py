@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import contextvars
 import functools
 import inspect
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -21,13 +19,14 @@ from .budget import LedgerUnavailable
 from .candidates import Candidate
 from .errors import AttemptTimeout
 from .fallbacks import AllCandidatesFailed, Attempt, ErrorKind, classify, falls_back
+from .offload import off_loop, reserve_off_loop
 from .pricing import Reported, Usage, usage_from_report
 from .router import Decision, Router
 from .tokens import count_tokens
 
 __all__ = [
-    "ROUTING_THREADS", "AttemptTimeout", "FallbackStream", "OnFailure", "Settlement", "acall_with_fallbacks",
-    "asettle_interrupted", "asettle_usage", "call_with_fallbacks", "off_loop", "reserve_off_loop",
+    "AttemptTimeout", "FallbackStream", "OnFailure", "Settlement", "acall_with_fallbacks",
+    "asettle_interrupted", "asettle_usage", "call_with_fallbacks",
     "settle_interrupted", "settle_usage",
 ]
 
@@ -38,118 +37,6 @@ C = TypeVar("C")
 
 #: Called with each failed attempt (before the next is tried); may return an awaitable in async code.
 OnFailure = Callable[[Attempt], Any]
-
-
-# ----------------------------------------------------------------- off the event loop
-# The async paths run every router call (decide, reroute, commit, release, settlement) in these
-# threads, so that neither the decision's CPU time nor a ledger round trip holds the event loop.
-# A pool of routing's own rather than the loop's default executor (asyncio.to_thread): that one
-# also resolves host names for new connections and runs LangChain's sync callback handlers, which
-# a burst of queued decisions must not starve; and it is sized for the cores, not for routing.
-# Decisions are mostly CPU under the GIL: each more thread wanting it is one more the event loop
-# waits behind, while more threads overlap more ledger round trips. Measured on 2 cores, 200
-# concurrent ainvoke, interleaved (median loop stall without GC pauses; wall): memory ledger 1, 2,
-# 4 threads: 20, 32, 46 ms; 1.39, 1.38, 1.50 s. Redis: 35, 32, 53 ms; 3.7, 3.4, 2.7 s. Two keep
-# the stall near its least on both (benchmarks/async_loop.py --threads N). Read when the pool is made.
-#: Worker threads that run routing and ledger calls for the async entry points.
-ROUTING_THREADS = 2
-
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
-_pool_pid = 0
-_pool_lock = threading.Lock()
-
-
-def _routing_pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _pool, _pool_pid
-    with _pool_lock:
-        # A forked child inherits the pool object but not its threads: work sent there would never run.
-        if _pool is None or _pool_pid != os.getpid():
-            _pool = concurrent.futures.ThreadPoolExecutor(ROUTING_THREADS, thread_name_prefix="omniroute-routing")
-            _pool_pid = os.getpid()
-        return _pool
-
-
-def _submit(fn: Callable[[], T]) -> tuple[concurrent.futures.Future[T], contextvars.Context]:
-    # The caller's context goes along: OpenTelemetry's current span, LangChain's callback and
-    # config variables, a held LlamaIndex selection are what they would be inline.
-    context = contextvars.copy_context()
-    return _routing_pool().submit(context.run, fn), context
-
-
-def _keep(context: contextvars.Context) -> None:
-    """Set in the caller's context what the call set in its copy, as if it had run inline (a
-    LlamaIndex selection held or claimed by the call must be seen by the caller's next one)."""
-    for var, value in context.items():
-        if var.get(_UNSET) is not value:
-            var.set(value)
-
-
-_UNSET: Any = object()
-
-
-async def off_loop(fn: Callable[[], T]) -> T:
-    """fn() — ledger work that must be done once begun (commit, release, a settlement) — in
-    routing's worker threads, the event loop free meanwhile; its result, or its exception unchanged.
-
-    A cancellation that arrives meanwhile is delivered once fn() has finished (fn's own exception
-    becomes its cause), as it would be after the synchronous call: the books never depend on when
-    a task was cancelled, and whatever the caller does next (a release in a `finally`) comes after.
-    """
-    done, context = _submit(fn)
-    future = asyncio.wrap_future(done)
-    cancelled: BaseException | None = None
-    while not future.done():
-        try:
-            await asyncio.shield(future)
-        except asyncio.CancelledError as error:
-            if future.cancelled():  # only the pool's shutdown cancels it
-                raise
-            cancelled = cancelled or error
-        except BaseException:
-            if not future.done():
-                raise
-    _keep(context)
-    if cancelled is not None:
-        raise cancelled from future.exception()
-    return future.result()
-
-
-async def reserve_off_loop(fn: Callable[[], T], release: Callable[[T], None]) -> T:
-    """fn() — a call that reserves money (`Router.decide`, or an adapter's routing step around it)
-    — in routing's worker threads, the event loop free meanwhile; its result, or its exception unchanged.
-
-    A caller cancelled meanwhile gets the CancelledError at once, and the reservation made for
-    nobody is undone: `release(result)` runs in a worker thread as soon as fn() returns (a call
-    still queued is not made at all). Context variables fn() sets are kept in the caller's context.
-    """
-    done, context = _submit(fn)
-    try:
-        result = await asyncio.wrap_future(done)
-    except asyncio.CancelledError:
-        done.add_done_callback(functools.partial(_undo_orphan, release))
-        raise
-    except BaseException:  # fn's own error: what it set before raising stays set, as inline
-        _keep(context)
-        raise
-    _keep(context)
-    return result
-
-
-def _undo_orphan(release: Callable[[T], None], done: concurrent.futures.Future[T]) -> None:
-    """Release what a call made for a caller that was cancelled while it ran."""
-    if done.cancelled() or done.exception() is not None:
-        return  # never ran, or reserved nothing
-    decision = done.result()
-
-    def undo() -> None:
-        try:
-            release(decision)
-        except Exception:  # nobody is left to raise it to; the hold lapses with its TTL
-            logger.exception("could not release the reservation of a call cancelled while it was routed")
-
-    # Runs in the worker that made it, or on the event loop when the call had just finished: the
-    # release itself is ledger I/O, so it goes to the pool either way.
-    _routing_pool().submit(undo)
 
 
 class _Tries:

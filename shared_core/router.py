@@ -73,6 +73,23 @@ Messages = Sequence[Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
+class _Ask:
+    """One decide() call's arguments, checked, with the text its prompt is embedded from."""
+
+    messages: list[Mapping[str, Any]]
+    text: str
+    session: str | None
+    tools: list[Mapping[str, Any]]
+    structured_output: bool
+    max_tokens: int | None
+    exclude: Sequence[str]
+    model: str | None
+    weights: Mapping[str, float] | None
+    extra_input_tokens: int
+    reservation_ttl_s: float | None
+
+
+@dataclass(frozen=True)
 class Charge:
     """What committing a call cost (USD), and how much of it no reservation covered (`overrun_usd`)."""
 
@@ -382,27 +399,53 @@ class Router:
         BudgetExceeded (naming the exhausted scope and the worst case) when none of those that
         can fits what is left.
         """
+        ask = self._ask(request, session, tools=tools, structured_output=structured_output, max_tokens=max_tokens,
+                        exclude=exclude, model=model, weights=weights, extra_input_tokens=extra_input_tokens,
+                        reservation_ttl_s=reservation_ttl_s)
+        lineup, q, out = self.pool.predict(self.pool.features([ask.text]))
+        return self._decide_predicted(ask, lineup, q[0], out[0])
+
+    # decide() in three steps, so that concurrent decisions (shared_core.offload) can check each
+    # request, predict for all of them at once, and finish each on its own: the same decisions.
+    def _ask(
+        self,
+        request: str | Messages,
+        session: str | None = None,
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        structured_output: bool = False,
+        max_tokens: int | None = None,
+        exclude: Sequence[str] = (),
+        model: str | None = None,
+        weights: Mapping[str, float] | None = None,
+        extra_input_tokens: int = 0,
+        reservation_ttl_s: float | None = None,
+    ) -> _Ask:
+        """decide()'s arguments checked (RoutingError for a malformed request), with the text to embed."""
         messages, text = _normalise(request)
         _check_request(max_tokens, extra_input_tokens)
         if model is not None:
             self.candidate(model)
-        states = self._scope_states(session)
-        tool_list = list(tools or [])
-        lineup, q, out = self.pool.predict(self.pool.features([text]))
-        q, out = q[0], out[0]
-        input_tokens = lineup.count_request_tokens(messages, tool_list, extra_input_tokens)
+        return _Ask(messages, text, session, list(tools or []), structured_output, max_tokens, exclude, model,
+                    weights, extra_input_tokens, reservation_ttl_s)
+
+    def _decide_predicted(self, ask: _Ask, lineup: Lineup, q: np.ndarray, out: np.ndarray) -> Decision:
+        """decide() for a checked request, given the (m,) quality and output tokens predicted for its text."""
+        states = self._scope_states(ask.session)
+        messages, tool_list, max_tokens = ask.messages, ask.tools, ask.max_tokens
+        input_tokens = lineup.count_request_tokens(messages, tool_list, ask.extra_input_tokens)
         caps = output_caps(input_tokens, lineup.max_output, lineup.window, max_tokens, uncapped=lineup.uncapped)
         out = np.minimum(out, caps)
         cost, worst = lineup.cost(input_tokens, out), lineup.worst_cost(input_tokens, caps)
 
-        asked = Request(max_tokens=max_tokens, tools=bool(tool_list), structured_output=structured_output,
-                        exclude=exclude, model=model)
+        asked = Request(max_tokens=max_tokens, tools=bool(tool_list), structured_output=ask.structured_output,
+                        exclude=ask.exclude, model=ask.model)
         why = reasons(lineup, input_tokens, caps, asked)
         feasible = np.array([not w for w in why], dtype=bool)
         if not feasible.any():
             raise NoFeasibleCandidate(describe(lineup, why, asked))
-        if weights:
-            q = q * _weights(weights, lineup.names)
+        if ask.weights:
+            q = q * _weights(ask.weights, lineup.names)
             feasible &= q > 0
             if not feasible.any():
                 raise NoFeasibleCandidate("no candidate can serve this request: every feasible one has weight 0")
@@ -418,12 +461,12 @@ class Router:
             quality=dict(zip(names, q.tolist(), strict=True)),
             cost=dict(zip(names, cost.tolist(), strict=True)),
             input_tokens=dict(zip(names, input_tokens.astype(int).tolist(), strict=True)),
-            ranking=ranking, max_tokens=max_tokens, text=text,
+            ranking=ranking, max_tokens=max_tokens, text=ask.text,
             output_caps={names[j]: int(caps_of[j]) for j in served},
             output_tokens={names[j]: math.ceil(out_of[j]) for j in served},
         )
         return self._reserve_first(lineup, base, list(ranking), dict(zip(names, worst.tolist(), strict=True)),
-                                   states, reservation_ttl_s, scope=self.scope_of(session))
+                                   states, ask.reservation_ttl_s, scope=self.scope_of(ask.session))
 
     def _reserve_first(
         self, lineup: Lineup, base: Decision, order: list[str], worst: Mapping[str, float],

@@ -9,7 +9,6 @@ seconds; run in routing's worker threads, the loop keeps ticking.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextvars
 import gc
 import threading
@@ -29,7 +28,7 @@ from llama_index.llms.openai import OpenAI
 
 from omniroute_lc import ChatOmniRoute
 from omniroute_li import OmniRouteLLM
-from shared_core import Budget, Candidate, Router, calls
+from shared_core import Budget, Candidate, Router, offload
 from shared_core.budget import LedgerUnavailable
 from shared_core.stores.memory import MemoryStore
 
@@ -134,16 +133,11 @@ async def worst_stall(work: Awaitable[Any]) -> tuple[Any, float]:
     return result, max(end - start - 0.001 - paused(start, end) for start, end in ticks)
 
 
-def routing_on_the_loop(fn: Callable[[], Any]) -> tuple[concurrent.futures.Future[Any], contextvars.Context]:
-    """A stand-in for routing's worker pool that runs each call at once on the event loop, as the
-    async paths did before: the control that shows the stall test can fail."""
-    done: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    context = contextvars.copy_context()
-    try:
-        done.set_result(context.run(fn))
-    except BaseException as error:
-        done.set_exception(error)
-    return done, context
+def routing_on_the_loop(job: offload._Job) -> None:
+    """A stand-in for routing's workers that runs each call at once on the event loop, as the async
+    paths did before: the control that shows the stall test can fail."""
+    offload._run([job])
+    offload._settle_futures([job])
 
 
 def check_books(router: Router, scope: str, bill: float, *, requests: int, released: int) -> None:
@@ -212,7 +206,7 @@ async def test_a_slow_decision_and_settlement_do_not_stall_the_event_loop(adapte
 
     # The control: the same calls with routing run on the loop (as the async paths were) stall it
     # for one 50 ms ledger call after another.
-    monkeypatch.setattr(calls, "_submit", routing_on_the_loop)
+    monkeypatch.setattr(offload, "_dispatch", routing_on_the_loop)
     (router, records), stall_on_loop = await worst_stall(run())
     assert stall_on_loop > 0.5, f"the control stalled only {stall_on_loop * 1e3:.0f} ms"
     check_books(router, "loop", sum(r["actual_cost_usd"] for r in records), requests=CONCURRENT, released=0)

@@ -1,0 +1,181 @@
+"""Concurrent async decisions are coalesced (shared_core.offload): predicted in one batch, each the
+decision it would be alone, each failing or cancelled on its own.
+
+Routers are fitted on a RouterBench training sample with each registered quality predictor and
+the hybrid length predictor; the requests are RouterBench test prompts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from shared_core import Budget, Router, offload
+from shared_core.embed import TfidfSvdEmbedder
+from shared_core.errors import NoFeasibleCandidate, RoutingError
+from shared_core.fitting import make_predictor
+from shared_core.length import HybridLength
+from shared_core.quality import PREDICTORS
+from shared_core.stores.memory import MemoryStore
+
+REQUESTS = 96  # more than one worker's batch (offload.BATCH)
+
+
+@pytest.fixture(scope="module")
+def fitted(train_sample):
+    train = train_sample(1500, 7)
+    embedder = TfidfSvdEmbedder().fit(train.prompts)
+    X = embedder.transform(train.prompts)
+    lengths = HybridLength().fit(X, train.output_tokens().astype(float), train.models)
+    return train, embedder, X, lengths
+
+
+def make_router(fitted, name: str, store: Any = None) -> Router:
+    train, embedder, X, lengths = fitted
+    quality = make_predictor(name).fit(X, train.quality, train.models)
+    router = Router(train.candidates(max_output_tokens=1024), quality=quality, lengths=lengths,
+                    embedder=embedder, store=store)
+    router.set_budget("s", Budget(usd=1e6))
+    return router
+
+
+class Spy:
+    """Counts the prompts in each prediction the router's pool makes."""
+
+    def __init__(self, router: Router) -> None:
+        self.sizes: list[int] = []
+        predict = router.pool.predict
+
+        def spied(X: np.ndarray) -> Any:
+            self.sizes.append(len(X))
+            return predict(X)
+
+        router.pool.predict = spied  # type: ignore[method-assign]
+
+
+# Predictors whose numbers for a prompt involve no matrix product of it with others: a batch gives
+# them bit for bit. The others' products sum a batch in BLAS's blocked order, so a prediction may
+# differ from the prompt's own in its last bit (and a decision only on such an exact tie).
+EXACT = {"prior", "knn", "cluster"}
+
+
+def same(decision: Any, exact: bool = True) -> dict[str, Any]:
+    """A decision's fields but its id (each reservation has its own); predictions to 1e-12 unless exact."""
+    fields = {f.name: getattr(decision, f.name) for f in dataclasses.fields(decision) if f.name != "id"}
+    if not exact:
+        for name in ("quality", "cost"):
+            fields[name] = pytest.approx(fields[name], rel=1e-12, abs=1e-15)
+    return fields
+
+
+def prepare(request: Any, **kwargs: Any) -> Callable[[], tuple[Any, dict[str, Any]]]:
+    return lambda: (request, {"request": request, "session": "s", **kwargs})
+
+
+@pytest.mark.parametrize("name", list(PREDICTORS))
+async def test_decisions_made_together_are_the_decisions_made_alone(fitted, test_split, name):
+    router = make_router(fitted, name)
+    prompts = list(dict.fromkeys(test_split.prompts))[:REQUESTS]
+    alone = []
+    for prompt in prompts:
+        alone.append(router.decide(prompt, "s", max_tokens=256))
+        router.release(alone[-1])
+
+    spy = Spy(router)
+    together = await asyncio.gather(*(
+        offload.decide_off_loop(router, prepare(p, max_tokens=256), lambda made: router.release(made[1]))
+        for p in prompts
+    ))
+    assert max(spy.sizes) > 1, "the concurrent decisions were not predicted together"
+    assert sum(spy.sizes) == REQUESTS
+    for prompt, one, (tag, batched) in zip(prompts, alone, together, strict=True):
+        assert tag == prompt
+        assert same(batched) == same(one, exact=name in EXACT)
+    assert router.budget_state("s").reserved == pytest.approx(sum(d.reserved for _, d in together), abs=1e-9)
+
+
+async def test_a_bad_request_in_a_batch_fails_alone(fitted, test_split):
+    router = make_router(fitted, "knn")
+    prompts = list(dict.fromkeys(test_split.prompts))[:12]
+    asked = [prepare(p) for p in prompts]
+    asked[3] = prepare("   ")  # empty
+    asked[5] = prepare(prompts[5], model="no-such-model")
+    asked[8] = prepare(prompts[8], exclude=[c.name for c in router.candidates])
+    outcomes = await asyncio.gather(*(offload.decide_off_loop(router, a, lambda m: None) for a in asked),
+                                    return_exceptions=True)
+    assert isinstance(outcomes[3], RoutingError) and "empty" in str(outcomes[3])
+    assert isinstance(outcomes[5], KeyError) and "no-such-model" in str(outcomes[5])  # as decide() raises
+    assert isinstance(outcomes[8], NoFeasibleCandidate)
+    good = [i for i in range(12) if i not in (3, 5, 8)]
+    for i in good:
+        tag, decision = outcomes[i]
+        assert tag == prompts[i] and decision.chosen in decision.ranking
+    assert router.budget_state("s").reserved == pytest.approx(sum(outcomes[i][1].reserved for i in good), abs=1e-9)
+
+
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reserved = 0
+
+    def _reserve(self, *args: Any) -> None:
+        self.reserved += 1
+        super()._reserve(*args)
+
+
+async def test_a_decision_cancelled_while_queued_is_never_made_and_one_made_is_released(fitted, test_split):
+    store = CountingStore()
+    router = make_router(fitted, "knn", store=store)
+    prompts = list(dict.fromkeys(test_split.prompts))[:4]
+    gate, entered = threading.Event(), threading.Semaphore(0)
+
+    def busy() -> None:
+        entered.release()
+        gate.wait(10)
+
+    # Every worker busy: the decisions asked for now wait in the queue.
+    blockers = [asyncio.ensure_future(offload.off_loop(busy)) for _ in range(offload.ROUTING_THREADS)]
+    for _ in blockers:
+        assert await asyncio.to_thread(entered.acquire, True, 10)
+    queued = [asyncio.ensure_future(offload.decide_off_loop(router, prepare(p), lambda m: router.release(m[1])))
+              for p in prompts]
+    await asyncio.sleep(0)
+    queued[0].cancel()
+    queued[1].cancel()
+    gate.set()
+    await asyncio.gather(*blockers)
+    outcomes = await asyncio.gather(*queued, return_exceptions=True)
+    assert all(isinstance(o, asyncio.CancelledError) for o in outcomes[:2])
+    assert store.reserved == 2  # the two cancelled were never decided
+    assert router.budget_state("s").reserved == pytest.approx(outcomes[2][1].reserved + outcomes[3][1].reserved)
+
+    # Cancelled while its batch runs: the decision is made, then released for nobody.
+    slow = router.pool.features
+    started = threading.Event()
+
+    def features(texts: Any) -> Any:
+        started.set()
+        gate.wait(10)
+        return slow(texts)
+
+    gate.clear()
+    router.pool.features = features  # type: ignore[method-assign]
+    task = asyncio.ensure_future(offload.decide_off_loop(router, prepare(prompts[0]), lambda m: router.release(m[1])))
+    assert await asyncio.to_thread(started.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2)  # delivered at once, while the worker still decides
+    gate.set()
+    for _ in range(100):
+        if store.reserved == 3 and router.budget_state("s").reserved == pytest.approx(
+                outcomes[2][1].reserved + outcomes[3][1].reserved):
+            break
+        await asyncio.sleep(0.02)
+    assert store.reserved == 3
+    assert router.budget_state("s").reserved == pytest.approx(outcomes[2][1].reserved + outcomes[3][1].reserved)
