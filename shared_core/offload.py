@@ -113,7 +113,10 @@ class _Workers:
                 logger.exception("routing's worker failed; the calls it held fail with its error")
                 for job in jobs:
                     job.error = job.error or error
-            _deliver(jobs)
+            try:
+                _deliver(jobs)
+            except BaseException:  # never expected; the worker must live on for the calls queued after
+                logger.exception("routing's worker could not hand back the results of %d calls", len(jobs))
 
 
 _workers: _Workers | None = None
@@ -167,7 +170,15 @@ def _decide(batch: list[_Job]) -> None:
     try:
         texts = [job.result[1].text for job in batch]
         lineup, quality, lengths = router.pool.predict(router.pool.features(texts))
-    except BaseException as error:  # each request would have met it alone
+    except Exception as error:
+        if len(batch) == 1:
+            batch[0].error = error
+            return
+        # Perhaps one request's own (a prompt over an embedding API's limit): each is predicted alone.
+        for job in batch:
+            _decide([job])
+        return
+    except BaseException as error:
         for job in batch:
             job.error = error
         return
@@ -197,12 +208,25 @@ def _settle_futures(jobs: list[_Job]) -> None:
     for job in jobs:
         future = job.future
         assert future is not None
-        if future.cancelled():
-            _orphaned(job)
-        elif job.error is not None:
-            future.set_exception(job.error)
-        else:
-            future.set_result(job.result)
+        try:
+            if future.cancelled():
+                _orphaned(job)
+            elif job.error is not None:
+                future.set_exception(_raisable(job.error))
+            else:
+                future.set_result(job.result)
+        except Exception:  # never expected; the other callers of the batch must still get theirs
+            logger.exception("could not hand a routing call's outcome back to its caller")
+
+
+def _raisable(error: BaseException) -> BaseException:
+    """The error as a future can raise it: a StopIteration (which futures refuse) as the RuntimeError
+    a coroutine would turn it into."""
+    if isinstance(error, StopIteration):
+        wrapped = RuntimeError(f"a routing call raised {type(error).__name__}")
+        wrapped.__cause__ = error
+        return wrapped
+    return error
 
 
 def _orphaned(job: _Job) -> None:
@@ -288,6 +312,8 @@ async def _reserved(job: _Job) -> Any:
     try:
         result = await future  # a cancellation cancels the future: the result, if made, is undone
     except asyncio.CancelledError:
+        if future.done() and not future.cancelled() and future.exception() is None:
+            _orphaned(job)  # cancelled after the result came in, before this task resumed to take it
         raise
     except BaseException:  # fn's own error: what it set before raising stays set, as inline
         _keep(job.context)

@@ -915,6 +915,8 @@ def _refusal(
                 " or wait for its next period.")
     else:
         state = f"has {tight.remaining:.6g} USD left"
+        if tight.reserved > 0:  # concurrent calls hold it: not spent, and back when they settle
+            state += f" besides {tight.reserved:.6g} USD held for calls in flight until they settle"
         hint = (f" Pass a smaller max_tokens= to lower the worst case, or raise the budget of {tight.scope!r}."
                 if cap > 1 else f" Raise the budget of {tight.scope!r}.")
     return BudgetExceeded(

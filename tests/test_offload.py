@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shared_core import Budget, Router, offload
-from shared_core.embed import TfidfSvdEmbedder
+from shared_core import Budget, Candidate, Router, offload
+from shared_core.embed import FunctionEmbedder, TfidfSvdEmbedder
 from shared_core.errors import NoFeasibleCandidate, RoutingError
 from shared_core.fitting import make_predictor
 from shared_core.length import HybridLength
 from shared_core.quality import PREDICTORS
+from shared_core.quality.knn import KNNQuality
 from shared_core.stores.memory import MemoryStore
 
 REQUESTS = 96  # more than one worker's batch (offload.BATCH)
@@ -179,3 +180,104 @@ async def test_a_decision_cancelled_while_queued_is_never_made_and_one_made_is_r
         await asyncio.sleep(0.02)
     assert store.reserved == 3
     assert router.budget_state("s").reserved == pytest.approx(outcomes[2][1].reserved + outcomes[3][1].reserved)
+
+
+# ----------------------------------------------------------------- found by trying to break it
+async def busy_workers() -> tuple[threading.Event, list[asyncio.Future[Any]]]:
+    """Every routing worker held until the returned event is set: calls asked for meanwhile queue together."""
+    gate, entered = threading.Event(), threading.Semaphore(0)
+
+    def busy() -> None:
+        entered.release()
+        gate.wait(10)
+
+    blockers = [asyncio.ensure_future(offload.off_loop(busy)) for _ in range(offload.ROUTING_THREADS)]
+    for _ in blockers:
+        assert await asyncio.to_thread(entered.acquire, True, 10)
+    return gate, blockers
+
+
+def priced_router() -> Router:
+    router = Router([Candidate(name="a", input_price=1.0, output_price=2.0, prior_quality=0.7),
+                     Candidate(name="b", input_price=5.0, output_price=10.0, prior_quality=0.9)])
+    router.set_budget("s", Budget(usd=1000.0))
+    return router
+
+
+async def test_a_caller_cancelled_after_its_decision_came_back_leaves_nothing_held():
+    router = priced_router()
+    gate, blockers = await busy_workers()
+    tasks: dict[str, asyncio.Future[Any]] = {}
+
+    async def first() -> Any:
+        _, decision = await offload.decide_off_loop(router, prepare("hello"), lambda m: router.release(m[1]))
+        tasks["second"].cancel()  # its decision is in, delivered in the same batch, not yet taken
+        return decision
+
+    tasks["first"] = asyncio.ensure_future(first())
+    tasks["second"] = asyncio.ensure_future(
+        offload.decide_off_loop(router, prepare("hello"), lambda m: router.release(m[1])))
+    others = [asyncio.ensure_future(offload.decide_off_loop(router, prepare("hi"), lambda m: router.release(m[1])))
+              for _ in range(2)]  # each worker's share is two: first and second come back together
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(*blockers)
+    outcomes = await asyncio.gather(tasks["first"], tasks["second"], *others, return_exceptions=True)
+    assert isinstance(outcomes[1], asyncio.CancelledError)
+    router.release(outcomes[0])
+    for _, decision in outcomes[2:]:
+        router.release(decision)
+    for _ in range(100):  # the cancelled caller's hold is released by a worker
+        if router.budget_state("s").reserved == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert router.budget_state("s").reserved == 0
+
+
+async def test_a_stop_iteration_fails_its_own_call_and_no_other():
+    router = priced_router()
+    gate, blockers = await busy_workers()
+
+    def stops() -> Any:
+        return next(iter(()))
+
+    calls = [offload.decide_off_loop(router, stops, lambda m: None),
+             *(offload.decide_off_loop(router, prepare("hello"), lambda m: router.release(m[1])) for _ in range(3)),
+             offload.off_loop(stops)]
+    tasks = [asyncio.ensure_future(c) for c in calls]
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(*blockers)
+    outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    for failed in (outcomes[0], outcomes[-1]):  # as a coroutine turns it: futures cannot raise StopIteration
+        assert isinstance(failed, RuntimeError) and isinstance(failed.__cause__, StopIteration)
+    for _, decision in outcomes[1:-1]:
+        router.release(decision)
+    assert router.budget_state("s").reserved == 0
+
+
+async def test_a_prompt_the_embedder_refuses_fails_alone_in_its_batch():
+    def embed(texts: list[str]) -> list[list[float]]:
+        if any(len(t) > 200 for t in texts):  # an embedding API over its input limit
+            raise ValueError("input exceeds the embedding model's limit")
+        return [[len(t) % 7 + 1.0, t.count("a") + 1.0, t.count("e") + 1.0] for t in texts]
+
+    embedder = FunctionEmbedder(embed)
+    train = ["what is a cat", "explain recursion", "write a poem", "sum these numbers", "translate hello"]
+    quality = KNNQuality(k=2).fit(embedder.transform(train), np.array(
+        [[0.5, 0.9], [0.4, 0.8], [0.7, 0.6], [0.3, 0.9], [0.8, 0.7]]), ["a", "b"])
+    router = Router([Candidate(name="a", input_price=1.0, output_price=2.0),
+                     Candidate(name="b", input_price=5.0, output_price=10.0)], quality=quality, embedder=embedder)
+    router.set_budget("s", Budget(usd=100.0))
+    prompts = ["x" * 500] + [f"short question {i}" for i in range(7)]
+    gate, blockers = await busy_workers()
+    tasks = [asyncio.ensure_future(offload.decide_off_loop(router, prepare(p), lambda m: router.release(m[1])))
+             for p in prompts]
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(*blockers)
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(outcomes[0], ValueError) and "limit" in str(outcomes[0])
+    for prompt, (tag, decision) in zip(prompts[1:], outcomes[1:], strict=True):
+        assert tag == prompt
+        assert same(decision) == same(router.decide(prompt, "s"))

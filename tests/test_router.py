@@ -79,6 +79,20 @@ def test_hard_cap_moves_to_cheaper_candidates_then_refuses():
     assert router.budget_state("s").reserved == 0
 
 
+def test_a_refusal_says_how_much_calls_in_flight_hold():
+    router = Router(_cands(), cost_weight=0.0, cap_headroom=None)
+    mid = router.candidate("mid")
+    router.set_budget("s", Budget(usd=mid.worst_case_cost(20, 100) * 1.5))
+    first = router.decide("hello", "s", max_tokens=100, exclude=["big"])
+    with pytest.raises(BudgetExceeded) as refused:
+        router.decide("hello", "s", max_tokens=100, exclude=["big", "small"])
+    held = router.budget_state("s").reserved
+    assert held == first.reserved > 0
+    assert f"besides {held:.6g} USD held for calls in flight until they settle" in str(refused.value)
+    router.release(first)
+    assert router.decide("hello", "s", max_tokens=100, exclude=["big", "small"]).chosen == "mid"
+
+
 def test_settle_twice_charges_once_and_release_returns_money():
     router = Router(_cands(), default_budget=Budget(usd=1.0))
     d = router.decide("hello", "s")
