@@ -78,15 +78,15 @@ class _Ask:
 
     messages: list[Mapping[str, Any]]
     text: str
-    session: str | None
-    tools: list[Mapping[str, Any]]
-    structured_output: bool
-    max_tokens: int | None
-    exclude: Sequence[str]
-    model: str | None
-    weights: Mapping[str, float] | None
-    extra_input_tokens: int
-    reservation_ttl_s: float | None
+    session: str | None = None
+    tools: Sequence[Mapping[str, Any]] | None = None
+    structured_output: bool = False
+    max_tokens: int | None = None
+    exclude: Sequence[str] = ()
+    model: str | None = None
+    weights: Mapping[str, float] | None = None
+    extra_input_tokens: int = 0
+    reservation_ttl_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -407,32 +407,20 @@ class Router:
 
     # decide() in three steps, so that concurrent decisions (shared_core.offload) can check each
     # request, predict for all of them at once, and finish each on its own: the same decisions.
-    def _ask(
-        self,
-        request: str | Messages,
-        session: str | None = None,
-        *,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        structured_output: bool = False,
-        max_tokens: int | None = None,
-        exclude: Sequence[str] = (),
-        model: str | None = None,
-        weights: Mapping[str, float] | None = None,
-        extra_input_tokens: int = 0,
-        reservation_ttl_s: float | None = None,
-    ) -> _Ask:
-        """decide()'s arguments checked (RoutingError for a malformed request), with the text to embed."""
+    def _ask(self, request: str | Messages, session: str | None = None, **options: Any) -> _Ask:
+        """decide()'s arguments (`options`: its keyword arguments) checked, with the text to embed;
+        RoutingError for a malformed request, TypeError for an unknown keyword."""
         messages, text = _normalise(request)
-        _check_request(max_tokens, extra_input_tokens)
-        if model is not None:
-            self.candidate(model)
-        return _Ask(messages, text, session, list(tools or []), structured_output, max_tokens, exclude, model,
-                    weights, extra_input_tokens, reservation_ttl_s)
+        ask = _Ask(messages, text, session, **options)
+        _check_request(ask.max_tokens, ask.extra_input_tokens)
+        if ask.model is not None:
+            self.candidate(ask.model)
+        return ask
 
     def _decide_predicted(self, ask: _Ask, lineup: Lineup, q: np.ndarray, out: np.ndarray) -> Decision:
         """decide() for a checked request, given the (m,) quality and output tokens predicted for its text."""
         states = self._scope_states(ask.session)
-        messages, tool_list, max_tokens = ask.messages, ask.tools, ask.max_tokens
+        messages, tool_list, max_tokens = ask.messages, list(ask.tools or []), ask.max_tokens
         input_tokens = lineup.count_request_tokens(messages, tool_list, ask.extra_input_tokens)
         caps = output_caps(input_tokens, lineup.max_output, lineup.window, max_tokens, uncapped=lineup.uncapped)
         out = np.minimum(out, caps)

@@ -653,7 +653,6 @@ _CONNECTION_ERRORS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedEr
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 256  # a burst of hundreds of concurrent clients, as a provider takes (the default is 5)
     provider: ProviderServer
 
     def handle_error(self, request, client_address):  # noqa: ANN001 - stdlib signature

@@ -130,20 +130,25 @@ class CountingStore(MemoryStore):
         super()._reserve(*args)
 
 
-async def test_a_decision_cancelled_while_queued_is_never_made_and_one_made_is_released(fitted, test_split):
-    store = CountingStore()
-    router = make_router(fitted, "knn", store=store)
-    prompts = list(dict.fromkeys(test_split.prompts))[:4]
+async def busy_workers() -> tuple[threading.Event, list[asyncio.Future[Any]]]:
+    """Every routing worker held until the returned event is set: calls asked for meanwhile queue together."""
     gate, entered = threading.Event(), threading.Semaphore(0)
 
     def busy() -> None:
         entered.release()
         gate.wait(10)
 
-    # Every worker busy: the decisions asked for now wait in the queue.
     blockers = [asyncio.ensure_future(offload.off_loop(busy)) for _ in range(offload.ROUTING_THREADS)]
     for _ in blockers:
         assert await asyncio.to_thread(entered.acquire, True, 10)
+    return gate, blockers
+
+
+async def test_a_decision_cancelled_while_queued_is_never_made_and_one_made_is_released(fitted, test_split):
+    store = CountingStore()
+    router = make_router(fitted, "knn", store=store)
+    prompts = list(dict.fromkeys(test_split.prompts))[:4]
+    gate, blockers = await busy_workers()  # the decisions asked for now wait in the queue
     queued = [asyncio.ensure_future(offload.decide_off_loop(router, prepare(p), lambda m: router.release(m[1])))
               for p in prompts]
     await asyncio.sleep(0)
@@ -183,20 +188,6 @@ async def test_a_decision_cancelled_while_queued_is_never_made_and_one_made_is_r
 
 
 # ----------------------------------------------------------------- found by trying to break it
-async def busy_workers() -> tuple[threading.Event, list[asyncio.Future[Any]]]:
-    """Every routing worker held until the returned event is set: calls asked for meanwhile queue together."""
-    gate, entered = threading.Event(), threading.Semaphore(0)
-
-    def busy() -> None:
-        entered.release()
-        gate.wait(10)
-
-    blockers = [asyncio.ensure_future(offload.off_loop(busy)) for _ in range(offload.ROUTING_THREADS)]
-    for _ in blockers:
-        assert await asyncio.to_thread(entered.acquire, True, 10)
-    return gate, blockers
-
-
 def priced_router() -> Router:
     router = Router([Candidate(name="a", input_price=1.0, output_price=2.0, prior_quality=0.7),
                      Candidate(name="b", input_price=5.0, output_price=10.0, prior_quality=0.9)])
