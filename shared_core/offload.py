@@ -188,7 +188,7 @@ def _decide(batch: list[_Job]) -> None:
 
 
 def _deliver(jobs: list[_Job]) -> None:
-    """Hand each job's outcome to its event loop: one wake-up per loop for the whole batch."""
+    """Hand each job's outcome to its event loop: one wake-up from this thread per loop and batch."""
     by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
     for job in jobs:
         if job.future is None:
@@ -296,7 +296,7 @@ async def reserve_off_loop(fn: Callable[[], T], release: Callable[[T], None]) ->
     — in routing's worker threads, the event loop free meanwhile; its result, or its exception unchanged.
 
     A caller cancelled meanwhile gets the CancelledError at once, and the reservation made for
-    nobody is undone: `release(result)` runs in a worker thread as soon as fn() returns (a call
+    nobody is undone: `release(result)` runs in a worker thread once fn() has returned (a call
     still queued is not made at all). Context variables fn() sets are kept in the caller's context.
     """
     return await _reserved(_Job(fn, asyncio.get_running_loop().create_future(), release=release))  # type: ignore[no-any-return]
