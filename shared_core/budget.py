@@ -48,6 +48,8 @@ __all__ = [
     "check_max_finished",
     "MIN_IDLE_TTL_S",
     "check_idle_ttl",
+    "budget_from_json",
+    "budget_json",
 ]
 
 #: Nano-dollars per US dollar: the ledgers' unit of account.
@@ -135,6 +137,20 @@ class Budget(BaseModel):
             raise ValueError(f"{info.field_name} must be a number of seconds in [{MIN_PERIOD_S}, {MAX_PERIOD_S:.0f}], "
                              f"got {v}")
         return v
+
+
+# Stores keep a budget as its JSON, and read it with every scope's books: each distinct text is
+# parsed (and each Budget written) once, which a frozen Budget makes safe to share.
+@functools.lru_cache(maxsize=1024)
+def budget_from_json(text: str) -> Budget:
+    """The Budget a store kept as `text` (Budget.model_dump_json's); pydantic's ValidationError if malformed."""
+    return Budget.model_validate_json(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def budget_json(budget: Budget) -> str:
+    """`budget` as the JSON text stores keep (budget_from_json reads it back)."""
+    return budget.model_dump_json()
 
 
 @dataclass

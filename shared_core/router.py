@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -39,6 +40,7 @@ from .pricing import Usage, price
 from .quality.base import QualityPredictor
 from .solver import BatchRouting, budget_curve
 from .stores import open_store
+from .stores.base import Committed, Pace, books_around
 from .tokens import content_text
 
 __all__ = [
@@ -91,10 +93,13 @@ class _Ask:
 
 @dataclass(frozen=True)
 class Charge:
-    """What committing a call cost (USD), and how much of it no reservation covered (`overrun_usd`)."""
+    """What committing a call cost (USD), how much of it no reservation covered (`overrun_usd`), and
+    the money left after it in the tightest of its scopes (`remaining_usd`; None without a budget,
+    or when the ledger could not say)."""
 
     cost_usd: float
     overrun_usd: float
+    remaining_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -602,22 +607,21 @@ class Router:
         except Exception:  # an unreadable journal must not keep this call's money from the ledger
             logger.exception("could not replay the commits kept in %s", self.pending_journal)
         entry = PendingCommit(decision.id, decision.scopes, decision.chosen, cost, time.time(), self.store.url)
+        pace = functools.partial(self.pacer.update, cost=cost)
         try:
-            before = [s for s in self.store.states(decision.scopes) if s is not None]
-            committed = _with_retries(lambda: self._store_commit(entry))
+            books = _with_retries(lambda: self._store_commit(entry, pace))
         except LedgerUnavailable as error:
             # The call was made and its answer is the caller's: keep the money to commit later.
             self._keep(entry, error)
-            return Charge(cost, 0.0)
+            return Charge(cost, 0.0, self._remaining_after_all(decision))
         except KeyError as error:  # the ledger lost the scope itself while the call ran
             logger.error("the ledger lost scope %r while %s answered; %.9g USD could not be recorded (%s)",
                          decision.scope, decision.chosen, cost, error)
-            return Charge(cost, 0.0)
-        if not committed:
-            return Charge(cost, 0.0)
-        overrun = _overrun(decision, cost, before)
+            return Charge(cost, 0.0, self._remaining_after_all(decision))
+        remaining = min((s.remaining for s in books.after), default=None)
+        overrun = _overrun(decision, cost, books.before) if books.charged else 0.0
         if overrun:
-            after = [s for s in self.store.states(decision.scopes) if s is not None and s.overdrawn > 0]
+            after = [s for s in books.after if s.overdrawn > 0]
             consequence = (
                 "; ".join(f"scope {s.scope!r} is overdrawn by {s.overdrawn:.9g} USD" for s in after)
                 + " and refuses paid calls until it is within budget" if after
@@ -628,11 +632,15 @@ class Router:
                 "output tokens) in scope %r; recorded: %s",
                 decision.chosen, cost, overrun, decision.reserved, decision.output_cap, decision.scope, consequence,
             )
-        for state in before:
-            theta = self.pacer.update(state, cost)
-            if theta is not None:
-                self.store.adjust_lambda(state.scope, theta)
-        return Charge(cost, overrun)
+        return Charge(cost, overrun, remaining)
+
+    def _remaining_after_all(self, decision: Decision) -> float | None:
+        """`remaining` for a commit the ledger did not take, or None when it cannot say either: the
+        answer was paid for, and its figures must not cost the caller the answer."""
+        try:
+            return self.remaining(decision.scope)
+        except LedgerUnavailable:
+            return None
 
     def _keep(self, entry: PendingCommit, error: Exception) -> None:
         where = "in memory" if self.pending_journal is None else f"in {self.pending_journal}"
@@ -646,19 +654,22 @@ class Router:
         logger.error("the ledger could not record %.9g USD for %s in scope %r (%s); kept %s to retry on the next "
                      "commit (Router.retry_pending)", entry.cost_usd, entry.model, entry.scopes[-1], error, where)
 
-    def _store_commit(self, entry: PendingCommit) -> bool:
-        """The ledger's commit; for a reservation it no longer knows (forgotten after its retention,
-        or lost with the ledger), `pending.record_anew` records the money once under a new hold."""
+    def _store_commit(self, entry: PendingCommit, pace: Pace | None = None) -> Committed:
+        """The ledger's commit, with the books around it and λ moved by `pace`; for a reservation it no
+        longer knows (forgotten after its retention, or lost with the ledger), `pending.record_anew`
+        records the money once under a new hold."""
         try:
-            return self.store.commit(entry.reservation_id, entry.cost_usd, model=entry.model)
+            return self.store.commit_books(entry.reservation_id, entry.cost_usd, model=entry.model,
+                                           scopes=entry.scopes, pace=pace)
         except KeyError:
-            return record_anew(self.store, entry, self.reservation_ttl_s)
+            return books_around(self.store, lambda: record_anew(self.store, entry, self.reservation_ttl_s),
+                                entry.scopes, pace)
 
     def retry_pending(self) -> int:
         """Commit what the ledger could not take before (see `commit`); how many are still kept."""
 
         def record(entry: PendingCommit) -> None:
-            if self._store_commit(entry):
+            if self._store_commit(entry).charged:
                 logger.info("recorded %.9g USD for %s in scope %r, kept while the ledger was unreachable",
                             entry.cost_usd, entry.model, entry.scopes[-1])
 

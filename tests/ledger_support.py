@@ -224,6 +224,11 @@ class Blinking:
             raise LedgerUnavailable("redis: connection refused")
         return super().commit(reservation_id, actual, model)  # type: ignore[misc]
 
+    def commit_books(self, reservation_id: str, actual: float, model: str | None = None, **books: Any) -> Any:
+        if self.down:
+            raise LedgerUnavailable("redis: connection refused")
+        return super().commit_books(reservation_id, actual, model, **books)  # type: ignore[misc]
+
     def release(self, reservation_id: str) -> bool:
         if self.down:
             raise LedgerUnavailable("redis: connection refused")

@@ -68,9 +68,9 @@ class SlowStore(MemoryStore):
         time.sleep(SLOW_S)
         super()._reserve(*args)
 
-    def _commit(self, *args: Any) -> bool:
+    def _commit_books(self, *args: Any) -> Any:
         time.sleep(SLOW_S)
-        return super()._commit(*args)
+        return super()._commit_books(*args)
 
 
 class GatedStore(MemoryStore):
@@ -90,9 +90,9 @@ class GatedStore(MemoryStore):
         self._wait("reserve")
         super()._reserve(*args)
 
-    def _commit(self, *args: Any) -> bool:
+    def _commit_books(self, *args: Any) -> Any:
         self._wait("commit")
-        return super()._commit(*args)
+        return super()._commit_books(*args)
 
     def release(self, reservation_id: str) -> bool:
         released = super().release(reservation_id)
@@ -339,9 +339,9 @@ class RecordingStore(MemoryStore):
         self._note("reserve")
         super()._reserve(*args)
 
-    def _commit(self, *args: Any) -> bool:
+    def _commit_books(self, *args: Any) -> Any:
         self._note("commit")
-        return super()._commit(*args)
+        return super()._commit_books(*args)
 
 
 @pytest.mark.parametrize("form", FORMS)

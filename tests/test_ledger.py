@@ -478,3 +478,46 @@ def test_a_scope_state_computes_overdrawn_in_whole_nano_dollars():
     assert ScopeState("s", budget, committed=0.05).overdrawn == 0.0
     st = ScopeState("s", Budget(usd=MAX_USD), committed=MAX_USD)
     assert (st.overdrawn, st.remaining) == (0.0, 0.0)
+
+
+def test_commit_books_reads_the_books_around_the_commit_and_moves_lambda(store, clock):
+    store.reserve("other", CHAIN, 0.1, ttl_s=60)
+    store.reserve("r", CHAIN, 0.3, ttl_s=60)
+    seen = []
+
+    def pace(state):
+        seen.append((state.scope, state.committed, state.reserved))
+        return {"acme": 1.5, "acme/bot": None}[state.scope]
+
+    books = store.commit_books("r", 0.125, "m", scopes=("acme", "ghost", "acme/bot"), pace=pace)
+    assert books.charged is True
+    assert [s.scope for s in books.before] == [s.scope for s in books.after] == list(CHAIN)  # "ghost" has no budget
+    assert [(s.committed, s.reserved, s.requests) for s in books.before] == [(0.0, pytest.approx(0.4), 0)] * 2
+    assert seen == [("acme", 0.0, pytest.approx(0.4)), ("acme/bot", 0.0, pytest.approx(0.4))]
+    after = {s.scope: s for s in books.after}
+    assert (after["acme"].committed, after["acme"].reserved, after["acme"].lam) == (0.125, pytest.approx(0.1), 1.5)
+    assert after["acme/bot"].lam is None and after["acme/bot"].by_model == {"m": 0.125}
+    for scope in CHAIN:  # what it reported is what the ledger now holds
+        assert store.state(scope) == after[scope]
+
+
+def test_commit_books_of_a_repeat_charges_nothing_and_leaves_lambda(store):
+    store.reserve("r", CHAIN, 0.3, ttl_s=60)
+    store.commit_books("r", 0.2, "m", scopes=CHAIN, pace=lambda state: 2.0)
+    again = store.commit_books("r", 0.2, "m", scopes=CHAIN, pace=lambda state: 9.0)
+    assert again.charged is False and again.before == again.after
+    assert [(s.committed, s.requests, s.lam) for s in again.after] == [(0.2, 1, 2.0)] * 2
+    with pytest.raises(KeyError, match="unknown reservation 'nope'"):
+        store.commit_books("nope", 0.1, scopes=CHAIN)
+
+
+@pytest.mark.parametrize("theta", [math.nan, math.inf])
+def test_commit_books_with_a_pace_that_fails_records_nothing_where_it_commits_in_one_step(store, kind, theta):
+    store.reserve("r", CHAIN, 0.3, ttl_s=60)
+    with pytest.raises(ValueError, match="lambda must be finite"):
+        store.commit_books("r", 0.2, "m", scopes=CHAIN, pace=lambda state: theta)
+    if kind in ("memory", "sqlite"):  # one atomic step: the commit did not happen either
+        assert [(s.committed, s.reserved, s.lam) for s in store.states(CHAIN)] == [(0.0, 0.3, None)] * 2
+    # Everywhere the money is committed at most once, whatever a retry does.
+    store.commit_books("r", 0.2, "m", scopes=CHAIN)
+    assert store.state("acme").committed == 0.2 and store.state("acme").requests == 1

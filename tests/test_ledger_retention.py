@@ -252,6 +252,12 @@ class LostReplies(MemoryStore):
             raise LedgerUnavailable("timeout reading the reply")
         return done
 
+    def commit_books(self, reservation_id, actual, model=None, **books):
+        done = super().commit_books(reservation_id, actual, model, **books)
+        if self.lose:
+            raise LedgerUnavailable("timeout reading the reply")
+        return done
+
 
 def test_a_router_replaying_a_lost_reply_within_the_bound_charges_once(clock):
     store = LostReplies(clock=clock, max_finished=3)

@@ -181,6 +181,12 @@ class LostReply(SQLiteStore):
             raise LedgerUnavailable("redis: timeout reading the reply")
         return done
 
+    def commit_books(self, reservation_id, actual, model=None, **books):
+        done = super().commit_books(reservation_id, actual, model, **books)
+        if self.lose:
+            raise LedgerUnavailable("redis: timeout reading the reply")
+        return done
+
 
 def test_money_for_a_forgotten_reservation_is_recorded_once_through_lost_replies(tmp_path):
     from ledger_support import FakeClock

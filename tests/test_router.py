@@ -269,3 +269,49 @@ def test_extra_input_tokens_are_priced_and_reserved():
     )
     with pytest.raises(RoutingError, match="extra_input_tokens"):
         router.decide("x", extra_input_tokens=-1)
+
+
+class _CountingStore:
+    """Counts the ledger calls a router makes (a mixin over a real store)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls: list[str] = []
+
+    def states(self, scopes):
+        self.calls.append("states")
+        return super().states(scopes)
+
+    def _reserve(self, *args):
+        self.calls.append("reserve")
+        return super()._reserve(*args)
+
+    def _commit_books(self, *args):
+        self.calls.append("commit_books")
+        return super()._commit_books(*args)
+
+    def _adjust_lambda(self, *args):
+        self.calls.append("adjust_lambda")
+        return super()._adjust_lambda(*args)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_settled_call_is_one_ledger_step_that_paces_and_reports_what_is_left(kind, tmp_path):
+    """A decision reads the books and holds; the settle commits, moves λ and reads what is left in one step."""
+    from shared_core.stores import MemoryStore, SQLiteStore
+
+    base = {"memory": MemoryStore, "sqlite": SQLiteStore}[kind]
+    store = type("Counting", (_CountingStore, base), {})(*([tmp_path / "l.db"] if kind == "sqlite" else []))
+    router = Router(_cands(), store=store)
+    router.set_budget("acme", Budget(usd=1.0, horizon=4))
+    router.set_budget("acme/bot", Budget(usd=0.5, horizon=5))
+    decision = router.decide("What is 2 + 2?", "acme/bot", max_tokens=50)
+    assert store.calls == ["states", "reserve"]
+    paced = [router.pacer.update(s, 0.0011) for s in router.store.states(("acme", "acme/bot"))]
+    store.calls.clear()
+    settlement = settle_usage(router, decision, {"input_tokens": 20, "output_tokens": 30})
+    assert store.calls == ["commit_books"]
+    books = router.store.states(("acme", "acme/bot"))
+    assert settlement.remaining_usd == min(s.remaining for s in books) > 0
+    # λ moved in both scopes, each from its own books before the commit.
+    assert settlement.cost_usd == 0.0011 and [s.lam for s in books] == paced and paced[0] != paced[1]

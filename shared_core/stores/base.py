@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from ..budget import (
     Budget,
@@ -22,7 +23,25 @@ from ..budget import (
 )
 from ..errors import BudgetExceeded, UnknownReservation, UnknownScope
 
-__all__ = ["LedgerStore", "no_budget", "id_taken", "unknown_reservation", "refuse"]
+__all__ = [
+    "LedgerStore", "Committed", "Pace", "books_around", "paced",
+    "no_budget", "id_taken", "unknown_reservation", "refuse",
+]
+
+#: θ, a scope's new dual variable, from its books just before a commit (None: leave it as it is).
+Pace = Callable[[ScopeState], "float | None"]
+
+
+@dataclass(frozen=True)
+class Committed:
+    """What `LedgerStore.commit_books` did: whether it charged, and the books around the commit.
+
+    `before` and `after` hold the books of the scopes asked about that have a budget, in the order
+    asked: just before the commit (rolled into the current period) and just after it, λ moved."""
+
+    charged: bool
+    before: list[ScopeState]
+    after: list[ScopeState]
 
 
 class LedgerStore(ABC):
@@ -49,7 +68,8 @@ class LedgerStore(ABC):
 
     A store implements the hooks `_set_budget`, `_reserve`, `_commit` and `_adjust_lambda`, which
     get the arguments checked, and `states`, `scopes`, `release`, `open_reservations` and
-    `remembered_since`.
+    `remembered_since`; it may override `_commit_books` to make a commit and the reads around it
+    one round trip.
     """
 
     def set_budget(
@@ -133,6 +153,28 @@ class LedgerStore(ABC):
     def _commit(self, reservation_id: str, nanos: int, model: str | None) -> bool:
         """commit, `nanos` a valid amount."""
 
+    def commit_books(
+        self, reservation_id: str, actual: float, model: str | None = None, *,
+        scopes: Sequence[str], pace: Pace | None = None,
+    ) -> Committed:
+        """commit(), reading the books of `scopes` just before and just after it, and — when it
+        charged — storing `pace(books before)` as each scope's λ (θ; None leaves it).
+
+        What a settled call needs from the ledger in one step: the books before decide the
+        overrun and the pacing update, the books after say what is left. The memory, SQLite and
+        Redis stores do it in one atomic round trip (Redis: λ in a second one); the default makes
+        the four calls one after another. UnknownReservation as commit; ValueError for a bad amount.
+        """
+        chain = tuple(scopes)
+        return self._commit_books(check_reservation_id(reservation_id), to_nanos(actual, "actual cost"), model,
+                                  chain, pace)
+
+    def _commit_books(
+        self, reservation_id: str, nanos: int, model: str | None, scopes: tuple[str, ...], pace: Pace | None
+    ) -> Committed:
+        """commit_books, its arguments checked: by default states, commit, adjust_lambda, states."""
+        return books_around(self, lambda: self._commit(reservation_id, nanos, model), scopes, pace)
+
     def release(self, reservation_id: str) -> bool:
         """Drop a reservation without spending; False when it was not open."""
         return self._release(check_reservation_id(reservation_id))
@@ -180,6 +222,29 @@ class LedgerStore(ABC):
 
     def close(self) -> None:  # noqa: B027 (a no-op default: stores without connections need not override it)
         """Let go of connections and files (the store must not be used afterwards)."""
+
+
+def books_around(store: LedgerStore, commit: Callable[[], bool], scopes: Sequence[str], pace: Pace | None) -> Committed:
+    """`commit()` (True when it charged) with the books of `scopes` read before and after it and λ
+    moved by `pace`, each a ledger call of its own: commit_books for a store without one step."""
+    before = [s for s in store.states(scopes) if s is not None]
+    charged = commit()
+    if charged and pace is not None:
+        for state in before:
+            theta = pace(state)
+            if theta is not None:
+                store.adjust_lambda(state.scope, theta)
+    return Committed(charged, before, [s for s in store.states(scopes) if s is not None])
+
+
+def paced(before: Sequence[ScopeState], pace: Pace | None) -> list[float | None]:
+    """Each scope's new λ from its books before a commit (None: unchanged); ValueError for a θ that
+    is not finite. Stores that commit in one step call it before they change anything."""
+    thetas = [None if pace is None else pace(state) for state in before]
+    for theta in thetas:
+        if theta is not None and not math.isfinite(theta):
+            raise ValueError(f"lambda must be finite, got {theta}")
+    return [None if t is None else float(t) for t in thetas]
 
 
 # The errors every store raises, worded once.

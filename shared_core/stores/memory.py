@@ -22,7 +22,7 @@ from ..budget import (
     check_max_finished,
     check_retention,
 )
-from .base import LedgerStore, id_taken, no_budget, unknown_reservation
+from .base import Committed, LedgerStore, Pace, id_taken, no_budget, paced, unknown_reservation
 from .urls import StoreURL
 
 __all__ = ["MemoryStore"]
@@ -201,25 +201,45 @@ class MemoryStore(LedgerStore):
         with self._lock:
             now = self._clock()
             self._sweep(now)
-            hold = self._open.pop(reservation_id, None)
+            return self._charge(reservation_id, nanos, model, now)
+
+    def _commit_books(
+        self, reservation_id: str, nanos: int, model: str | None, scopes: tuple[str, ...], pace: Pace | None
+    ) -> Committed:
+        with self._lock:
+            now = self._clock()
+            self._sweep(now)
+            present = [self._scope(s, now) for s in scopes if s in self._books]
+            before = [b.snapshot() for b in present]
+            thetas = paced(before, pace)  # before anything changes: a pace that fails leaves the books as they were
+            charged = self._charge(reservation_id, nanos, model, now)
+            if charged:
+                for b, theta in zip(present, thetas, strict=True):
+                    if theta is not None:
+                        b.lam = theta
+            return Committed(charged, before, [b.snapshot() for b in present])
+
+    def _charge(self, reservation_id: str, nanos: int, model: str | None, now: float) -> bool:
+        """commit, under the lock and swept."""
+        hold = self._open.pop(reservation_id, None)
+        if hold is not None:
+            scopes = hold.scopes
+        elif reservation_id in self._done:
+            ended = self._done[reservation_id]
+            if ended is None:
+                return False  # committed before
+            scopes = ended
+        else:
+            raise unknown_reservation(reservation_id)
+        self._finish(reservation_id, None, now)
+        books = self._present(scopes)
+        for b in books:
+            b.roll(now)
             if hold is not None:
-                scopes = hold.scopes
-            elif reservation_id in self._done:
-                ended = self._done[reservation_id]
-                if ended is None:
-                    return False  # committed before
-                scopes = ended
-            else:
-                raise unknown_reservation(reservation_id)
-            self._finish(reservation_id, None, now)
-            books = self._present(scopes)
-            for b in books:
-                b.roll(now)
-                if hold is not None:
-                    b.reserved -= hold.amount
-                b.charge(nanos, model)
-            self._touch(books, now)
-            return True
+                b.reserved -= hold.amount
+            b.charge(nanos, model)
+        self._touch(books, now)
+        return True
 
     def _release(self, reservation_id: str) -> bool:
         with self._lock:

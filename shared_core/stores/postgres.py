@@ -46,6 +46,8 @@ from ..budget import (
     LedgerUnavailable,
     ScopeBooks,
     ScopeState,
+    budget_from_json,
+    budget_json,
     check_max_finished,
     check_retention,
     to_nanos,
@@ -494,7 +496,7 @@ class PostgresStore(LedgerStore):
     def _set_budget(
         self, scope: str, budget: Budget, reset: bool, only_if_absent: bool, idle_ttl_s: float | None
     ) -> bool:
-        ((done,),) = self._ledger("set_budget", scope, budget.model_dump_json(), to_nanos(budget.usd),
+        ((done,),) = self._ledger("set_budget", scope, budget_json(budget), to_nanos(budget.usd),
                                 budget.period_s, reset, only_if_absent, idle_ttl_s)
         return bool(done)
 
@@ -578,7 +580,7 @@ def _snapshot(row: Sequence[Any]) -> ScopeState:
      models, nanos, calls) = row
     books = ScopeBooks(
         scope=name,
-        budget=Budget.model_validate_json(budget),
+        budget=budget_from_json(budget),
         period_start=period_start,
         committed=committed,
         reserved=reserved,

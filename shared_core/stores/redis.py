@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from importlib.resources import files
 from typing import Any
 
@@ -30,11 +31,13 @@ from ..budget import (
     LedgerUnavailable,
     ScopeBooks,
     ScopeState,
+    budget_from_json,
+    budget_json,
     check_max_finished,
     check_retention,
     to_nanos,
 )
-from .base import LedgerStore, no_budget, refuse, unknown_reservation
+from .base import Committed, LedgerStore, Pace, no_budget, paced, refuse, unknown_reservation
 from .urls import StoreURL
 
 __all__ = ["RedisStore", "DEFAULT_PREFIX"]
@@ -125,7 +128,7 @@ class RedisStore(LedgerStore):
         flags = ("1" if reset else "0", "1" if only_if_absent else "0")
         idle = "" if idle_ttl_s is None else repr(idle_ttl_s)
         return bool(
-            self._run("set_budget", scope, to_nanos(budget.usd), budget.model_dump_json(), period, *flags, idle)
+            self._run("set_budget", scope, to_nanos(budget.usd), budget_json(budget), period, *flags, idle)
         )
 
     def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
@@ -140,10 +143,27 @@ class RedisStore(LedgerStore):
         refuse(reservation_id, nanos, self._run("reserve", reservation_id, json.dumps(chain), nanos, repr(ttl_s)))
 
     def _commit(self, reservation_id: str, nanos: int, model: str | None) -> bool:
-        outcome = self._run("commit", reservation_id, nanos, *(() if model is None else (model,)))
+        return self._commit_books(reservation_id, nanos, model, (), None).charged
+
+    def _commit_books(
+        self, reservation_id: str, nanos: int, model: str | None, scopes: tuple[str, ...], pace: Pace | None
+    ) -> Committed:
+        # One script commits and reads the books around it; λ, computed here from the books before,
+        # takes a second (the pacing rule lives in Python, not in Lua).
+        outcome, *around = self._run(
+            "commit", reservation_id, nanos, json.dumps(scopes), *(() if model is None else (model,))
+        )
         if outcome == "unknown":
             raise unknown_reservation(reservation_id)
-        return outcome == "ok"
+        before, after = ([s for s in map(_snapshot, scopes, found) if s is not None] for found in around)
+        if outcome != "ok":
+            return Committed(False, before, after)
+        moved: dict[str, float] = {}
+        for state, theta in zip(before, paced(before, pace), strict=True):
+            if theta is not None:
+                self._adjust_lambda(state.scope, theta)
+                moved[state.scope] = theta
+        return Committed(True, before, [replace(s, lam=moved.get(s.scope, s.lam)) for s in after])
 
     def _release(self, reservation_id: str) -> bool:
         return bool(self._run("release", reservation_id))
@@ -175,7 +195,7 @@ def _snapshot(scope: str, found: Sequence[Sequence[str]]) -> ScopeState | None:
         return None
     fields, spend, calls = (_pairs(x) for x in found)
     return ScopeBooks(
-        scope=scope, budget=Budget.model_validate_json(fields["budget"]),
+        scope=scope, budget=budget_from_json(fields["budget"]),
         period_start=float(fields["period_start"]), committed=int(fields["committed"]),
         reserved=int(fields["reserved"]), requests=int(fields["requests"]), released=int(fields["released"]),
         expired=int(fields["expired"]), lam=float(fields["lam"]) if fields["lam"] else None,

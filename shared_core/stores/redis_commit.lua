@@ -1,10 +1,18 @@
--- ARGV[5] id, ARGV[6] actual, ARGV[7] model (absent when None)
+-- ARGV[5] id, ARGV[6] actual, ARGV[7] scopes JSON (those whose books are reported), ARGV[8] model
+-- (absent when None) → {'ok' | 'repeat' | 'unknown', books before, books after} (as the states script's)
 sweep()
-local id, actual, model = ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local id, actual, model = ARGV[5], tonumber(ARGV[6]), ARGV[8]
+local report = cjson.decode(ARGV[7])
+local function read()
+  local found = {}
+  for _, s in ipairs(report) do found[#found + 1] = books(s) end
+  return found
+end
+local before = read()
 local h = P .. 'hold:' .. id
 local f = redis.call('HMGET', h, 'status', 'scopes', 'amount')
-if not f[1] then return 'unknown' end
-if f[1] == 'committed' then return 'repeat' end
+if not f[1] then return {'unknown', before, before} end
+if f[1] == 'committed' then return {'repeat', before, before} end
 for _, s in ipairs(cjson.decode(f[2])) do
   if scoped(s) then
     roll(s)
@@ -20,4 +28,4 @@ for _, s in ipairs(cjson.decode(f[2])) do
   end
 end
 finish(id, 'committed')
-return 'ok'
+return {'ok', before, read()}

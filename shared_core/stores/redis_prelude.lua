@@ -108,3 +108,12 @@ local function sweep()
     end
   end
 end
+
+-- A scope's books as the ledger reports them: {} without a budget, else {its hash, spend, calls},
+-- rolled into the current period.
+local function books(s)
+  if not scoped(s) then return {} end
+  roll(s)
+  return {redis.call('HGETALL', skey(s)), redis.call('HGETALL', P .. 'spend:' .. s),
+          redis.call('HGETALL', P .. 'calls:' .. s)}
+end

@@ -26,10 +26,12 @@ from ..budget import (
     LedgerUnavailable,
     ScopeBooks,
     ScopeState,
+    budget_from_json,
+    budget_json,
     check_max_finished,
     check_retention,
 )
-from .base import LedgerStore, id_taken, no_budget, unknown_reservation
+from .base import Committed, LedgerStore, Pace, id_taken, no_budget, paced, unknown_reservation
 from .urls import StoreURL
 
 __all__ = ["SQLiteStore"]
@@ -287,7 +289,7 @@ class SQLiteStore(LedgerStore):
             "UPDATE scopes SET budget = ?, period_start = ?, committed = ?, reserved = ?, requests = ?, "
             "released = ?, expired = ?, lam = ?, idle_ttl_s = ?, idle_at = ? WHERE name = ?",
             [
-                (b.budget.model_dump_json(), b.period_start, b.committed, b.reserved, b.requests,
+                (budget_json(b.budget), b.period_start, b.committed, b.reserved, b.requests,
                  b.released, b.expired, b.lam, b.idle_ttl_s,
                  None if b.idle_ttl_s is None else now + b.idle_ttl_s, b.scope)
                 for b in books
@@ -304,7 +306,7 @@ class SQLiteStore(LedgerStore):
             inserted = db.execute(
                 "INSERT INTO scopes (name, budget, period_start, idle_ttl_s, idle_at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (name) DO NOTHING",
-                (scope, budget.model_dump_json(), now, idle_ttl_s, None if idle_ttl_s is None else now + idle_ttl_s),
+                (scope, budget_json(budget), now, idle_ttl_s, None if idle_ttl_s is None else now + idle_ttl_s),
             ).rowcount
             if inserted:
                 return True
@@ -319,39 +321,45 @@ class SQLiteStore(LedgerStore):
 
     def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
         now = self._clock()
-        if self._due(now):
-            with self._transaction() as db:
-                self._sweep(db, now)
-        found: list[ScopeState | None] = []
         with self._transaction(write=False) as db:
-            for scope in scopes:
-                row = db.execute(f"SELECT {_COLUMNS} FROM scopes WHERE name = ?", (scope,)).fetchone()
-                if row is None:
-                    found.append(None)
-                    continue
-                books = _books(row)
-                for model, nanos, calls in db.execute(
-                    "SELECT model, nanos, calls FROM spend WHERE scope = ?", (scope,)
-                ):
-                    books.spend[model], books.calls[model] = nanos, calls
-                books.roll(now)  # a view of the new period; the next write stores it
-                found.append(books.snapshot())
-        return found
+            if not self._due(db, now):
+                return self._read(db, scopes, now)
+        with self._transaction() as db:  # something lapsed or idled out: sweep it first
+            self._sweep(db, now)
+            return self._read(db, scopes, now)
 
-    def _due(self, now: float) -> bool:
+    @staticmethod
+    def _read(db: sqlite3.Connection, scopes: Sequence[str], now: float) -> list[ScopeState | None]:
+        """The books of `scopes` (None for one without a budget), rolled into the current period as a
+        view: the next write stores the roll."""
+        names = tuple(dict.fromkeys(scopes))
+        marks = ", ".join("?" * len(names))
+        books = {r[0]: _books(r) for r in db.execute(f"SELECT {_COLUMNS} FROM scopes WHERE name IN ({marks})", names)}
+        if books:
+            for scope, model, nanos, calls in db.execute(
+                f"SELECT scope, model, nanos, calls FROM spend WHERE scope IN ({marks})", names
+            ):
+                if scope in books:
+                    books[scope].spend[model], books[scope].calls[model] = nanos, calls
+        for b in books.values():
+            b.roll(now)
+        return [books[s].snapshot() if s in books else None for s in scopes]
+
+    @staticmethod
+    def _due(db: sqlite3.Connection, now: float) -> bool:
         """Whether a hold has lapsed or an idle scope is to be forgotten by `now` (a read checks first)."""
-        with self._transaction(write=False) as db:
-            return db.execute(
-                "SELECT 1 FROM holds WHERE status = 'open' AND expires_at <= ? "
-                "UNION ALL SELECT 1 FROM scopes WHERE idle_at <= ? LIMIT 1", (now, now)
-            ).fetchone() is not None
+        return db.execute(
+            "SELECT 1 FROM holds WHERE status = 'open' AND expires_at <= ? "
+            "UNION ALL SELECT 1 FROM scopes WHERE idle_at <= ? LIMIT 1", (now, now)
+        ).fetchone() is not None
 
     def scopes(self) -> list[str]:
         now = self._clock()
-        if self._due(now):
-            with self._transaction() as db:
-                self._sweep(db, now)
         with self._transaction(write=False) as db:
+            due = self._due(db, now)
+        with self._transaction(write=due) as db:
+            if due:
+                self._sweep(db, now)
             return [r[0] for r in db.execute("SELECT name FROM scopes ORDER BY name")]
 
     def _reserve(self, reservation_id: str, chain: tuple[str, ...], nanos: int, ttl_s: float) -> None:
@@ -379,26 +387,44 @@ class SQLiteStore(LedgerStore):
         with self._transaction() as db:
             now = self._clock()
             self._sweep(db, now)
-            row = db.execute("SELECT scopes, amount, status FROM holds WHERE id = ?", (reservation_id,)).fetchone()
-            if row is None:
-                raise unknown_reservation(reservation_id)
-            scopes, amount, status = row
-            if status == "committed":
-                return False
-            books = self._load(db, json.loads(scopes), now, present=True)
-            for b in books:
-                if status == "open":
-                    b.reserved -= amount
-                b.charge(nanos, model)
-            self._save(db, books, now)
-            if model is not None:
-                db.executemany(
-                    "INSERT INTO spend (scope, model, nanos, calls) VALUES (?, ?, ?, 1) ON CONFLICT (scope, model) "
-                    "DO UPDATE SET nanos = nanos + excluded.nanos, calls = calls + 1",
-                    [(b.scope, model, nanos) for b in books],
-                )
-            self._end(db, reservation_id, "committed", now)
-            return True
+            return self._charge(db, reservation_id, nanos, model, now)
+
+    def _commit_books(
+        self, reservation_id: str, nanos: int, model: str | None, scopes: tuple[str, ...], pace: Pace | None
+    ) -> Committed:
+        with self._transaction() as db:
+            now = self._clock()
+            self._sweep(db, now)
+            before = [s for s in self._read(db, scopes, now) if s is not None]
+            thetas = paced(before, pace)  # before anything changes: a pace that fails rolls nothing back
+            charged = self._charge(db, reservation_id, nanos, model, now)
+            if charged:
+                db.executemany("UPDATE scopes SET lam = ? WHERE name = ?",
+                               [(theta, b.scope) for b, theta in zip(before, thetas, strict=True) if theta is not None])
+            return Committed(charged, before, [s for s in self._read(db, scopes, now) if s is not None])
+
+    def _charge(self, db: sqlite3.Connection, reservation_id: str, nanos: int, model: str | None, now: float) -> bool:
+        """commit, inside a swept write transaction."""
+        row = db.execute("SELECT scopes, amount, status FROM holds WHERE id = ?", (reservation_id,)).fetchone()
+        if row is None:
+            raise unknown_reservation(reservation_id)
+        scopes, amount, status = row
+        if status == "committed":
+            return False
+        books = self._load(db, json.loads(scopes), now, present=True)
+        for b in books:
+            if status == "open":
+                b.reserved -= amount
+            b.charge(nanos, model)
+        self._save(db, books, now)
+        if model is not None:
+            db.executemany(
+                "INSERT INTO spend (scope, model, nanos, calls) VALUES (?, ?, ?, 1) ON CONFLICT (scope, model) "
+                "DO UPDATE SET nanos = nanos + excluded.nanos, calls = calls + 1",
+                [(b.scope, model, nanos) for b in books],
+            )
+        self._end(db, reservation_id, "committed", now)
+        return True
 
     def _release(self, reservation_id: str) -> bool:
         with self._transaction() as db:
@@ -448,7 +474,7 @@ class SQLiteStore(LedgerStore):
 def _books(row: Sequence) -> ScopeBooks:
     name, budget, period_start, committed, reserved, requests, released, expired, lam, idle_ttl_s = row
     return ScopeBooks(
-        scope=name, budget=Budget.model_validate_json(budget), period_start=period_start, committed=committed,
+        scope=name, budget=budget_from_json(budget), period_start=period_start, committed=committed,
         reserved=reserved, requests=requests, released=released, expired=expired, lam=lam, idle_ttl_s=idle_ttl_s,
     )
 
