@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -29,7 +28,7 @@ from .budget import (
     to_usd,
 )
 from .candidates import Candidate
-from .errors import NoFeasibleCandidate, RoutingError
+from .errors import NoFeasibleCandidate, RoutingError, UnknownReservation
 from .estimation import CandidatePool, Estimate, Lineup
 from .fallbacks import Attempt, ErrorKind, classify
 from .feasibility import Request, describe, output_caps, reasons
@@ -607,9 +606,15 @@ class Router:
         except Exception:  # an unreadable journal must not keep this call's money from the ledger
             logger.exception("could not replay the commits kept in %s", self.pending_journal)
         entry = PendingCommit(decision.id, decision.scopes, decision.chosen, cost, time.time(), self.store.url)
-        pace = functools.partial(self.pacer.update, cost=cost)
+        charged = set(decision.scopes)
+
+        def pace(state: ScopeState) -> float | None:
+            return self.pacer.update(state, cost) if state.scope in charged else None
+
+        # The whole chain's books: a scope given a budget while the call ran counts in what is left.
+        chain = scope_chain(decision.scopes[-1])
         try:
-            books = _with_retries(lambda: self._store_commit(entry, pace))
+            books = _with_retries(lambda: self._store_commit(entry, pace, chain))
         except LedgerUnavailable as error:
             # The call was made and its answer is the caller's: keep the money to commit later.
             self._keep(entry, error)
@@ -619,9 +624,9 @@ class Router:
                          decision.scope, decision.chosen, cost, error)
             return Charge(cost, 0.0, self._remaining_after_all(decision))
         remaining = min((s.remaining for s in books.after), default=None)
-        overrun = _overrun(decision, cost, books.before) if books.charged else 0.0
+        overrun = _overrun(decision, cost, [s for s in books.before if s.scope in charged]) if books.charged else 0.0
         if overrun:
-            after = [s for s in books.after if s.overdrawn > 0]
+            after = [s for s in books.after if s.scope in charged and s.overdrawn > 0]
             consequence = (
                 "; ".join(f"scope {s.scope!r} is overdrawn by {s.overdrawn:.9g} USD" for s in after)
                 + " and refuses paid calls until it is within budget" if after
@@ -654,16 +659,19 @@ class Router:
         logger.error("the ledger could not record %.9g USD for %s in scope %r (%s); kept %s to retry on the next "
                      "commit (Router.retry_pending)", entry.cost_usd, entry.model, entry.scopes[-1], error, where)
 
-    def _store_commit(self, entry: PendingCommit, pace: Pace | None = None) -> Committed:
-        """The ledger's commit, with the books around it and λ moved by `pace`; for a reservation it no
-        longer knows (forgotten after its retention, or lost with the ledger), `pending.record_anew`
-        records the money once under a new hold."""
+    def _store_commit(
+        self, entry: PendingCommit, pace: Pace | None = None, scopes: Sequence[str] | None = None
+    ) -> Committed:
+        """The ledger's commit, with the books of `scopes` (the entry's own by default) around it and λ
+        moved by `pace`; for a reservation it no longer knows (forgotten after its retention, or lost
+        with the ledger), `pending.record_anew` records the money once under a new hold."""
+        scopes = entry.scopes if scopes is None else scopes
         try:
             return self.store.commit_books(entry.reservation_id, entry.cost_usd, model=entry.model,
-                                           scopes=entry.scopes, pace=pace)
-        except KeyError:
+                                           scopes=scopes, pace=pace)
+        except UnknownReservation:
             return books_around(self.store, lambda: record_anew(self.store, entry, self.reservation_ttl_s),
-                                entry.scopes, pace)
+                                scopes, pace)
 
     def retry_pending(self) -> int:
         """Commit what the ledger could not take before (see `commit`); how many are still kept."""

@@ -521,3 +521,28 @@ def test_commit_books_with_a_pace_that_fails_records_nothing_where_it_commits_in
     # Everywhere the money is committed at most once, whatever a retry does.
     store.commit_books("r", 0.2, "m", scopes=CHAIN)
     assert store.state("acme").committed == 0.2 and store.state("acme").requests == 1
+
+
+def test_states_of_more_scopes_than_one_query_binds(kind, tmp_path, monkeypatch):
+    import sqlite3
+
+    from shared_core.stores import sqlite
+
+    # SQLite builds differ in how many variables one statement binds (999 before 3.32): run under a low limit.
+    connect = sqlite.SQLiteStore._connect
+
+    def limited(self):
+        conn = connect(self)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, sqlite._NAMES_PER_QUERY + 100)
+        return conn
+
+    monkeypatch.setattr(sqlite.SQLiteStore, "_connect", limited)
+    names = [f"t/{i}" for i in range(2 * sqlite._NAMES_PER_QUERY + 17)]
+    with ledger(kind, tmp_path) as store:
+        for i, name in enumerate(names):
+            store.set_budget(name, Budget(usd=i + 1))
+        asked = [names[-1], "t/none", *names, names[0]]
+        found = store.states(asked)
+        assert [s and s.scope for s in found] == [names[-1], None, *names, names[0]]
+        assert [s.budget.usd for s in found[2:-1]] == [i + 1 for i in range(len(names))]
+        assert len(store.report("t")) == len(names)

@@ -315,3 +315,52 @@ def test_a_settled_call_is_one_ledger_step_that_paces_and_reports_what_is_left(k
     assert settlement.remaining_usd == min(s.remaining for s in books) > 0
     # λ moved in both scopes, each from its own books before the commit.
     assert settlement.cost_usd == 0.0011 and [s.lam for s in books] == paced and paced[0] != paced[1]
+
+
+class _TwoStepMemory:
+    """A memory ledger that commits as a store without a one-step commit_books does (the base
+    default: read, commit, store λ, read), with `_adjust_lambda` replaced by `fail_lambda`."""
+
+    fail_lambda = None
+
+    def _commit_books(self, reservation_id, nanos, model, scopes, pace):
+        from shared_core.stores.base import books_around
+
+        return books_around(self, lambda: self._commit(reservation_id, nanos, model), scopes, pace)
+
+    def _adjust_lambda(self, scope, value):
+        if self.fail_lambda is not None:
+            raise self.fail_lambda(f"scope {scope!r}: the λ write failed")
+        return super()._adjust_lambda(scope, value)
+
+
+@pytest.mark.parametrize("error", ["UnknownScope", "LedgerUnavailable"])
+def test_a_lambda_write_that_fails_after_the_commit_neither_charges_again_nor_hides_the_overrun(error, caplog):
+    """A scope idled out (UnknownScope, a KeyError) or a ledger gone between the commit and the λ write:
+    the commit stands, once, with its overrun; λ stays where it was (a price, not money)."""
+    import shared_core.errors as errors
+    from shared_core.stores import MemoryStore
+
+    store = type("TwoStep", (_TwoStepMemory, MemoryStore), {})()
+    router = Router(_cands(), store=store)
+    router.set_budget("acme", Budget(usd=1.0, horizon=10))
+    decision = router.decide("What is 2 + 2?", "acme", max_tokens=10)
+    store.fail_lambda = getattr(errors, error)
+    with caplog.at_level("WARNING", logger="omniroute"):
+        charge = router.commit(decision, cost=0.05)
+    state = router.budget_state("acme")
+    assert (state.committed, state.requests, state.reserved, state.lam) == (0.05, 1, 0.0, None)
+    assert charge.overrun_usd == pytest.approx(0.05 - decision.reserved) and charge.remaining_usd == 0.95
+    assert "overrun" in caplog.text
+    assert ("could not store λ" in caplog.text) == (error == "LedgerUnavailable")
+
+
+def test_what_is_left_counts_a_budget_an_enclosing_scope_gained_while_the_call_ran():
+    router = Router(_cands(), cost_weight=0.0)
+    router.set_budget("acme/bot", Budget(usd=1.0))
+    decision = router.decide("What is 2 + 2?", "acme/bot", max_tokens=10)
+    router.set_budget("acme", Budget(usd=0.01))  # set by another process while the call runs
+    settlement = settle_usage(router, decision, {"input_tokens": 10, "output_tokens": 10})
+    assert decision.scopes == ("acme/bot",)
+    assert settlement.remaining_usd == router.remaining("acme/bot") == 0.01  # not charged, but the tighter cap
+    assert router.budget_state("acme").committed == 0.0 and router.budget_state("acme").lam is None

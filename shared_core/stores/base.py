@@ -7,10 +7,12 @@ valid arguments with money in whole nano-dollars: every store refuses the same i
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..budget import (
     Budget,
@@ -21,12 +23,14 @@ from ..budget import (
     scope_chain,
     to_nanos,
 )
-from ..errors import BudgetExceeded, UnknownReservation, UnknownScope
+from ..errors import BudgetExceeded, LedgerUnavailable, UnknownReservation, UnknownScope
 
 __all__ = [
-    "LedgerStore", "Committed", "Pace", "books_around", "paced",
+    "LedgerStore", "Committed", "Pace", "books_around", "paced", "set_lambdas",
     "no_budget", "id_taken", "unknown_reservation", "refuse",
 ]
+
+logger = logging.getLogger("omniroute")
 
 #: θ, a scope's new dual variable, from its books just before a commit (None: leave it as it is).
 Pace = Callable[[ScopeState], "float | None"]
@@ -163,7 +167,11 @@ class LedgerStore(ABC):
         What a settled call needs from the ledger in one step: the books before decide the
         overrun and the pacing update, the books after say what is left. The memory, SQLite and
         Redis stores do it in one atomic round trip (Redis: λ in a second one); the default makes
-        the four calls one after another. UnknownReservation as commit; ValueError for a bad amount.
+        the four calls one after another. `pace` runs inside that step, under the store's lock or
+        transaction: it must not call the ledger. Once the money is committed, a λ that cannot be
+        stored (scope forgotten since, ledger unreachable) is left as it was, with a WARNING for the
+        latter, never an error. UnknownReservation as commit; ValueError for a bad amount or a θ
+        that is not finite (memory and SQLite then commit nothing).
         """
         chain = tuple(scopes)
         return self._commit_books(check_reservation_id(reservation_id), to_nanos(actual, "actual cost"), model,
@@ -230,11 +238,35 @@ def books_around(store: LedgerStore, commit: Callable[[], bool], scopes: Sequenc
     before = [s for s in store.states(scopes) if s is not None]
     charged = commit()
     if charged and pace is not None:
-        for state in before:
-            theta = pace(state)
-            if theta is not None:
-                store.adjust_lambda(state.scope, theta)
+        moved = {state.scope: theta for state, theta in zip(before, paced(before, pace), strict=True)
+                 if theta is not None}
+        set_lambdas(store, moved, lambda: [_adjusted(store, scope, theta) for scope, theta in moved.items()])
     return Committed(charged, before, [s for s in store.states(scopes) if s is not None])
+
+
+def _adjusted(store: LedgerStore, scope: str, theta: float) -> bool:
+    try:
+        store.adjust_lambda(scope, theta)
+    except UnknownScope:
+        return False
+    return True
+
+
+def set_lambdas(store: LedgerStore, thetas: dict[str, float], write: Callable[[], Sequence[Any]]) -> dict[str, float]:
+    """Store each scope's θ after a commit through `write()` (a truthy flag per scope, in order:
+    False for a scope forgotten since); the θ stored.
+
+    The commit has happened by then, so nothing here may read as a failed commit — a caller
+    would record the money again, or retry and lose the overrun: a scope gone (idle) is skipped,
+    and a ledger unreachable for λ leaves λ where it was, with a WARNING. λ is a price, not money;
+    the next commit moves it again."""
+    try:
+        flags = write()
+    except LedgerUnavailable as error:
+        logger.warning("committed, but could not store λ for %s (%s); it keeps its old value until the next commit",
+                       ", ".join(repr(s) for s in thetas), error)
+        return {}
+    return {scope: theta for (scope, theta), ok in zip(thetas.items(), flags, strict=True) if ok}
 
 
 def paced(before: Sequence[ScopeState], pace: Pace | None) -> list[float | None]:

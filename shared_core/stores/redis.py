@@ -37,7 +37,7 @@ from ..budget import (
     check_retention,
     to_nanos,
 )
-from .base import Committed, LedgerStore, Pace, no_budget, paced, refuse, unknown_reservation
+from .base import Committed, LedgerStore, Pace, no_budget, paced, refuse, set_lambdas, unknown_reservation
 from .urls import StoreURL
 
 __all__ = ["RedisStore", "DEFAULT_PREFIX"]
@@ -158,18 +158,17 @@ class RedisStore(LedgerStore):
         before, after = ([s for s in map(_snapshot, scopes, found) if s is not None] for found in around)
         if outcome != "ok":
             return Committed(False, before, after)
-        moved: dict[str, float] = {}
-        for state, theta in zip(before, paced(before, pace), strict=True):
-            if theta is not None:
-                self._adjust_lambda(state.scope, theta)
-                moved[state.scope] = theta
+        moved = {state.scope: theta for state, theta in zip(before, paced(before, pace), strict=True)
+                 if theta is not None}
+        if moved:
+            moved = set_lambdas(self, moved, lambda: self._run("lambda", *_flat(moved)))
         return Committed(True, before, [replace(s, lam=moved.get(s.scope, s.lam)) for s in after])
 
     def _release(self, reservation_id: str) -> bool:
         return bool(self._run("release", reservation_id))
 
     def _adjust_lambda(self, scope: str, value: float) -> None:
-        if not self._run("lambda", scope, repr(value)):
+        if not self._run("lambda", scope, repr(value))[0]:
             raise no_budget(scope)
 
     def open_reservations(self) -> int:
@@ -202,6 +201,11 @@ def _snapshot(scope: str, found: Sequence[Sequence[str]]) -> ScopeState | None:
         idle_ttl_s=float(fields["idle_ttl_s"]) if fields.get("idle_ttl_s") else None,
         spend={m: int(v) for m, v in spend.items()}, calls={m: int(v) for m, v in calls.items()},
     ).snapshot()
+
+
+def _flat(lams: dict[str, float]) -> list[str]:
+    """{scope: λ} as the lambda script's arguments: scope, λ, scope, λ, ..."""
+    return [x for scope, lam in lams.items() for x in (scope, repr(lam))]
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:

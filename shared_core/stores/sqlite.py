@@ -80,6 +80,9 @@ _MIGRATIONS = {1: ("ALTER TABLE scopes ADD COLUMN idle_ttl_s REAL", "ALTER TABLE
 # Added to a version 2 file in place, without a new version: code that does not know them still reads
 # and writes the file as before (its finished holds have no `seq` and are forgotten by time alone).
 _ADDED_COLUMNS = {"holds": {"seq": "INTEGER"}}
+#: Scope names bound in one `IN (...)` query: far below SQLite's limit on a statement's variables
+#: (32,766 by default, 999 before 3.32), however many scopes a report asks for.
+_NAMES_PER_QUERY = 500
 _COLUMNS = "name, budget, period_start, committed, reserved, requests, released, expired, lam, idle_ttl_s"
 _SYNCHRONOUS = ("normal", "full")
 # Connections opened before a fork belong to the parent: the child must neither use nor close them.
@@ -332,15 +335,20 @@ class SQLiteStore(LedgerStore):
     def _read(db: sqlite3.Connection, scopes: Sequence[str], now: float) -> list[ScopeState | None]:
         """The books of `scopes` (None for one without a budget), rolled into the current period as a
         view: the next write stores the roll."""
-        names = tuple(dict.fromkeys(scopes))
-        marks = ", ".join("?" * len(names))
-        books = {r[0]: _books(r) for r in db.execute(f"SELECT {_COLUMNS} FROM scopes WHERE name IN ({marks})", names)}
-        if books:
-            for scope, model, nanos, calls in db.execute(
-                f"SELECT scope, model, nanos, calls FROM spend WHERE scope IN ({marks})", names
-            ):
-                if scope in books:
-                    books[scope].spend[model], books[scope].calls[model] = nanos, calls
+        scopes = list(scopes)
+        names = list(dict.fromkeys(scopes))
+        books: dict[str, ScopeBooks] = {}
+        for start in range(0, len(names), _NAMES_PER_QUERY):
+            chunk = tuple(names[start:start + _NAMES_PER_QUERY])
+            marks = ", ".join("?" * len(chunk))
+            rows = db.execute(f"SELECT {_COLUMNS} FROM scopes WHERE name IN ({marks})", chunk)
+            found = {r[0]: _books(r) for r in rows}
+            if found:
+                for scope, model, nanos, calls in db.execute(
+                    f"SELECT scope, model, nanos, calls FROM spend WHERE scope IN ({marks})", chunk
+                ):
+                    found[scope].spend[model], found[scope].calls[model] = nanos, calls
+            books.update(found)
         for b in books.values():
             b.roll(now)
         return [books[s].snapshot() if s in books else None for s in scopes]
