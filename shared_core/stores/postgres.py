@@ -30,6 +30,7 @@ import re
 import socket
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -52,7 +53,7 @@ from ..budget import (
     check_retention,
     to_nanos,
 )
-from .base import LedgerStore, no_budget, refuse, unknown_reservation
+from .base import Committed, LedgerStore, Pace, no_budget, paced, refuse, set_lambdas, unknown_reservation
 from .urls import StoreURL
 
 __all__ = ["PostgresStore", "DEFAULT_SCHEMA"]
@@ -461,10 +462,15 @@ class PostgresStore(LedgerStore):
         return None if self._clock is None else float(self._clock())
 
     def _run(self, name: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        """The rows of statement `name`, run on a pooled connection.
+        """The rows of statement `name`, run on a pooled connection (see `_run_all`)."""
+        return self._run_all([(name, params)])[0]
+
+    def _run_all(self, statements: Sequence[tuple[str, tuple[Any, ...]]]) -> list[list[tuple[Any, ...]]]:
+        """The rows of each statement (name, parameters), run in order on one pooled connection, each
+        its own transaction; several go in one round trip (psycopg's pipeline mode).
 
         A connection found broken (the server restarted since it was pooled) is dropped and the
-        statement run once more: every one is safe to run twice (a repeated reserve holds once, a
+        statements run once more: every one is safe to run twice (a repeated reserve holds once, a
         repeated commit charges once). LedgerUnavailable when that fails too, or no connection comes."""
         pool = self._connections()
         retried = False
@@ -475,7 +481,12 @@ class PostgresStore(LedgerStore):
                     watchdog.daemon = True
                     watchdog.start()
                     try:
-                        return conn.execute(self._sql[name], params).fetchall()
+                        if len(statements) == 1:
+                            ((name, params),) = statements
+                            return [conn.execute(self._sql[name], params).fetchall()]
+                        with conn.pipeline():
+                            cursors = [conn.execute(self._sql[name], params) for name, params in statements]
+                        return [cursor.fetchall() for cursor in cursors]
                     except psycopg.OperationalError as e:
                         if retried or not conn.broken:
                             raise
@@ -519,6 +530,28 @@ class PostgresStore(LedgerStore):
             raise unknown_reservation(reservation_id)
         return outcome == "ok"
 
+    def _commit_books(
+        self, reservation_id: str, nanos: int, model: str | None, scopes: tuple[str, ...], pace: Pace | None
+    ) -> Committed:
+        # The books before, the commit and the books after in one round trip (three transactions:
+        # under READ COMMITTED another commit may come between them, as between separate calls); λ,
+        # computed here from the books before, takes a second.
+        fixed = (self._now(), self._retention_s, self._max_finished)
+        read = ("states", (*fixed, list(scopes)))
+        found_before, ((outcome,),), found_after = self._run_all(
+            [read, ("commit", (*fixed, reservation_id, nanos, model)), read]
+        )
+        if outcome == "unknown":
+            raise unknown_reservation(reservation_id)
+        before, after = ([_snapshot(row) for row in _in_order(found, scopes)] for found in (found_before, found_after))
+        if outcome != "ok":
+            return Committed(False, before, after)
+        moved = {state.scope: theta for state, theta in zip(before, paced(before, pace), strict=True)
+                 if theta is not None}
+        if moved:
+            moved = set_lambdas(self, moved, lambda: [_set(self, scope, theta) for scope, theta in moved.items()])
+        return Committed(True, before, [replace(s, lam=moved.get(s.scope, s.lam)) for s in after])
+
     def _release(self, reservation_id: str) -> bool:
         ((released,),) = self._ledger("release", reservation_id)
         return bool(released)
@@ -548,6 +581,17 @@ class PostgresStore(LedgerStore):
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.where!r}, schema={self.schema!r})"
+
+
+def _in_order(rows: Sequence[tuple[Any, ...]], scopes: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The states function's rows in the order of `scopes` (scopes without a budget skipped)."""
+    found = {row[1]: row for row in rows}
+    return [found[s] for s in scopes if s in found]
+
+
+def _set(store: PostgresStore, scope: str, theta: float) -> bool:
+    """Store θ; False when the scope has no budget (any more)."""
+    return bool(store._run("lambda", (theta, scope)))
 
 
 def _configure(conn: psycopg.Connection) -> None:
