@@ -182,12 +182,9 @@ def _decide(batch: list[_Job]) -> None:
         for job in batch:
             job.error = error
         return
-    from .router import BatchBooks
-
-    books = BatchBooks()  # the ledger read once per scope chain for the whole batch
     for i, job in enumerate(batch):
         tag, ask = job.result
-        _attempt(job, lambda: (tag, router._decide_predicted(ask, lineup, quality[i], lengths[i], books)))  # noqa: B023
+        _attempt(job, lambda: (tag, router._decide_predicted(ask, lineup, quality[i], lengths[i])))  # noqa: B023
 
 
 def _deliver(jobs: list[_Job]) -> None:

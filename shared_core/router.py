@@ -421,29 +421,9 @@ class Router:
             self.candidate(ask.model)
         return ask
 
-    def _decide_predicted(
-        self, ask: _Ask, lineup: Lineup, q: np.ndarray, out: np.ndarray, books: BatchBooks | None = None
-    ) -> Decision:
-        """decide() for a checked request, given the (m,) quality and output tokens predicted for its text.
-
-        `books` (decisions made together: shared_core.offload) carries the scopes' books from one
-        decision to the next, each hold added as it is made, so that the ledger is read once per
-        scope chain rather than once per decision."""
-        if books is None:
-            return self._decide_on(ask, lineup, q, out, self._scope_states(ask.session))
-        scope = self.scope_of(ask.session)
-        try:
-            # A session without books of its own is read every time where the router creates or requires them.
-            exist = self.default_budget is not None or self.strict_scopes
-            decision = self._decide_on(ask, lineup, q, out, books.states(scope, self._chain_states, must_exist=exist))
-        except BaseException:
-            books.forget(scope)  # refused, or the ledger misbehaved: the next decision reads afresh
-            raise
-        books.held(decision)
-        return decision
-
-    def _decide_on(self, ask: _Ask, lineup: Lineup, q: np.ndarray, out: np.ndarray,
-                   states: list[ScopeState]) -> Decision:
+    def _decide_predicted(self, ask: _Ask, lineup: Lineup, q: np.ndarray, out: np.ndarray) -> Decision:
+        """decide() for a checked request, given the (m,) quality and output tokens predicted for its text."""
+        states = self._scope_states(ask.session)
         messages, tool_list, max_tokens = ask.messages, list(ask.tools or []), ask.max_tokens
         input_tokens = lineup.count_request_tokens(messages, tool_list, ask.extra_input_tokens)
         caps = output_caps(input_tokens, lineup.max_output, lineup.window, max_tokens, uncapped=lineup.uncapped)
@@ -890,44 +870,6 @@ def _weights(weights: Mapping[str, float], names: Sequence[str]) -> np.ndarray:
     if not np.all(np.isfinite(values)) or (values < 0).any() or (values > 1).any():
         raise RoutingError(f"weights must be numbers in [0, 1], got {dict(weights)}")
     return values
-
-
-class BatchBooks:
-    """Scopes' books carried between decisions made one after another in one batch: read from the
-    ledger once per scope chain, each hold added as it is made (exact, in nano-dollars).
-
-    What a batch of decisions sees is the books as they were when it began plus its own holds — as
-    if they were decided at that instant: another process's commit meanwhile moves λ for the next
-    batch, and money it took makes a hold fail (the ledger checks every hold), which reads afresh."""
-
-    def __init__(self) -> None:
-        self._known: dict[str, ScopeState | None] = {}
-
-    def states(
-        self, scope: str, read: Callable[[str], list[ScopeState]], *, must_exist: bool = False
-    ) -> list[ScopeState]:
-        """The books of `scope`'s chain with a budget, outermost first: known ones, else `read(scope)`'s
-        (always read when `scope` itself has none and `must_exist`)."""
-        chain = scope_chain(scope)
-        if all(name in self._known for name in chain) and not (must_exist and self._known[scope] is None):
-            return [s for s in (self._known[name] for name in chain) if s is not None]
-        states = read(scope)  # creates the session's default budget, re-establishes lost ones
-        found = {s.scope: s for s in states}
-        self._known.update({name: found.get(name) for name in chain})
-        return states
-
-    def held(self, decision: Decision) -> None:
-        """Add the decision's hold to the books of the scopes it holds in."""
-        for name in decision.scopes:
-            state = self._known.get(name)
-            if state is not None:
-                reserved = to_nanos(state.reserved) + to_nanos(decision.reserved)
-                self._known[name] = replace(state, reserved=to_usd(reserved))
-
-    def forget(self, scope: str) -> None:
-        """Read the books of `scope`'s chain afresh for the next decision."""
-        for name in scope_chain(scope):
-            self._known.pop(name, None)
 
 
 def _with_retries(operation: Callable[[], T], attempts: int = 3, first_wait_s: float = 0.05) -> T:

@@ -121,15 +121,9 @@ async def test_a_bad_request_in_a_batch_fails_alone(fitted, test_split):
 
 
 class CountingStore(MemoryStore):
-    """Counts the ledger's holds (`reserved`) and reads (`reads`)."""
-
     def __init__(self) -> None:
         super().__init__()
-        self.reserved = self.reads = 0
-
-    def states(self, scopes: Any) -> Any:
-        self.reads += 1
-        return super().states(scopes)
+        self.reserved = 0
 
     def _reserve(self, *args: Any) -> None:
         self.reserved += 1
@@ -278,49 +272,3 @@ async def test_a_prompt_the_embedder_refuses_fails_alone_in_its_batch():
     for prompt, (tag, decision) in zip(prompts[1:], outcomes[1:], strict=True):
         assert tag == prompt
         assert same(decision) == same(router.decide(prompt, "s"))
-
-
-async def test_decisions_made_together_read_the_books_once_per_batch(fitted, test_split):
-    store = CountingStore()
-    router = make_router(fitted, "knn", store=store)
-    prompts = list(dict.fromkeys(test_split.prompts))[:REQUESTS]
-    spy = Spy(router)
-    store.reads = store.reserved = 0
-    together = await asyncio.gather(*(
-        offload.decide_off_loop(router, prepare(p, max_tokens=256), lambda made: router.release(made[1]))
-        for p in prompts
-    ))
-    assert (store.reads, store.reserved) == (len(spy.sizes), REQUESTS) and len(spy.sizes) < REQUESTS // 4
-    assert router.budget_state("s").reserved == pytest.approx(sum(d.reserved for _, d in together), abs=1e-9)
-
-
-def test_books_carried_through_a_batch_decide_as_fresh_reads_would_down_to_the_last_hold(fitted, test_split):
-    """A budget that runs out within the batch: each decision made with the books carried along (the
-    batch's own holds added) is the decision made after reading the ledger — holds, the lowered cap
-    of the last one that fits and the refusals after it alike."""
-    from shared_core.budget import BudgetExceeded
-    from shared_core.router import BatchBooks
-
-    prompts = list(dict.fromkeys(test_split.prompts))[:40]
-
-    def outcomes(batched: bool) -> list[Any]:
-        router = make_router(fitted, "knn")
-        router.set_budget("acme", Budget(usd=0.39))
-        router.set_budget("acme/s", Budget(usd=0.3))  # about eight holds of the dearest candidate
-        books, made = BatchBooks(), []
-        for prompt in prompts:
-            ask = router._ask(prompt, "acme/s", max_tokens=2048)
-            lineup, q, out = router.pool.predict(router.pool.features([ask.text]))
-            try:
-                decision = router._decide_predicted(ask, lineup, q[0], out[0], books if batched else None)
-            except BudgetExceeded as refused:
-                made.append(str(refused))
-            else:
-                made.append(same(decision))
-        return made
-
-    fresh, carried = outcomes(False), outcomes(True)
-    assert carried == fresh
-    refused = sum(isinstance(x, str) for x in fresh)
-    lowered = sum(not isinstance(x, str) and x["cap_lowered"] for x in fresh)
-    assert 0 < refused < len(prompts) and lowered > 0  # the budget did run out along the way
