@@ -15,12 +15,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from . import telemetry
+from .budget import LedgerUnavailable
 from .candidates import Candidate
 from .errors import AttemptTimeout
 from .fallbacks import AllCandidatesFailed, Attempt, ErrorKind, classify, falls_back
 from .offload import off_loop, reserve_off_loop
 from .pricing import Reported, Usage, usage_from_report
-from .router import Decision, Router
+from .router import Charge, Decision, Router
 from .tokens import count_tokens
 
 __all__ = [
@@ -373,6 +374,17 @@ class Settlement:
         }
 
 
+def _remaining(router: Router, decision: Decision, charge: Charge) -> float | None:
+    """Money left in the decision's scope for the response metadata: what the commit read, else (a
+    commit kept for later) what the ledger says now; None without a budget or a ledger."""
+    if charge.remaining_usd is not None or not decision.scopes:
+        return charge.remaining_usd
+    try:
+        return router.remaining(decision.scope)
+    except LedgerUnavailable:  # the answer was paid for; its figures must not cost the caller the answer
+        return None
+
+
 def settle_usage(router: Router, decision: Decision, report: Any = None, output_text: str = "") -> Settlement:
     """Settle a finished call with the usage its provider reported, counting what it did not.
 
@@ -402,7 +414,7 @@ def _settle_usage(router: Router, decision: Decision, report: Any, output_text: 
             usage = replace(usage, **fill)
         source = "provider" if has_input and has_output else "partial" if has_input or has_output else "counted"
     charge = router.commit(decision, usage)
-    return Settlement(usage, charge.cost_usd, charge.remaining_usd, charge.overrun_usd, source)
+    return Settlement(usage, charge.cost_usd, _remaining(router, decision, charge), charge.overrun_usd, source)
 
 
 async def asettle_usage(router: Router, decision: Decision, report: Any = None, output_text: str = "") -> Settlement:
@@ -440,7 +452,7 @@ def _charge_worst_case(router: Router, decision: Decision, error: BaseException)
     charge = router.commit(decision, cost=candidate.worst_case_cost(usage.input_tokens, cap))
     logger.info("the reader stopped a stream of %s early (%s); charged its worst case, %.9g USD, since the "
                 "provider may have kept writing", name, type(error).__name__, charge.cost_usd)
-    return Settlement(usage, charge.cost_usd, charge.remaining_usd, charge.overrun_usd, "reserved")
+    return Settlement(usage, charge.cost_usd, _remaining(router, decision, charge), charge.overrun_usd, "reserved")
 
 
 def _traced(

@@ -94,7 +94,7 @@ class _Ask:
 class Charge:
     """What committing a call cost (USD), how much of it no reservation covered (`overrun_usd`), and
     the money left after it in the tightest of its scopes (`remaining_usd`; None without a budget,
-    or when the ledger could not say)."""
+    or when the commit did not reach the ledger)."""
 
     cost_usd: float
     overrun_usd: float
@@ -618,11 +618,11 @@ class Router:
         except LedgerUnavailable as error:
             # The call was made and its answer is the caller's: keep the money to commit later.
             self._keep(entry, error)
-            return Charge(cost, 0.0, self._remaining_after_all(decision))
+            return Charge(cost, 0.0)
         except KeyError as error:  # the ledger lost the scope itself while the call ran
             logger.error("the ledger lost scope %r while %s answered; %.9g USD could not be recorded (%s)",
                          decision.scope, decision.chosen, cost, error)
-            return Charge(cost, 0.0, self._remaining_after_all(decision))
+            return Charge(cost, 0.0)
         remaining = min((s.remaining for s in books.after), default=None)
         overrun = _overrun(decision, cost, [s for s in books.before if s.scope in charged]) if books.charged else 0.0
         if overrun:
@@ -638,14 +638,6 @@ class Router:
                 decision.chosen, cost, overrun, decision.reserved, decision.output_cap, decision.scope, consequence,
             )
         return Charge(cost, overrun, remaining)
-
-    def _remaining_after_all(self, decision: Decision) -> float | None:
-        """`remaining` for a commit the ledger did not take, or None when it cannot say either: the
-        answer was paid for, and its figures must not cost the caller the answer."""
-        try:
-            return self.remaining(decision.scope)
-        except LedgerUnavailable:
-            return None
 
     def _keep(self, entry: PendingCommit, error: Exception) -> None:
         where = "in memory" if self.pending_journal is None else f"in {self.pending_journal}"
