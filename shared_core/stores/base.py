@@ -165,13 +165,14 @@ class LedgerStore(ABC):
         charged — storing `pace(books before)` as each scope's λ (θ; None leaves it).
 
         What a settled call needs from the ledger in one step: the books before decide the
-        overrun and the pacing update, the books after say what is left. The memory, SQLite and
-        Redis stores do it in one atomic round trip (Redis: λ in a second one); the default makes
-        the four calls one after another. `pace` runs inside that step, under the store's lock or
-        transaction: it must not call the ledger. Once the money is committed, a λ that cannot be
-        stored (scope forgotten since, ledger unreachable) is left as it was, with a WARNING for the
-        latter, never an error. UnknownReservation as commit; ValueError for a bad amount or a θ
-        that is not finite (memory and SQLite then commit nothing).
+        overrun and the pacing update, the books after say what is left. Memory and SQLite do it in
+        one atomic step, Redis in one script (λ in a second), PostgreSQL in one pipelined round
+        trip (λ after it); the default makes the four calls one after another. `pace` runs inside
+        the step, under the store's lock or transaction: it must not call the ledger. Once the
+        money is committed, a λ that cannot be stored (scope forgotten since, ledger unreachable)
+        is left as it was, with a WARNING for the latter, never an error. UnknownReservation as
+        commit; ValueError for a bad amount or a θ that is not finite (memory and SQLite then
+        commit nothing).
         """
         chain = tuple(scopes)
         return self._commit_books(check_reservation_id(reservation_id), to_nanos(actual, "actual cost"), model,
