@@ -26,7 +26,7 @@ from ..budget import (
 from ..errors import BudgetExceeded, LedgerUnavailable, UnknownReservation, UnknownScope
 
 __all__ = [
-    "LedgerStore", "Committed", "Pace", "books_around", "paced", "set_lambdas",
+    "LedgerStore", "Committed", "Pace", "books_around", "move_lambdas", "paced",
     "no_budget", "id_taken", "unknown_reservation", "refuse",
 ]
 
@@ -238,36 +238,45 @@ def books_around(store: LedgerStore, commit: Callable[[], bool], scopes: Sequenc
     moved by `pace`, each a ledger call of its own: commit_books for a store without one step."""
     before = [s for s in store.states(scopes) if s is not None]
     charged = commit()
-    if charged and pace is not None:
-        moved = {state.scope: theta for state, theta in zip(before, paced(before, pace), strict=True)
-                 if theta is not None}
-        set_lambdas(store, moved, lambda: [_adjusted(store, scope, theta) for scope, theta in moved.items()])
+    if charged:
+        move_lambdas(store, before, pace)
     return Committed(charged, before, [s for s in store.states(scopes) if s is not None])
 
 
-def _adjusted(store: LedgerStore, scope: str, theta: float) -> bool:
+def move_lambdas(
+    store: LedgerStore, before: Sequence[ScopeState], pace: Pace | None,
+    write: Callable[[dict[str, float]], Sequence[Any]] | None = None,
+) -> dict[str, float]:
+    """After a commit that charged, store each scope's θ = `pace(its books before)`; the θ stored.
+
+    `write(thetas)` stores them all and gives a truthy flag per scope (False for one forgotten
+    since); by default each goes through `adjust_lambda`. The commit has happened by then, so
+    nothing here may read as a failed commit — a caller would record the money again, or retry
+    and lose the overrun: a scope gone (idle) is skipped, and a ledger unreachable for λ leaves λ
+    where it was, with a WARNING. λ is a price, not money; the next commit moves it again."""
+    thetas = {state.scope: theta for state, theta in zip(before, paced(before, pace), strict=True)
+              if theta is not None}
+    if not thetas:
+        return {}
     try:
-        store.adjust_lambda(scope, theta)
-    except UnknownScope:
-        return False
-    return True
-
-
-def set_lambdas(store: LedgerStore, thetas: dict[str, float], write: Callable[[], Sequence[Any]]) -> dict[str, float]:
-    """Store each scope's θ after a commit through `write()` (a truthy flag per scope, in order:
-    False for a scope forgotten since); the θ stored.
-
-    The commit has happened by then, so nothing here may read as a failed commit — a caller
-    would record the money again, or retry and lose the overrun: a scope gone (idle) is skipped,
-    and a ledger unreachable for λ leaves λ where it was, with a WARNING. λ is a price, not money;
-    the next commit moves it again."""
-    try:
-        flags = write()
+        flags = _adjust_each(store, thetas) if write is None else write(thetas)
     except LedgerUnavailable as error:
         logger.warning("committed, but could not store λ for %s (%s); it keeps its old value until the next commit",
                        ", ".join(repr(s) for s in thetas), error)
         return {}
     return {scope: theta for (scope, theta), ok in zip(thetas.items(), flags, strict=True) if ok}
+
+
+def _adjust_each(store: LedgerStore, thetas: dict[str, float]) -> list[bool]:
+    flags = []
+    for scope, theta in thetas.items():
+        try:
+            store.adjust_lambda(scope, theta)
+        except UnknownScope:
+            flags.append(False)
+        else:
+            flags.append(True)
+    return flags
 
 
 def paced(before: Sequence[ScopeState], pace: Pace | None) -> list[float | None]:

@@ -53,7 +53,7 @@ from ..budget import (
     check_retention,
     to_nanos,
 )
-from .base import Committed, LedgerStore, Pace, no_budget, paced, refuse, set_lambdas, unknown_reservation
+from .base import Committed, LedgerStore, Pace, move_lambdas, no_budget, refuse, unknown_reservation
 from .urls import StoreURL
 
 __all__ = ["PostgresStore", "DEFAULT_SCHEMA"]
@@ -546,10 +546,7 @@ class PostgresStore(LedgerStore):
         before, after = ([_snapshot(row) for row in _in_order(found, scopes)] for found in (found_before, found_after))
         if outcome != "ok":
             return Committed(False, before, after)
-        moved = {state.scope: theta for state, theta in zip(before, paced(before, pace), strict=True)
-                 if theta is not None}
-        if moved:
-            moved = set_lambdas(self, moved, lambda: [_set(self, scope, theta) for scope, theta in moved.items()])
+        moved = move_lambdas(self, before, pace)
         return Committed(True, before, [replace(s, lam=moved.get(s.scope, s.lam)) for s in after])
 
     def _release(self, reservation_id: str) -> bool:
@@ -587,11 +584,6 @@ def _in_order(rows: Sequence[tuple[Any, ...]], scopes: Sequence[str]) -> list[tu
     """The states function's rows in the order of `scopes` (scopes without a budget skipped)."""
     found = {row[1]: row for row in rows}
     return [found[s] for s in scopes if s in found]
-
-
-def _set(store: PostgresStore, scope: str, theta: float) -> bool:
-    """Store θ; False when the scope has no budget (any more)."""
-    return bool(store._run("lambda", (theta, scope)))
 
 
 def _configure(conn: psycopg.Connection) -> None:

@@ -37,7 +37,7 @@ from ..budget import (
     check_retention,
     to_nanos,
 )
-from .base import Committed, LedgerStore, Pace, no_budget, paced, refuse, set_lambdas, unknown_reservation
+from .base import Committed, LedgerStore, Pace, move_lambdas, no_budget, refuse, unknown_reservation
 from .urls import StoreURL
 
 __all__ = ["RedisStore", "DEFAULT_PREFIX"]
@@ -158,10 +158,7 @@ class RedisStore(LedgerStore):
         before, after = ([s for s in map(_snapshot, scopes, found) if s is not None] for found in around)
         if outcome != "ok":
             return Committed(False, before, after)
-        moved = {state.scope: theta for state, theta in zip(before, paced(before, pace), strict=True)
-                 if theta is not None}
-        if moved:
-            moved = set_lambdas(self, moved, lambda: self._run("lambda", *_flat(moved)))
+        moved = move_lambdas(self, before, pace, lambda thetas: self._run("lambda", *_flat(thetas)))
         return Committed(True, before, [replace(s, lam=moved.get(s.scope, s.lam)) for s in after])
 
     def _release(self, reservation_id: str) -> bool:
