@@ -241,8 +241,10 @@ def test_token_counting_through_settings_matches_calling_the_candidate_directly(
 
 
 async def test_budget_holds_under_200_concurrent_achat_calls():
-    big = UsageLLM(label="big", delay_s=0.002)
-    small = UsageLLM(label="small", delay_s=0.002, reply="a short cheap answer")
+    # Answers take long enough that every decision is made while the first holds are still open: the
+    # budget binds whatever the interleaving (with quick answers, money settled early can serve all 200).
+    big = UsageLLM(label="big", delay_s=0.5)
+    small = UsageLLM(label="small", delay_s=0.5, reply="a short cheap answer")
     cands = [candidate(EXPENSIVE, big, max_output_tokens=64), candidate(CHEAP, small, max_output_tokens=64)]
     llm = OmniRouteLLM(cands)
     worst = cands[0].worst_case_cost(40, 64)
