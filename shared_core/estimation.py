@@ -75,6 +75,13 @@ class Lineup:
     count_rules: tuple[Any, ...]  # each key's image rule (the provider's), for count_message_tokens
     count_cols: np.ndarray  # each candidate's index in count_keys
     capabilities: Mapping[str, np.ndarray]  # feasibility.CAPABILITIES' Candidate fields: which candidates have each
+    # Which candidates the predictors know (q_cols / l_cols ≥ 0), and whether some or all do.
+    has_q: np.ndarray
+    has_l: np.ndarray
+    some_q: bool
+    all_q: bool
+    some_l: bool
+    all_l: bool
 
     @classmethod
     def of(cls, candidates: tuple[Candidate, ...], known_q: Sequence[str], known_l: Sequence[str]) -> Lineup:
@@ -84,12 +91,14 @@ class Lineup:
         def column(known: Sequence[str]) -> np.ndarray:
             return np.array([known.index(c.name) if c.name in known else -1 for c in candidates], dtype=np.intp)
 
+        q_cols, l_cols = column(known_q), column(known_l)
+        has_q, has_l = q_cols >= 0, l_cols >= 0
         return cls(
             candidates=candidates,
             names=tuple(c.name for c in candidates),
             index={c.name: i for i, c in enumerate(candidates)},
-            q_cols=column(known_q),
-            l_cols=column(known_l),
+            q_cols=q_cols,
+            l_cols=l_cols,
             priors=np.array([c.prior_quality if c.prior_quality is not None else np.nan for c in candidates]),
             input_price=np.array([c.input_price for c in candidates]),
             output_price=np.array([c.output_price for c in candidates]),
@@ -102,6 +111,8 @@ class Lineup:
             count_rules=tuple({(c.encoding, c.provider or ""): c.image_rule for c in candidates}[k] for k in keys),
             count_cols=np.array([keys.index((c.encoding, c.provider or "")) for c in candidates], dtype=np.intp),
             capabilities=capabilities(candidates),
+            has_q=has_q, has_l=has_l, some_q=bool(has_q.any()), all_q=bool(has_q.all()),
+            some_l=bool(has_l.any()), all_l=bool(has_l.all()),
         )
 
     def candidate(self, name: str) -> Candidate:
@@ -262,24 +273,30 @@ class CandidatePool:
         # a prediction must see both before or both after.
         with self._lock:
             lineup = self.lineup
-            has_q, has_l = lineup.q_cols >= 0, lineup.l_cols >= 0
-            some_q, some_l = self.quality is not None and has_q.any(), has_l.any()
-            q = np.empty((n, len(lineup.names))) if some_q and has_q.all() else np.tile(lineup.priors, (n, 1))
-            lengths = np.full((n, len(lineup.names)), float(getattr(self.lengths, "default", 256.0)))
-            # Both predictors asked about the same rows in turn: k-NN ones share one neighbour search.
-            for start in range(0, n, SHARED_ROWS):
-                rows = slice(start, start + SHARED_ROWS)
-                if some_q:
-                    q[rows, has_q] = self.quality.predict(X[rows])[:, lineup.q_cols[has_q]]  # type: ignore[union-attr]
-                if some_l:
-                    lengths[rows, has_l] = self.lengths.predict(X[rows])[:, lineup.l_cols[has_l]]
-            if some_l and not has_l.all():
-                # A candidate without length data (added without profile answers) is expected
-                # to answer like the others do for this prompt.
-                lengths[:, ~has_l] = lengths[:, has_l].mean(axis=1, keepdims=True)
-        bad = ~(np.isfinite(lengths) & (lengths >= 0))
-        if bad.any():
+            some_q = self.quality is not None and lineup.some_q
+            has_q, has_l = lineup.has_q, lineup.has_l
+            if n <= SHARED_ROWS and (not some_q or lineup.all_q) and lineup.all_l:
+                # One block and every column known (every decision): no buffers to fill.
+                q = (self.quality.predict(X)[:, lineup.q_cols].astype(np.float64, copy=False)  # type: ignore[union-attr]
+                     if some_q else np.tile(lineup.priors, (n, 1)))
+                lengths = self.lengths.predict(X)[:, lineup.l_cols].astype(np.float64, copy=False)
+            else:
+                q = np.empty((n, len(lineup.names))) if some_q and lineup.all_q else np.tile(lineup.priors, (n, 1))
+                lengths = np.full((n, len(lineup.names)), float(getattr(self.lengths, "default", 256.0)))
+                # Both predictors asked about the same rows in turn: k-NN ones share one neighbour search.
+                for start in range(0, n, SHARED_ROWS):
+                    rows = slice(start, start + SHARED_ROWS)
+                    if some_q:
+                        q[rows, has_q] = self.quality.predict(X[rows])[:, lineup.q_cols[has_q]]  # type: ignore[union-attr]
+                    if lineup.some_l:
+                        lengths[rows, has_l] = self.lengths.predict(X[rows])[:, lineup.l_cols[has_l]]
+                if lineup.some_l and not lineup.all_l:
+                    # A candidate without length data (added without profile answers) is expected
+                    # to answer like the others do for this prompt.
+                    lengths[:, ~has_l] = lengths[:, has_l].mean(axis=1, keepdims=True)
+        if not (np.isfinite(lengths) & (lengths >= 0)).all():
             # A length predictor's bug must not price calls at NaN: the output limit is what a call can cost.
+            bad = ~(np.isfinite(lengths) & (lengths >= 0))
             logger.warning("the length predictor gave %d invalid predictions (NaN, infinite or negative); "
                            "counting the candidates' output limits for them", int(bad.sum()))
             lengths = np.where(bad, lineup.max_output, lengths)

@@ -6,7 +6,6 @@ import logging
 import math
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -433,18 +432,19 @@ class Router:
         asked = Request(max_tokens=max_tokens, tools=bool(tool_list), structured_output=ask.structured_output,
                         exclude=ask.exclude, model=ask.model)
         why = reasons(lineup, input_tokens, caps, asked)
-        feasible = np.array([not w for w in why], dtype=bool)
-        if not feasible.any():
+        servable = [not w for w in why]
+        if not any(servable):
             raise NoFeasibleCandidate(describe(lineup, why, asked))
+        feasible = np.array(servable, dtype=bool)
         if ask.weights:
             q = q * _weights(ask.weights, lineup.names)
             feasible &= q > 0
             if not feasible.any():
                 raise NoFeasibleCandidate("no candidate can serve this request: every feasible one has weight 0")
+            servable = feasible.tolist()
         lam = max([self.cost_weight] + [self.pacer.price(s) for s in states])
         score = np.where(feasible, q - lam * cost, -np.inf)
         names = lineup.names
-        servable = feasible.tolist()
         ranking = tuple(names[j] for j in np.argsort(-score, kind="stable").tolist() if servable[j])
         served = [j for j, ok in enumerate(servable) if ok]
         caps_of, out_of = caps.tolist(), out.tolist()
@@ -489,7 +489,7 @@ class Router:
         states: list[ScopeState], ttl_s: float | None = None,
     ) -> Decision:
         if not base.scopes:
-            return _routed(replace(base, id=uuid.uuid4().hex, chosen=order[0]))
+            return _routed(_held(base, id=_new_id(), chosen=order[0]))
         last: BudgetExceeded | None = None
         for name in order:
             left = min(s.remaining for s in states)
@@ -504,14 +504,14 @@ class Router:
                     {**caps, name: cap},
                     True,
                 )
-            rid = uuid.uuid4().hex
+            rid = _new_id()
             try:
                 self.store.reserve(rid, base.scopes, hold, ttl_s or self.reservation_ttl_s)
             except BudgetExceeded as e:  # another request took the money since our snapshot
                 last = e
                 states = [s or st for s, st in zip(self.store.states(base.scopes), states, strict=False)]
                 continue
-            return _routed(replace(base, id=rid, chosen=name, reserved=hold, output_caps=caps, cap_lowered=lowered))
+            return _routed(_held(base, id=rid, chosen=name, reserved=hold, output_caps=caps, cap_lowered=lowered))
         raise _refusal(base, order, worst, states) from last
 
     def _cap_within(self, base: Decision, candidate: Candidate, left: float) -> int | None:
@@ -874,6 +874,17 @@ def _with_retries(operation: Callable[[], T], attempts: int = 3, first_wait_s: f
                 raise
             time.sleep(first_wait_s * 3**attempt)
     raise AssertionError("unreachable")
+
+
+def _new_id() -> str:
+    """A decision's id: 128 random bits as 32 hex digits (uuid4's own source, without building a UUID)."""
+    return os.urandom(16).hex()
+
+
+def _held(base: Decision, **changes: Any) -> Decision:
+    """`base` with `changes`: dataclasses.replace without its walk over the fields, which costs more
+    than the copy for a record made on every decision."""
+    return Decision(**{**base.__dict__, **changes})
 
 
 def _routed(decision: Decision) -> Decision:

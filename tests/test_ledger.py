@@ -152,6 +152,16 @@ def test_lambda_is_kept_per_scope(store):
         store.adjust_lambda("ghost", 1.0)
 
 
+def test_states_reads_any_iterable_of_names_once_and_refuses_a_bare_string(store):
+    store.reserve("r1", CHAIN, 0.25, ttl_s=60)
+    expected = store.states(list(CHAIN))
+    assert [s.reserved for s in expected] == [0.25, 0.25]
+    assert store.states(name for name in CHAIN) == expected  # a generator is read once, not twice
+    assert store.states(iter(["acme/bot", "ghost"])) == [expected[1], None]
+    with pytest.raises(TypeError, match="not the str 'acme'"):
+        store.states("acme")
+
+
 def test_report_lists_a_scope_and_the_scopes_nested_in_it(store):
     store.set_budget("acme2", Budget(usd=1.0))
     assert store.scopes() == ["acme", "acme/bot", "acme2"]

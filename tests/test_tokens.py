@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -108,7 +109,7 @@ def test_no_encoding_at_all_falls_back_to_length_estimate(fresh_tokenizers, monk
 # Texts made of fragments that exercise the pre-tokenizers: line breaks of every kind, spaces
 # before them, contractions, digit runs, punctuation, marks and letters outside ASCII.
 _LINES = st.lists(
-    st.sampled_from(list("aZ09 _.,:;!?/'\"-\t\n\r\x0b\x0c\u2028\u00a0éİΩ中\u0301😀")
+    st.sampled_from(list("aZ09 _.,:;!?/'\"-\t\n\r\x0b\x0c\x00\u2028\u00a0éİΩ中\u0301😀")
                     + ["\n\n", "'s", "'LL", " 123", "1234", "\r\n", " \n", "word", "Word", " /path"]),
     max_size=40,
 ).map("".join)
@@ -144,6 +145,18 @@ def test_counting_line_by_line_is_exact_on_any_text(text):
 
     assert count_tokens(text) == len(tiktoken.get_encoding("cl100k_base").encode_ordinary(text))
     assert count_tokens(text + "\nA line after it") == count_tokens(text + "\n") + count_tokens("A line after it")
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_LINES)
+def test_a_text_is_cut_into_lines_after_each_break_a_letter_or_digit_follows(text):
+    expected, start = [], 0  # the rule, one match at a time
+    for match in re.finditer(r"\n(?=[A-Za-z0-9])", text):
+        expected.append(text[start:match.end()])
+        start = match.end()
+    expected.append(text[start:])
+    assert tokens._lines(text) == expected
+    assert tokens._lines(text) == expected  # again, from the texts lately cut
 
 
 @pytest.mark.parametrize("encoding", sorted(tokens._LINE_ADDITIVE))

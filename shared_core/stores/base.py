@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -287,6 +287,14 @@ def paced(before: Sequence[ScopeState], pace: Pace | None) -> list[float | None]
         if theta is not None and not math.isfinite(theta):
             raise ValueError(f"lambda must be finite, got {theta}")
     return [None if t is None else float(t) for t in thetas]
+
+
+def scope_names(scopes: Iterable[str]) -> list[str]:
+    """The scope names a `states` call was given, as a list (any iterable is read once); TypeError
+    for a single str, which would otherwise be read as one scope per character."""
+    if isinstance(scopes, str):
+        raise TypeError(f"scopes must be a sequence of scope names, not the str {scopes!r}; wrap it in a list")
+    return list(scopes)
 
 
 # The errors every store raises, worded once.

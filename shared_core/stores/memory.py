@@ -22,7 +22,7 @@ from ..budget import (
     check_max_finished,
     check_retention,
 )
-from .base import Committed, LedgerStore, Pace, id_taken, no_budget, paced, unknown_reservation
+from .base import Committed, LedgerStore, Pace, id_taken, no_budget, paced, scope_names, unknown_reservation
 from .urls import StoreURL
 
 __all__ = ["MemoryStore"]
@@ -162,6 +162,7 @@ class MemoryStore(LedgerStore):
             return True
 
     def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
+        scopes = scope_names(scopes)
         with self._lock:
             now = self._clock()
             self._sweep(now)

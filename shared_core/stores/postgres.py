@@ -53,7 +53,7 @@ from ..budget import (
     check_retention,
     to_nanos,
 )
-from .base import Committed, LedgerStore, Pace, move_lambdas, no_budget, refuse, unknown_reservation
+from .base import Committed, LedgerStore, Pace, move_lambdas, no_budget, refuse, scope_names, unknown_reservation
 from .urls import StoreURL
 
 __all__ = ["PostgresStore", "DEFAULT_SCHEMA"]
@@ -512,6 +512,7 @@ class PostgresStore(LedgerStore):
         return bool(done)
 
     def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
+        scopes = scope_names(scopes)
         if not scopes:
             return []
         found = {row[1]: row for row in self._ledger("states", list(scopes))}

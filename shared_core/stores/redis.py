@@ -37,7 +37,7 @@ from ..budget import (
     check_retention,
     to_nanos,
 )
-from .base import Committed, LedgerStore, Pace, move_lambdas, no_budget, refuse, unknown_reservation
+from .base import Committed, LedgerStore, Pace, move_lambdas, no_budget, refuse, scope_names, unknown_reservation
 from .urls import StoreURL
 
 __all__ = ["RedisStore", "DEFAULT_PREFIX"]
@@ -132,6 +132,7 @@ class RedisStore(LedgerStore):
         )
 
     def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
+        scopes = scope_names(scopes)
         if not scopes:
             return []
         return [_snapshot(scope, found) for scope, found in zip(scopes, self._run("states", *scopes), strict=False)]

@@ -31,7 +31,7 @@ from ..budget import (
     check_max_finished,
     check_retention,
 )
-from .base import Committed, LedgerStore, Pace, id_taken, no_budget, paced, unknown_reservation
+from .base import Committed, LedgerStore, Pace, id_taken, no_budget, paced, scope_names, unknown_reservation
 from .urls import StoreURL
 
 __all__ = ["SQLiteStore"]
@@ -323,6 +323,7 @@ class SQLiteStore(LedgerStore):
             return True
 
     def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
+        scopes = scope_names(scopes)
         now = self._clock()
         with self._transaction(write=False) as db:
             if not self._due(db, now):
