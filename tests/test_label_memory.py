@@ -5,23 +5,43 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared_core.quality.memory import LabelMemory
+from shared_core.quality.memory import EMBEDDING_DTYPE, LabelMemory, _similarities
 
 
 def brute_force(X, Y, Q, k, prior, shrinkage):
-    """Per query and model: the mean (shrunk toward prior) of the k_j most similar rows labelled for it."""
-    X = X / np.linalg.norm(X, axis=1, keepdims=True)
-    Q = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    """Per query and model: the mean (shrunk toward prior) of the k_j most similar rows labelled for it.
+
+    Similarities are the memory's own (its float32 rows, shared_core's `_similarities`), so that
+    rows tied to float32 precision rank here as they do there; what is checked is the selection.
+    """
+    if X.dtype != EMBEDDING_DTYPE:
+        X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(EMBEDDING_DTYPE)
+    S = _similarities(X, Q / np.linalg.norm(Q, axis=1, keepdims=True))
     n_labels = (~np.isnan(Y)).sum(axis=0)
     ks = np.minimum(n_labels, np.maximum(1, np.round(k * n_labels / n_labels.max()))).astype(int)
     out = np.empty((len(Q), Y.shape[1]))
-    for i, q in enumerate(Q):
+    for i in range(len(Q)):
         for j in range(Y.shape[1]):
             rows = np.flatnonzero(~np.isnan(Y[:, j]))
-            nearest = rows[np.argsort(-(X[rows] @ q), kind="stable")[: ks[j]]]
+            nearest = rows[np.argsort(-S[i, rows], kind="stable")[: ks[j]]]
             total, count = Y[nearest, j].sum() + shrinkage * prior[j], len(nearest) + shrinkage
             out[i, j] = total / count if count > 0 else prior[j]
     return out
+
+
+def test_similarities_are_cosines_and_the_same_for_a_query_alone_and_in_any_batch():
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(2218, 128))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    Q = rng.normal(size=(70, 128))
+    Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+    stored = X.astype(EMBEDDING_DTYPE)
+    together = _similarities(stored, Q)
+    assert together.dtype == EMBEDDING_DTYPE
+    np.testing.assert_allclose(together, Q @ X.T, atol=1e-6)
+    for size in (1, 2, 3, 17, 64):  # a BLAS matrix product would sum each of these differently
+        for start in range(0, len(Q), size):
+            np.testing.assert_array_equal(_similarities(stored, Q[start:start + size]), together[start:start + size])
 
 
 @pytest.mark.parametrize("missing", [0.0, 0.03, 0.4])
@@ -47,7 +67,7 @@ def test_a_model_added_from_a_small_profile_averages_proportionally_fewer_neighb
     memory.add_column(profile_X, profile_y)
     memory.append(rng.normal(size=(3, 6)), np.array([[1.0, np.nan, np.nan, 7.0]] * 3))  # feedback rows
     prior = np.nanmean(memory.Y, axis=0)
-    expected = brute_force(np.vstack([X, profile_X, memory.X[-3:]]), memory.Y, Q, 50, prior, 0.0)
+    expected = brute_force(memory.X, memory.Y, Q, 50, prior, 0.0)  # its rows: X, the profile's, the feedback's
     np.testing.assert_allclose(memory.neighbour_means(Q, 50, prior, 0.0), expected, atol=1e-12)
 
 
