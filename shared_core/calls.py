@@ -18,7 +18,7 @@ from . import telemetry
 from .budget import LedgerUnavailable
 from .candidates import Candidate
 from .errors import AttemptTimeout
-from .fallbacks import AllCandidatesFailed, Attempt, ErrorKind, classify, falls_back
+from .fallbacks import AllCandidatesFailed, Attempt, ErrorKind, classify, falls_back, may_be_billed
 from .offload import off_loop, reserve_off_loop
 from .pricing import Reported, Usage, usage_from_report
 from .router import Charge, Decision, Router
@@ -105,9 +105,9 @@ class _Tries:
             self.router.release(decision)
             raise
 
-    def within(self, decision: Decision, fn: Callable[[], T]) -> T:
+    def within(self, decision: Decision, fn: Callable[[], T], discard: Callable[[T], None] | None = None) -> T:
         """fn() for `decision`'s attempt, bounded by the time it may take (see `_within`)."""
-        return _within(self.timeout(), fn, lambda: _charge_abandoned(self.router, decision))
+        return _within(self.timeout(), fn, lambda: _charge_abandoned(self.router, decision), discard)
 
     def next(self, decision: Decision, error: Exception) -> Decision:
         """The decision for the next candidate after `error`, or raise: the error itself when the
@@ -116,6 +116,9 @@ class _Tries:
         attempt = self.attempts[-1]
         level = logging.ERROR if attempt.kind == ErrorKind.MISCONFIGURED else logging.WARNING
         what = f"candidate {decision.chosen} failed ({attempt.kind}: {type(error).__name__}: {error})"
+        if may_be_billed(error):
+            # Charged before anything releases it: the release that follows then does nothing.
+            _charge_unanswered(self.router, decision, error)
         if not falls_back(attempt.kind):
             self.router.release(decision)
             logger.warning("%s; not falling back: the next candidate would fail too", what)
@@ -134,6 +137,15 @@ class _Tries:
         return following
 
 
+def _charge_unanswered(router: Router, decision: Decision, error: Exception) -> None:
+    """Commit the worst case of an attempt that timed out waiting for its answer (`may_be_billed`):
+    the provider may have written it, and bill it, unread; the ledger must not count less than the bill."""
+    if decision.scopes:
+        router.commit(decision, cost=decision.reserved)
+        logger.info("%s timed out waiting for its answer (%s), which the provider may still bill: charged its "
+                    "worst case, %.9g USD", decision.chosen, type(error).__name__, decision.reserved)
+
+
 def _charge_abandoned(router: Router, decision: Decision) -> None:
     """Commit the worst case of an attempt whose call goes on unseen in a worker thread: the
     provider may still answer and bill it, and the ledger must not count less than the bill."""
@@ -143,34 +155,56 @@ def _charge_abandoned(router: Router, decision: Decision) -> None:
                     decision.chosen, decision.reserved)
 
 
-def _within(timeout: float | None, fn: Callable[[], T], abandon: Callable[[], None]) -> T:
+def _within(
+    timeout: float | None, fn: Callable[[], T], abandon: Callable[[], None], discard: Callable[[T], None] | None = None,
+) -> T:
     """fn() — in a worker thread when a timeout applies, so that a hung call can be given up on.
 
     A call given up on (the timeout passed, or the waiting thread was interrupted) cannot be
-    stopped: it finishes in its thread, unseen, so `abandon` charges it first. The client's own
-    timeout is what ends its connection; set one too.
+    stopped: it finishes in its thread, unseen, so `abandon` charges it first, and `discard` is
+    given what it returns late (a stream to close) in that thread, rather than leaving it to the
+    garbage collector, which would close it in whatever thread it runs in — one that may hold
+    the same connection pool's lock. The client's own timeout is what ends its connection; set one too.
     """
     if timeout is None:
         return fn()
     done = threading.Event()
+    lock = threading.Lock()
     outcome: list[Any] = []
+    given_up = False
 
     def run() -> None:
         try:
-            outcome.append((True, fn()))
+            result: tuple[bool, Any] = (True, fn())
         except BaseException as error:  # handed to the caller's thread below
-            outcome.append((False, error))
-        finally:
-            done.set()
+            result = (False, error)
+        with lock:
+            late = given_up
+            if not late:
+                outcome.append(result)
+        done.set()
+        if late and result[0] and discard is not None:
+            try:
+                discard(result[1])
+            except Exception:  # the caller has gone; nothing to hand this to but the log
+                logger.exception("could not close the late result of an attempt given up on")
+
+    def give_up() -> bool:
+        """True when the call is given up on; False when it finished just now after all."""
+        nonlocal given_up
+        with lock:
+            given_up = not outcome
+            return given_up
 
     context = contextvars.copy_context()  # callbacks and tracing follow the call into the thread
     threading.Thread(target=context.run, args=(run,), name="omniroute-attempt", daemon=True).start()
     try:
-        finished = done.wait(timeout)
+        done.wait(timeout)
     except BaseException:
-        abandon()
+        if give_up():
+            abandon()
         raise
-    if not finished:
+    if give_up():
         abandon()
         raise AttemptTimeout(f"no answer within {timeout:.3g} s")
     ok, value = outcome[0]
@@ -271,7 +305,7 @@ class FallbackStream(Generic[C]):
                     return chunks, next(chunks)
 
                 with _current(decision):
-                    chunks, first = self._tries.within(decision, begin)
+                    chunks, first = self._tries.within(decision, begin, _close_stream)
                 break
             except StopIteration:
                 return
@@ -326,6 +360,13 @@ class FallbackStream(Generic[C]):
 
 
 _DONE: Any = object()
+
+
+def _close_stream(started: tuple[Iterator[Any], Any]) -> None:
+    """Close a stream that began after its attempt was given up on (its connection goes back now)."""
+    close = getattr(started[0], "close", None)
+    if close is not None:
+        close()
 
 
 def _current(decision: Decision) -> contextlib.AbstractContextManager[Any]:

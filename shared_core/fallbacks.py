@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from .errors import AllCandidatesFailed
 
-__all__ = ["AllCandidatesFailed", "Attempt", "ErrorKind", "classify", "falls_back"]
+__all__ = ["AllCandidatesFailed", "Attempt", "ErrorKind", "classify", "falls_back", "may_be_billed"]
 
 logger = logging.getLogger("omniroute")
 
@@ -84,6 +84,36 @@ def classify(error: BaseException) -> str:
     if isinstance(error, _PROGRAMMING):
         return ErrorKind.PROGRAMMING
     return ErrorKind.UNKNOWN
+
+
+# Timeouts before the request was sent whole: the provider never saw it (httpx's names; the
+# openai and anthropic clients raise their own timeout error from these).
+_UNSENT = ("ConnectTimeout", "PoolTimeout", "WriteTimeout", "ConnectError")
+
+
+def may_be_billed(error: BaseException) -> bool:
+    """Whether a failed attempt may still be billed: a timeout while waiting for the answer, after the
+    request reached the provider, which goes on writing it (and billing it) whether or not anyone reads.
+
+    False for an error response (it has a status code) and for failures before the request was sent
+    whole — a refused connection, or the connect, pool or write timeout that caused the error (read
+    through `__cause__` / `__context__`, where openai's and anthropic's timeout errors keep httpx's).
+    """
+    if _status(error) is not None:
+        return False
+    seen: BaseException | None = error
+    timed_out = False
+    for _ in range(8):  # the chain of causes, bounded (a cycle is possible)
+        if seen is None:
+            break
+        names = {cls.__name__ for cls in type(seen).__mro__}
+        if isinstance(seen, ConnectionRefusedError) or names & set(_UNSENT):
+            return False
+        asyncio = sys.modules.get("asyncio")
+        timed_out = timed_out or isinstance(seen, TimeoutError) or any("Timeout" in n for n in names) or (
+            asyncio is not None and isinstance(seen, asyncio.TimeoutError))
+        seen = seen.__cause__ or seen.__context__
+    return timed_out
 
 
 def falls_back(kind: str) -> bool:

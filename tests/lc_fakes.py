@@ -20,7 +20,9 @@ __all__ = ["FakeToolChatModel", "FailingChatModel", "candidate", "two_candidates
 class FailingChatModel(BaseChatModel):
     """Raises `error` on every call — at once, or after `chunks_before_error` chunks when streaming."""
 
-    error: Exception = Field(default_factory=lambda: TimeoutError("provider timed out"))
+    # Refused, not timed out: a call that never reached the provider is released, where one that
+    # timed out waiting for its answer is charged its worst case (shared_core.fallbacks.may_be_billed).
+    error: Exception = Field(default_factory=lambda: ConnectionRefusedError("provider refused the connection"))
     chunks_before_error: int = 0
     calls: int = 0
 

@@ -273,3 +273,86 @@ async def test_a_stream_turned_into_an_invoke_is_routed_once(provider):
     assert list(chat.stream("Hello.", session="s"))[-1].response_metadata["omniroute"]["model"] == "gpt"
     assert [c async for c in chat.astream("Hello.", session="s")][-1].content
     assert chat.router.budget_state("s").requests == 2 and chat.router.store.open_reservations() == 0
+
+
+def _record(reply: Any) -> dict[str, Any]:
+    return reply.response_metadata["omniroute"]
+
+
+@pytest.mark.parametrize("form", ["invoke", "ainvoke"])
+async def test_a_client_timeout_waiting_for_the_answer_is_charged_its_worst_case(provider, form):
+    # The provider has the whole request and may write — and bill — the answer after the client
+    # gave up on it: the attempt is charged its worst case, never released (sync and async alike).
+    provider.configure(GPT, hang_s=1.0)
+    model = ChatOpenAI(base_url=provider.openai_url, api_key="test", model=GPT, max_retries=0, timeout=0.3)
+    slow = Candidate(name="gpt", model=model, input_price=0.15, output_price=0.6, prior_quality=0.8)
+    chat = ChatOmniRoute(candidates=[slow, claude(provider)], budget=Budget(usd=1.0), max_tokens=50)
+    reply = chat.invoke("Hello.", session="s") if form == "invoke" else await chat.ainvoke("Hello.", session="s")
+    record = _record(reply)
+    assert record["model"] == "claude" and record["failures"][0]["error"].endswith("TimeoutError")
+    assert provider.wait_idle()
+    state = chat.router.budget_state("s")
+    gpt_tokens = chat.router.decide("Hello.", "probe", max_tokens=50).input_tokens["gpt"]
+    assert state.reserved == 0 and state.released == 0
+    assert state.by_model["gpt"] == pytest.approx(chat.router.candidate("gpt").worst_case_cost(gpt_tokens, 50))
+    assert state.committed >= provider.bill_usd - 1e-12
+
+
+@pytest.mark.parametrize("form", ["invoke", "ainvoke"])
+async def test_a_refused_connection_is_never_billed_and_its_hold_is_released(provider, form):
+    import socket
+
+    with socket.socket() as unused:  # a port nothing listens on: the request is never sent
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    model = ChatOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="test", model=GPT, max_retries=0, timeout=5)
+    down = Candidate(name="gpt", model=model, input_price=0.15, output_price=0.6, prior_quality=0.8)
+    chat = ChatOmniRoute(candidates=[down, claude(provider)], budget=Budget(usd=1.0), max_tokens=50)
+    reply = chat.invoke("Hello.", session="s") if form == "invoke" else await chat.ainvoke("Hello.", session="s")
+    assert _record(reply)["failures"][0]["error"].endswith("ConnectionError")
+    state = chat.router.budget_state("s")
+    assert (state.reserved, state.released, list(state.by_model)) == (0, 1, ["claude"])
+    (served,) = provider.requests  # the fallback's, priced as the provider counted it
+    assert state.committed == pytest.approx(chat.router.candidate("claude").cost(served.prompt_tokens,
+                                                                                  served.completion_tokens))
+
+
+def _raised(error: BaseException, cause: BaseException | None = None) -> BaseException:
+    """`error` as a client raises it: `raise error from cause`, so that its chain is a real one."""
+    try:
+        raise error from cause
+    except BaseException as raised:
+        return raised
+
+
+def test_which_failures_may_still_be_billed():
+    import asyncio
+
+    import httpx
+
+    from shared_core.fallbacks import may_be_billed
+
+    request = httpx.Request("POST", "http://provider.test/v1/chat/completions")
+    response = httpx.Response(500, request=request)
+    billed = [
+        TimeoutError("no answer"), asyncio.TimeoutError(), AttemptTimeout("no answer within 0.3 s"),
+        httpx.ReadTimeout("read", request=request),
+        _raised(openai.APITimeoutError(request=request), httpx.ReadTimeout("read", request=request)),
+        _raised(anthropic.APITimeoutError(request=request), httpx.ReadTimeout("read", request=request)),
+        _raised(openai.APITimeoutError(request=request)),  # no cause to tell: it may have been sent
+    ]
+    unbilled = [
+        ConnectionRefusedError("refused"), ConnectionResetError("reset"), RuntimeError("bug"),
+        httpx.ConnectTimeout("connect", request=request), httpx.PoolTimeout("pool", request=request),
+        httpx.WriteTimeout("write", request=request),
+        _raised(openai.APITimeoutError(request=request), httpx.ConnectTimeout("connect", request=request)),
+        _raised(openai.APIConnectionError(request=request), httpx.ConnectError("refused", request=request)),
+        openai.InternalServerError("boom", response=response, body=None),  # an answer: the error response
+        _raised(openai.APITimeoutError(request=request), httpx.PoolTimeout("pool", request=request)),
+    ]
+    assert [may_be_billed(e) for e in billed] == [True] * len(billed)
+    assert [may_be_billed(e) for e in unbilled] == [False] * len(unbilled)
+    looped = TimeoutError("a cause that loops")
+    looped.__context__ = RuntimeError("back")
+    looped.__context__.__context__ = looped
+    assert may_be_billed(looped)  # a cycle in the chain ends the walk

@@ -121,3 +121,25 @@ async def test_a_tool_stream_never_read_holds_no_money(provider):
     llm.stream_chat_with_tools([tool], user_msg="add 1 and 2")
     await llm.astream_chat_with_tools([tool], user_msg="add 1 and 2")
     assert llm.router.store.open_reservations() == 0 and not provider.requests
+
+
+@pytest.mark.parametrize("form", ["chat", "achat"])
+async def test_a_client_timeout_waiting_for_the_answer_is_charged_its_worst_case(provider, form):
+    # The provider may write and bill the answer the client stopped waiting for: never released.
+    provider.configure(GPT, hang_s=1.0)
+    slow, mini = candidates(provider)
+    slow = slow.model_copy(update={"model": OpenAI(api_base=provider.openai_url, api_key="test", model=GPT,
+                                                   max_retries=0, timeout=0.3)})
+    llm = OmniRouteLLM([slow, mini], budget=Budget(usd=1.0))
+    ask = {"session": "s", "max_tokens": 50}
+    response = llm.chat(MESSAGES, **ask) if form == "chat" else await llm.achat(MESSAGES, **ask)
+    record = response.additional_kwargs["omniroute"]
+    assert record["model"] == "mini" and record["failures"][0]["error"] == "APITimeoutError"
+    assert provider.wait_idle()
+    state = llm.router.budget_state("s")
+    gpt_tokens = llm.router.decide("Hello.", "probe", max_tokens=50).input_tokens["gpt"]
+    assert state.reserved == 0 and state.released == 0
+    assert state.by_model["gpt"] == pytest.approx(llm.router.candidate("gpt").worst_case_cost(gpt_tokens, 50))
+    served = provider.requests[-1]  # the fallback's: priced as the provider counted it
+    assert state.by_model["mini"] == pytest.approx(
+        llm.router.candidate("mini").cost(served.prompt_tokens, served.completion_tokens))

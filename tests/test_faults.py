@@ -6,6 +6,7 @@ import asyncio
 import socket
 import threading
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from ledger_support import REDIS_HOST, REDIS_PORT, STORES, FakeClock, ledger, redis_admin, require_redis, store_url
@@ -74,36 +75,45 @@ def router(request, tmp_path):
         yield r
 
 
-def _assert_only_terse_was_charged(router: Router, decision: Decision, cost: float) -> None:
+def _stuck_worst_case(router: Router, decision: Decision) -> float:
+    """What the call stuck waiting for its answer held, and is charged: the provider may still bill it."""
+    return router.candidate("silent").worst_case_cost(decision.input_tokens["silent"], decision.output_caps["silent"])
+
+
+def _assert_terse_answered_and_the_stuck_call_was_charged(router: Router, decision: Decision, cost: float) -> None:
     terse = router.candidate("terse")
     expected = terse.cost(decision.input_tokens["terse"], count_tokens(ANSWER, terse.encoding))
+    stuck = _stuck_worst_case(router, decision)
     assert (decision.chosen, decision.failed, decision.attempt) == ("terse", ("flaky", "silent"), 2)
     assert cost == expected
     for scope in ("acme", "acme/bot"):
         st = router.budget_state(scope)
-        assert to_nanos(st.committed) == to_nanos(expected) and st.reserved == 0.0
-        assert (st.requests, st.released) == (1, 2)
-        assert list(st.by_model) == ["terse"]
+        # The reset connection is released; the call that timed out waiting is charged its worst case.
+        assert to_nanos(st.committed) == to_nanos(expected) + to_nanos(stuck) and st.reserved == 0.0
+        assert (st.requests, st.released) == (2, 1)
+        assert st.by_model == {"silent": pytest.approx(stuck), "terse": pytest.approx(expected)}
     assert router.store.open_reservations() == 0
 
 
 def test_a_raise_and_a_timeout_fall_back_to_a_reply_without_usage(router, silent_server):
     reply, decision = call_with_fallbacks(router, router.decide(PROMPT, "acme/bot"), _call(silent_server))
     cost = settle_usage(router, decision, output_text=reply).cost_usd
-    _assert_only_terse_was_charged(router, decision, cost)
+    _assert_terse_answered_and_the_stuck_call_was_charged(router, decision, cost)
 
 
 async def test_the_async_loop_falls_back_the_same_way(router, silent_server):
     reply, decision = await acall_with_fallbacks(router, router.decide(PROMPT, "acme/bot"), _acall(silent_server))
     cost = settle_usage(router, decision, output_text=reply).cost_usd
-    _assert_only_terse_was_charged(router, decision, cost)
+    _assert_terse_answered_and_the_stuck_call_was_charged(router, decision, cost)
 
 
-def test_when_every_candidate_fails_the_last_error_surfaces_and_nothing_is_spent(router, silent_server):
+def test_when_every_candidate_fails_the_last_error_surfaces_and_only_the_stuck_call_is_charged(router, silent_server):
+    decision = router.decide(PROMPT, "acme/bot")
     with pytest.raises(RuntimeError, match="terse is down too"):
-        call_with_fallbacks(router, router.decide(PROMPT, "acme/bot"), _call(silent_server, terse_fails=True))
+        call_with_fallbacks(router, decision, _call(silent_server, terse_fails=True))
     st = router.budget_state("acme/bot")
-    assert (st.committed, st.reserved, st.requests, st.released) == (0.0, 0.0, 0, 3)
+    assert (to_nanos(st.committed), st.reserved, st.requests, st.released) == (
+        to_nanos(_stuck_worst_case(router, decision)), 0.0, 1, 2)
     assert router.store.open_reservations() == 0
 
 
@@ -260,3 +270,42 @@ def test_a_redis_outage_fails_clearly_and_the_books_stay_consistent(proxy, silen
         if keys:
             admin.delete(*keys)
         admin.close()
+
+
+def test_a_stream_that_starts_after_its_attempt_was_given_up_on_is_closed_in_its_own_thread():
+    # Left to the garbage collector, the late stream would be closed in whatever thread collects
+    # it — one that may hold the same HTTP connection pool's lock (a deadlock seen with httpx).
+    import gc
+    import time
+
+    from shared_core.calls import FallbackStream
+
+    closed_in: list[str] = []
+
+    def chunks(candidate: Candidate, holder: dict) -> Iterator[str]:
+        try:
+            if candidate.name == "flaky":
+                time.sleep(0.3)  # past the attempt timeout: given up on before its first chunk
+            yield f"{candidate.name}-first"
+            yield f"{candidate.name}-second"
+        finally:
+            closed_in.append(threading.current_thread().name)
+            holder.clear()
+
+    def start(candidate: Candidate, decision: Decision) -> Iterator[str]:
+        holder: dict = {}
+        holder["self"] = stream = chunks(candidate, holder)  # a cycle: only the cyclic GC would free it
+        return stream
+
+    router = Router(CANDIDATES, attempt_timeout_s=0.1)
+    router.set_budget("acme", Budget(usd=1.0))
+    gc.disable()
+    try:
+        assert list(FallbackStream(router, router.decide(PROMPT, "acme"), start)) == ["silent-first", "silent-second"]
+        deadline = time.monotonic() + 2.0
+        while len(closed_in) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        gc.enable()
+    assert sorted(closed_in) == ["MainThread", "omniroute-attempt"]
+    assert router.budget_state("acme").by_model["flaky"] > 0  # given up on: charged its worst case

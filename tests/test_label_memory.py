@@ -205,3 +205,14 @@ def test_the_nearest_rows_are_an_exact_selection_alone_and_in_a_batch():
         np.testing.assert_array_equal(_nearest_sorted(S, c), expected)
         for i in range(len(S)):
             np.testing.assert_array_equal(_nearest_sorted(S[i:i + 1], c), expected[i:i + 1])
+
+
+def test_rows_saved_in_double_precision_by_an_older_version_load_as_the_memory_keeps_them():
+    rng = np.random.default_rng(3)
+    X, Y, Q = rng.normal(size=(200, 8)), rng.integers(0, 2, size=(200, 3)).astype(float), rng.normal(size=(20, 8))
+    fitted = LabelMemory(X, Y)
+    older = LabelMemory.restore(X / np.linalg.norm(X, axis=1, keepdims=True), Y)  # what a float64 save holds
+    assert older.X.dtype == EMBEDDING_DTYPE
+    np.testing.assert_array_equal(older.X, fitted.X)
+    prior = Y.mean(axis=0)
+    np.testing.assert_array_equal(older.neighbour_means(Q, 20, prior, 0.0), fitted.neighbour_means(Q, 20, prior, 0.0))

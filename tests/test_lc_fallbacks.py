@@ -23,7 +23,7 @@ def _chat(first: FailingChatModel, second, **options) -> ChatOmniRoute:
 
 
 def test_falls_back_to_the_next_best_candidate():
-    failing = FailingChatModel(error=TimeoutError("rate limited"))
+    failing = FailingChatModel(error=ConnectionRefusedError("provider down"))
     chat = _chat(failing, FakeToolChatModel(model_name="gpt-4o"))
     message = chat.invoke(PROMPT, session="s")
     info = message.response_metadata["omniroute"]
@@ -43,7 +43,8 @@ async def test_async_falls_back_to_the_next_best_candidate():
 
 
 def test_when_every_try_fails_the_last_real_error_is_raised_and_nothing_is_charged():
-    chat = _chat(FailingChatModel(error=TimeoutError("first")), FailingChatModel(error=ConnectionError("second")))
+    chat = _chat(FailingChatModel(error=ConnectionRefusedError("first")),
+                 FailingChatModel(error=ConnectionError("second")))
     with pytest.raises(RuntimeError, match="third"):
         chat.invoke(PROMPT, session="s")
     state = chat.router.budget_state("s")
@@ -52,8 +53,8 @@ def test_when_every_try_fails_the_last_real_error_is_raised_and_nothing_is_charg
 
 def test_max_fallbacks_bounds_the_tries():
     second = FailingChatModel(error=ConnectionError("second"))
-    chat = _chat(FailingChatModel(error=TimeoutError("first")), second, max_fallbacks=0)
-    with pytest.raises(TimeoutError, match="first"):
+    chat = _chat(FailingChatModel(error=ConnectionRefusedError("first")), second, max_fallbacks=0)
+    with pytest.raises(ConnectionRefusedError, match="first"):
         chat.invoke(PROMPT, session="s")
     assert second.calls == 0
     assert chat.router.budget_state("s").reserved == 0
