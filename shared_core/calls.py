@@ -47,6 +47,7 @@ class _Tries:
         self.on_failure = on_failure
         self.attempts: list[Attempt] = []
         self.deadline = None if router.deadline_s is None else time.monotonic() + router.deadline_s
+        self.charged: set[str] = set()  # decisions whose attempt, given up on, was charged already
 
     def timeout(self) -> float | None:
         """Seconds the next attempt may take: the per-attempt timeout, within the overall deadline."""
@@ -107,7 +108,15 @@ class _Tries:
 
     def within(self, decision: Decision, fn: Callable[[], T], discard: Callable[[T], None] | None = None) -> T:
         """fn() for `decision`'s attempt, bounded by the time it may take (see `_within`)."""
-        return _within(self.timeout(), fn, lambda: _charge_abandoned(self.router, decision), discard)
+        return _within(self.timeout(), fn, lambda: self._abandon(decision), discard)
+
+    def _abandon(self, decision: Decision) -> None:
+        _charge_abandoned(self.router, decision)
+        self.charged.add(decision.id)
+
+    def out_of_time(self) -> bool:
+        """Whether the overall deadline has passed: no attempt may start."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def next(self, decision: Decision, error: Exception) -> Decision:
         """The decision for the next candidate after `error`, or raise: the error itself when the
@@ -116,15 +125,20 @@ class _Tries:
         attempt = self.attempts[-1]
         level = logging.ERROR if attempt.kind == ErrorKind.MISCONFIGURED else logging.WARNING
         what = f"candidate {decision.chosen} failed ({attempt.kind}: {type(error).__name__}: {error})"
-        if may_be_billed(error):
+        if may_be_billed(error) and decision.id not in self.charged:
             # Charged before anything releases it: the release that follows then does nothing.
             _charge_unanswered(self.router, decision, error)
         if not falls_back(attempt.kind):
             self.router.release(decision)
             logger.warning("%s; not falling back: the next candidate would fail too", what)
             raise error
-        out_of_time = self.deadline is not None and time.monotonic() >= self.deadline
+        out_of_time = self.out_of_time()
         following = None if out_of_time else self.router.reroute(decision, error)
+        if following is not None and self.out_of_time():
+            # The deadline passed while the fallback was reserved: an attempt with no time at all
+            # would be cancelled unsent (async) or sent unread (sync), and charged either way.
+            self.router.release(following)
+            following, out_of_time = None, True
         if following is None:
             if out_of_time:
                 self.router.release(decision)
@@ -200,11 +214,15 @@ def _within(
     threading.Thread(target=context.run, args=(run,), name="omniroute-attempt", daemon=True).start()
     try:
         done.wait(timeout)
-    except BaseException:
-        if give_up():
-            abandon()
+        late = give_up()
+    except BaseException:  # interrupted: nobody will read the answer, even one that came just now
+        if not give_up():
+            ok, value = outcome[0]
+            if ok and discard is not None:
+                discard(value)
+        abandon()
         raise
-    if give_up():
+    if late:
         abandon()
         raise AttemptTimeout(f"no answer within {timeout:.3g} s")
     ok, value = outcome[0]
@@ -470,11 +488,11 @@ def settle_interrupted(
 
     A provider error (an `Exception`) ended the provider's work: what it produced is charged, from
     its report or counted (as settle_usage). The reader stopping (GeneratorExit, cancellation,
-    an interrupt) did not: the provider may go on writing — and billing — up to the cap, so the
-    whole worst case reserved for the call is charged (`usage_source` "reserved"), never less
-    than the bill.
+    an interrupt) or timing out waiting for the next chunk (`fallbacks.may_be_billed`) did not: the
+    provider may go on writing — and billing — up to the cap, so the whole worst case reserved for
+    the call is charged (`usage_source` "reserved"), never less than the bill.
     """
-    if isinstance(error, Exception):
+    if isinstance(error, Exception) and not may_be_billed(error):
         return _traced(router, decision, lambda: _settle_usage(router, decision, report, output_text), error)
     return _traced(router, decision, lambda: _charge_worst_case(router, decision, error), error)
 
@@ -491,7 +509,7 @@ def _charge_worst_case(router: Router, decision: Decision, error: BaseException)
     cap = decision.output_caps.get(name) or candidate.max_output_tokens
     usage = Usage(input_tokens=decision.input_tokens[name], output_tokens=cap)
     charge = router.commit(decision, cost=candidate.worst_case_cost(usage.input_tokens, cap))
-    logger.info("the reader stopped a stream of %s early (%s); charged its worst case, %.9g USD, since the "
+    logger.info("a stream of %s stopped early unread (%s); charged its worst case, %.9g USD, since the "
                 "provider may have kept writing", name, type(error).__name__, charge.cost_usd)
     return Settlement(usage, charge.cost_usd, _remaining(router, decision, charge), charge.overrun_usd, "reserved")
 

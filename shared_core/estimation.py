@@ -275,7 +275,7 @@ class CandidatePool:
             lineup = self.lineup
             some_q = self.quality is not None and lineup.some_q
             has_q, has_l = lineup.has_q, lineup.has_l
-            if n <= SHARED_ROWS and (not some_q or lineup.all_q) and lineup.all_l:
+            if 0 < n <= SHARED_ROWS and (not some_q or lineup.all_q) and lineup.all_l:
                 # One block and every column known (every decision): no buffers to fill.
                 q = (self.quality.predict(X)[:, lineup.q_cols].astype(np.float64, copy=False)  # type: ignore[union-attr]
                      if some_q else np.tile(lineup.priors, (n, 1)))

@@ -86,9 +86,14 @@ def classify(error: BaseException) -> str:
     return ErrorKind.UNKNOWN
 
 
-# Timeouts before the request was sent whole: the provider never saw it (httpx's names; the
-# openai and anthropic clients raise their own timeout error from these).
-_UNSENT = ("ConnectTimeout", "PoolTimeout", "WriteTimeout", "ConnectError")
+# Failures before the request was sent whole, by class name (any in an error's MRO or its chain of
+# causes): the provider never saw it. httpx (and openai / anthropic on top of it), urllib3 and
+# requests, aiohttp, botocore; a failed name lookup, a refused connection.
+_UNSENT = frozenset({
+    "ConnectTimeout", "ConnectTimeoutError", "ConnectionTimeoutError", "PoolTimeout", "WriteTimeout", "ConnectError",
+    "NewConnectionError", "NameResolutionError", "ClientConnectorError", "EndpointConnectionError",
+    "ConnectionRefusedError", "gaierror",
+})
 
 
 def may_be_billed(error: BaseException) -> bool:
@@ -96,23 +101,25 @@ def may_be_billed(error: BaseException) -> bool:
     request reached the provider, which goes on writing it (and billing it) whether or not anyone reads.
 
     False for an error response (it has a status code) and for failures before the request was sent
-    whole — a refused connection, or the connect, pool or write timeout that caused the error (read
-    through `__cause__` / `__context__`, where openai's and anthropic's timeout errors keep httpx's).
+    whole: a failed name lookup, a refused connection, a connect, pool or write timeout — the error
+    itself or any error it was raised from (`raise ... from`, as httpx, openai, anthropic and
+    LangChain chain theirs). Only explicit causes are read: an exception's implicit `__context__`
+    may be whatever its caller happened to be handling.
     """
     if _status(error) is not None:
         return False
+    asyncio = sys.modules.get("asyncio")
     seen: BaseException | None = error
     timed_out = False
     for _ in range(8):  # the chain of causes, bounded (a cycle is possible)
         if seen is None:
             break
         names = {cls.__name__ for cls in type(seen).__mro__}
-        if isinstance(seen, ConnectionRefusedError) or names & set(_UNSENT):
+        if names & _UNSENT:
             return False
-        asyncio = sys.modules.get("asyncio")
         timed_out = timed_out or isinstance(seen, TimeoutError) or any("Timeout" in n for n in names) or (
             asyncio is not None and isinstance(seen, asyncio.TimeoutError))
-        seen = seen.__cause__ or seen.__context__
+        seen = seen.__cause__
     return timed_out
 
 

@@ -124,9 +124,11 @@ def get_tokenizer(encoding_or_model: str = "cl100k_base") -> Tokenizer:
 
 # Texts lately cut into lines: a request is counted once per encoding its candidates use, each
 # count cutting the same texts. A few dozen entries cover a request's messages; the dict is
-# replaced whole when full, so threads never see it half-cleared.
+# replaced whole when full, so threads never see it half-cleared. Texts over _CUT_CHARS are cut
+# afresh each time, so that what it keeps stays under _CUTS × _CUT_CHARS characters.
 _cuts: dict[str, list[str]] = {}
 _CUTS = 32
+_CUT_CHARS = 1 << 16
 
 
 def _lines(text: str) -> list[str]:
@@ -145,9 +147,10 @@ def _lines(text: str) -> list[str]:
         pieces.append(text[start:])
     else:  # one substitution and one split in C: 1.4× faster than the loop above
         pieces = _LINE_BREAK.sub("\n\0", text).split("\0")
-    if len(_cuts) >= _CUTS:
-        _cuts = {}
-    _cuts[text] = pieces
+    if len(text) <= _CUT_CHARS:
+        if len(_cuts) >= _CUTS:
+            _cuts = {}
+        _cuts[text] = pieces
     return pieces
 
 

@@ -177,3 +177,18 @@ def test_a_request_is_held_with_the_lineup_it_was_priced_with():
     d = router.decide("hello", "s")
     assert d.chosen == "a" and d.cap_lowered
     assert d.reserved == pytest.approx(router.priced(d).worst_case_cost(d.input_tokens["a"], d.output_caps["a"]))
+
+
+def test_no_prompts_ask_the_predictors_nothing():
+    class Strict(KNNQuality):
+        def predict(self, X):  # as scikit-learn's estimators do
+            if len(X) == 0:
+                raise ValueError("Found array with 0 sample(s)")
+            return super().predict(X)
+
+    names = ["small", "medium", "large"]
+    quality = Strict(k=10).fit(Bag().transform(TRAIN), RNG.random((len(TRAIN), 3)), names)
+    router = Router([candidate(n, p) for n, p in zip(names, (0.1, 1.0, 10.0), strict=True)],
+                    quality=quality, embedder=Bag())
+    estimate = router.estimate([])
+    assert estimate.quality.shape == estimate.cost.shape == (0, 3)

@@ -350,8 +350,36 @@ def test_which_failures_may_still_be_billed():
         openai.InternalServerError("boom", response=response, body=None),  # an answer: the error response
         _raised(openai.APITimeoutError(request=request), httpx.PoolTimeout("pool", request=request)),
     ]
+    import socket
+
+    import requests
+    import urllib3
+
+    aiohttp = pytest.importorskip("aiohttp")
+    key = aiohttp.client_reqrep.ConnectionKey("provider.test", 443, True, True, None, None, None)
+    pool = urllib3.HTTPSConnectionPool("provider.test")
+    unbilled += [  # the connect phase of other HTTP stacks (urllib3 / requests, aiohttp): never sent
+        socket.gaierror(-2, "Name or service not known"),
+        urllib3.exceptions.NewConnectionError(pool, "refused"), urllib3.exceptions.NameResolutionError(
+            "provider.test", pool, socket.gaierror(-2, "unknown")), urllib3.exceptions.ConnectTimeoutError("connect"),
+        requests.exceptions.ConnectTimeout("connect"),
+        aiohttp.ClientConnectorError(key, OSError(111, "refused")), aiohttp.ConnectionTimeoutError("connect"),
+    ]
+    billed += [urllib3.exceptions.ReadTimeoutError(pool, "/v1", "read"), requests.exceptions.ReadTimeout("read"),
+               aiohttp.SocketTimeoutError("read")]
     assert [may_be_billed(e) for e in billed] == [True] * len(billed)
     assert [may_be_billed(e) for e in unbilled] == [False] * len(unbilled)
+    # Only explicit causes count: what the caller happened to be handling is no cause of this error.
+    try:
+        raise httpx.ConnectError("the caller's own", request=request)
+    except httpx.ConnectError:
+        inside = _raised(openai.APITimeoutError(request=request), _raised(httpx.ReadTimeout("read", request=request)))
+    assert isinstance(inside.__cause__.__context__, httpx.ConnectError) and may_be_billed(inside)
+    try:
+        raise TimeoutError("the caller's own")
+    except TimeoutError:
+        plain = _raised(RuntimeError("a provider SDK bug"))
+    assert isinstance(plain.__context__, TimeoutError) and not may_be_billed(plain)
     looped = TimeoutError("a cause that loops")
     looped.__context__ = RuntimeError("back")
     looped.__context__.__context__ = looped

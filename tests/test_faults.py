@@ -309,3 +309,68 @@ def test_a_stream_that_starts_after_its_attempt_was_given_up_on_is_closed_in_its
         gc.enable()
     assert sorted(closed_in) == ["MainThread", "omniroute-attempt"]
     assert router.budget_state("acme").by_model["flaky"] > 0  # given up on: charged its worst case
+
+
+def test_a_fallback_reserved_after_the_deadline_is_released_unstarted(router):
+    # The reroute's reservation can take the last of the time: an attempt with none left would be
+    # cancelled unsent (async) or sent unread (sync), and charged either way.
+    import time
+
+
+    router.deadline_s = 0.5
+    called: list[str] = []
+    reroute = router.reroute
+
+    def slow_reroute(decision: Decision, error: BaseException | None = None) -> Decision | None:
+        time.sleep(0.6)  # past the deadline
+        return reroute(decision, error)
+
+    router.reroute = slow_reroute  # type: ignore[method-assign]
+
+    def call(candidate: Candidate, decision: Decision) -> str:
+        called.append(candidate.name)
+        raise ConnectionRefusedError(f"{candidate.name} refused")
+
+    with pytest.raises(ConnectionRefusedError, match="flaky refused"):
+        call_with_fallbacks(router, router.decide(PROMPT, "acme/bot"), call)
+    st = router.budget_state("acme/bot")
+    assert called == ["flaky"] and (st.committed, st.reserved, st.released) == (0.0, 0.0, 2)
+    assert router.store.open_reservations() == 0
+
+
+def test_a_stream_that_times_out_between_chunks_is_charged_its_worst_case(router):
+    # A read timeout mid-stream is the client giving up, not the provider: it may go on writing.
+    from shared_core.calls import settle_interrupted
+
+    decision = router.decide(PROMPT, "acme/bot")
+    settled = settle_interrupted(router, decision, TimeoutError("read timed out"), output_text="Par")
+    assert settled.usage_source == "reserved" and settled.cost_usd == pytest.approx(decision.reserved)
+    decision = router.decide(PROMPT, "acme/bot")
+    settled = settle_interrupted(router, decision, ConnectionResetError("reset"), output_text="Par")
+    assert settled.usage_source != "reserved" and settled.cost_usd < decision.reserved  # what it produced
+
+
+def test_an_attempt_the_router_gave_up_on_is_committed_once(router):
+    commits: list[str] = []
+    commit_books = router.store.commit_books
+
+    def counted(reservation_id: str, *args: object, **kwargs: object) -> object:
+        commits.append(reservation_id)
+        return commit_books(reservation_id, *args, **kwargs)
+
+    router.store.commit_books = counted  # type: ignore[method-assign]
+    router.attempt_timeout_s = 0.1
+    first = router.decide(PROMPT, "acme/bot")
+    hung = threading.Event()
+
+    def call(candidate: Candidate, decision: Decision) -> str:
+        if decision.id == first.id:
+            hung.wait(2.0)  # given up on at 0.1 s; it goes on in its thread
+        return ANSWER
+
+    try:
+        reply, decision = call_with_fallbacks(router, first, call)
+    finally:
+        hung.set()
+    assert commits.count(first.id) == 1  # by the abandonment alone, not again by the fallback
+    assert router.budget_state("acme/bot").by_model[first.chosen] == pytest.approx(first.reserved)

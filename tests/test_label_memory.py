@@ -216,3 +216,27 @@ def test_rows_saved_in_double_precision_by_an_older_version_load_as_the_memory_k
     np.testing.assert_array_equal(older.X, fitted.X)
     prior = Y.mean(axis=0)
     np.testing.assert_array_equal(older.neighbour_means(Q, 20, prior, 0.0), fitted.neighbour_means(Q, 20, prior, 0.0))
+
+
+def test_restoring_copies_the_rows_it_is_given():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(50, 8)).astype(EMBEDDING_DTYPE)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    memory = LabelMemory.restore(X, rng.integers(0, 2, size=(50, 2)).astype(float))
+    assert X.flags.writeable and not np.shares_memory(X, memory.X)
+    X[:] = 0.0
+    assert np.abs(memory.X).sum() > 0
+
+
+def test_a_large_memory_compares_a_batch_in_one_matrix_product(monkeypatch):
+    from shared_core.quality import memory as module
+
+    rng = np.random.default_rng(12)
+    X = rng.normal(size=(300, 16)).astype(EMBEDDING_DTYPE)
+    Q = rng.normal(size=(5, 16))
+    exact = _similarities(X, Q)
+    monkeypatch.setattr(module, "_EXACT_BYTES", 0)  # as if the rows were over the size kept exact
+    product = _similarities(X, Q)
+    np.testing.assert_array_equal(product, Q.astype(EMBEDDING_DTYPE) @ X.T)
+    np.testing.assert_allclose(product, exact, atol=1e-6)
+    np.testing.assert_array_equal(_similarities(X, Q[:1]), exact[:1])  # one query: the exact call still

@@ -160,6 +160,8 @@ def test_states_reads_any_iterable_of_names_once_and_refuses_a_bare_string(store
     assert store.states(iter(["acme/bot", "ghost"])) == [expected[1], None]
     with pytest.raises(TypeError, match="not the str 'acme'"):
         store.states("acme")
+    with pytest.raises(TypeError, match="not the bytes"):
+        store.states(b"acme")
 
 
 def test_report_lists_a_scope_and_the_scopes_nested_in_it(store):

@@ -201,3 +201,10 @@ def test_the_memo_of_lines_stays_bounded(monkeypatch):
     texts = [f"line {i} of a long log\nSecond line {i}" for i in range(500)]
     assert [memo(t) for t in texts] == [len(encode(t)) for t in texts]
     assert sum(map(len, memo._counts)) <= 1_000 + 40
+
+
+def test_only_texts_of_a_bounded_size_are_kept_cut():
+    small, large = "a\nB" * 10, "a\nB" * (tokens._CUT_CHARS // 3 + 1)  # a pasted log: 20,000 short lines
+    assert tokens._lines(small) == tokens._lines(small) and small in tokens._cuts
+    assert len(tokens._lines(large)) == large.count("\n") + 1
+    assert large not in tokens._cuts  # what the cache keeps stays under _CUTS × _CUT_CHARS characters

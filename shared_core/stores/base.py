@@ -291,9 +291,10 @@ def paced(before: Sequence[ScopeState], pace: Pace | None) -> list[float | None]
 
 def scope_names(scopes: Iterable[str]) -> list[str]:
     """The scope names a `states` call was given, as a list (any iterable is read once); TypeError
-    for a single str, which would otherwise be read as one scope per character."""
-    if isinstance(scopes, str):
-        raise TypeError(f"scopes must be a sequence of scope names, not the str {scopes!r}; wrap it in a list")
+    for a single str or bytes, which would otherwise be read as one scope per character (or byte)."""
+    if isinstance(scopes, (str, bytes)):
+        raise TypeError(f"scopes must be a sequence of scope names, not the {type(scopes).__name__} {scopes!r}; "
+                        "wrap a name in a list")
     return list(scopes)
 
 
