@@ -111,7 +111,7 @@ class _Tries:
         return _within(self.timeout(), fn, lambda: self._abandon(decision), discard)
 
     def _abandon(self, decision: Decision) -> None:
-        _charge_abandoned(self.router, decision)
+        _charge_unread(self.router, decision, "gave up on the call, which goes on in its thread")
         self.charged.add(decision.id)
 
     def out_of_time(self) -> bool:
@@ -127,7 +127,7 @@ class _Tries:
         what = f"candidate {decision.chosen} failed ({attempt.kind}: {type(error).__name__}: {error})"
         if may_be_billed(error) and decision.id not in self.charged:
             # Charged before anything releases it: the release that follows then does nothing.
-            _charge_unanswered(self.router, decision, error)
+            _charge_unread(self.router, decision, f"timed out waiting for the answer ({type(error).__name__})")
         if not falls_back(attempt.kind):
             self.router.release(decision)
             logger.warning("%s; not falling back: the next candidate would fail too", what)
@@ -151,22 +151,14 @@ class _Tries:
         return following
 
 
-def _charge_unanswered(router: Router, decision: Decision, error: Exception) -> None:
-    """Commit the worst case of an attempt that timed out waiting for its answer (`may_be_billed`):
-    the provider may have written it, and bill it, unread; the ledger must not count less than the bill."""
+def _charge_unread(router: Router, decision: Decision, why: str) -> None:
+    """Commit the worst case held for an attempt whose answer nobody will read — it timed out waiting
+    (`may_be_billed`), or goes on unseen in a worker thread: the provider may still write and bill
+    it, and the ledger must not count less than the bill. `why` says which, in the log."""
     if decision.scopes:
         router.commit(decision, cost=decision.reserved)
-        logger.info("%s timed out waiting for its answer (%s), which the provider may still bill: charged its "
-                    "worst case, %.9g USD", decision.chosen, type(error).__name__, decision.reserved)
-
-
-def _charge_abandoned(router: Router, decision: Decision) -> None:
-    """Commit the worst case of an attempt whose call goes on unseen in a worker thread: the
-    provider may still answer and bill it, and the ledger must not count less than the bill."""
-    if decision.scopes:
-        router.commit(decision, cost=decision.reserved)
-        logger.info("gave up on %s's call, which goes on in its thread: charged its worst case, %.9g USD",
-                    decision.chosen, decision.reserved)
+        logger.info("%s (%s): charged its worst case, %.9g USD, which the provider may still bill",
+                    why, decision.chosen, decision.reserved)
 
 
 def _within(
