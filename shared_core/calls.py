@@ -114,6 +114,18 @@ class _Tries:
         _charge_unread(self.router, decision, "gave up on the call, which goes on in its thread")
         self.charged.add(decision.id)
 
+    def interrupted(self, decision: Decision, error: BaseException) -> None:
+        """An attempt stopped from outside while it waited for its answer (a cancelled task, an
+        interrupt): its request may have reached the provider, which may bill it, so its worst case
+        is charged (once), as for a timeout. A failure to charge is logged: `error` goes on."""
+        if decision.id in self.charged:
+            return
+        try:
+            _charge_unread(self.router, decision, f"interrupted waiting for the answer ({type(error).__name__})")
+            self.charged.add(decision.id)
+        except Exception:
+            logger.exception("could not charge the attempt of %s that was interrupted", decision.chosen)
+
     def out_of_time(self) -> bool:
         """Whether the overall deadline has passed: no attempt may start."""
         return self.deadline is not None and time.monotonic() >= self.deadline
@@ -237,7 +249,8 @@ def call_with_fallbacks(
     on_failure: OnFailure | None = None,
 ) -> tuple[T, Decision]:
     """Run `call` on the chosen candidate; on a failure that another candidate could avoid (see
-    `fallbacks.classify`), release and retry the next-best.
+    `fallbacks.classify`), release it — or charge its worst case when it timed out waiting for the
+    answer (`fallbacks.may_be_billed`) — and retry the next-best.
 
     Returns the result and the decision that produced it (still reserved: the caller settles it
     with the usage it reads from the result; its `failures` record every failed attempt). Each
@@ -246,7 +259,8 @@ def call_with_fallbacks(
     worst case is charged). `on_failure` hears of each failed attempt. Raises an
     error the next candidate would repeat at once, the only error when no other candidate was
     tried, and AllCandidatesFailed (each candidate's error) when every one tried failed; a
-    cancellation or interrupt releases the reservation and propagates at once.
+    cancellation or interrupt while a candidate is called charges that attempt's worst case (the
+    provider may have the request, and bill it) and propagates at once.
     """
     tries = _Tries(router, on_failure)
     decision = telemetry.start(router, decision)  # ended by the settlement, or below when no answer comes
@@ -259,7 +273,7 @@ def call_with_fallbacks(
         except Exception as error:
             decision = tries.fail(decision, error)
         except BaseException as error:
-            router.release(decision)
+            tries.interrupted(decision, error)
             tries.gave_up(decision, error)
             raise
 
@@ -280,7 +294,7 @@ async def acall_with_fallbacks(
             decision = await tries.afail(decision, error)
         except BaseException as error:
             try:
-                await off_loop(functools.partial(router.release, decision))
+                await off_loop(functools.partial(tries.interrupted, decision, error))
             finally:
                 tries.gave_up(decision, error)
             raise
@@ -322,7 +336,7 @@ class FallbackStream(Generic[C]):
             except Exception as error:
                 self.decision = self._tries.fail(self.decision, error)
             except BaseException as error:
-                self.router.release(self.decision)
+                self._tries.interrupted(self.decision, error)
                 self._tries.gave_up(self.decision, error)
                 raise
         yield first
@@ -355,7 +369,7 @@ class FallbackStream(Generic[C]):
                 self.decision = await self._tries.afail(self.decision, error)
             except BaseException as error:
                 try:
-                    await off_loop(functools.partial(self.router.release, self.decision))
+                    await off_loop(functools.partial(self._tries.interrupted, self.decision, error))
                 finally:
                     self._tries.gave_up(self.decision, error)
                 raise

@@ -143,3 +143,20 @@ async def test_a_client_timeout_waiting_for_the_answer_is_charged_its_worst_case
     served = provider.requests[-1]  # the fallback's: priced as the provider counted it
     assert state.by_model["mini"] == pytest.approx(
         llm.router.candidate("mini").cost(served.prompt_tokens, served.completion_tokens))
+
+
+async def test_a_call_cancelled_while_the_provider_works_on_it_is_charged_its_worst_case(provider):
+    import asyncio
+
+    provider.configure(GPT, hang_s=2.0)
+    llm = OmniRouteLLM(candidates(provider), budget=Budget(usd=1.0))
+    task = asyncio.create_task(llm.achat(MESSAGES, session="s", max_tokens=50))
+    await asyncio.sleep(0.3)  # the request is with the provider
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    state = llm.router.budget_state("s")
+    gpt_tokens = llm.router.decide("Hello.", "probe", max_tokens=50).input_tokens["gpt"]
+    assert state.reserved == 0 and list(state.by_model) == ["gpt"]
+    assert state.by_model["gpt"] == pytest.approx(llm.router.candidate("gpt").worst_case_cost(gpt_tokens, 50))
+    assert provider.wait_idle()

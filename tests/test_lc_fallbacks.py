@@ -60,16 +60,19 @@ def test_max_fallbacks_bounds_the_tries():
     assert chat.router.budget_state("s").reserved == 0
 
 
-async def test_cancellation_releases_the_reservation_without_falling_back():
+async def test_cancelling_a_call_in_flight_charges_its_worst_case_without_falling_back():
+    # The candidate has the request: it may go on and bill the answer nobody will read.
     slow = FakeToolChatModel(model_name="claude-v2", latency_s=5.0)
     second = FailingChatModel()
     chat = _chat(slow, second)
     task = asyncio.create_task(chat.ainvoke(PROMPT, session="s"))
     await asyncio.sleep(0.05)
-    assert chat.router.budget_state("s").reserved > 0
+    held = chat.router.budget_state("s").reserved
+    assert held > 0
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert second.calls == 0
     state = chat.router.budget_state("s")
-    assert (state.committed, state.reserved) == (0, 0)
+    assert (state.committed, state.reserved, state.released) == (pytest.approx(held), 0, 0)
+    assert list(state.by_model) == ["claude-v2"]
