@@ -76,11 +76,17 @@ class _Tries:
                     if inspect.isawaitable(notified):
                         await notified
             except BaseException:  # a handler that raises must not leave the attempt's money held
-                await off_loop(functools.partial(self.router.release, decision))
+                await off_loop(functools.partial(self.dispose, decision, error))
                 raise
             # `next` whole in a worker: the release, the reroute's new reservation and the policy's
             # errors are the synchronous path's own.
-            return await reserve_off_loop(functools.partial(self.next, decision, error), self.router.release)
+            try:
+                return await reserve_off_loop(functools.partial(self.next, decision, error), self.router.release)
+            except asyncio.CancelledError:
+                # Cancelled while `next` waited for a worker, it never ran: the failed attempt is
+                # settled here, or its hold would block the budget until it lapsed.
+                await off_loop(functools.partial(self.dispose, decision, error))
+                raise
         except BaseException as raised:
             self.gave_up(decision, raised)
             raise
@@ -103,7 +109,7 @@ class _Tries:
         try:
             return self.on_failure(attempt)
         except BaseException:  # a handler that raises must not leave the attempt's money held
-            self.router.release(decision)
+            self.dispose(decision, attempt.error)
             raise
 
     def within(self, decision: Decision, fn: Callable[[], T], discard: Callable[[T], None] | None = None) -> T:
@@ -113,6 +119,14 @@ class _Tries:
     def _abandon(self, decision: Decision) -> None:
         _charge_unread(self.router, decision, "gave up on the call, which goes on in its thread")
         self.charged.add(decision.id)
+
+    def dispose(self, decision: Decision, error: BaseException) -> None:
+        """Settle a failed attempt's hold: its worst case charged when the provider may bill it
+        (`may_be_billed`), else released. Idempotent: a release after the charge does nothing."""
+        if may_be_billed(error) and decision.id not in self.charged:
+            _charge_unread(self.router, decision, f"timed out waiting for the answer ({type(error).__name__})")
+            self.charged.add(decision.id)
+        self.router.release(decision)
 
     def interrupted(self, decision: Decision, error: BaseException) -> None:
         """An attempt stopped from outside while it waited for its answer (a cancelled task, an
@@ -137,11 +151,8 @@ class _Tries:
         attempt = self.attempts[-1]
         level = logging.ERROR if attempt.kind == ErrorKind.MISCONFIGURED else logging.WARNING
         what = f"candidate {decision.chosen} failed ({attempt.kind}: {type(error).__name__}: {error})"
-        if may_be_billed(error) and decision.id not in self.charged:
-            # Charged before anything releases it: the release that follows then does nothing.
-            _charge_unread(self.router, decision, f"timed out waiting for the answer ({type(error).__name__})")
+        self.dispose(decision, error)
         if not falls_back(attempt.kind):
-            self.router.release(decision)
             logger.warning("%s; not falling back: the next candidate would fail too", what)
             raise error
         out_of_time = self.out_of_time()
@@ -152,8 +163,6 @@ class _Tries:
             self.router.release(following)
             following, out_of_time = None, True
         if following is None:
-            if out_of_time:
-                self.router.release(decision)
             reason = "the deadline has passed" if out_of_time else "no candidate left to fall back to"
             logger.log(level, "%s; %s", what, reason)
             if len(self.attempts) == 1:

@@ -374,3 +374,34 @@ def test_an_attempt_the_router_gave_up_on_is_committed_once(router):
         hung.set()
     assert commits.count(first.id) == 1  # by the abandonment alone, not again by the fallback
     assert router.budget_state("acme/bot").by_model[first.chosen] == pytest.approx(first.reserved)
+
+
+@pytest.mark.parametrize("error", [ConnectionRefusedError("refused"), TimeoutError("read timed out")],
+                         ids=["refused", "timeout"])
+async def test_a_task_cancelled_while_its_fallback_waits_for_a_worker_settles_the_failed_attempt(router, error):
+    # The reroute waits in routing's queue behind busy workers; a cancelled caller's queued reservation
+    # is never made, so the failed attempt must be settled all the same: released, or charged.
+    import time
+
+    from shared_core.offload import off_loop
+
+    gate = asyncio.Event()
+
+    async def call(candidate: Candidate, decision: Decision) -> str:
+        await gate.wait()
+        raise error
+
+    decision = router.decide(PROMPT, "acme/bot")
+    task = asyncio.create_task(acall_with_fallbacks(router, decision, call))
+    await asyncio.sleep(0.05)
+    blockers = [asyncio.create_task(off_loop(lambda: time.sleep(0.3))) for _ in range(4)]  # both workers busy
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.sleep(0.05)  # the failure has reached the fallback, queued behind the blockers
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.gather(*blockers)
+    st = router.budget_state("acme/bot")
+    assert st.reserved == 0 and router.store.open_reservations() == 0
+    assert to_nanos(st.committed) == (to_nanos(decision.reserved) if isinstance(error, TimeoutError) else 0)
