@@ -117,26 +117,27 @@ class _Tries:
         return _within(self.timeout(), fn, lambda: self._abandon(decision), discard)
 
     def _abandon(self, decision: Decision) -> None:
-        _charge_unread(self.router, decision, "gave up on the call, which goes on in its thread")
-        self.charged.add(decision.id)
+        self._charge_once(decision, "gave up on the call, which goes on in its thread")
 
-    def dispose(self, decision: Decision, error: BaseException) -> None:
-        """Settle a failed attempt's hold: its worst case charged when the provider may bill it
-        (`may_be_billed`), else released. Idempotent: a release after the charge does nothing."""
-        if may_be_billed(error) and decision.id not in self.charged:
-            _charge_unread(self.router, decision, f"timed out waiting for the answer ({type(error).__name__})")
+    def _charge_once(self, decision: Decision, why: str) -> None:
+        if decision.id not in self.charged:
+            _charge_unread(self.router, decision, why)
             self.charged.add(decision.id)
-        self.router.release(decision)
+
+    def dispose(self, decision: Decision, error: BaseException, *, release: bool = True) -> None:
+        """Settle a failed attempt's hold: its worst case charged when the provider may bill it
+        (`may_be_billed`, once), else released — unless `release` is False (a reroute releases it)."""
+        if may_be_billed(error):
+            self._charge_once(decision, f"timed out waiting for the answer ({type(error).__name__})")
+        elif release:
+            self.router.release(decision)
 
     def interrupted(self, decision: Decision, error: BaseException) -> None:
         """An attempt stopped from outside while it waited for its answer (a cancelled task, an
         interrupt): its request may have reached the provider, which may bill it, so its worst case
         is charged (once), as for a timeout. A failure to charge is logged: `error` goes on."""
-        if decision.id in self.charged:
-            return
         try:
-            _charge_unread(self.router, decision, f"interrupted waiting for the answer ({type(error).__name__})")
-            self.charged.add(decision.id)
+            self._charge_once(decision, f"interrupted waiting for the answer ({type(error).__name__})")
         except Exception:
             logger.exception("could not charge the attempt of %s that was interrupted", decision.chosen)
 
@@ -151,11 +152,12 @@ class _Tries:
         attempt = self.attempts[-1]
         level = logging.ERROR if attempt.kind == ErrorKind.MISCONFIGURED else logging.WARNING
         what = f"candidate {decision.chosen} failed ({attempt.kind}: {type(error).__name__}: {error})"
-        self.dispose(decision, error)
         if not falls_back(attempt.kind):
+            self.dispose(decision, error)
             logger.warning("%s; not falling back: the next candidate would fail too", what)
             raise error
         out_of_time = self.out_of_time()
+        self.dispose(decision, error, release=out_of_time)  # otherwise the reroute releases it
         following = None if out_of_time else self.router.reroute(decision, error)
         if following is not None and self.out_of_time():
             # The deadline passed while the fallback was reserved: an attempt with no time at all
