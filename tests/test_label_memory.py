@@ -174,37 +174,38 @@ def test_equally_similar_rows_are_taken_lower_row_first_in_a_batch_and_alone():
         np.testing.assert_allclose(batch, brute_force(X, Y, Q, k, prior, 0.0), atol=1e-12)
 
 
-def sorted_reference(S, c):
-    """Each row's c largest columns, largest first, equal values lower column first; NaN least."""
-    S = np.where(np.isnan(S), -np.inf, S)
-    return np.array([np.lexsort((np.arange(len(s)), -s))[:c] for s in S]).reshape(len(S), min(c, S.shape[1]))
+def nearest_reference(s, c):
+    """The c largest entries' indices, equal values lower index first, NaN least; ascending."""
+    s = np.where(np.isnan(s), -np.inf, s)
+    return np.sort(np.lexsort((np.arange(len(s)), -s))[:c])
 
 
-def test_the_nearest_rows_are_an_exact_selection_alone_and_in_a_batch():
-    # The single-query path narrows the candidates with a strided sample before selecting; the
-    # batch path partitions whole rows. Both must give the sorted reference, ties and NaN included.
-    from shared_core.quality.memory import _nearest_sorted
+def test_the_nearest_rows_are_an_exact_selection_whatever_was_cut_before():
+    # The rows near a query are cut with a strided sample, then the nearest selected among them;
+    # a narrower cut is taken from a wider one (the length predictor after the quality predictor).
+    from shared_core.quality.memory import _Search, _top
 
     rng = np.random.default_rng(17)
     for case in range(300):
         n = int(rng.integers(1, 700))
-        c = int(rng.integers(1, n + 40))
         kind = case % 4
         if kind == 0:  # continuous similarities
-            S = rng.uniform(-1, 1, size=(5, n))
+            S = rng.uniform(-1, 1, size=(3, n))
         elif kind == 1:  # a few distinct values: ties everywhere, at the c-th place too
-            S = rng.integers(-2, 3, size=(5, n)) / 2
+            S = rng.integers(-2, 3, size=(3, n)) / 2
         elif kind == 2:  # the largest values all at the end (the sample sees few of them)
-            S = np.sort(rng.uniform(-1, 1, size=(5, n)), axis=1)
+            S = np.sort(rng.uniform(-1, 1, size=(3, n)), axis=1)
         else:  # NaN and infinities mixed in
-            S = rng.uniform(-1, 1, size=(5, n))
+            S = rng.uniform(-1, 1, size=(3, n))
             S[rng.random(S.shape) < 0.2] = np.nan
             S[rng.random(S.shape) < 0.05] = np.inf
             S[rng.random(S.shape) < 0.05] = -np.inf
-        expected = sorted_reference(S, c)
-        np.testing.assert_array_equal(_nearest_sorted(S, c), expected)
-        for i in range(len(S)):
-            np.testing.assert_array_equal(_nearest_sorted(S[i:i + 1], c), expected[i:i + 1])
+        search = _Search(S)
+        for c in sorted(rng.integers(1, n + 40, size=3).tolist(), reverse=True):
+            for i in range(len(S)):
+                rows, sims, _ = search.near(i, c)
+                assert np.all(np.diff(rows) > 0)
+                np.testing.assert_array_equal(_top(rows, sims, c), nearest_reference(S[i], c))
 
 
 def test_rows_saved_in_double_precision_by_an_older_version_load_as_the_memory_keeps_them():

@@ -4,11 +4,10 @@ Shared by the k-NN quality predictor and the k-NN half of the output-length pred
 remember training prompts with one label per model (NaN = unknown) and average the labels of
 each query's k most similar remembered prompts, per model, among those labelled for it.
 
-Cost per query is one similarity pass over the memory plus work on its k + 16 nearest rows
-(widened while labels are missing there), whatever the number of models: models profiled on the
-same prompts share those rows (UniRoute's fixed profile set), and a model whose neighbours lie
-further away is searched among its own rows together with every model labelled on exactly the
-same rows.
+Cost per query is one similarity pass over the memory, one cut of it down to a few more rows
+than the k most similar, and one selection among those per group of models labelled on the same
+rows, whatever the number of models: models profiled on the same prompts share their rows
+(UniRoute's fixed profile set), and so their group.
 """
 
 from __future__ import annotations
@@ -26,13 +25,7 @@ from .base import l2_normalise
 
 __all__ = ["LabelMemory"]
 
-# Rows beyond k taken in similarity order, so a few missing labels among the nearest rows do
-# not send a model to the slower search among its own rows.
-_SLACK = 16
-# Times the nearest rows are widened fourfold before a model still short of labels is searched
-# among its own rows.
-_WIDEN = 2
-# Elements per (query rows × nearest rows × models) block: bounds the temporaries of a batch.
+# Similarities held at once (queries × rows): bounds the temporaries of a batch (8 MB).
 _BLOCK = 1 << 21
 
 #: How remembered embeddings are stored and compared: single precision, as vector indexes keep
@@ -58,12 +51,6 @@ class _Snapshot:
             self.derived["counts"] = self.K[: self.n].sum(axis=0)
         return self.derived["counts"]
 
-    def complete(self) -> bool:
-        """Whether every row is labelled for every model (no NaN labels)."""
-        if "complete" not in self.derived:
-            self.derived["complete"] = bool(self.K[: self.n].all())
-        return self.derived["complete"]
-
     def sums(self) -> np.ndarray:
         """The sum of the known labels per model, (m,)."""
         if "sums" not in self.derived:
@@ -80,29 +67,32 @@ class _Snapshot:
             derived["sums"] = self.derived["sums"] + Y0[added].sum(axis=0)
         return _Snapshot(X, Y0, K, n, derived)
 
-    def neighbourhood(self, k: int) -> tuple[np.ndarray, int]:
-        """Per model the neighbours it averages, k_j = k·n_j / max n (at least 1, at most n_j), and
-        the nearest rows to take first (the largest k_j plus _SLACK)."""
-        key = ("neighbourhood", k)
+    def plan(self, k: int) -> _Plan:
+        """How queries are answered with k neighbours for the best-labelled model (see _Plan)."""
+        key = ("plan", k)
         if key not in self.derived:
             k = min(int(k), max(1, self.n))  # more neighbours than rows is all of them
             n_labels = self.counts()
             ks = np.minimum(n_labels, np.maximum(1, np.round(k * n_labels / max(1, n_labels.max())))).astype(np.intp)
-            self.derived[key] = (ks, min(self.n, int(ks.max(initial=0)) + _SLACK))
+            groups = []
+            for rows, models in self.groups():
+                if ks[models[0]] > 0:  # a model without labels averages nothing: its prior
+                    every = len(models) == len(ks)
+                    groups.append(_Group.of(None if len(rows) == self.n else rows, slice(None) if every else models,
+                                            int(models[0]), int(ks[models[0]])))
+            self.derived[key] = _Plan(ks, int(ks.max(initial=0)), tuple(groups))
         return self.derived[key]
 
-    def groups(self) -> tuple[list[np.ndarray], np.ndarray]:
-        """The distinct sets of labelled rows, and each model's set: models labelled on the same rows share one."""
+    def groups(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The distinct sets of labelled rows, each with the models labelled on exactly those rows."""
         if "groups" not in self.derived:
-            sets: dict[bytes, int] = {}
-            rows: list[np.ndarray] = []
-            of_model = np.empty(self.K.shape[1], dtype=np.intp)
-            for j, column in enumerate(self.K[: self.n].T):
-                labelled = np.flatnonzero(column)
-                of_model[j] = sets.setdefault(labelled.tobytes(), len(rows))
-                if of_model[j] == len(rows):
-                    rows.append(labelled)
-            self.derived["groups"] = (rows, of_model)
+            # Columns compared by their packed bits: one pass over the labels, not one per model.
+            packed = np.packbits(self.K[: self.n], axis=0).T
+            found: dict[bytes, list[int]] = {}
+            for j, column in enumerate(packed):
+                found.setdefault(column.tobytes(), []).append(j)
+            self.derived["groups"] = [(np.flatnonzero(self.K[: self.n, models[0]]), np.array(models, dtype=np.intp))
+                                      for models in found.values()]
         return self.derived["groups"]
 
     def row_index(self) -> dict[bytes, int]:
@@ -237,23 +227,25 @@ class LabelMemory:
 
         k is the neighbour count of the best-labelled model; a model with fewer labels (one
         added from a small profile) uses proportionally fewer, k_j = k·n_j / max n, so every
-        model averages over a neighbourhood of about the same size. Q is (r, d); the result (r, m).
+        model averages over a neighbourhood of about the same size. Ties in similarity go to the
+        lower row. Q is (r, d); the result (r, m), each row the same whatever batch its query is in.
         """
         s = self._snap
         X = s.X[: s.n]
         Q = l2_normalise(Q)
-        ks, width = s.neighbourhood(k)
-        step = max(1, _BLOCK // max(1, min(s.n, width * 4**_WIDEN) * len(ks)))  # room for the widest pass
-        if 0 < len(Q) <= step:  # every decision: one block, without the loop's copies
-            return _means(*_sums(s, _search(X, Q), ks, width), prior, shrinkage)
-        out = np.empty((len(Q), len(ks)))
-        for start in range(0, len(Q), step):
-            out[start:start + step] = _means(*_sums(s, _search(X, Q[start:start + step]), ks, width), prior, shrinkage)
-        return out
+        plan = s.plan(k)
+        sums = np.zeros((len(Q), len(plan.ks)))
+        if plan.top:
+            step = max(1, _BLOCK // max(1, s.n))
+            for start in range(0, len(Q), step):
+                search = _search(X, Q[start:start + step])
+                for i in range(len(search.S)):
+                    sums[start + i] = _label_sums(s, search, i, plan)
+        return _means(sums, plan.ks, prior, shrinkage)
 
 
 def _means(sums: np.ndarray, counts: np.ndarray, prior: np.ndarray, shrinkage: float) -> np.ndarray:
-    """(sums + s·prior) / (counts + s), the prior where nothing is counted and s is 0."""
+    """(sums + s·prior) / (counts + s), sums (r, m) and counts (m,); the prior where nothing is counted and s is 0."""
     pseudo = counts + shrinkage
     counted = pseudo > 0
     total = sums + shrinkage * prior if shrinkage else sums  # 0·prior would be NaN for an infinite prior
@@ -269,18 +261,51 @@ def _grown(buffer: np.ndarray, n: int, capacity: int) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class _Group:
+    """Models labelled on the same rows, and the neighbours each averages."""
+
+    rows: np.ndarray | None  # the rows they are labelled on (ascending); None: every row
+    models: np.ndarray | slice  # their columns (slice(None): every model)
+    first: int  # one of their columns
+    k: int  # neighbours averaged, ≥ 1
+    ones: np.ndarray  # (k,) ones, to sum k rows with
+
+    @classmethod
+    def of(cls, rows: np.ndarray | None, models: np.ndarray | slice, first: int, k: int) -> _Group:
+        return cls(rows, models, first, k, np.ones(k))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Per model its neighbour count k_j (m,), the largest of them, and the groups that have labels."""
+
+    ks: np.ndarray
+    top: int
+    groups: tuple[_Group, ...]
+
+
 class _Search:
-    """Similarities S (r, n) of queries to a memory's rows, and their nearest rows in order, widened on demand."""
+    """Similarities S (r, n) of queries to a memory's rows, and per query the rows near it."""
 
     def __init__(self, S: np.ndarray) -> None:
         self.S = S
-        self._order: np.ndarray | None = None
+        self._near: dict[int, tuple[int, np.ndarray, np.ndarray, np.ndarray]] = {}  # i: (c, rows, sims, s)
 
-    def nearest(self, width: int) -> np.ndarray:
-        """Each query's `width` nearest rows, most similar first (ties: lower row first), (r, width)."""
-        if self._order is None or self._order.shape[1] < width:
-            self._order = _nearest_sorted(self.S, width)
-        return self._order[:, :width]
+    def near(self, i: int, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Query i's rows that may be among its c most similar (ascending: all of those, and a few
+        more; every row left out is less similar than every row in), their similarities, and the
+        query's similarities to all rows (NaN counted as the least similar)."""
+        held = self._near.get(i)
+        if held is not None and held[0] >= c:  # a wider cut holds these nearest rows too
+            return held[1:]
+        s = self.S[i]
+        if math.isnan(np.maximum.reduce(s, initial=-np.inf)):  # the largest is NaN where any is
+            s = np.where(np.isnan(s), -np.inf, s)
+        rows = _at_least(s, c)
+        sims = s[rows]
+        self._near[i] = (c, rows, sims, s)
+        return rows, sims, s
 
 
 # The last search of a few queries, per thread: the length predictor, asked right after the
@@ -331,45 +356,31 @@ def _similarities(X: np.ndarray, Q: np.ndarray) -> np.ndarray:
     return S
 
 
-def _sums(snap: _Snapshot, search: _Search, ks: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Label sums and counts over each query's ks[j] nearest rows labelled for model j.
+def _label_sums(snap: _Snapshot, search: _Search, i: int, plan: _Plan) -> np.ndarray:
+    """Per model j, the sum of its labels over query i's k_j most similar rows labelled for it (m,).
 
-    The `width` nearest rows are put in similarity order; each model takes its first k_j
-    labelled ones. While a model finds fewer there (sparse feedback labels one model per row, a
-    small profile a few rows in many) the width grows fourfold, up to _WIDEN times; a model still
-    short is searched among its own rows, once per distinct set of labelled rows.
+    The rows near the query hold the plan's largest k of all rows; a group of models finds its
+    k nearest labelled rows among them, unless fewer than k of them are labelled for it (a small
+    profile, sparse feedback): then among its own rows. The selected rows are ascending and summed
+    by one matrix-vector product, so a query gives the same sums alone and in a batch.
     """
-    Y0, K = snap.Y0[: snap.n], snap.K[: snap.n]
-    S = search.S
-    top = int(ks.max(initial=0))
-    if width == 0 or not top:
-        return np.zeros((len(S), len(ks))), np.zeros((len(S), len(ks)))
-    if top == ks.min() and snap.complete():
-        # Every row labelled for every model (a fitted length memory, say): the sums are plain sums.
-        head = search.nearest(width)[:, :top]
-        return Y0[head].sum(axis=1), np.broadcast_to(ks, (len(S), len(ks)))
-    widest = min(snap.n, width * 4**_WIDEN)
-    while True:
-        idx = search.nearest(width)
-        known = K[idx]  # (r, width, m)
-        seen = np.cumsum(known, axis=1, dtype=np.intp)
-        counts = np.minimum(seen[:, -1], ks)  # labelled rows taken: all there are, up to k_j
-        short = (counts < ks).any(axis=0)
-        any_short = bool(short.any())
-        if not any_short or width >= widest:
-            break
-        width = min(widest, 4 * width)
-    sums = np.einsum("rwm,rwm->rm", Y0[idx], known & (seen <= ks))
-    if any_short:
-        rows_of, group = snap.groups()
-        for g in np.unique(group[short]):
-            models = np.flatnonzero(short & (group == g))
-            rows, kg = rows_of[g], int(ks[models].max())
-            top = rows[_nearest_sorted(S[:, rows], kg)]  # (r, kg): every row here is labelled for these models
-            running = np.cumsum(Y0[top][:, :, models], axis=1)
-            sums[:, models] = running[:, ks[models] - 1, np.arange(len(models))]
-            counts[:, models] = ks[models]
-    return sums, counts
+    rows, sims, s = search.near(i, plan.top)
+    sums = np.zeros(len(plan.ks))
+    for group in plan.groups:
+        if group.rows is None:
+            candidates, similarity = rows, sims
+        else:
+            labelled = snap.K[rows, group.first]
+            candidates, similarity = rows[labelled], sims[labelled]
+            if len(candidates) < group.k:
+                candidates, similarity = group.rows, s[group.rows]
+        # Every column summed, the group's kept: cheaper than picking its columns first. A
+        # matrix-vector product is 4× faster here than a sum over axis 0 (the rows are few).
+        total = group.ones @ snap.Y0.take(_top(candidates, similarity, group.k), axis=0)
+        if isinstance(group.models, slice):  # one group, of every model
+            return total
+        sums[group.models] = total[group.models]
+    return sums
 
 
 # Every _STRIDE-th similarity is a sample whose order statistics bound the c-th largest from below.
@@ -378,53 +389,28 @@ _STRIDE = 8
 
 def _at_least(s: np.ndarray, c: int) -> np.ndarray:
     """Indices (ascending) of the entries of `s` at least as large as a bound below its c-th
-    largest: all of its c largest, and some more (0 < c < len(s)).
+    largest: all of its c largest, and some more (every index when c ≥ len(s)).
 
     The bound is a strided sample's ⌈1.5·c/_STRIDE⌉ + 8-th largest, which has about 1.5·c entries
-    above it: one partial selection of an eighth of the entries and one of about 1.5·c, instead of
-    one of them all. Were fewer than c left above it, every index is returned.
+    above it: one partial selection of an eighth of the entries, instead of one of them all.
+    Were fewer than c left above it, every index is returned.
     """
+    if c >= len(s):
+        return np.arange(len(s))
     sample = s[::_STRIDE]
     rank = min(len(sample), -(-3 * c // (2 * _STRIDE)) + 8)
     near = np.flatnonzero(s >= np.partition(sample, len(sample) - rank)[len(sample) - rank])
     return near if len(near) >= c else np.arange(len(s))
 
 
-def _nearest_sorted(S: np.ndarray, c: int) -> np.ndarray:
-    """Column indices of each row's c largest entries, largest first, equal entries lower index
-    first — at the c-th place too, so that a batch, a single query and a wider search that is cut
-    short all pick the same rows among equally similar ones (a prompt remembered twice). NaN
-    counts as the least similar."""
-    if math.isnan(np.maximum.reduce(S, axis=None, initial=-np.inf)):  # the largest is NaN where any is
-        S = np.where(np.isnan(S), -np.inf, S)
-    r, n = S.shape
-    if c <= 0:
-        return np.empty((r, 0), dtype=np.intp)
-    if r == 1:
-        # One query (every decision): the same selection on 1-D arrays, without the 2-D
-        # bookkeeping that costs more than the arithmetic at this size.
-        s = S[0]
-        if c >= n:
-            one = np.arange(n)
-        else:
-            near = _at_least(s, c)  # indices, ascending, of a few more than the c largest
-            t = s[near]
-            v = np.partition(t, len(t) - c)[len(t) - c]  # the c-th largest
-            above = t > v
-            one = np.concatenate([near[above], near[t == v][: c - int(above.sum())]])
-        return one[np.argsort(-s[one], kind="stable")][None]
-    if c >= n:
-        idx = np.broadcast_to(np.arange(n), S.shape)
-    else:
-        idx = np.argpartition(-S, c - 1, axis=1)[:, :c]
-        v = np.take_along_axis(S, idx, axis=1).min(axis=1, keepdims=True)  # each row's c-th largest
-        # Where more entries equal the c-th largest than there is room for, the partition chose
-        # among them arbitrarily: those rows (rare: a prompt remembered many times) take the
-        # lowest-numbered ones instead.
-        for i in np.flatnonzero((S >= v).sum(axis=1) > c):
-            s, vi = S[i], v[i, 0]
-            first = np.flatnonzero(s > vi)
-            idx[i] = np.concatenate([first, np.flatnonzero(s == vi)[: c - len(first)]])
-        idx.sort(axis=1)
-    order = np.argsort(-np.take_along_axis(S, idx, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(idx, order, axis=1)
+def _top(rows: np.ndarray, similarity: np.ndarray, k: int) -> np.ndarray:
+    """The k of `rows` (ascending) with the largest similarity, equal ones lower row first; ascending."""
+    if k >= len(rows):
+        return rows
+    v = np.partition(similarity, len(similarity) - k)[len(similarity) - k]  # the k-th largest
+    take = similarity >= v
+    extra = int(np.count_nonzero(take)) - k
+    if extra:  # more rows equal the k-th largest than there is room for: the highest ones go
+        tied = np.flatnonzero(similarity == v)
+        take[tied[len(tied) - extra:]] = False
+    return rows[take]
