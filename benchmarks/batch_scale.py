@@ -8,7 +8,8 @@ default predictor; fitted once and saved, loaded by every worker):
    test prompts in order, as a service sees them), and `transform` of 10,000 synthesized prompts
    in 1,000-prompt chunks (as route_batch calls it). The baseline is the implementation before
    issue 17 (embed.py and ngrams.py at commit 6f58c1c, read with `git show`), timed interleaved
-   with the current one in the same process; the two must agree within 1e-6.
+   with the current one in the same process; the two must agree within 5e-6 (the current path
+   projects before normalising, and its float32 sums round differently).
 2. route_batch (`shared_core.batch.route_batch`, chunks of 1,000) on 10k, 100k and 1M distinct
    prompts synthesized from both shared datasets (a random base prompt with two words and a
    number inserted in its last line). Each size runs in a fresh process: load the router,
@@ -146,7 +147,7 @@ def worker_embed(router_dir: str) -> dict:
     rb = load_dataset(DATA / "routerbench_subset.parquet")
     test, train = rb.subset("test").prompts, rb.subset("train").prompts
     counter = embedder._counters[0]
-    np.testing.assert_allclose(embedder.transform(test), old.transform(test), atol=1e-6)
+    np.testing.assert_allclose(embedder.transform(test), old.transform(test), atol=5e-6)
 
     def single(cold: bool) -> tuple[list[float], list[float], list[float], list[float]]:
         new_s, old_s, new_cpu, old_cpu = [], [], [], []

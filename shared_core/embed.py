@@ -135,37 +135,41 @@ class TfidfSvdEmbedder(Estimator):
         """Columns of the TF-IDF rows: every n-gram kind's vocabulary side by side."""
         return sum(len(w) for w in self.idf_)
 
-    def _rows(self, texts: list[str]) -> CsrParts:
+    def _rows(self, texts: list[str], unit: bool = True) -> CsrParts:
         """CSR parts (row pointers, columns, float32 weights) of √(1−w)·tfidf(prompt) + √w·tfidf(tail).
 
         Plain NumPy on the parts, without scipy.sparse objects, whose construction and checks cost
         more than the arithmetic for one prompt. The arithmetic is the scipy expression's: the
-        scaled terms in float64, their sum rounded to float32.
+        scaled terms in float64, their sum rounded to float32. `unit=False` may leave each row
+        scaled by a positive factor instead of unit length, for rows whose direction is all that
+        counts (projected, then normalised).
         """
         w = self.tail_weight
         if w == 0.0:  # √1 · x is x: the float64 round trip changes no value
-            return self._tfidf(texts)
+            return self._tfidf(texts, unit)
         tails = self._tfidf([tail_text(t, self.tail_chars) for t in texts])
         if w == 1.0:
             return tails
         whole = self._tfidf(texts)
         return _weighted_sum(whole, tails, float(np.sqrt(1.0 - w)), float(np.sqrt(w)), self._width())
 
-    def _tfidf(self, docs: list[str]) -> CsrParts:
+    def _tfidf(self, docs: list[str], unit: bool = True) -> CsrParts:
         """Sublinear TF × IDF per n-gram kind, each kind L2-normalised, then the whole row.
 
         The arithmetic is TfidfVectorizer's own (float32, in its order, the whole row normalised
-        again even for one kind), so fitted embedders and saved routers stay bit for bit the same.
+        again even for one kind). `unit=False` skips the normalisations that only scale the row:
+        the whole row's, and a single kind's (with several, each kind's sets their balance).
         """
         blocks = []
+        scale_kinds = unit or len(self.idf_) > 1
         for counter, idf in zip(self._counters, self.idf_, strict=False):
             indptr, columns, counts = counter.count(docs)
             data = np.log(counts, dtype=np.float32)  # the counts made float32, as scikit-learn's matrix holds them
             data += np.float32(1.0)
             data *= idf[columns]
-            blocks.append((indptr, columns, _normalise_rows(indptr, data)))
+            blocks.append((indptr, columns, _normalise_rows(indptr, data) if scale_kinds else data))
         indptr, columns, data = blocks[0] if len(blocks) == 1 else _hstack(blocks, [len(w) for w in self.idf_])
-        return indptr, columns, _normalise_rows(indptr, data)
+        return indptr, columns, _normalise_rows(indptr, data) if unit else data
 
     def fit(self, texts: Sequence[str]) -> TfidfSvdEmbedder:
         """Learn the n-gram vocabularies, IDF weights and SVD directions from training prompts."""
@@ -202,7 +206,8 @@ class TfidfSvdEmbedder(Estimator):
         """Embeddings of `texts`, shape (n, dim), unit length."""
         self._check_fitted()
         texts = check_texts(texts)
-        return _unit_rows(_project(*self._rows(texts), self._projection))
+        # Each row is normalised after the projection: its TF-IDF row need not be before.
+        return _unit_rows(_project(*self._rows(texts, unit=False), self._projection))
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The vocabularies, plus the IDF weights and SVD directions."""

@@ -260,7 +260,7 @@ class CandidatePool:
     # ----------------------------------------------------------------- estimation
     def features(self, texts: Sequence[str]) -> np.ndarray:
         """The prompts' embeddings (n, d), computed once and shared by both predictors; (n, 0) when none reads them."""
-        needs = any(needs_embedding(p) for p in (self.quality, self.lengths) if p is not None)
+        needs = (self.quality is not None and needs_embedding(self.quality)) or needs_embedding(self.lengths)
         if self.embedder is None or not needs:
             return np.empty((len(texts), 0))
         return np.asarray(self.embedder.transform(list(texts)), dtype=np.float64)

@@ -101,6 +101,8 @@ def reasons(lineup: Lineup, input_tokens: np.ndarray, caps: np.ndarray, request:
             rules.append((~lineup.capabilities[field], partial(_fixed, text)))
     why: list[tuple[str, ...]] = [()] * m
     blocked = rules[0][0] if len(rules) == 1 else np.logical_or.reduce([mask for mask, _ in rules])
+    if not blocked.any():  # every candidate can (most requests)
+        return why
     for j in np.flatnonzero(blocked):
         why[j] = tuple(text(int(j)) for mask, text in rules if mask[j])
     return why

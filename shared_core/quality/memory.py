@@ -232,7 +232,7 @@ class LabelMemory:
         """
         s = self._snap
         X = s.X[: s.n]
-        Q = l2_normalise(Q)
+        Q = np.asarray(Q, dtype=np.float64)
         plan = s.plan(k)
         sums = np.zeros((len(Q), len(plan.ks)))
         if plan.top:
@@ -319,14 +319,15 @@ SHARED_ROWS = 64
 
 
 def _search(X: np.ndarray, Q: np.ndarray) -> _Search:
-    """The search of queries Q among rows X, shared with the previous one on this thread when it is the same."""
+    """The search of queries Q (normalised here) among rows X, shared with the previous one on
+    this thread when it is the same."""
     if len(Q) > SHARED_ROWS:
-        return _Search(_similarities(X, Q))
+        return _Search(_similarities(X, l2_normalise(Q)))
     key = (id(X.base if X.base is not None else X), X.shape, Q.tobytes())
     last = getattr(_last, "search", None)
     if last is not None and last[0] == key and last[1]() is not None:
         return last[2]
-    search = _Search(_similarities(X, Q))
+    search = _Search(_similarities(X, l2_normalise(Q)))
     _last.search = (key, weakref.ref(X.base if X.base is not None else X), search)
     return search
 
