@@ -58,6 +58,46 @@ def test_neighbour_means_match_the_definition(missing, k):
                                    brute_force(X, Y, Q, k, prior, shrinkage), atol=1e-12)
 
 
+@pytest.mark.parametrize("ranked", [False, True])
+@pytest.mark.parametrize("layout", ["scattered", "feedback", "profiles"])
+def test_both_ways_of_summing_match_the_definition(monkeypatch, ranked, layout):
+    # A few groups select per group; many (a group per model) rank the near rows for every model
+    # at once, widening them and falling back to a group's own rows when labels are sparse.
+    from shared_core.quality import memory as module
+
+    monkeypatch.setattr(module, "_FEW_GROUPS", -1 if ranked else 10**6)
+    rng = np.random.default_rng(["scattered", "feedback", "profiles"].index(layout))
+    X, Q = rng.normal(size=(600, 8)), rng.normal(size=(30, 8))
+    Y = rng.random((600, 6))
+    if layout == "scattered":  # a few missing labels per model: a group per model
+        Y[rng.random(Y.shape) < 0.02] = np.nan
+    elif layout == "feedback":  # a training block labelled for all, then one label per row
+        Y[200:] = np.nan
+        Y[np.arange(200, 600), rng.integers(0, 6, size=400)] = rng.random(400)
+    memory = LabelMemory(X, Y)
+    if layout == "profiles":  # models profiled on small, different prompt sets
+        for size in (5, 12, 40):
+            memory.add_column(rng.normal(size=(size, 8)), rng.random(size))
+    plan = memory._snap.plan(60)
+    assert plan.ranked == ranked
+    prior = np.nanmean(memory.Y, axis=0)
+    for k in (1, 9, 60):
+        expected = brute_force(memory.X, memory.Y, Q, k, prior, 0.0)
+        batch = memory.neighbour_means(Q, k, prior, 0.0)
+        np.testing.assert_allclose(batch, expected, atol=1e-12)
+        alone = np.vstack([memory.neighbour_means(Q[i:i + 1], k, prior, 0.0) for i in range(len(Q))])
+        np.testing.assert_array_equal(alone, batch)
+
+
+def test_a_memory_of_many_groups_ranks_its_rows_and_a_fitted_one_selects_per_group():
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(2000, 8))
+    Y = rng.random((2000, 200))
+    assert not LabelMemory(X, Y)._snap.plan(200).ranked  # one group
+    Y[rng.random(Y.shape) < 0.01] = np.nan  # a group per model
+    assert LabelMemory(X, Y)._snap.plan(200).ranked
+
+
 def test_a_model_added_from_a_small_profile_averages_proportionally_fewer_neighbours():
     rng = np.random.default_rng(5)
     X, Q = rng.normal(size=(400, 6)), rng.normal(size=(50, 6))

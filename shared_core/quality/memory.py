@@ -27,6 +27,16 @@ __all__ = ["LabelMemory"]
 
 # Similarities held at once (queries × rows): bounds the temporaries of a batch (8 MB).
 _BLOCK = 1 << 21
+# A memory of more groups than _FEW_GROUPS + k·m / _RANKED_ELEMENTS ranks its near rows for every
+# model at once instead of selecting per group (_Snapshot.plan). Measured on RouterBench's
+# embeddings with k = 200: a group's selection ~11 µs, 55 µs besides; ranking ~95 + 1.55·m µs.
+_FEW_GROUPS = 3
+_RANKED_ELEMENTS = 1400
+# When ranked: rows beyond k taken in similarity order, so that a few missing labels among the
+# nearest rows do not widen them; and times they are widened fourfold before a model still short
+# of labels is searched among its own rows.
+_SLACK = 16
+_WIDEN = 2
 
 #: How remembered embeddings are stored and compared: single precision, as vector indexes keep
 #: them. The similarity pass reads half the bytes (26 → 12 µs a query at 2,218 × 128 rows), a
@@ -79,8 +89,12 @@ class _Snapshot:
                 if ks[models[0]] > 0:  # a model without labels averages nothing: its prior
                     every = len(models) == len(ks)
                     groups.append(_Group.of(None if len(rows) == self.n else rows, slice(None) if every else models,
-                                            int(models[0]), int(ks[models[0]])))
-            self.derived[key] = _Plan(ks, int(ks.max(initial=0)), tuple(groups))
+                                            int(models[0]), int(ks[models[0]]), narrow=16 * len(models) <= len(ks)))
+            top = int(ks.max(initial=0))
+            # Scattered missing labels or feedback make a group per model: past a few groups,
+            # taking every model at once costs less than a selection per group.
+            ranked = len(groups) > _FEW_GROUPS + top * len(ks) / _RANKED_ELEMENTS
+            self.derived[key] = _Plan(ks, top, tuple(groups), ranked)
         return self.derived[key]
 
     def groups(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -228,7 +242,8 @@ class LabelMemory:
         k is the neighbour count of the best-labelled model; a model with fewer labels (one
         added from a small profile) uses proportionally fewer, k_j = k·n_j / max n, so every
         model averages over a neighbourhood of about the same size. Ties in similarity go to the
-        lower row. Q is (r, d); the result (r, m), each row the same whatever batch its query is in.
+        lower row. Q is (r, d); the result (r, m), each row the same whatever batch its query is in
+        while the memory is at most _EXACT_BYTES (see _similarities).
         """
         s = self._snap
         X = s.X[: s.n]
@@ -270,10 +285,18 @@ class _Group:
     first: int  # one of their columns
     k: int  # neighbours averaged, ≥ 1
     ones: np.ndarray  # (k,) ones, to sum k rows with
+    narrow: bool  # a sixteenth of the models or fewer: their labels are gathered alone (else all, then picked)
 
     @classmethod
-    def of(cls, rows: np.ndarray | None, models: np.ndarray | slice, first: int, k: int) -> _Group:
-        return cls(rows, models, first, k, np.ones(k))
+    def of(cls, rows: np.ndarray | None, models: np.ndarray | slice, first: int, k: int, narrow: bool) -> _Group:
+        return cls(rows, models, first, k, np.ones(k), narrow)
+
+    def sums(self, Y0: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+        """The sums of the group's labels (all m columns, or the group's own when narrow) over rows
+        `nearest`: a matrix-vector product, 4× faster here than a sum over axis 0 (the rows are few)."""
+        if self.narrow:
+            return self.ones @ Y0[nearest[:, None], self.models]
+        return self.ones @ Y0.take(nearest, axis=0)
 
 
 @dataclass(frozen=True)
@@ -283,6 +306,7 @@ class _Plan:
     ks: np.ndarray
     top: int
     groups: tuple[_Group, ...]
+    ranked: bool  # many groups: every model takes its nearest labelled rows at once (_ranked_sums)
 
 
 class _Search:
@@ -363,8 +387,11 @@ def _label_sums(snap: _Snapshot, search: _Search, i: int, plan: _Plan) -> np.nda
     The rows near the query hold the plan's largest k of all rows; a group of models finds its
     k nearest labelled rows among them, unless fewer than k of them are labelled for it (a small
     profile, sparse feedback): then among its own rows. The selected rows are ascending and summed
-    by one matrix-vector product, so a query gives the same sums alone and in a batch.
+    by one matrix-vector product. A memory of many groups takes every model at once instead
+    (_ranked_sums). Either way a query gives the same sums alone and in a batch.
     """
+    if plan.ranked:
+        return _ranked_sums(snap, search, i, plan)
     rows, sims, s = search.near(i, plan.top)
     sums = np.zeros(len(plan.ks))
     for group in plan.groups:
@@ -375,12 +402,36 @@ def _label_sums(snap: _Snapshot, search: _Search, i: int, plan: _Plan) -> np.nda
             candidates, similarity = rows[labelled], sims[labelled]
             if len(candidates) < group.k:
                 candidates, similarity = group.rows, s[group.rows]
-        # Every column summed, the group's kept: cheaper than picking its columns first. A
-        # matrix-vector product is 4× faster here than a sum over axis 0 (the rows are few).
-        total = group.ones @ snap.Y0.take(_top(candidates, similarity, group.k), axis=0)
+        total = group.sums(snap.Y0, _top(candidates, similarity, group.k))
         if isinstance(group.models, slice):  # one group, of every model
             return total
-        sums[group.models] = total[group.models]
+        sums[group.models] = total if group.narrow else total[group.models]
+    return sums
+
+
+def _ranked_sums(snap: _Snapshot, search: _Search, i: int, plan: _Plan) -> np.ndarray:
+    """_label_sums for every model at once: the k + _SLACK nearest rows in similarity order (ties:
+    lower row first), each model taking its first k_j labelled ones. While some model finds fewer
+    there, they widen fourfold, _WIDEN times at most; a group still short is searched among its
+    own rows."""
+    ks, width = plan.ks, min(snap.n, plan.top + _SLACK)
+    widest = min(snap.n, width * 4**_WIDEN)
+    while True:
+        rows, sims, s = search.near(i, width)
+        nearest = _top(np.arange(len(rows)), sims, width)  # positions of exactly `width` rows
+        ranked = rows[nearest[np.argsort(-sims[nearest], kind="stable")]]
+        known = snap.K[ranked]  # (rows, m)
+        seen = np.cumsum(known, axis=0, dtype=np.intp)
+        short = seen[-1] < ks
+        if width >= widest or not short.any():
+            break
+        width = min(widest, 4 * width)
+    sums = np.einsum("rm,rm->m", snap.Y0[ranked], known & (seen <= ks))
+    if short.any():
+        for group in plan.groups:
+            if short[group.first] and group.rows is not None:
+                total = group.sums(snap.Y0, _top(group.rows, s[group.rows], group.k))
+                sums[group.models] = total if group.narrow else total[group.models]
     return sums
 
 
