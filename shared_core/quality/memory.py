@@ -7,7 +7,8 @@ each query's k most similar remembered prompts, per model, among those labelled 
 Cost per query is one similarity pass over the memory, one cut of it down to a few more rows
 than the k most similar, and one selection among those per group of models labelled on the same
 rows, whatever the number of models: models profiled on the same prompts share their rows
-(UniRoute's fixed profile set), and so their group.
+(UniRoute's fixed profile set), and so their group. A memory of many groups (scattered missing
+labels, feedback: a group per model) ranks its nearest rows for every model at once instead.
 """
 
 from __future__ import annotations
