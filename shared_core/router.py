@@ -447,7 +447,7 @@ class Router:
         order = np.argsort(-score, kind="stable")
         ranking = tuple(map(names.__getitem__, order[feasible[order]].tolist()))
         served = np.flatnonzero(feasible).tolist()
-        # Caps are whole token counts; predicted outputs round up, as the worst case does.
+        # Caps are whole token counts; predicted outputs are rounded up.
         caps_of, out_of = caps.astype(np.int64).tolist(), np.ceil(out).astype(np.int64).tolist()
         base = Decision(
             id="", chosen="", scopes=tuple(s.scope for s in states), lam=lam, reserved=0.0,
