@@ -286,18 +286,18 @@ class _Group:
     first: int  # one of their columns
     k: int  # neighbours averaged, ≥ 1
     ones: np.ndarray  # (k,) ones, to sum k rows with
-    narrow: bool  # a sixteenth of the models or fewer: their labels are gathered alone (else all, then picked)
+    narrow: bool  # a sixteenth of the models or fewer: only their labels are gathered (else all, then picked)
 
     @classmethod
     def of(cls, rows: np.ndarray | None, models: np.ndarray | slice, first: int, k: int, narrow: bool) -> _Group:
         return cls(rows, models, first, k, np.ones(k), narrow)
 
     def sums(self, Y0: np.ndarray, nearest: np.ndarray) -> np.ndarray:
-        """The sums of the group's labels (all m columns, or the group's own when narrow) over rows
-        `nearest`: a matrix-vector product, 4× faster here than a sum over axis 0 (the rows are few)."""
+        """The sums of the group's labels over rows `nearest`, one per model of the group: a
+        matrix-vector product, 4× faster here than a sum over axis 0 (the rows are few)."""
         if self.narrow:
             return self.ones @ Y0[nearest[:, None], self.models]
-        return self.ones @ Y0.take(nearest, axis=0)
+        return (self.ones @ Y0.take(nearest, axis=0))[self.models]
 
 
 @dataclass(frozen=True)
@@ -406,7 +406,7 @@ def _label_sums(snap: _Snapshot, search: _Search, i: int, plan: _Plan) -> np.nda
         total = group.sums(snap.Y0, _top(candidates, similarity, group.k))
         if isinstance(group.models, slice):  # one group, of every model
             return total
-        sums[group.models] = total if group.narrow else total[group.models]
+        sums[group.models] = total
     return sums
 
 
@@ -431,8 +431,7 @@ def _ranked_sums(snap: _Snapshot, search: _Search, i: int, plan: _Plan) -> np.nd
     if short.any():
         for group in plan.groups:
             if short[group.first] and group.rows is not None:
-                total = group.sums(snap.Y0, _top(group.rows, s[group.rows], group.k))
-                sums[group.models] = total if group.narrow else total[group.models]
+                sums[group.models] = group.sums(snap.Y0, _top(group.rows, s[group.rows], group.k))
     return sums
 
 
