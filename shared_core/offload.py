@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .quality.memory import SHARED_ROWS
+from .router import SharedReads
 
 if TYPE_CHECKING:
     from .router import Decision, Router
@@ -182,9 +183,10 @@ def _decide(batch: list[_Job]) -> None:
         for job in batch:
             job.error = error
         return
+    reads = SharedReads()  # the budgets are read once for the batch, not once per decision
     for i, job in enumerate(batch):
         tag, ask = job.result
-        _attempt(job, lambda: (tag, router._decide_predicted(ask, lineup, quality[i], lengths[i])))  # noqa: B023
+        _attempt(job, lambda: (tag, router._decide_predicted(ask, lineup, quality[i], lengths[i], reads)))  # noqa: B023
 
 
 def _deliver(jobs: list[_Job]) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import batch
 from .budget import (
+    NANOS_PER_USD,
     Budget,
     BudgetExceeded,
     LedgerStore,
@@ -88,6 +89,50 @@ class _Ask:
     weights: Mapping[str, float] | None = None
     extra_input_tokens: int = 0
     reservation_ttl_s: float | None = None
+
+
+class SharedReads:
+    """The budget reads of the decisions made one after another in one batch (shared_core.offload).
+
+    A scope chain whose every scope has a budget is read from the ledger once per batch; each hold
+    the batch makes is added to that copy, and books re-read replace it, so a decision sees the
+    books its own read would show without a ledger round trip each. The copy serves only while
+    every feasible candidate's worst case fits it: nearer a budget's end a decision reads the
+    books afresh (money returned meanwhile by a release, a cheaper commit or a new period counts).
+    A chain with a scope that has no budget is read afresh for every decision: a budget set there
+    meanwhile counts at once. The ledger still checks every hold; money taken meanwhile by other
+    workers or processes fails one, which is retried on fresh books as for any decision.
+    """
+
+    def __init__(self) -> None:
+        self._chains: dict[str, list[ScopeState]] = {}
+
+    def chain(self, router: Router, scope: str) -> list[ScopeState]:
+        """The books of `scope` and its enclosing scopes (Router._chain_states), shared when all are budgeted."""
+        chain = self._chains.get(scope)
+        if chain is None:
+            chain = router._chain_states(scope)
+            if len(chain) == len(scope_chain(scope)):
+                self._chains[scope] = chain
+        return chain
+
+    def held(self, decision: Decision) -> None:
+        """Add the hold `decision` made to every copy of its scopes (in nanos, as the ledger counts it)."""
+        if decision.reserved:
+            nanos = to_nanos(decision.reserved)
+            self._update(decision.scopes, lambda s: replace(
+                s, reserved=to_usd(round(s.reserved * NANOS_PER_USD) + nanos)))
+
+    def refreshed(self, states: Sequence[ScopeState]) -> None:
+        """Books re-read from the ledger (a hold was refused) replace the copies of their scopes."""
+        fresh = {s.scope: s for s in states}
+        self._update(fresh, lambda s: fresh[s.scope])
+
+    def _update(self, scopes: Iterable[str], change: Callable[[ScopeState], ScopeState]) -> None:
+        names = set(scopes)
+        for scope, chain in self._chains.items():
+            if any(s.scope in names for s in chain):
+                self._chains[scope] = [change(s) if s.scope in names else s for s in chain]
 
 
 @dataclass(frozen=True)
@@ -331,9 +376,6 @@ class Router:
         scope_chain(scope)
         return scope
 
-    def _scope_states(self, session: str | None) -> list[ScopeState]:
-        return self._chain_states(self.scope_of(session))
-
     def _chain_states(self, scope: str) -> list[ScopeState]:
         """The books of `scope` and its enclosing scopes, re-establishing lost declared budgets and
         creating the session's default budget; LedgerUnavailable if a scope keeps vanishing."""
@@ -421,9 +463,13 @@ class Router:
             self.candidate(ask.model)
         return ask
 
-    def _decide_predicted(self, ask: _Ask, lineup: Lineup, q: np.ndarray, out: np.ndarray) -> Decision:
-        """decide() for a checked request, given the (m,) quality and output tokens predicted for its text."""
-        states = self._scope_states(ask.session)
+    def _decide_predicted(
+        self, ask: _Ask, lineup: Lineup, q: np.ndarray, out: np.ndarray, reads: SharedReads | None = None,
+    ) -> Decision:
+        """decide() for a checked request, given the (m,) quality and output tokens predicted for its
+        text; `reads` shares the budget reads of the decisions made with it (one batch)."""
+        scope = self.scope_of(ask.session)
+        states = self._chain_states(scope) if reads is None else reads.chain(self, scope)
         messages, tool_list, max_tokens = ask.messages, list(ask.tools or []), ask.max_tokens
         input_tokens = lineup.count_request_tokens(messages, tool_list, ask.extra_input_tokens)
         caps = output_caps(input_tokens, lineup.max_output, lineup.window, max_tokens, uncapped=lineup.uncapped)
@@ -441,6 +487,11 @@ class Router:
             feasible &= q > 0
             if not feasible.any():
                 raise NoFeasibleCandidate("no candidate can serve this request: every feasible one has weight 0")
+        if reads is not None and states and float(worst[feasible].max()) > min(s.remaining for s in states):
+            # Near a budget's end the books decide: a shared copy misses money others returned
+            # since it was read (a release, a cheaper commit, a new period), so they are read now.
+            states = self._chain_states(scope)
+            reads.refreshed(states)
         lam = max([self.cost_weight] + [self.pacer.price(s) for s in states])
         score = np.where(feasible, q - lam * cost, -np.inf)
         names = lineup.names
@@ -458,12 +509,15 @@ class Router:
             output_caps={names[j]: caps_of[j] for j in served},
             output_tokens={names[j]: out_of[j] for j in served},
         )
-        return self._reserve_first(lineup, base, list(ranking), dict(zip(names, worst.tolist(), strict=True)),
-                                   states, ask.reservation_ttl_s, scope=self.scope_of(ask.session))
+        decision = self._reserve_first(lineup, base, list(ranking), dict(zip(names, worst.tolist(), strict=True)),
+                                       states, ask.reservation_ttl_s, scope=scope, reads=reads)
+        if reads is not None:
+            reads.held(decision)
+        return decision
 
     def _reserve_first(
         self, lineup: Lineup, base: Decision, order: list[str], worst: Mapping[str, float],
-        states: list[ScopeState], ttl_s: float | None = None, *, scope: str | None,
+        states: list[ScopeState], ttl_s: float | None = None, *, scope: str | None, reads: SharedReads | None = None,
     ) -> Decision:
         """Reserve for the best-ranked candidate that fits every scope; BudgetExceeded if none.
 
@@ -471,14 +525,16 @@ class Router:
         change this request. A scope forgotten (idle) or lost between the read and the hold is
         re-established once, as for any request that finds it missing."""
         try:
-            return self._reserve_ranked(lineup, base, order, worst, states, ttl_s)
+            return self._reserve_ranked(lineup, base, order, worst, states, ttl_s, reads)
         except UnknownScope:
             if scope is None:
                 raise
             states = self._chain_states(scope)
             base = replace(base, scopes=tuple(s.scope for s in states))
+            if reads is not None:
+                reads.refreshed(states)
         try:
-            return self._reserve_ranked(lineup, base, order, worst, states, ttl_s)
+            return self._reserve_ranked(lineup, base, order, worst, states, ttl_s, reads)
         except UnknownScope as error:
             raise LedgerUnavailable(
                 f"the budget of scope {scope!r} vanished twice between reading and holding it ({error}); "
@@ -487,32 +543,39 @@ class Router:
 
     def _reserve_ranked(
         self, lineup: Lineup, base: Decision, order: list[str], worst: Mapping[str, float],
-        states: list[ScopeState], ttl_s: float | None = None,
+        states: list[ScopeState], ttl_s: float | None = None, reads: SharedReads | None = None,
     ) -> Decision:
         if not base.scopes:
             return _routed(_held(base, id=_new_id(), chosen=order[0]))
         last: BudgetExceeded | None = None
         for name in order:
-            left = min(s.remaining for s in states)
-            hold, caps, lowered = worst[name], base.output_caps, False
-            if hold > left:
-                candidate = lineup.candidate(name)
-                cap = self._cap_within(base, candidate, left)
-                if cap is None:
+            # A hold refused on books others changed since they were read is tried once more on
+            # fresh books (perhaps with a lowered cap), as a decision reading them now would.
+            for retry in (False, True):
+                left = min(s.remaining for s in states)
+                hold, caps, lowered = worst[name], base.output_caps, False
+                if hold > left:
+                    candidate = lineup.candidate(name)
+                    cap = self._cap_within(base, candidate, left)
+                    if cap is None:
+                        break
+                    hold, caps, lowered = (
+                        candidate.worst_case_cost(base.input_tokens[name], cap),
+                        {**caps, name: cap},
+                        True,
+                    )
+                rid = _new_id()
+                try:
+                    self.store.reserve(rid, base.scopes, hold, ttl_s or self.reservation_ttl_s)
+                except BudgetExceeded as e:  # another request took the money since our read
+                    last = e
+                    states = [s or st for s, st in zip(self.store.states(base.scopes), states, strict=False)]
+                    if reads is not None:
+                        reads.refreshed(states)
+                    if retry:
+                        break
                     continue
-                hold, caps, lowered = (
-                    candidate.worst_case_cost(base.input_tokens[name], cap),
-                    {**caps, name: cap},
-                    True,
-                )
-            rid = _new_id()
-            try:
-                self.store.reserve(rid, base.scopes, hold, ttl_s or self.reservation_ttl_s)
-            except BudgetExceeded as e:  # another request took the money since our snapshot
-                last = e
-                states = [s or st for s, st in zip(self.store.states(base.scopes), states, strict=False)]
-                continue
-            return _routed(_held(base, id=rid, chosen=name, reserved=hold, output_caps=caps, cap_lowered=lowered))
+                return _routed(_held(base, id=rid, chosen=name, reserved=hold, output_caps=caps, cap_lowered=lowered))
         raise _refusal(base, order, worst, states) from last
 
     def _cap_within(self, base: Decision, candidate: Candidate, left: float) -> int | None:

@@ -159,7 +159,7 @@ def test_the_routers_default_loses_to_an_explicit_budget_set_between_its_read_an
             return found
 
         store.states = states_then_explicit
-        states = router._scope_states("acme")
+        states = router._chain_states(router.scope_of("acme"))
         del store.states
         assert states[-1].budget == explicit
         assert store.state("acme").budget == explicit

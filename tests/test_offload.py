@@ -18,7 +18,7 @@ import pytest
 
 from shared_core import Budget, Candidate, Router, offload
 from shared_core.embed import FunctionEmbedder, TfidfSvdEmbedder
-from shared_core.errors import NoFeasibleCandidate, RoutingError
+from shared_core.errors import BudgetExceeded, NoFeasibleCandidate, RoutingError
 from shared_core.fitting import make_predictor
 from shared_core.length import HybridLength
 from shared_core.quality import PREDICTORS
@@ -272,3 +272,158 @@ async def test_a_prompt_the_embedder_refuses_fails_alone_in_its_batch():
     for prompt, (tag, decision) in zip(prompts[1:], outcomes[1:], strict=True):
         assert tag == prompt
         assert same(decision) == same(router.decide(prompt, "s"))
+
+
+# ----------------------------------------------------------------- one budget read per batch
+class ReadCountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def states(self, scopes: Any) -> Any:
+        self.reads += 1
+        return super().states(scopes)
+
+
+async def test_a_batch_reads_each_budget_once_not_once_per_decision(fitted, test_split):
+    store = ReadCountingStore()
+    router = make_router(fitted, "knn", store=store)
+    prompts = list(dict.fromkeys(test_split.prompts))[:40]
+    gate, blockers = await busy_workers()  # the decisions queue, then go in a few batches
+    spy = Spy(router)
+    queued = [asyncio.ensure_future(offload.decide_off_loop(router, prepare(p), lambda m: router.release(m[1])))
+              for p in prompts]
+    await asyncio.sleep(0)
+    store.reads = 0
+    gate.set()
+    await asyncio.gather(*blockers)
+    outcomes = await asyncio.gather(*queued)
+    assert 1 < len(spy.sizes) < len(prompts)
+    assert store.reads == len(spy.sizes)  # one read per batch (a Redis round trip each), not one per decision
+    assert router.budget_state("s").reserved == pytest.approx(sum(d.reserved for _, d in outcomes), abs=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_decisions_sharing_a_read_see_the_holds_made_before_them(fitted, test_split, tmp_path, kind):
+    """A tight budget: each hold of the batch shrinks what the next decision may hold. Decisions
+    made on one shared read (the batch's) are those made one after another on fresh reads — the
+    same candidates, lowered caps and refusals — and leave the same books."""
+    from shared_core.budget import BudgetExceeded
+    from shared_core.router import SharedReads
+    from shared_core.stores.sqlite import SQLiteStore
+
+    prompts = list(dict.fromkeys(test_split.prompts))[:60]
+    outcomes, books = {}, {}
+    for way in ("fresh", "shared"):
+        store = SQLiteStore(tmp_path / f"{way}.db") if kind == "sqlite" else MemoryStore()
+        router = make_router(fitted, "knn", store=store)
+        router.set_budget("team", Budget(usd=0.05))
+        router.set_budget("team/s", Budget(usd=1.0))  # the parent's budget binds: lowered caps, then refusals
+        lineup, quality, lengths = router.pool.predict(router.pool.features(prompts))
+        reads = SharedReads() if way == "shared" else None
+        made: list[Any] = []
+        for i, prompt in enumerate(prompts):
+            ask = router._ask(prompt, "team/s", max_tokens=1024)
+            try:
+                made.append(same(router._decide_predicted(ask, lineup, quality[i], lengths[i], reads)))
+            except BudgetExceeded as error:
+                made.append(str(error))
+        outcomes[way] = made
+        books[way] = [{**dataclasses.asdict(s), "period_start": None} for s in store.states(["team", "team/s"])]
+    assert outcomes["shared"] == outcomes["fresh"]
+    assert books["shared"] == books["fresh"]
+    assert any(isinstance(o, str) for o in outcomes["fresh"]), "the budget never ran out: the test proves nothing"
+    assert any(isinstance(o, dict) and o["cap_lowered"] for o in outcomes["fresh"]), "no cap was lowered"
+
+
+def two_model_router(store: Any = None) -> Router:
+    return Router([Candidate(name="a", input_price=1.0, output_price=2.0, prior_quality=0.7),
+                   Candidate(name="b", input_price=5.0, output_price=10.0, prior_quality=0.9)], store=store)
+
+
+def shared_decide(router: Router, prompt: str, session: str, reads: Any) -> Any:
+    lineup, quality, lengths = router.pool.predict(router.pool.features([prompt]))
+    return router._decide_predicted(router._ask(prompt, session, max_tokens=4000), lineup, quality[0], lengths[0],
+                                    reads)
+
+
+def test_a_scope_without_a_budget_is_read_afresh_so_a_budget_set_meanwhile_counts():
+    from shared_core.router import SharedReads
+
+    router = two_model_router()
+    router.set_budget("team/a", Budget(usd=1.0))  # "team" has no budget yet
+    reads = SharedReads()
+    first = shared_decide(router, "hello", "team/a", reads)
+    assert first.scopes == ("team/a",)
+    router.set_budget("team", Budget(usd=0.5))  # set between two decisions of one batch
+    second = shared_decide(router, "hello again", "team/a", reads)
+    assert second.scopes == ("team", "team/a")
+    assert router.budget_state("team").reserved == pytest.approx(second.reserved)
+
+
+def taken_after_the_next_read(store: Any, usd: float) -> None:
+    """The store's next read of books is followed at once by another worker's hold of `usd` on scope "s"."""
+    read = store.states
+
+    def stale_then_taken(scopes: Any) -> Any:
+        found = read(scopes)
+        store.states = read
+        store.reserve("other-worker", ["s"], usd, 60)
+        return found
+
+    store.states = stale_then_taken
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_hold_refused_on_stale_books_is_retried_on_fresh_ones_before_a_cheaper_candidate(shared):
+    """Another worker takes money between a decision's read and its hold: the ledger refuses the
+    hold, and the same candidate is tried again on the books as they now are — with a lowered cap —
+    as a decision reading them now would choose, not the next candidate in the ranking."""
+    from shared_core.router import SharedReads
+
+    decisions = {}
+    for way in ("stale", "fresh"):
+        router = two_model_router()
+        router.set_budget("s", Budget(usd=0.1))
+        reads = SharedReads() if shared else None
+        held = shared_decide(router, "first", "s", reads)
+        assert held.chosen == "b" and not held.cap_lowered
+        if way == "stale":  # the read happens before the other worker's hold, the hold after it
+            taken_after_the_next_read(router.store, 0.03)
+            if reads is not None:
+                reads = SharedReads()  # the stale read is the batch's
+        else:
+            router.store.reserve("other-worker", ["s"], 0.03, 60)
+        decisions[way] = shared_decide(router, "second", "s", reads)
+        assert router.budget_state("s").reserved == pytest.approx(held.reserved + 0.03 + decisions[way].reserved)
+    assert decisions["fresh"].chosen == "b" and decisions["fresh"].cap_lowered, "the scenario needs a lowered cap"
+    assert same(decisions["stale"]) == same(decisions["fresh"])
+
+
+@pytest.mark.parametrize("returned", ["release", "cheaper commit"])
+def test_money_returned_during_a_batch_counts_for_its_next_decisions(returned):
+    """Found by review: a shared copy knows the batch's own holds, not money returned meanwhile;
+    near a budget's end a decision reads the books afresh, as one without a shared read does."""
+    from shared_core.router import SharedReads
+
+    outcomes = {}
+    for way in ("fresh", "shared"):
+        router = two_model_router()
+        router.set_budget("s", Budget(usd=0.1))
+        others = [router.decide("another worker's call", "s", max_tokens=4000) for _ in range(2)]
+        reads = SharedReads() if way == "shared" else None
+        made = []
+        for i in range(4):
+            if i == 2:  # the other worker's first call ends
+                if returned == "release":
+                    router.release(others[0])
+                else:
+                    router.commit(others[0], cost=0.001)
+            try:
+                made.append(same(shared_decide(router, f"request {i}", "s", reads)))
+            except BudgetExceeded as error:
+                made.append(str(error))
+        outcomes[way] = made
+    assert outcomes["shared"] == outcomes["fresh"]
+    assert isinstance(outcomes["fresh"][1], str) and not isinstance(outcomes["fresh"][2], str), \
+        "the scenario needs a refusal before the money comes back and a hold after"
