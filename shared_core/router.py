@@ -124,7 +124,7 @@ class SharedReads:
                 s, reserved=to_usd(round(s.reserved * NANOS_PER_USD) + nanos)))
 
     def refreshed(self, states: Sequence[ScopeState]) -> None:
-        """Books re-read from the ledger (a hold was refused) replace the copies of their scopes."""
+        """Books re-read from the ledger replace the copies of their scopes."""
         fresh = {s.scope: s for s in states}
         self._update(fresh, lambda s: fresh[s.scope])
 

@@ -23,7 +23,9 @@ from shared_core.fitting import make_predictor
 from shared_core.length import HybridLength
 from shared_core.quality import PREDICTORS
 from shared_core.quality.knn import KNNQuality
+from shared_core.router import SharedReads
 from shared_core.stores.memory import MemoryStore
+from shared_core.stores.sqlite import SQLiteStore
 
 REQUESTS = 96  # more than one worker's batch (offload.BATCH)
 
@@ -308,10 +310,6 @@ def test_decisions_sharing_a_read_see_the_holds_made_before_them(fitted, test_sp
     """A tight budget: each hold of the batch shrinks what the next decision may hold. Decisions
     made on one shared read (the batch's) are those made one after another on fresh reads — the
     same candidates, lowered caps and refusals — and leave the same books."""
-    from shared_core.budget import BudgetExceeded
-    from shared_core.router import SharedReads
-    from shared_core.stores.sqlite import SQLiteStore
-
     prompts = list(dict.fromkeys(test_split.prompts))[:60]
     outcomes, books = {}, {}
     for way in ("fresh", "shared"):
@@ -348,8 +346,6 @@ def shared_decide(router: Router, prompt: str, session: str, reads: Any) -> Any:
 
 
 def test_a_scope_without_a_budget_is_read_afresh_so_a_budget_set_meanwhile_counts():
-    from shared_core.router import SharedReads
-
     router = two_model_router()
     router.set_budget("team/a", Budget(usd=1.0))  # "team" has no budget yet
     reads = SharedReads()
@@ -379,8 +375,6 @@ def test_a_hold_refused_on_stale_books_is_retried_on_fresh_ones_before_a_cheaper
     """Another worker takes money between a decision's read and its hold: the ledger refuses the
     hold, and the same candidate is tried again on the books as they now are — with a lowered cap —
     as a decision reading them now would choose, not the next candidate in the ranking."""
-    from shared_core.router import SharedReads
-
     decisions = {}
     for way in ("stale", "fresh"):
         router = two_model_router()
@@ -404,8 +398,6 @@ def test_a_hold_refused_on_stale_books_is_retried_on_fresh_ones_before_a_cheaper
 def test_money_returned_during_a_batch_counts_for_its_next_decisions(returned):
     """Found by review: a shared copy knows the batch's own holds, not money returned meanwhile;
     near a budget's end a decision reads the books afresh, as one without a shared read does."""
-    from shared_core.router import SharedReads
-
     outcomes = {}
     for way in ("fresh", "shared"):
         router = two_model_router()
