@@ -77,7 +77,9 @@ class FakeToolChatModel(BaseChatModel):
 
     With tools bound it calls one (the forced one, one the prompt names, else the first) with
     arguments read from the last human message: numbers in order for numeric fields, quoted
-    text for string fields, else the message itself. After a tool result it answers in text.
+    text for string fields, else the message itself. After a tool result it answers in text, or,
+    made to call one (tool_choice "any" or "required"), calls the first it has not called yet in
+    the conversation, as a model finishes with an agent's answer tool.
     Without tools it replies with `answers[prompt]` or an echo. It reports integer
     `usage_metadata` (tiktoken cl100k_base), `model_name` and `model_provider`, once per stream
     on the last chunk; honours stop sequences and `max_tokens`; and supports
@@ -144,7 +146,8 @@ class FakeToolChatModel(BaseChatModel):
         forced = choice not in (None, "auto", "none")
         tool_calls = []
         if tools and choice != "none" and (forced or not after_tool):
-            tool = self._pick_tool(tools, choice, prompt)
+            called = {c["name"] for m in messages if isinstance(m, AIMessage) for c in m.tool_calls}
+            tool = self._pick_tool(tools, choice, prompt, called if after_tool else set())
             args = arguments_from_prompt(tool["function"].get("parameters", {}), prompt)
             tool_calls = [{"name": tool["function"]["name"], "args": args, "id": f"call_{uuid.uuid4().hex[:12]}",
                            "type": "tool_call"}]
@@ -168,12 +171,14 @@ class FakeToolChatModel(BaseChatModel):
         )
 
     @staticmethod
-    def _pick_tool(tools: list[dict[str, Any]], choice: str | None, prompt: str) -> dict[str, Any]:
+    def _pick_tool(tools: list[dict[str, Any]], choice: str | None, prompt: str, called: set[str]) -> dict[str, Any]:
         names = [t["function"]["name"] for t in tools]
         if choice not in (None, "auto", *_FORCED):
             if choice not in names:
                 raise ValueError(f"tool_choice {choice!r} is not a bound tool; bound: {names}")
             return tools[names.index(choice)]
+        if called:  # made to call one after a tool result: calling the same again would loop
+            return next((t for t, n in zip(tools, names, strict=False) if n not in called), tools[0])
         return next((t for t, n in zip(tools, names, strict=False) if n in prompt), tools[0])
 
     @staticmethod

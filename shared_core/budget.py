@@ -162,7 +162,7 @@ class ScopeState:
     committed: float = 0.0
     reserved: float = 0.0
     requests: int = 0
-    lam: float | None = None
+    lam: float | None = None  # the pacer's θ (DualPacer.theta: λ·ρ₀ cold, a factor warm), not λ; None until paced
     period_start: float = 0.0
     by_model: dict[str, float] = field(default_factory=dict)
     calls_by_model: dict[str, int] = field(default_factory=dict)
@@ -210,7 +210,7 @@ class ScopeBooks:
     requests: int = 0
     released: int = 0
     expired: int = 0
-    lam: float | None = None
+    lam: float | None = None  # the pacer's θ, as in ScopeState
     spend: dict[str, int] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     idle_ttl_s: float | None = None

@@ -319,3 +319,23 @@ def test_a_budget_set_here_is_never_forgotten_unless_asked(tmp_path):
     assert router.budget_state("vip").idle_ttl_s == 3600.0
     assert main(["budget", "set", "vip", "--usd", "0.002", "--idle-ttl-s", "none", "--store", url]) == 0
     assert (router.budget_state("vip").budget.usd, router.budget_state("vip").idle_ttl_s) == (0.002, None)
+
+
+def test_json_shows_the_pacers_theta_from_which_a_decisions_lambda_follows(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    router = Router([Candidate(name="lean", input_price=0.5, output_price=1.5, prior_quality=0.6),
+                     Candidate(name="rich", input_price=5.0, output_price=15.0, prior_quality=0.9)], store=url)
+    budget = Budget(usd=0.01, horizon=100)
+    router.set_budget("paced", budget)
+    for _ in range(5):  # dearer than the budget's even share: θ rises from its start
+        router.settle(router.decide("Summarise the quarterly report.", "paced"), output_tokens=400)
+    state = router.budget_state("paced")
+    assert state is not None and state.lam is not None and state.lam != router.pacer.initial
+
+    assert main(["budget", "show", "paced", "--json", "--store", url]) == 0
+    (shown,) = json.loads(capsys.readouterr().out)
+    assert "lambda" not in shown and shown["theta"] == state.lam
+    # A cold pacer's λ (quality per USD) is θ over the budget's even share per request.
+    decision = router.decide("Summarise the quarterly report.", "paced")
+    assert decision.lam == pytest.approx(shown["theta"] / (budget.usd / budget.horizon))
+    router.release(decision)

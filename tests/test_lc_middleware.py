@@ -21,6 +21,7 @@ from provider_server import answer_text
 from pydantic import BaseModel
 
 from omniroute_lc import BudgetExceeded, ChatOmniRoute, OmniRouteMiddleware
+from omniroute_lc.fakes import FakeToolChatModel
 from shared_core import Budget, Candidate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,6 +187,26 @@ def test_response_format_gives_a_structured_response(scripted, response_format):
     else:
         assert all("response_format" not in b and b["tool_choice"] == "required" for b in bodies)
     assert_billed(chat, scripted, summaries(out["messages"]), "s")
+
+
+def test_fake_tool_candidates_finish_a_tool_strategy_agent_offline():
+    """The README's offline try-out: FakeToolChatModel candidates, made to call a tool at every step
+    (the tool strategy's "required"), call each tool once and then the answer tool, instead of the
+    first tool again until the budget runs out."""
+    chat = ChatOmniRoute(candidates=[
+        Candidate(name=name, model=FakeToolChatModel(model_name=name), input_price=input_price,
+                  output_price=output_price, prior_quality=quality, supports_tools=True)
+        for name, (_, input_price, output_price, quality) in MODELS.items()
+    ], budget=Budget(usd=0.5))
+    agent = create_agent(chat, tools=[unit_price, convert], response_format=ToolStrategy(Quote),
+                         middleware=[OmniRouteMiddleware(chat)])
+    out = agent.invoke(QUESTION, thread("offline"))
+    calls = [[c["name"] for c in m.tool_calls] for m in out["messages"] if isinstance(m, AIMessage)]
+    assert calls == [["unit_price"], ["convert"], ["Quote"]]
+    assert out["structured_response"] == Quote(amount=3, currency=QUESTION["messages"][0]["content"])
+    state = chat.router.budget_state("offline")
+    assert state.requests == 3 and state.reserved == 0
+    assert state.committed == pytest.approx(sum(r["actual_cost_usd"] for r in summaries(out["messages"])), abs=EXACT)
 
 
 def test_model_settings_reach_the_candidate_and_a_cap_among_them_is_the_one_reserved(scripted):

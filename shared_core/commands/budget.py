@@ -206,7 +206,9 @@ def _as_dict(state: ScopeState) -> dict[str, Any]:
         "requests": state.requests,
         "released": state.released,
         "expired": state.expired,
-        "lambda": state.lam,
+        # The pacer's stored state, not λ itself: λ = θ / (usd / horizon) for a cold DualPacer, θ times the
+        # batch curve's λ for a warm one (a router setting the ledger does not hold). None before pacing.
+        "theta": state.lam,
         "period_start": state.period_start,
         "idle_ttl_s": state.idle_ttl_s,
         "by_model": {

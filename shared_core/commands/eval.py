@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "eval", help="deferral curves and budget runs of routers on a dataset's test split",
         description=(
             "Fit each predictor on the rows with split == train, then measure it on split == test: the "
-            "deferral curve (AUDC, AUDC up to 50%% cost, quality-neutral cost, accuracy at each budget) and, "
+            "deferral curve (AUDC, AUDC up to 50% cost, quality-neutral cost, accuracy at each budget) and, "
             "per budget, a batch run (the solver over the whole test set), an online run (prompts one at a "
             "time through one paced session, settled with the dataset's actual costs) and a per-query "
             "router with a fixed λ calibrated on the training split. Costs and budgets are fractions of "
