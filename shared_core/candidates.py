@@ -182,6 +182,9 @@ class Candidate(BaseModel):
 
 def validate_candidates(candidates: Iterable[Candidate]) -> tuple[Candidate, ...]:
     """The candidates as a tuple, after checking there is at least one and names are unique."""
+    if isinstance(candidates, Candidate):  # it iterates as (field, value) pairs: say what went wrong
+        raise TypeError(f"candidates must be a sequence of Candidate, got one Candidate: put it in a list "
+                        f"([{candidates.name!r} candidate])")
     result: Sequence[Candidate] = tuple(candidates)
     if not result:
         raise ValueError("at least one candidate is required")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
 __all__ = ["main", "COMMANDS"]
+
+logger = logging.getLogger("omniroute")
 
 #: Subcommand name → module in shared_core.commands defining `add_parser(sub)` and `run(args)`.
 COMMANDS = ["demo", "budget", "eval", "fit", "route"]
@@ -36,6 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError, ImportError) as error:
         print(f"omniroute {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the system refused (a directory for a file, a read-only disk): say so in a line
+        logger.debug("omniroute %s failed", args.command, exc_info=True)
+        print(f"omniroute {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import logging
 import math
 import pickle
 from collections.abc import Mapping
@@ -25,6 +26,8 @@ __all__ = [
     "load_dataset",
     "load_prices",
 ]
+
+logger = logging.getLogger("omniroute")
 
 #: RouterBench's prices, US dollars per million (input, output) tokens; its recorded
 #: `total_cost` equals cl100k_base token counts of prompt and response times these.
@@ -325,6 +328,10 @@ def load_dataset(
 
     n = len(frame)
     prompts = [_as_text(p) for p in frame["prompt"].tolist()]
+    empty = sum(not p for p in prompts)
+    if empty:
+        logger.warning("%s: %d of %d rows have no prompt (null or empty); they are kept as empty texts",
+                       path, empty, n)
     quality = frame[models].to_numpy(dtype=np.float64, na_value=np.nan)
     responses = None
     if all(f"{m}{_RESPONSE}" in frame.columns for m in models):

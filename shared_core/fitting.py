@@ -229,6 +229,9 @@ def fit_router(
     """
     if len(dataset) == 0:
         raise ValueError("cannot fit on an empty dataset")
+    if np.isnan(dataset.quality).all():
+        # Every prediction would be the same uninformed 0.5: a fit that routes everything to the cheapest.
+        raise ValueError(f"cannot fit on a dataset without quality labels: all {dataset.quality.size:,} are missing")
     auto = predictor == AUTO
     spec = predictor if isinstance(predictor, PredictorSpec) else BASELINE if auto else None
     # spec is None only for a predictor named by a string (not a PredictorSpec, not "auto").

@@ -258,6 +258,12 @@ class Router:
     ) -> None:
         # Estimation (candidates, embedder, predictors) is the pool's; this class decides and keeps books.
         self.pool = CandidatePool(candidates, quality=quality, lengths=lengths, embedder=embedder)
+        if default_budget is not None and not isinstance(default_budget, Budget):
+            # A bare number (budget=5.0) would pass here and fail at the first call, deep in the ledger.
+            raise TypeError(f"default_budget must be a Budget (e.g. Budget(usd=5.0)) or None, "
+                            f"got {type(default_budget).__name__}: {default_budget!r}")
+        if pacer is not None and not isinstance(pacer, DualPacer):
+            raise TypeError(f"pacer must be a DualPacer or None, got {type(pacer).__name__}")
         self.store = open_store(store)
         self.default_budget = default_budget
         self.pacer = pacer if pacer is not None else DualPacer()

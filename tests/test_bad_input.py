@@ -64,6 +64,19 @@ def test_a_budget_must_be_a_budget(store):
     assert _books(store) == before
 
 
+@pytest.mark.parametrize("budget", [5.0, "5", {"usd": 5.0}, True])
+def test_a_default_budget_that_is_not_a_budget_is_refused_at_construction(budget):
+    # Accepted, it failed only at the first call, deep in the ledger ("'float' object has no attribute 'period_s'").
+    with pytest.raises(TypeError, match=r"default_budget must be a Budget \(e\.g\. Budget\(usd=5\.0\)\) or None"):
+        Router(CANDIDATES, default_budget=budget)
+
+
+def test_one_candidate_not_in_a_list_is_refused_by_name():
+    # A Candidate iterates as its fields: without this check the error spoke of a tuple.
+    with pytest.raises(TypeError, match="a sequence of Candidate, got one Candidate: put it in a list"):
+        Router(CANDIDATES[0])
+
+
 @pytest.mark.parametrize("amount", [-0.01, math.nan, math.inf, MAX_USD * 2])
 def test_a_bad_reservation_amount_changes_nothing(store, amount):
     before = _books(store)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from ledger_support import postgres_admin, store_url
+from ledger_support import postgres_admin, require_redis, store_url
 
 from shared_core import Budget, Candidate, Router
 from shared_core.cli import main
@@ -339,3 +339,11 @@ def test_json_shows_the_pacers_theta_from_which_a_decisions_lambda_follows(tmp_p
     decision = router.decide("Summarise the quarterly report.", "paced")
     assert decision.lam == pytest.approx(shown["theta"] / (budget.usd / budget.horizon))
     router.release(decision)
+
+
+def test_a_redis_database_the_server_does_not_have_is_a_one_line_error(capsys):
+    require_redis()
+    assert main(["budget", "show", "--store", "redis://127.0.0.1:6379/99"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("omniroute budget: error: Redis ledger at redis://127.0.0.1:6379/99: the server has no "
+                          "such database") and err.count("\n") == 1

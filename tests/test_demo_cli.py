@@ -57,3 +57,12 @@ def test_each_commands_help_prints_its_text_as_written(name, capsys):
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert f"usage: omniroute {name}" in out and "%%" not in out
+
+
+def test_a_refusal_of_the_system_is_one_line_and_exit_1(monkeypatch, capsys):
+    def refused(args):
+        raise PermissionError(13, "Permission denied", "/var/plan.csv")
+
+    monkeypatch.setattr("shared_core.commands.demo.run", refused)
+    assert main(["demo"]) == 1
+    assert capsys.readouterr().err == "omniroute demo: error: [Errno 13] Permission denied: '/var/plan.csv'\n"

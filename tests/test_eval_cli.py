@@ -132,3 +132,14 @@ def test_plot_without_matplotlib_names_the_extra(routerbench_path, monkeypatch, 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["eval", str(routerbench_path), "--plot", str(tmp_path / "x.png"), "--no-progress"]) == 2
     assert "pip install 'omniroute[plot]'" in capsys.readouterr().err
+
+
+def test_an_output_in_a_missing_folder_is_refused_before_the_evaluation(routerbench_path, tmp_path, capsys,
+                                                                        monkeypatch):
+    monkeypatch.setattr("shared_core.commands.eval.load_dataset", lambda *a, **k: pytest.fail("the evaluation started"))
+    for option in ("--json", "--decisions", "--plot"):
+        out = tmp_path / "missing" / "out"
+        assert main(["eval", str(routerbench_path), option, str(out), "--no-progress"]) == 2
+        assert f"{option} {out}: the directory" in capsys.readouterr().err
+    assert main(["eval", str(routerbench_path), "--json", str(tmp_path), "--no-progress"]) == 2
+    assert "is a directory" in capsys.readouterr().err

@@ -83,3 +83,25 @@ def test_fit_rejects_unknown_predictors(sample, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["fit", str(path), "--out", str(tmp_path / "r"), "--predictor", "oracle"])
     assert "invalid choice: 'oracle'" in capsys.readouterr().err
+
+
+def test_an_out_that_cannot_be_a_router_directory_is_refused_before_the_fit(sample, tmp_path, capsys, monkeypatch):
+    path, _ = sample
+    (tmp_path / "afile").write_text("not a directory")
+    monkeypatch.setattr("shared_core.commands.fit.load_dataset", lambda *a, **k: pytest.fail("the fit started"))
+    for out, message in [(tmp_path / "afile", "exists and is not a directory"),
+                         (tmp_path / "missing" / "r", "does not exist")]:
+        assert main(["fit", str(path), "--out", str(out)]) == 2
+        assert f"--out {out}" in (err := capsys.readouterr().err) and message in err, err
+
+
+def test_a_dataset_without_any_quality_label_is_refused(sample, tmp_path, capsys):
+    _, frame = sample
+    unlabelled = frame.copy()
+    models = [c for c in frame.columns if f"{c}|total_cost" in frame.columns]
+    unlabelled[models] = np.nan
+    path = tmp_path / "unlabelled.parquet"
+    unlabelled.to_parquet(path)
+    assert main(["fit", str(path), "--out", str(tmp_path / "r"), "--predictor", "knn"]) == 2
+    assert "without quality labels" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import stat
 
 import numpy as np
 import pandas as pd
@@ -100,6 +102,37 @@ def test_bad_files_are_refused_with_the_reason(saved, tmp_path, capsys):
     assert ".jsonl, .csv or .parquet" in capsys.readouterr().err
     assert main(["route", str(tmp_path), str(saved / "test.parquet"), "--budget", "1"]) == 2
     assert "not a saved router" in capsys.readouterr().err
+
+
+def test_an_output_that_would_destroy_something_is_refused_before_any_work(saved, tmp_path, monkeypatch, capsys):
+    router = str(saved / "router")
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("id,prompt\n1,Name a prime number.\n")
+    before = prompts.read_bytes()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "adir").mkdir()
+    refused = [
+        (str(prompts), "is the input file"),  # the plan would have replaced the prompts
+        (str(fifo), "is not a regular file"),  # renamed over, a device or pipe would be replaced
+        (str(tmp_path / "adir"), "is a directory"),
+        (str(tmp_path / "missing" / "plan.csv"), "does not exist"),
+        ("", "needs a file name"),
+    ]
+    monkeypatch.setattr("shared_core.commands.route.Router.load", lambda *_: pytest.fail("work started"))
+    for out, message in refused:
+        assert main(["route", router, str(prompts), "--budget", "1", "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out}".rstrip() in err and message in err, err
+    assert prompts.read_bytes() == before and stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_a_stray_quote_in_a_csv_is_an_error_naming_the_line_not_merged_rows(saved, tmp_path, capsys):
+    prompts = tmp_path / "stray.csv"
+    prompts.write_text('id,prompt\nr1,first\nr2,"a stray quote\nr3,swallowed\nr4,"quoted" tail\nr5,last\n')
+    assert main(["route", str(saved / "router"), str(prompts), "--budget", "1", "--out", str(tmp_path / "p.csv")]) == 2
+    assert "stray.csv: not a readable CSV after line 2 (" in capsys.readouterr().err  # r2's line is 3
+    assert not (tmp_path / "p.csv").exists()
 
 
 # --- issue 13 item 8: prompt files are read as written, the plan is written all or nothing ---

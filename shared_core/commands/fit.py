@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data import load_dataset
 from ..fitting import DEFAULT_PREDICTOR, PREDICTOR_NAMES, fit_router
+from .outputs import check_output_dir
 from .report import candidates_for, print_selection
 
 
@@ -36,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, "--out")
     data = load_dataset(args.data, args.prices, split_column=args.split_column).subset(args.split)
     print(f"{Path(args.data).name}: {len(data)} prompts (split {args.split!r}) × {len(data.models)} models")
     candidates = candidates_for(data, max_output_tokens=args.max_output_tokens)

@@ -31,6 +31,7 @@ import numpy as np
 from ..batch import CHUNK_SIZE, EstimateCollector, solve_collected
 from ..router import Router
 from ..solver import capacity_counts
+from .outputs import check_output_file
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -64,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if args.budget is not None and not args.budget > 0:
         raise ValueError(f"--budget must be > 0 USD, got {args.budget}")
     capacities = parse_capacities(args.capacity)
+    if args.out is not None:
+        check_output_file(args.out, "--out", inputs=[args.prompts], renamed=True)
     source = PromptFile(Path(args.prompts), args.prompt_column, args.id_column)
     router = Router.load(args.router)
     # Checked before hours of estimation, not after: a misspelt model or a bad share.
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     rows = np.arange(collector.n)
     chosen_quality, chosen_cost = quality[rows, solution.choice], cost[rows, solution.choice]
     del quality, cost, feasible, rows  # the plan needs only the chosen pairs from here on
-    if args.out:
+    if args.out is not None:
         with contextlib.closing(source.chunks(CHUNK_SIZE)) as again:
             write_plan(Path(args.out), _plan_rows(source, again, names, solution.choice, chosen_quality,
                                                   chosen_cost, progress))
@@ -217,13 +220,16 @@ class PromptFile:
     def _csv(self, text: io.TextIOWrapper, raw: Any) -> Iterator[tuple[str, str]]:
         previous = csv.field_size_limit()
         csv.field_size_limit(max(previous, CSV_FIELD_LIMIT))
+        # strict: a stray quote is an error, not a field that swallows the rows up to the next quote.
+        reader = csv.DictReader(text, strict=True)
         try:
-            reader = csv.DictReader(text)
             for n, record in enumerate(reader):
                 self._done = raw.tell()
                 yield self._record(record, n, f"{self.path}:{reader.line_num}")
         except csv.Error as error:
-            raise ValueError(f"{self.path}: not a readable CSV ({error})") from None
+            # line_num is where the last whole record ended: the bad one starts after it.
+            raise ValueError(f"{self.path}: not a readable CSV after line {reader.line_num} ({error}; "
+                             "an unbalanced quote?)") from None
         finally:
             csv.field_size_limit(previous)
 

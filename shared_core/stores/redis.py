@@ -114,6 +114,8 @@ class RedisStore(LedgerStore):
             if str(e).startswith(("BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN")):
                 # The server is there but cannot answer now (a long script, loading its data).
                 raise LedgerUnavailable(f"Redis ledger at {self.where} is busy: {e}") from e
+            if "DB index is out of range" in str(e):  # the URL's /db: redis-py raises no class of its own for it
+                raise ValueError(f"Redis ledger at {self.where}: the server has no such database ({e})") from e
             raise
 
     def _run(self, script: str, *args: Any) -> Any:
