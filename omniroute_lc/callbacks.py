@@ -18,7 +18,10 @@ class SpendTracker(BaseCallbackHandler):
     """Totals the actual cost ChatOmniRoute reports, per (session, model); pass it in `callbacks`.
 
     Each routing decision is counted once, however many generations or replays carry it;
-    answers from LangChain's cache report a cost of 0. Thread-safe.
+    answers from LangChain's cache report a cost of 0. Failed attempts charged before the answer
+    (their worst case: they timed out, and the provider may bill them) count for their model;
+    `calls` counts answers only. A call whose every attempt failed raises instead of answering:
+    what it was charged is `AllCandidatesFailed.charged_usd`, and in the ledger. Thread-safe.
     """
 
     run_inline = True
@@ -48,6 +51,9 @@ class SpendTracker(BaseCallbackHandler):
             key = (summary["session"], summary["model"])
             self.usd[key] += summary["actual_cost_usd"]
             self.calls[key] += 1
+            for failure in summary.get("failures", ()):  # a timed-out attempt's worst case, charged
+                if failure.get("charged_usd"):
+                    self.usd[(summary["session"], failure["model"])] += failure["charged_usd"]
 
     @property
     def total_usd(self) -> float:

@@ -22,7 +22,8 @@ class CandidateFailedEvent(BaseEvent):
 
     `model` is the candidate, `kind` the failure's kind ("transient", "misconfigured",
     "invalid_request", "programming", "unknown": shared_core.fallbacks), `error` and `message`
-    the error's type and text. The candidate's own LLM start event has no end event when its call
+    the error's type and text, `charged_usd` what the attempt was charged (its worst case when the
+    provider may bill it, else 0). The candidate's own LLM start event has no end event when its call
     raised; this is the event that pairs it.
     """
 
@@ -30,6 +31,7 @@ class CandidateFailedEvent(BaseEvent):
     kind: str
     error: str
     message: str
+    charged_usd: float = 0.0  # the attempt's worst case when its provider may bill it (a timeout), else 0
 
     @classmethod
     def class_name(cls) -> str:
@@ -62,7 +64,10 @@ class SpendTracker(BaseEventHandler):
     tracker)`) and it hears every OmniRouteLLM call as it is settled, streams (and abandoned
     streams) included; `track(response)` adds a routed response by hand. The session is the scope
     the call charged (None when no budget applied). Each decision counts once, however often its
-    record is seen. Thread-safe.
+    record is seen. Failed attempts charged before the answer (their worst case: they timed out,
+    and the provider may bill them) count for their model; `calls` counts answers only. A call
+    whose every attempt failed raises instead: its charge is `AllCandidatesFailed.charged_usd`
+    (and each `CandidateFailedEvent.charged_usd`). Thread-safe.
     """
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -97,6 +102,9 @@ class SpendTracker(BaseEventHandler):
             key = (record.get("scope"), record["model"])
             self._usd[key] += record["actual_cost_usd"]
             self._calls[key] += 1
+            for failure in record.get("failures", ()):  # a timed-out attempt's worst case, charged
+                if failure.get("charged_usd"):
+                    self._usd[(record.get("scope"), failure["model"])] += failure["charged_usd"]
 
     @property
     def usd(self) -> dict[tuple[str | None, str], float]:

@@ -97,7 +97,10 @@ class _Tries:
             decision.trace.failed(error, [a.candidate for a in self.attempts] or [decision.chosen])
 
     def _record(self, decision: Decision, error: Exception) -> Attempt:
-        attempt = Attempt(decision.chosen, classify(error), error)
+        # What `dispose` will charge, known now so that on_failure hears it: the worst case held,
+        # when the provider may bill the attempt or it was given up on already (and a budget applies).
+        billed = bool(decision.scopes) and (decision.id in self.charged or may_be_billed(error))
+        attempt = Attempt(decision.chosen, classify(error), error, decision.reserved if billed else 0.0)
         self.attempts.append(attempt)
         if decision.trace is not None:
             decision.trace.attempt_failed(attempt, len(self.attempts) - 1)
@@ -158,7 +161,7 @@ class _Tries:
             raise error
         out_of_time = self.out_of_time()
         self.dispose(decision, error, release=out_of_time)  # otherwise the reroute releases it
-        following = None if out_of_time else self.router.reroute(decision, error)
+        following = None if out_of_time else self.router.reroute(decision, error, attempt=attempt)
         if following is not None and self.out_of_time():
             # The deadline passed while the fallback was reserved: an attempt with no time at all
             # would be cancelled unsent (async) or sent unread (sync), and charged either way.

@@ -120,7 +120,14 @@ class AllCandidatesFailed(OmniRouteError, RuntimeError):
     def __init__(self, attempts: Sequence[Attempt]):
         self.attempts = tuple(attempts)
         tried = "; ".join(f"{a.candidate}: {a.kind} {type(a.error).__name__}: {a.error}" for a in self.attempts)
-        super().__init__(f"all {len(self.attempts)} candidates tried failed ({tried})")
+        charged = self.charged_usd
+        billed = f"; {charged:.9g} USD charged for attempts their providers may bill" if charged else ""
+        super().__init__(f"all {len(self.attempts)} candidates tried failed ({tried}){billed}")
+
+    @property
+    def charged_usd(self) -> float:
+        """USD charged for the failed attempts (worst cases of those the providers may bill)."""
+        return sum(a.charged_usd for a in self.attempts)
 
     @property
     def errors(self) -> tuple[BaseException, ...]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import AllCandidatesFailed
 
@@ -130,15 +131,20 @@ def falls_back(kind: str) -> bool:
 
 @dataclass(frozen=True)
 class Attempt:
-    """One failed call: the candidate, the kind of failure, and the error itself."""
+    """One failed call: the candidate, the kind of failure, the error itself, and the USD it was charged.
+
+    `charged_usd` is the attempt's worst case when its provider may bill it (it timed out waiting
+    for the answer, or was given up on), else 0 (the hold was released).
+    """
 
     candidate: str
     kind: str
     error: BaseException
+    charged_usd: float = 0.0
 
-    def to_dict(self) -> dict[str, str]:
-        """A JSON-able record for response metadata: candidate, kind, error type and message."""
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able record for response metadata: candidate, kind, error type and message, USD charged."""
         return {"model": self.candidate, "kind": self.kind, "error": type(self.error).__name__,
-                "message": str(self.error)[:500]}
+                "message": str(self.error)[:500], "charged_usd": self.charged_usd}
 
 

@@ -169,7 +169,7 @@ class Decision:
     cap_lowered: bool = False  # the chosen cap was lowered to fit what the budget had left
     attempt: int = 0  # 0 for the first choice, n after n fallbacks
     failed: tuple[str, ...] = ()  # candidates tried before that failed
-    failures: tuple[dict[str, str], ...] = ()  # their errors (model, kind, error type, message)
+    failures: tuple[dict[str, Any], ...] = ()  # their errors (model, kind, error type, message) and charged_usd
     text: str = field(default="", repr=False)
     #: The call's OpenTelemetry span (a telemetry.CallSpan) from its first attempt to its settlement; None untraced.
     trace: Any = field(default=None, repr=False, compare=False)
@@ -601,17 +601,22 @@ class Router:
             cap -= 1
         return cap if cap >= floor else None
 
-    def reroute(self, decision: Decision, error: BaseException | None = None) -> Decision | None:
+    def reroute(
+        self, decision: Decision, error: BaseException | None = None, *, attempt: Attempt | None = None,
+    ) -> Decision | None:
         """Release a failed decision and reserve for the next-best candidate; None when out of tries.
 
-        The new decision records the failure (`failed`, and `failures` with the error's kind and
-        message). Whether an error should fall back at all is `fallbacks.classify`'s business;
-        `calls.call_with_fallbacks` asks it before calling this.
+        The new decision records the failure (`failed`, and `failures` with the error's kind,
+        message and `charged_usd`): `attempt` as the fallback loop recorded it, else made from
+        `error` (charged nothing). Whether an error should fall back at all is
+        `fallbacks.classify`'s business; `calls.call_with_fallbacks` asks it before calling this.
         """
         self.release(decision)
         failed = decision.failed + (decision.chosen,)
-        record = Attempt(decision.chosen, classify(error) if error is not None else ErrorKind.UNKNOWN,
-                         error if error is not None else RuntimeError("failed")).to_dict()
+        if attempt is None:
+            attempt = Attempt(decision.chosen, classify(error) if error is not None else ErrorKind.UNKNOWN,
+                              error if error is not None else RuntimeError("failed"))
+        record = attempt.to_dict()
         # Candidates removed since the decision are skipped; the others are priced as they are now.
         lineup = self.pool.lineup
         order = [n for n in decision.ranking if n not in failed and n in lineup.index]

@@ -653,6 +653,9 @@ _CONNECTION_ERRORS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedEr
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver listens with a backlog of 5: a burst of concurrent calls overflowed it, and a
+    # dropped SYN is retried after 1, 3, 7, 15 s — a client could time out on a request served later.
+    request_queue_size = 256
     provider: ProviderServer
 
     def handle_error(self, request, client_address):  # noqa: ANN001 - stdlib signature

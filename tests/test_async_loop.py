@@ -47,9 +47,10 @@ def billing(provider):
     return provider
 
 
-# A client that gives up on a request the provider then serves is billed for an answer the router
-# never sees (a real gap, left open): a connection queued behind a burst on a loaded 2-core machine
-# (the test server's backlog is 5; a dropped SYN is retried after 1, 3, 7, 15 s) must not reach it.
+# A client that gives up on a request the provider then serves makes an attempt charged its worst
+# case and a fallback: the exact books below would not hold. A connection queued behind a burst on
+# a loaded 2-core machine must not reach the timeout (the test server listens with a backlog of
+# 256; with socketserver's 5 a dropped SYN was retried after 1, 3, 7, 15 s, and once outlasted 40 s).
 CLIENT_TIMEOUT_S = 40
 
 

@@ -17,7 +17,7 @@ from langchain_openai import ChatOpenAI
 from lc_fakes import FailingChatModel
 from pydantic import BaseModel, ValidationError
 
-from omniroute_lc import ChatOmniRoute
+from omniroute_lc import ChatOmniRoute, SpendTracker
 from omniroute_lc.events import FALLBACK_EVENT
 from omniroute_lc.fakes import FakeToolChatModel
 from shared_core import Budget, Candidate, Router
@@ -231,8 +231,11 @@ async def test_tracing_names_the_routed_model(provider):
 def test_an_attempt_given_up_on_is_charged_its_worst_case(provider):
     # The hung call goes on in its worker thread and the provider bills it when it answers:
     # the ledger must not hold less than the bill.
+    fallback = claude(provider)
+    fallback.model.invoke("Hello.")  # a first call imports and connects: run first, it outlasted 0.3 s
+    provider.reset()
     provider.configure(GPT, hang_s=1.0)
-    chat = ChatOmniRoute(candidates=[gpt(provider), claude(provider)], budget=Budget(usd=1.0), timeout=0.3,
+    chat = ChatOmniRoute(candidates=[gpt(provider), fallback], budget=Budget(usd=1.0), timeout=0.3,
                          max_tokens=50)
     reply = chat.invoke("Hello.", session="s")
     assert reply.response_metadata["omniroute"]["model"] == "claude"
@@ -287,7 +290,10 @@ async def test_a_client_timeout_waiting_for_the_answer_is_charged_its_worst_case
     model = ChatOpenAI(base_url=provider.openai_url, api_key="test", model=GPT, max_retries=0, timeout=0.3)
     slow = Candidate(name="gpt", model=model, input_price=0.15, output_price=0.6, prior_quality=0.8)
     chat = ChatOmniRoute(candidates=[slow, claude(provider)], budget=Budget(usd=1.0), max_tokens=50)
-    reply = chat.invoke("Hello.", session="s") if form == "invoke" else await chat.ainvoke("Hello.", session="s")
+    tracker = SpendTracker()
+    config = {"callbacks": [tracker]}
+    reply = (chat.invoke("Hello.", config, session="s") if form == "invoke"
+             else await chat.ainvoke("Hello.", config, session="s"))
     record = _record(reply)
     assert record["model"] == "claude" and record["failures"][0]["error"].endswith("TimeoutError")
     assert provider.wait_idle()
@@ -296,6 +302,32 @@ async def test_a_client_timeout_waiting_for_the_answer_is_charged_its_worst_case
     assert state.reserved == 0 and state.released == 0
     assert state.by_model["gpt"] == pytest.approx(chat.router.candidate("gpt").worst_case_cost(gpt_tokens, 50))
     assert state.committed >= provider.bill_usd - 1e-12
+    # What the timed-out attempt was charged is reported where users look, not only in the ledger.
+    assert record["failures"][0]["charged_usd"] == pytest.approx(state.by_model["gpt"], abs=1e-12)
+    assert tracker.usd[("s", "gpt")] == pytest.approx(state.by_model["gpt"], abs=1e-12)
+    assert tracker.total_usd == pytest.approx(state.committed, abs=1e-12)
+    assert tracker.calls == {("s", "claude"): 1}
+
+
+def test_when_every_attempt_times_out_the_error_says_what_was_charged(provider):
+    for name in (GPT, CLAUDE):
+        provider.configure(name, hang_s=1.0)
+    hung = [Candidate(name="gpt", model=ChatOpenAI(base_url=provider.openai_url, api_key="test", model=GPT,
+                                                   max_retries=0, timeout=0.3), input_price=0.15, output_price=0.6,
+                      prior_quality=0.8),
+            Candidate(name="claude", model=ChatAnthropic(base_url=provider.anthropic_url, api_key="test", model=CLAUDE,
+                                                         max_retries=0, timeout=0.3), input_price=0.8,
+                      output_price=4.0, prior_quality=0.7)]
+    chat = ChatOmniRoute(candidates=hung, budget=Budget(usd=1.0), max_tokens=50)
+    with pytest.raises(AllCandidatesFailed) as failed:
+        chat.invoke("Hello.", session="s")
+    assert provider.wait_idle()
+    state = chat.router.budget_state("s")
+    assert state.reserved == 0 and set(state.by_model) == {"gpt", "claude"}
+    assert [a.charged_usd for a in failed.value.attempts] == pytest.approx(
+        [state.by_model["gpt"], state.by_model["claude"]], abs=1e-12)
+    assert failed.value.charged_usd == pytest.approx(state.committed, abs=1e-12)
+    assert f"{failed.value.charged_usd:.9g} USD charged" in str(failed.value)
 
 
 @pytest.mark.parametrize("form", ["invoke", "ainvoke"])

@@ -16,7 +16,7 @@ from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.llms.openai import OpenAI
 from llama_index.llms.openai_like import OpenAILike
 
-from omniroute_li import CandidateFailedEvent, OmniRouteLLM
+from omniroute_li import CandidateFailedEvent, OmniRouteLLM, SpendTracker
 from shared_core import Budget, Candidate, Router
 from shared_core.fallbacks import AllCandidatesFailed
 
@@ -143,6 +143,13 @@ async def test_a_client_timeout_waiting_for_the_answer_is_charged_its_worst_case
     served = provider.requests[-1]  # the fallback's: priced as the provider counted it
     assert state.by_model["mini"] == pytest.approx(
         llm.router.candidate("mini").cost(served.prompt_tokens, served.completion_tokens))
+    # What the timed-out attempt was charged is reported where users look, not only in the ledger.
+    assert record["failures"][0]["charged_usd"] == pytest.approx(state.by_model["gpt"], abs=1e-12)
+    tracker = SpendTracker()
+    tracker.track(response)
+    assert tracker.usd == pytest.approx({("s", "gpt"): state.by_model["gpt"], ("s", "mini"): state.by_model["mini"]},
+                                        abs=1e-12)
+    assert tracker.calls == {("s", "mini"): 1}
 
 
 async def test_a_call_cancelled_while_the_provider_works_on_it_is_charged_its_worst_case(provider):

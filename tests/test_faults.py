@@ -7,6 +7,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from ledger_support import REDIS_HOST, REDIS_PORT, STORES, FakeClock, ledger, redis_admin, require_redis, store_url
@@ -321,9 +322,9 @@ def test_a_fallback_reserved_after_the_deadline_is_released_unstarted(router):
     called: list[str] = []
     reroute = router.reroute
 
-    def slow_reroute(decision: Decision, error: BaseException | None = None) -> Decision | None:
+    def slow_reroute(decision: Decision, error: BaseException | None = None, **kwargs: Any) -> Decision | None:
         time.sleep(0.6)  # past the deadline
-        return reroute(decision, error)
+        return reroute(decision, error, **kwargs)
 
     router.reroute = slow_reroute  # type: ignore[method-assign]
 
