@@ -20,8 +20,9 @@ class SpendTracker(BaseCallbackHandler):
     Each routing decision is counted once, however many generations or replays carry it;
     answers from LangChain's cache report a cost of 0. Failed attempts charged before the answer
     (their worst case: they timed out, and the provider may bill them) count for their model;
-    `calls` counts answers only. A call whose every attempt failed raises instead of answering:
-    what it was charged is `AllCandidatesFailed.charged_usd`, and in the ledger. Thread-safe.
+    `calls` counts answers only. A call that raises instead of answering is not seen here: what
+    its attempts were charged is in the ledger (and in `AllCandidatesFailed.charged_usd` when
+    every candidate tried failed). Thread-safe.
     """
 
     run_inline = True

@@ -584,7 +584,10 @@ class ChatOmniRoute(BaseChatModel):
         for generation in generations:
             summary = generation.message.response_metadata.get(METADATA_KEY)
             if summary:
-                replay = {**summary, "cached": True, "actual_cost_usd": 0.0, "remaining_usd": None}
+                # A cached answer charges nothing: neither the call nor the attempts that failed before it.
+                failures = [{**f, "charged_usd": 0.0} for f in summary.get("failures", ())]
+                replay = {**summary, "cached": True, "actual_cost_usd": 0.0, "remaining_usd": None,
+                          "failures": failures}
                 generation.message = generation.message.model_copy(
                     update={"response_metadata": {**generation.message.response_metadata, METADATA_KEY: replay}}
                 )

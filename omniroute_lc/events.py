@@ -18,7 +18,7 @@ __all__ = ["FALLBACK_EVENT", "REPORTER_KWARG", "config_reporter", "failure_repor
 REPORTER_KWARG = "omniroute_on_failure"
 
 #: The custom event each failed attempt dispatches: `on_custom_event(FALLBACK_EVENT, data, run_id=...)`
-#: with data {"model", "kind", "error", "message"} (see shared_core.fallbacks.Attempt.to_dict).
+#: with data {"model", "kind", "error", "message", "charged_usd"} (see shared_core.fallbacks.Attempt.to_dict).
 FALLBACK_EVENT = "omniroute_fallback"
 
 

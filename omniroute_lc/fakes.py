@@ -78,8 +78,8 @@ class FakeToolChatModel(BaseChatModel):
     With tools bound it calls one (the forced one, one the prompt names, else the first) with
     arguments read from the last human message: numbers in order for numeric fields, quoted
     text for string fields, else the message itself. After a tool result it answers in text, or,
-    made to call one (tool_choice "any" or "required"), calls the first it has not called yet in
-    the conversation, as a model finishes with an agent's answer tool.
+    made to call one (tool_choice "any" or "required"), calls the first it has not called yet since
+    the last human message, as a model finishes with an agent's answer tool.
     Without tools it replies with `answers[prompt]` or an echo. It reports integer
     `usage_metadata` (tiktoken cl100k_base), `model_name` and `model_provider`, once per stream
     on the last chunk; honours stop sequences and `max_tokens`; and supports
@@ -146,7 +146,8 @@ class FakeToolChatModel(BaseChatModel):
         forced = choice not in (None, "auto", "none")
         tool_calls = []
         if tools and choice != "none" and (forced or not after_tool):
-            called = {c["name"] for m in messages if isinstance(m, AIMessage) for c in m.tool_calls}
+            turn = next((i for i in range(len(messages) - 1, -1, -1) if isinstance(messages[i], HumanMessage)), 0)
+            called = {c["name"] for m in messages[turn:] if isinstance(m, AIMessage) for c in m.tool_calls}
             tool = self._pick_tool(tools, choice, prompt, called if after_tool else set())
             args = arguments_from_prompt(tool["function"].get("parameters", {}), prompt)
             tool_calls = [{"name": tool["function"]["name"], "args": args, "id": f"call_{uuid.uuid4().hex[:12]}",

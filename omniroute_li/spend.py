@@ -66,8 +66,9 @@ class SpendTracker(BaseEventHandler):
     the call charged (None when no budget applied). Each decision counts once, however often its
     record is seen. Failed attempts charged before the answer (their worst case: they timed out,
     and the provider may bill them) count for their model; `calls` counts answers only. A call
-    whose every attempt failed raises instead: its charge is `AllCandidatesFailed.charged_usd`
-    (and each `CandidateFailedEvent.charged_usd`). Thread-safe.
+    that raises instead of answering is not seen here: what its attempts were charged is in the
+    ledger and each `CandidateFailedEvent.charged_usd` (summed in `AllCandidatesFailed.charged_usd`
+    when every candidate tried failed). Thread-safe.
     """
 
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)

@@ -143,3 +143,6 @@ def test_an_output_in_a_missing_folder_is_refused_before_the_evaluation(routerbe
         assert f"{option} {out}: the directory" in capsys.readouterr().err
     assert main(["eval", str(routerbench_path), "--json", str(tmp_path), "--no-progress"]) == 2
     assert "is a directory" in capsys.readouterr().err
+    same = str(tmp_path / "out")
+    assert main(["eval", str(routerbench_path), "--json", same, "--decisions", same, "--no-progress"]) == 2
+    assert "--decisions and --json name the same file" in capsys.readouterr().err

@@ -416,3 +416,24 @@ def test_which_failures_may_still_be_billed():
     looped.__context__ = RuntimeError("back")
     looped.__context__.__context__ = looped
     assert may_be_billed(looped)  # a cycle in the chain ends the walk
+
+
+def test_a_cached_answer_reports_no_charge_for_the_attempts_that_failed_before_it(provider):
+    from langchain_core.caches import InMemoryCache
+    from langchain_core.globals import set_llm_cache
+
+    provider.configure(GPT, hang_s=1.0)
+    model = ChatOpenAI(base_url=provider.openai_url, api_key="test", model=GPT, max_retries=0, timeout=0.3)
+    slow = Candidate(name="gpt", model=model, input_price=0.15, output_price=0.6, prior_quality=0.8)
+    chat = ChatOmniRoute(candidates=[slow, claude(provider)], budget=Budget(usd=1.0), max_tokens=50)
+    set_llm_cache(InMemoryCache())
+    try:
+        first = _record(chat.invoke("Hello.", session="s"))
+        committed = chat.router.budget_state("s").committed
+        tracker = SpendTracker()  # a tracker that never saw the first call: the replay must add nothing
+        replay = _record(chat.invoke("Hello.", {"callbacks": [tracker]}, session="s"))
+    finally:
+        set_llm_cache(None)
+    assert first["failures"][0]["charged_usd"] > 0 and replay["cached"]
+    assert [f["charged_usd"] for f in replay["failures"]] == [0.0]
+    assert tracker.total_usd == 0.0 and chat.router.budget_state("s").committed == committed

@@ -42,7 +42,7 @@ def test_fit_learns_prices_when_the_dataset_has_none(sample, tmp_path, capsys):
 
     renamed = tmp_path / "renamed.parquet"
     frame.rename(columns=rename).to_parquet(renamed)
-    assert main(["fit", str(renamed), "--out", str(tmp_path / "r"), "--predictor", "prior", "--no-progress"]) == 0
+    assert main(["fit", str(renamed), "--out", str(tmp_path / "r"), "--predictor", "knn", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "prices learned from the recorded costs" in out
     router = Router.load(tmp_path / "r")
@@ -90,7 +90,7 @@ def test_an_out_that_cannot_be_a_router_directory_is_refused_before_the_fit(samp
     (tmp_path / "afile").write_text("not a directory")
     monkeypatch.setattr("shared_core.commands.fit.load_dataset", lambda *a, **k: pytest.fail("the fit started"))
     for out, message in [(tmp_path / "afile", "exists and is not a directory"),
-                         (tmp_path / "missing" / "r", "does not exist")]:
+                         (tmp_path / "afile" / "r", "afile is not a directory")]:
         assert main(["fit", str(path), "--out", str(out)]) == 2
         assert f"--out {out}" in (err := capsys.readouterr().err) and message in err, err
 
@@ -105,3 +105,10 @@ def test_a_dataset_without_any_quality_label_is_refused(sample, tmp_path, capsys
     assert main(["fit", str(path), "--out", str(tmp_path / "r"), "--predictor", "knn"]) == 2
     assert "without quality labels" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_an_out_whose_parents_are_missing_is_made(sample, tmp_path, capsys):
+    path, _ = sample
+    out = tmp_path / "runs" / "new" / "r"
+    assert main(["fit", str(path), "--out", str(out), "--predictor", "knn", "--no-progress"]) == 0
+    assert Router.load(out).candidates

@@ -199,13 +199,17 @@ def test_fake_tool_candidates_finish_a_tool_strategy_agent_offline():
         for name, (_, input_price, output_price, quality) in MODELS.items()
     ], budget=Budget(usd=0.5))
     agent = create_agent(chat, tools=[unit_price, convert], response_format=ToolStrategy(Quote),
-                         middleware=[OmniRouteMiddleware(chat)])
+                         checkpointer=InMemorySaver(), middleware=[OmniRouteMiddleware(chat)])
     out = agent.invoke(QUESTION, thread("offline"))
     calls = [[c["name"] for c in m.tool_calls] for m in out["messages"] if isinstance(m, AIMessage)]
     assert calls == [["unit_price"], ["convert"], ["Quote"]]
+    again = agent.invoke(QUESTION, thread("offline"))  # a second question in the thread: tools called afresh
+    calls = [[c["name"] for c in m.tool_calls] for m in again["messages"] if isinstance(m, AIMessage)]
+    assert calls == [["unit_price"], ["convert"], ["Quote"]] * 2
+    out = again
     assert out["structured_response"] == Quote(amount=3, currency=QUESTION["messages"][0]["content"])
     state = chat.router.budget_state("offline")
-    assert state.requests == 3 and state.reserved == 0
+    assert state.requests == 6 and state.reserved == 0
     assert state.committed == pytest.approx(sum(r["actual_cost_usd"] for r in summaries(out["messages"])), abs=EXACT)
 
 

@@ -112,9 +112,14 @@ def test_an_output_that_would_destroy_something_is_refused_before_any_work(saved
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     (tmp_path / "adir").mkdir()
+    link = tmp_path / "latest.csv"
+    link.symlink_to(tmp_path / "plan-1.csv")
+    (tmp_path / "plan-1.csv").write_text("an older plan\n")
     refused = [
         (str(prompts), "is the input file"),  # the plan would have replaced the prompts
-        (str(fifo), "is not a regular file"),  # renamed over, a device or pipe would be replaced
+        (str(saved / "router" / "router.json"), "is the input file"),  # ... or the router
+        (str(fifo), "is not a plain file"),  # renamed over, a device or pipe would be replaced
+        (str(link), "is not a plain file"),  # ... and a link by a file
         (str(tmp_path / "adir"), "is a directory"),
         (str(tmp_path / "missing" / "plan.csv"), "does not exist"),
         ("", "needs a file name"),
@@ -124,7 +129,7 @@ def test_an_output_that_would_destroy_something_is_refused_before_any_work(saved
         assert main(["route", router, str(prompts), "--budget", "1", "--out", out]) == 2
         err = capsys.readouterr().err
         assert f"--out {out}".rstrip() in err and message in err, err
-    assert prompts.read_bytes() == before and stat.S_ISFIFO(fifo.stat().st_mode)
+    assert prompts.read_bytes() == before and stat.S_ISFIFO(fifo.stat().st_mode) and link.is_symlink()
 
 
 def test_a_stray_quote_in_a_csv_is_an_error_naming_the_line_not_merged_rows(saved, tmp_path, capsys):

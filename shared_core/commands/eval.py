@@ -31,7 +31,7 @@ from ..evaluate import (
 from ..fitting import DEFAULT_PREDICTOR, PREDICTOR_NAMES, fit_router
 from ..plot import plot_evaluation, pyplot
 from ..progress import progress
-from .outputs import check_output_file
+from .outputs import check_distinct, check_output_file
 from .report import candidates_for, print_selection
 
 _DEFAULT_BUDGETS = "0.1,0.25,0.5"
@@ -89,9 +89,11 @@ def run(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in PREDICTOR_NAMES]
     if unknown:
         raise ValueError(f"unknown predictor {unknown[0]!r}; choose from {list(PREDICTOR_NAMES)}")
-    for option, path in (("--json", args.json), ("--decisions", args.decisions), ("--plot", args.plot)):
+    outputs = {"--json": args.json, "--decisions": args.decisions, "--plot": args.plot}
+    for option, path in outputs.items():
         if path is not None:
-            check_output_file(path, option, inputs=[args.data])
+            check_output_file(path, option, inputs=[args.data, *([args.prices] if args.prices else [])])
+    check_distinct(outputs)
     if args.plot:
         pyplot()  # fail before the long work when matplotlib is missing
     data = load_dataset(args.data, args.prices, split_column=args.split_column)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..batch import CHUNK_SIZE, EstimateCollector, solve_collected
+from ..persist import ARRAYS, MANIFEST
 from ..router import Router
 from ..solver import capacity_counts
 from .outputs import check_output_file
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--budget must be > 0 USD, got {args.budget}")
     capacities = parse_capacities(args.capacity)
     if args.out is not None:
-        check_output_file(args.out, "--out", inputs=[args.prompts], renamed=True)
+        saved = Path(args.router)
+        check_output_file(args.out, "--out", inputs=[args.prompts, saved / MANIFEST, saved / ARRAYS], renamed=True)
     source = PromptFile(Path(args.prompts), args.prompt_column, args.id_column)
     router = Router.load(args.router)
     # Checked before hours of estimation, not after: a misspelt model or a bad share.
