@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import RoutingError
+from .errors import Infeasible, RoutingError
 from .solver import BatchRouting, Solution, capacity_counts, solve
 
 if TYPE_CHECKING:
@@ -122,6 +122,14 @@ def solve_collected(
     capacities: Mapping[str, float | int] | None = None,
 ) -> Solution:
     """The batch problem on collected arrays, as `Router.route_batch` states it (see `route_batch`)."""
+    stuck = np.flatnonzero(~np.asarray(feasible, dtype=bool).any(axis=1))
+    if stuck.size:
+        # A batch asks for no tools or structured output: only a prompt too long for every window is stuck.
+        more = f" and {stuck.size - 10:,} more" if stuck.size > 10 else ""
+        leave = "leaves" if stuck.size == 1 else "leave"
+        raise Infeasible(f"{stuck.size:,} of the {len(feasible):,} prompts {leave} no room in any "
+                         f"candidate's context window (rows {stuck[:10].tolist()}{more}, counted from 0): no "
+                         "candidate can serve them; shorten them or route them apart")
     return solve(quality, cost, budget=budget, quality_target=quality_target,
                  capacity=capacity_counts(capacities, candidates, len(cost)), feasible=feasible)
 

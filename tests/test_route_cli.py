@@ -303,3 +303,13 @@ def test_progress_is_quiet_for_short_work_and_paced_for_long_work():
     progress.update("forced", force=True)
     assert stream.getvalue().splitlines() == ["omniroute route: at 1.5 [2 s]", "omniroute route: at 6.6 [7 s]",
                                               "omniroute route: forced [7 s]"]
+
+
+def test_a_prompt_too_long_for_every_model_is_named_with_the_reason(saved, tmp_path, capsys):
+    prompts = tmp_path / "long.jsonl"
+    rows = [{"id": f"q{i}", "prompt": "What is 2 + 2?"} for i in range(5)]
+    rows[3]["prompt"] = "hello " * 180_000  # ~180k tokens: past every candidate's 128k-token window
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["route", str(saved / "router"), str(prompts), "--budget", "1", "--no-progress"]) == 2
+    assert ("1 of the 5 prompts leaves no room in any candidate's context window (rows [3], counted from 0)"
+            in capsys.readouterr().err)
