@@ -9,7 +9,7 @@ from typing import Any
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.outputs import ChatGeneration, LLMResult
 
-from shared_core.metering import METADATA_KEY
+from shared_core.metering import METADATA_KEY, record_charges
 
 __all__ = ["SpendTracker"]
 
@@ -49,12 +49,9 @@ class SpendTracker(BaseCallbackHandler):
             if summary["decision_id"] in self._seen:
                 return
             self._seen.add(summary["decision_id"])
-            key = (summary["session"], summary["model"])
-            self.usd[key] += summary["actual_cost_usd"]
-            self.calls[key] += 1
-            for failure in summary.get("failures", ()):  # a timed-out attempt's worst case, charged
-                if failure.get("charged_usd"):
-                    self.usd[(summary["session"], failure["model"])] += failure["charged_usd"]
+            for model, usd in record_charges(summary):
+                self.usd[(summary["session"], model)] += usd
+            self.calls[(summary["session"], summary["model"])] += 1
 
     @property
     def total_usd(self) -> float:

@@ -12,7 +12,7 @@ from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from pydantic import PrivateAttr
 
-from shared_core.metering import METADATA_KEY
+from shared_core.metering import METADATA_KEY, record_charges
 
 __all__ = ["CandidateFailedEvent", "RoutedCallEndEvent", "SpendTracker"]
 
@@ -100,12 +100,9 @@ class SpendTracker(BaseEventHandler):
             if record["decision_id"] in self._seen:
                 return
             self._seen.add(record["decision_id"])
-            key = (record.get("scope"), record["model"])
-            self._usd[key] += record["actual_cost_usd"]
-            self._calls[key] += 1
-            for failure in record.get("failures", ()):  # a timed-out attempt's worst case, charged
-                if failure.get("charged_usd"):
-                    self._usd[(record.get("scope"), failure["model"])] += failure["charged_usd"]
+            for model, usd in record_charges(record):
+                self._usd[(record.get("scope"), model)] += usd
+            self._calls[(record.get("scope"), record["model"])] += 1
 
     @property
     def usd(self) -> dict[tuple[str | None, str], float]:

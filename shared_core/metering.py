@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -11,7 +11,10 @@ from .calls import FallbackStream, Settlement, settle_interrupted, settle_usage
 from .pricing import Reported, Usage, usage_from_report
 from .router import Decision, Router
 
-__all__ = ["METADATA_KEY", "StreamSettlement", "ToolCallPart", "combined_usage", "routing_record", "tool_call_text"]
+__all__ = [
+    "METADATA_KEY", "StreamSettlement", "ToolCallPart", "combined_usage", "record_charges", "routing_record",
+    "tool_call_text",
+]
 
 #: Where a routed response carries its routing record: LangChain's `response_metadata`, LlamaIndex's
 #: `additional_kwargs` (money lives there, never in a framework's integer token counts).
@@ -24,6 +27,14 @@ def routing_record(decision: Decision, settlement: Settlement | None = None, **c
     session and cache flag)."""
     record = decision.to_dict() if settlement is None else {**decision.to_dict(), **settlement.to_dict()}
     return {**record, **context}
+
+
+def record_charges(record: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """(model, USD) for everything a settled routing record was charged: the answering model's
+    actual cost, then each failed attempt charged its worst case (a timeout the provider may bill)."""
+    charges = [(record["model"], record["actual_cost_usd"])]
+    charges += [(f["model"], f["charged_usd"]) for f in record.get("failures", ()) if f.get("charged_usd")]
+    return charges
 
 
 def tool_call_text(name: str, arguments: Any) -> str:

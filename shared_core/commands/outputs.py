@@ -67,7 +67,6 @@ def check_distinct(outputs: dict[str, str | None]) -> None:
 
 
 def _check_folder(folder: Path, option: str, out: Path) -> None:
-    folder = folder if str(folder) else Path(".")
     if not folder.is_dir():
         raise ValueError(f"{option} {out}: the directory {folder} does not exist")
     # access(2) also answers EROFS for a read-only file system.
