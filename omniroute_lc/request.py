@@ -35,9 +35,15 @@ _ROUTING_KEYS = (
 
 
 def core_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    """LangChain messages as the core's {"role", "content", "name", "tool_calls"} dicts."""
+    """LangChain messages as the core's {"role", "content", "name", "tool_calls"} dicts; TypeError
+    naming the first item that is not a BaseMessage (LangChain converts a call's input before its
+    hooks see it, but `get_num_tokens_from_messages` takes messages as they come)."""
+    if isinstance(messages, str):
+        raise TypeError("expected a sequence of LangChain messages, got a single str")
     converted = []
-    for m in messages:
+    for i, m in enumerate(messages):
+        if not isinstance(m, BaseMessage):
+            raise TypeError(f"messages[{i}] must be a LangChain BaseMessage, got {type(m).__name__}")
         entry: dict[str, Any] = {"role": _ROLES.get(m.type, m.type), "content": m.content}
         if m.name:
             entry["name"] = m.name

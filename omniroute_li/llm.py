@@ -45,7 +45,16 @@ from shared_core.router import Decision, Router
 
 from .held import claim
 from .limits import can_call_tools, capped, stream_usage_kwargs, with_declared_limits
-from .messages import annotate, output_text, provider_usage, routed_model, to_request, tool_schemas
+from .messages import (
+    annotate,
+    chat_messages,
+    output_text,
+    prompt_text,
+    provider_usage,
+    routed_model,
+    to_request,
+    tool_schemas,
+)
 from .sharing import RouterRef, share_router
 from .spend import CandidateFailedEvent, RoutedCallEndEvent
 
@@ -372,6 +381,7 @@ class OmniRouteLLM(FunctionCallingLLM):
     # ------------------------------------------------------------------ chat
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Chat with the candidate the router picks (falling back on errors), then settle its cost."""
+        messages = chat_messages(messages, "chat")
         decision, arguments = self._plan(messages, kwargs)
         def run(candidate: Candidate, decision: Decision) -> ChatResponse:
             llm, extra = self._target(candidate, decision)
@@ -382,6 +392,7 @@ class OmniRouteLLM(FunctionCallingLLM):
 
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """The async form of chat (the same core decide / settle calls, made off the event loop)."""
+        messages = chat_messages(messages, "achat")
         decision, arguments = await self._aplan(messages, kwargs)
         async def run(candidate: Candidate, decision: Decision) -> ChatResponse:
             llm, extra = self._target(candidate, decision)
@@ -392,6 +403,7 @@ class OmniRouteLLM(FunctionCallingLLM):
 
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         """Stream from the routed candidate; the decision is made when iteration starts."""
+        messages = chat_messages(messages, "stream_chat")
 
         def chunks() -> Iterator[ChatResponse]:
             decision, arguments = self._plan(messages, kwargs)
@@ -406,6 +418,7 @@ class OmniRouteLLM(FunctionCallingLLM):
 
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         """The async form of stream_chat."""
+        messages = chat_messages(messages, "astream_chat")
 
         async def chunks() -> AsyncIterator[ChatResponse]:
             decision, arguments = await self._aplan(messages, kwargs)
@@ -426,6 +439,7 @@ class OmniRouteLLM(FunctionCallingLLM):
     # ------------------------------------------------------------------ completion
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Complete with the candidate the router picks, then settle its cost."""
+        prompt = prompt_text(prompt, "complete")
         decision = self._decide([{"role": "user", "content": prompt}], kwargs)
 
         def run(candidate: Candidate, decision: Decision) -> CompletionResponse:
@@ -437,6 +451,7 @@ class OmniRouteLLM(FunctionCallingLLM):
 
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """The async form of complete (routing and settling off the event loop)."""
+        prompt = prompt_text(prompt, "acomplete")
         decision = await self._adecide([{"role": "user", "content": prompt}], kwargs)
 
         async def run(candidate: Candidate, decision: Decision) -> CompletionResponse:
@@ -448,6 +463,7 @@ class OmniRouteLLM(FunctionCallingLLM):
 
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         """Stream a completion from the routed candidate."""
+        prompt = prompt_text(prompt, "stream_complete")
 
         def chunks() -> Iterator[CompletionResponse]:
             decision = self._decide([{"role": "user", "content": prompt}], kwargs)
@@ -462,6 +478,7 @@ class OmniRouteLLM(FunctionCallingLLM):
 
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         """The async form of stream_complete."""
+        prompt = prompt_text(prompt, "astream_complete")
 
         async def chunks() -> AsyncIterator[CompletionResponse]:
             decision = await self._adecide([{"role": "user", "content": prompt}], kwargs)
@@ -549,7 +566,9 @@ class OmniRouteLLM(FunctionCallingLLM):
         **kwargs: Any,
     ) -> dict[str, Any]:
         """Prepare a tool call; the chat call routes it to a tool-capable candidate, which formats the tools."""
-        messages = list(chat_history or [])
+        messages = chat_messages(chat_history or [], name="chat_history")
+        if user_msg is not None and not isinstance(user_msg, (str, ChatMessage)):
+            raise TypeError(f"user_msg must be a str or a ChatMessage, got {type(user_msg).__name__}")
         if user_msg is not None:
             messages.append(ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str)
                             else user_msg)

@@ -24,7 +24,9 @@ from shared_core.router import Decision
 
 __all__ = [
     "annotate",
+    "chat_messages",
     "output_text",
+    "prompt_text",
     "provider_usage",
     "routed_model",
     "to_request",
@@ -64,6 +66,40 @@ def _content(message: ChatMessage) -> str | list[dict[str, Any]]:
     if all(isinstance(b, (TextBlock, ToolCallBlock)) for b in message.blocks):
         return message.content or ""
     return [c for c in map(_content_block, message.blocks) if c is not None]
+
+
+def chat_messages(messages: Any, method: str | None = None, *, name: str = "messages") -> list[ChatMessage]:
+    """`messages` as a list, after checking it is a sequence of ChatMessage: TypeError naming the
+    call (`method`, else the argument `name`) and the first item that is not one, before any
+    routing or ledger work. Unchecked, a prompt string was read letter by letter deep in the call
+    ("'str' object has no attribute 'role'")."""
+    what = f"{method}() takes" if method else f"{name} must be"
+    if isinstance(messages, ChatMessage):
+        got = "one ChatMessage: put it in a list"
+    elif isinstance(messages, str):
+        got = f"str; use {method.replace('chat', 'complete')}() for a prompt string" if method else "str"
+    elif not isinstance(messages, Sequence) or isinstance(messages, (bytes, bytearray)):
+        got = type(messages).__name__
+    else:
+        checked = list(messages)
+        for i, message in enumerate(checked):
+            if not isinstance(message, ChatMessage):
+                where = f"{method}() {name}" if method else name
+                raise TypeError(f"{where}[{i}] must be a ChatMessage, got {type(message).__name__}")
+        return checked
+    raise TypeError(f"{what} a sequence of ChatMessage, got {got}")
+
+
+def prompt_text(prompt: Any, method: str) -> str:
+    """The prompt of a completion call, after checking it is a str: TypeError naming the call
+    otherwise, before any routing or ledger work (None was routed and charged as an empty prompt)."""
+    if not isinstance(prompt, str):
+        messages = isinstance(prompt, ChatMessage) or (
+            isinstance(prompt, Sequence) and any(isinstance(m, ChatMessage) for m in prompt)
+        )
+        hint = f"; use {method.replace('complete', 'chat')}() for a sequence of ChatMessage" if messages else ""
+        raise TypeError(f"{method}() takes a prompt string, got {type(prompt).__name__}{hint}")
+    return prompt
 
 
 def to_request(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:

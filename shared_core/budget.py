@@ -281,8 +281,9 @@ def scope_chain(scope: str) -> tuple[str, ...]:
     """The scope and every scope enclosing it: "acme/agent-7" → ("acme", "acme/agent-7").
 
     ValueError for anything but a non-empty path of at most MAX_SCOPE_DEPTH non-empty parts and
-    MAX_SCOPE_CHARS characters, free of control characters and encodable as UTF-8 (every store
-    keeps it as text): a session id a client supplies must not cost seconds or megabytes.
+    MAX_SCOPE_CHARS characters, free of control characters, of whitespace at either end of a
+    part, and encodable as UTF-8 (every store keeps it as text): a session id a client supplies
+    must not cost seconds or megabytes.
     """
     if not isinstance(scope, str) or not scope:
         raise ValueError(f"scope must be a non-empty path like 'tenant/agent/session', got {scope!r}")
@@ -300,6 +301,9 @@ def _scope_chain(scope: str) -> tuple[str, ...]:
         raise ValueError(f"scope must be at most {MAX_SCOPE_DEPTH} levels deep, got {len(parts)}: {scope[:80]!r}...")
     if any(not part for part in parts):
         raise ValueError(f"scope must be a non-empty path like 'tenant/agent/session', got {scope!r}")
+    # "acme " beside "acme" would be a second tenant that prints the same in every report.
+    if any(part != part.strip() for part in parts):
+        raise ValueError(f"scope parts must not begin or end with whitespace, got {scope!r}")
     if not scope.isprintable() or not _encodable(scope):
         raise ValueError(f"scope must be printable UTF-8 text, got {scope!r}")
     return tuple("/".join(parts[: i + 1]) for i in range(len(parts)))

@@ -6,9 +6,11 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-__all__ = ["main", "COMMANDS"]
+from pydantic import ValidationError
+
+__all__ = ["main", "COMMANDS", "error_message", "whole_number"]
 
 logger = logging.getLogger("omniroute")
 
@@ -32,17 +34,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        parser.error("a command is required")  # exits 2, after the usage
     try:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, KeyError, ImportError) as error:
-        print(f"omniroute {args.command}: error: {error}", file=sys.stderr)
+        print(f"omniroute {args.command}: error: {error_message(error, args)}", file=sys.stderr)
         return 2
     except OSError as error:  # the system refused (a directory for a file, a read-only disk): say so in a line
         logger.debug("omniroute %s failed", args.command, exc_info=True)
         print(f"omniroute {args.command}: error: {error}", file=sys.stderr)
         return 1
+
+
+def whole_number(least: int) -> Callable[[str], int]:
+    """An argparse `type` for a whole number ≥ `least`: the error names the option and the range."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {least}, got {text!r}")
+        return value
+
+    return parse
+
+
+def error_message(error: BaseException, args: argparse.Namespace) -> str:
+    """`error` as the one line a command prints; a pydantic ValidationError names the option it came from."""
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])  # KeyError's str() is the repr of its argument
+    if not isinstance(error, ValidationError):
+        return str(error)
+    # A command whose option feeds a field of another name maps it in `field_options`; otherwise an
+    # option's dest is the field's name (--horizon-s → horizon_s), and any other field is the model's.
+    options = getattr(args, "field_options", {})
+    parts = []
+    for problem in error.errors(include_url=False):
+        field = ".".join(str(part) for part in problem["loc"])
+        name = options.get(field) or (f"--{field.replace('_', '-')}" if field and field in vars(args)
+                                      else f"{error.title} {field}".rstrip())
+        parts.append(f"{name}: {problem['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -69,6 +69,8 @@ class RoutingDataset:
     sample_ids: np.ndarray
     prices: dict[str, tuple[float, float]] | None = None
     source: str = ""
+    #: The column `split` was read from; None when the data had none (every row is then "train").
+    split_column: str | None = "split"
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -81,6 +83,9 @@ class RoutingDataset:
             chosen: np.ndarray = self.split == name
             mask = chosen
             if not chosen.any():
+                if self.split_column is None:
+                    raise ValueError(f"{self.source or 'the dataset'} has no split column, so no rows with split == "
+                                     f"{name!r}: every row counts as 'train'")
                 raise ValueError(f"no rows with split == {name!r}; splits are {sorted(set(self.split))}")
         idx = np.flatnonzero(np.asarray(mask))
         return RoutingDataset(
@@ -94,6 +99,7 @@ class RoutingDataset:
             sample_ids=self.sample_ids[idx],
             prices=self.prices,
             source=self.source,
+            split_column=self.split_column,
         )
 
     def prompt_tokens(self, encoding: str = "cl100k_base") -> np.ndarray:
@@ -355,6 +361,7 @@ def load_dataset(
     dataset = RoutingDataset(
         prompts=prompts, models=models, quality=quality, cost=None, responses=responses,
         task=task, split=split, sample_ids=sample_ids, prices=table, source=str(path),
+        split_column=split_column if split_column in frame.columns else None,
     )
     if wide:
         cost = frame[[f"{m}{_COST}" for m in models]].to_numpy(dtype=np.float64, na_value=np.nan)

@@ -38,6 +38,8 @@ __all__ = ["Solution", "BatchRouting", "Infeasible", "solve", "budget_curve", "c
 
 # Rows walked at once: bounds the temporary (rows × models) arrays to a few megabytes.
 _CHUNK = 8192
+# The largest float: a quality target's sum is held within it.
+_FLOAT_MAX = float(np.finfo(np.float64).max)
 # A quality target counts as met within float rounding of its sum (a budget is never exceeded).
 _TARGET_SLACK = 1e-9
 # Largest rows × capacity slots solved exactly when the repair heuristic finds no move.
@@ -109,7 +111,9 @@ def solve(
     if quality_target is not None and not np.isfinite(quality_target):
         raise ValueError(f"quality_target must be finite, got {quality_target}")
     caps = _check_capacity(capacity, q.shape)
-    target = None if quality_target is None else float(quality_target) * len(q)
+    # A mean target near the float limit overflows as a sum: held at the largest float, it stays
+    # unreachable (or, negative, met by anything) instead of turning the comparisons into NaN.
+    target = None if quality_target is None else min(max(float(quality_target) * len(q), -_FLOAT_MAX), _FLOAT_MAX)
     if caps is not None:
         return _capacitated(q, c, ok, caps, None if budget is None else float(budget), target)
     start, steps = _envelope_steps(q, c, ok)

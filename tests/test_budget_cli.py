@@ -347,3 +347,22 @@ def test_a_redis_database_the_server_does_not_have_is_a_one_line_error(capsys):
     err = capsys.readouterr().err
     assert err.startswith("omniroute budget: error: Redis ledger at redis://127.0.0.1:6379/99: the server has no "
                           "such database") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--usd", "-1", "--usd: budget usd must be a finite number of USD >= 0, got -1.0"),
+    ("--horizon", "0", "--horizon: horizon must be a number of requests in 1.."),
+    ("--horizon-s", "0", "--horizon-s: horizon_s must be a number of seconds in [0.001, "),
+    ("--period-s", "-3", "--period-s: period_s must be a number of seconds in [0.001, "),
+    ("--idle-ttl-s", "-1", "--idle-ttl-s must be None or a number of seconds in [1.0, "),
+])
+def test_a_bad_budget_value_is_one_line_naming_the_option(option, value, message, tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    assert main(["budget", "set", "acme", "--usd", "5", "--create", "--store", url]) == 0
+    capsys.readouterr()
+    assert main(["budget", "set", "acme", option, value, "--store", url]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"omniroute budget: error: {message}"), captured.err
+    assert captured.err.count("\n") == 1 and "pydantic" not in captured.err and "[type=" not in captured.err
+    assert main(["budget", "show", "--json", "--store", url]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["budget"]["usd"] == 5.0

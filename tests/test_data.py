@@ -135,3 +135,15 @@ def test_subset_by_split_name(routerbench):
     assert len(test) == 946 and set(test.split) == {"test"}
     with pytest.raises(ValueError, match="no rows with split"):
         routerbench.subset("validation")
+
+
+def test_a_dataset_without_a_split_column_is_all_train_and_says_so(tmp_path):
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"prompt": ["a b", "c d"], "m1": [1.0, 0.0], "m2": [0.0, 1.0]}).to_csv(path, index=False)
+    data = load_dataset(path)
+    assert data.split_column is None and list(data.split) == ["train", "train"]
+    assert data.subset("train").split_column is None
+    with pytest.raises(ValueError, match="has no split column, so no rows with split == 'test'"):
+        data.subset("test")
+    pd.DataFrame({"prompt": ["a b"], "m1": [1.0], "fold": ["test"]}).to_csv(path, index=False)
+    assert load_dataset(path, split_column="fold").subset("test").split_column == "fold"

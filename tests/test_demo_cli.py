@@ -41,6 +41,33 @@ def test_bad_arguments_give_a_clear_error(capsys, tmp_path):
     assert "dataset not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--requests", "0"], "argument --requests: must be a whole number >= 1, got '0'"),
+    (["--requests", "-5"], "argument --requests: must be a whole number >= 1, got '-5'"),
+    (["--seed", "-1"], "argument --seed: must be a whole number >= 0, got '-1'"),
+])
+def test_counts_out_of_range_are_refused_naming_the_option(args, message, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["demo", *args])
+    assert done.value.code == 2
+    assert f"omniroute demo: error: {message}" in capsys.readouterr().err
+
+
+def test_a_budget_the_ledger_cannot_hold_is_one_line_naming_the_option(capsys):
+    assert main(["demo", "--requests", "5", "--budget", "1e308"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("omniroute demo: error: --budget: budget usd of ") and "exceeds the largest amount" in err
+    assert err.count("\n") == 1 and "pydantic" not in err and "[type=" not in err
+
+
+def test_no_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as done:
+        main([])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: omniroute") and "omniroute: error: a command is required" in err
+
+
 def test_console_script_help_lists_every_command():
     out = subprocess.run(
         [sys.executable, "-m", "shared_core.cli", "--help"], capture_output=True, text=True, check=True

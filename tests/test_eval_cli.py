@@ -123,6 +123,13 @@ def test_bad_arguments_exit_2_with_a_message(routerbench_path, capsys, args, mes
     assert message in capsys.readouterr().err
 
 
+def test_a_negative_seed_is_refused_naming_the_option(routerbench_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["eval", str(routerbench_path), "--seed", "-1"])
+    assert done.value.code == 2
+    assert "argument --seed: must be a whole number >= 0, got '-1'" in capsys.readouterr().err
+
+
 def test_dataset_without_costs_or_prices_is_refused(llmrouter_paths, capsys):
     assert main(["eval", str(llmrouter_paths[0]), "--no-progress"]) == 2
     assert "no per-query costs: pass --prices FILE" in capsys.readouterr().err
@@ -146,3 +153,8 @@ def test_an_output_in_a_missing_folder_is_refused_before_the_evaluation(routerbe
     same = str(tmp_path / "out")
     assert main(["eval", str(routerbench_path), "--json", same, "--decisions", same, "--no-progress"]) == 2
     assert "--decisions and --json name the same file" in capsys.readouterr().err
+
+
+def test_a_bad_candidate_setting_is_one_line_naming_the_option(routerbench_path, capsys):
+    assert main(["eval", str(routerbench_path), "--max-output-tokens", "0", "--no-progress"]) == 2
+    assert capsys.readouterr().err == "omniroute eval: error: --max-output-tokens: must be > 0, got 0\n"

@@ -112,3 +112,31 @@ def test_an_out_whose_parents_are_missing_is_made(sample, tmp_path, capsys):
     out = tmp_path / "runs" / "new" / "r"
     assert main(["fit", str(path), "--out", str(out), "--predictor", "knn", "--no-progress"]) == 0
     assert Router.load(out).candidates
+
+
+def test_a_dataset_without_a_split_column_is_fitted_on_every_row_and_says_so(sample, tmp_path, capsys):
+    _, frame = sample
+    path = tmp_path / "nosplit.parquet"
+    frame.drop(columns=["split"]).to_parquet(path)
+    assert main(["fit", str(path), "--out", str(tmp_path / "r"), "--predictor", "knn", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "nosplit.parquet: 300 prompts (every row: no 'split' column)" in out and "split 'train'" not in out
+
+
+@pytest.mark.parametrize("args, column", [(["--split", "test"], "split"), (["--split-column", "fold"], "fold")])
+def test_a_split_asked_of_a_dataset_without_the_column_is_refused_with_what_to_do(sample, tmp_path, capsys,
+                                                                                 monkeypatch, args, column):
+    _, frame = sample
+    path = tmp_path / "nosplit.parquet"
+    frame.drop(columns=["split"]).to_parquet(path)
+    monkeypatch.setattr("shared_core.commands.fit.fit_router", lambda *a, **k: pytest.fail("the fit started"))
+    assert main(["fit", str(path), "--out", str(tmp_path / "r"), *args]) == 2
+    advice = "name the column holding the split with --split-column, or leave out --split and --split-column"
+    assert f"has no split column {column!r}: {advice} to fit on every row" in (err := capsys.readouterr().err), err
+
+
+def test_a_bad_candidate_setting_is_one_line_naming_the_option(sample, tmp_path, capsys):
+    path, _ = sample
+    assert main(["fit", str(path), "--out", str(tmp_path / "r"), "--max-output-tokens", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "omniroute fit: error: --max-output-tokens: must be > 0, got 0\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, HumanMessage
 from lc_fakes import FakeToolChatModel, two_candidates
 
 from omniroute_lc import ChatOmniRoute
@@ -57,3 +57,17 @@ def test_for_session_copies_share_the_router():
     assert agent.router is chat.router and chat.session is None
     assert isinstance(agent.invoke("Hi"), AIMessage)
     assert chat.router.budget_state("acme/agent-7").requests == 1
+
+
+@pytest.mark.parametrize(
+    "messages, problem",
+    [(["Hi"], r"messages\[0\] must be a LangChain BaseMessage, got str"),
+     ([HumanMessage("Hi"), 42], r"messages\[1\] must be a LangChain BaseMessage, got int"),
+     ("Hi", "expected a sequence of LangChain messages, got a single str")],
+)
+def test_counting_tokens_of_what_is_not_a_message_names_the_item(messages, problem):
+    # LangChain converts a call's input itself, but not what trim_messages or a user hands this counter:
+    # it failed in the adapter with "'str' object has no attribute 'type'".
+    chat = ChatOmniRoute(candidates=two_candidates())
+    with pytest.raises(TypeError, match=problem):
+        chat.get_num_tokens_from_messages(messages)

@@ -113,6 +113,14 @@ def test_a_reservation_naming_an_unknown_scope_holds_nothing(store):
     assert store.state("acme/ghost") is None
 
 
+@pytest.mark.parametrize("scope", ["acme ", " ", "acme/ bot"])
+def test_a_scope_name_padded_with_whitespace_is_refused_by_every_store(store, scope):
+    # Otherwise "acme " is a second tenant that prints as "acme" in every report.
+    with pytest.raises(ValueError, match="whitespace"):
+        store.set_budget(scope, Budget(usd=1.0))
+    assert store.scopes() == ["acme", "acme/bot"]
+
+
 def test_a_periodic_budget_resets_at_each_period(kind, tmp_path, clock):
     with ledger(kind, tmp_path, clock=clock) as store:
         store.set_budget("daily", Budget(usd=1.0, period_s=100))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from li_fakes import CHEAP, EXPENSIVE, ProviderError, UsageLLM, candidate, words
@@ -10,6 +11,7 @@ from llama_index.core import Settings
 from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
 from llama_index.core.llms import ChatMessage, MockLLM
 from llama_index.core.llms.mock import MockLLMWithNonyieldingChatStream
+from llama_index.core.tools import FunctionTool
 
 from omniroute_li import OmniRouteLLM
 from shared_core import Budget, BudgetExceeded, Router, count_message_tokens, count_tokens
@@ -117,6 +119,75 @@ def test_construction_errors_name_the_problem():
         OmniRouteLLM([candidate(CHEAP, MockLLM(), supports_tools=False)], router=router)
     with pytest.raises(KeyError, match="unknown candidate"):
         OmniRouteLLM(router=router, model="gpt-5")
+
+
+async def _call(llm: OmniRouteLLM, form: str, argument):
+    """Call one method form with `argument` as its messages or prompt, reading a stream to its end."""
+    result = getattr(llm, form)(argument)
+    if form.startswith("a"):
+        result = await result
+    if form.startswith("astream"):
+        return [c async for c in result]
+    return list(result) if form.startswith("stream") else result
+
+
+def _untouched(llm: OmniRouteLLM, *fakes: UsageLLM) -> bool:
+    """No candidate was called and the ledger was never asked for anything."""
+    return all(f.calls == 0 for f in fakes) and llm.router.store.open_reservations() == 0 \
+        and llm.router.budget_state("default") is None
+
+
+CHAT_FORMS = [f for f in FORMS if "chat" in f]
+COMPLETE_FORMS = [f for f in FORMS if "complete" in f]
+
+
+@pytest.mark.parametrize("form", CHAT_FORMS)
+@pytest.mark.parametrize(
+    "messages, problem",
+    [("hello", "takes a sequence of ChatMessage, got str; use {complete}() for a prompt string"),
+     ([ChatMessage(role="user", content=QUESTION), 42], "messages[1] must be a ChatMessage, got int"),
+     ([{"role": "user", "content": QUESTION}], "messages[0] must be a ChatMessage, got dict"),
+     (ChatMessage(role="user", content=QUESTION), "got one ChatMessage: put it in a list"),
+     (None, "takes a sequence of ChatMessage, got NoneType")],
+)
+async def test_chat_forms_refuse_what_is_not_a_sequence_of_chat_messages_before_routing(form, messages, problem):
+    # A prompt string was read letter by letter deep in the call: "'str' object has no attribute 'role'".
+    big, small, llm = _pair()
+    with pytest.raises(TypeError, match=re.escape(problem.format(complete=form.replace("chat", "complete")))) as info:
+        await _call(llm, form, messages)
+    assert str(info.value).startswith(f"{form}() ")  # the call is named, async and stream forms alike
+    assert _untouched(llm, big, small)
+
+
+@pytest.mark.parametrize("form", COMPLETE_FORMS)
+@pytest.mark.parametrize(
+    "prompt, problem",
+    [(None, "got NoneType"), (42, "got int"), (b"hello", "got bytes"),
+     ([ChatMessage(role="user", content=QUESTION)], "got list; use {chat}() for a sequence of ChatMessage")],
+)
+async def test_completion_forms_refuse_a_prompt_that_is_not_a_string_before_routing(form, prompt, problem):
+    # None was routed and charged as an empty prompt; 42 raised a RoutingError about messages[0] content.
+    big, small, llm = _pair()
+    with pytest.raises(TypeError, match=re.escape(problem.format(chat=form.replace("complete", "chat")))) as info:
+        await _call(llm, form, prompt)
+    assert str(info.value).startswith(f"{form}() takes a prompt string, got ")
+    assert _untouched(llm, big, small)
+
+
+@pytest.mark.parametrize(
+    "arguments, problem",
+    [({"user_msg": 42}, "user_msg must be a str or a ChatMessage, got int"),
+     ({"chat_history": "hello"}, "chat_history must be a sequence of ChatMessage, got str"),
+     ({"user_msg": QUESTION, "chat_history": [ChatMessage(role="user", content=QUESTION), None]},
+      "chat_history[1] must be a ChatMessage, got NoneType")],
+)
+@pytest.mark.parametrize("with_tools", [True, False])
+def test_a_tool_call_refuses_a_user_message_or_history_of_the_wrong_type(arguments, problem, with_tools):
+    big, small, llm = _pair()
+    tools = [FunctionTool.from_defaults(lambda city: city, name="lookup", description="Look up a city.")]
+    with pytest.raises(TypeError, match=re.escape(problem)):
+        llm.chat_with_tools(tools if with_tools else [], **arguments)
+    assert _untouched(llm, big, small)
 
 
 def test_sessions_are_charged_separately_and_models_can_be_pinned():

@@ -10,6 +10,8 @@ import stat
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from shared_core.cli import main
@@ -313,3 +315,46 @@ def test_a_prompt_too_long_for_every_model_is_named_with_the_reason(saved, tmp_p
     assert main(["route", str(saved / "router"), str(prompts), "--budget", "1", "--no-progress"]) == 2
     assert ("1 of the 5 prompts leaves no room in any candidate's context window (rows [3], counted from 0)"
             in capsys.readouterr().err)
+
+
+def test_a_huge_budget_is_printed_in_a_few_characters(saved, tmp_path, capsys):
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("id,prompt\na,What is 2 + 2?\nb,Name a prime number.\n")
+    assert main(["route", str(saved / "router"), str(prompts), "--budget", "1e308", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "budget $1e+308: estimated spend $0.0" in out and max(len(line) for line in out.splitlines()) < 200
+    assert main(["route", str(saved / "router"), str(prompts), "--budget", "1", "--no-progress"]) == 0
+    assert "budget $1.0000: estimated spend $0.0" in capsys.readouterr().out  # everyday amounts as before
+
+
+def test_a_prompt_or_id_column_named_twice_is_an_error_naming_it(saved, tmp_path, capsys):
+    csv_path = tmp_path / "twice.csv"
+    csv_path.write_text("id,prompt,id\na,What is 2 + 2?,x\nb,Name a prime number.,y\n")
+    parquet_path = tmp_path / "twice.parquet"
+    # pandas will not write two columns of one name to Parquet; pyarrow (and other writers) will.
+    columns = [pa.array(["a"]), pa.array(["What is 2 + 2?"]), pa.array(["What is 3 + 3?"])]
+    pq.write_table(pa.table(columns, names=["id", "prompt", "prompt"]), parquet_path)
+    for path, column in [(csv_path, "id"), (parquet_path, "prompt")]:
+        out_csv = tmp_path / "plan.csv"
+        assert main(["route", str(saved / "router"), str(path), "--budget", "1", "--out", str(out_csv)]) == 2
+        assert f"{path.name}: the column {column!r} appears 2 times" in capsys.readouterr().err
+        assert not out_csv.exists()
+    # A repeated column the command does not read is no ambiguity.
+    other = tmp_path / "notes.csv"
+    other.write_text("id,prompt,note,note\na,What is 2 + 2?,x,y\n")
+    assert main(["route", str(saved / "router"), str(other), "--budget", "1", "--no-progress"]) == 0
+
+
+def test_a_prompt_with_a_null_or_empty_id_is_named_by_its_row_number(saved, tmp_path):
+    jsonl = tmp_path / "prompts.jsonl"
+    jsonl.write_text('{"id": null, "prompt": "What is 2 + 2?"}\n{"id": "b", "prompt": "Name a prime number."}\n'
+                     '{"prompt": "Say hi."}\n{"id": "", "prompt": "Say bye."}\n')
+    csv_path = tmp_path / "prompts.csv"
+    csv_path.write_text("id,prompt\n,What is 2 + 2?\nb,Name a prime number.\n")
+    parquet_path = tmp_path / "prompts.parquet"
+    pd.DataFrame({"id": [None, "b"], "prompt": ["What is 2 + 2?", "Name a prime number."]}).to_parquet(parquet_path)
+    for path, ids in [(jsonl, ["0", "b", "2", "3"]), (csv_path, ["0", "b"]), (parquet_path, ["0", "b"])]:
+        out_csv = tmp_path / f"plan-{path.suffix[1:]}.csv"
+        assert main(["route", str(saved / "router"), str(path), "--budget", "1", "--out", str(out_csv),
+                     "--no-progress"]) == 0
+        assert [row["id"] for row in read_plan(out_csv)] == ids

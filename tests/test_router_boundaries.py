@@ -111,6 +111,9 @@ def test_both_adapters_bind_callers_to_a_tenant():
     ("bad\ud800name", "printable UTF-8"),
     ("tab\there", "printable UTF-8"),
     ("acme//x", "non-empty path"),
+    ("acme /x", "whitespace"),
+    (" ", "whitespace"),
+    ("acme/\u00a0x", "whitespace"),
 ])
 def test_session_ids_are_bounded_and_clean(session, message):
     router = Router(_cands(), default_budget=Budget(usd=1.0))

@@ -230,6 +230,15 @@ def test_bad_arrays_are_named():
         solve(np.array([[np.nan, 1.0]]), np.ones((1, 2)), budget=1.0)
 
 
+@pytest.mark.parametrize("capacity", [None, np.array([100, 100, 100])])
+def test_a_target_whose_sum_overflows_is_unreachable_or_met_by_anything(capacity):
+    q, c = _instance(6, n=100, m=3)
+    with pytest.raises(Infeasible, match="above the best reachable"):
+        solve(q, c, quality_target=1e308, capacity=capacity)  # its sum over 100 rows is inf
+    cheapest = solve(q, c, quality_target=-1e308, capacity=capacity)
+    assert cheapest.choice.tolist() == c.argmin(axis=1).tolist()
+
+
 def test_budget_curve_prices_every_budget_like_the_solver():
     q, c = _instance(8, n=800, m=6)
     spend, lams = budget_curve(q, c)

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..budget import Budget, LedgerUnavailable, ScopeState
+from ..budget import Budget, LedgerUnavailable, ScopeState, check_idle_ttl
+from ..cli import error_message
 from ..stores import STORE_URLS, open_store
 
 
@@ -64,16 +65,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except LedgerUnavailable as error:
-        _error(error, args.store)
+        _error(error, args)
         return 1
     except (ValueError, FileNotFoundError, KeyError, ImportError) as error:
         # Handled here, not in shared_core.cli, so the message is redacted and escaped like all others.
-        _error(error, args.store)
+        _error(error, args)
         return 2
 
 
 def _run(args: argparse.Namespace) -> int:
     create = args.action == "set" and args.create
+    if args.action == "set":
+        check_idle_ttl(args.idle_ttl_s, "--idle-ttl-s")  # the ledger's own check would name idle_ttl_s
     try:
         store = open_store(args.store, must_exist=not create)
     except FileNotFoundError as error:
@@ -132,10 +135,10 @@ def _missing_ledger(args: argparse.Namespace, path: str) -> str:
             f"create one with `omniroute budget set SCOPE --usd AMOUNT --create --store URL`)")
 
 
-def _error(error: BaseException, store_url: str) -> None:
-    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+def _error(error: BaseException, args: argparse.Namespace) -> None:
     # Messages already show names as repr()s or through safe(): escape what is left, keep line breaks.
-    print(f"omniroute budget: error: {safe(redact(text, store_url), message=True)}", file=sys.stderr)
+    text = redact(error_message(error, args), args.store)
+    print(f"omniroute budget: error: {safe(text, message=True)}", file=sys.stderr)
 
 
 def _where(store_url: str) -> str:

@@ -9,6 +9,7 @@ from typing import cast
 import numpy as np
 
 from ..budget import Budget, BudgetExceeded, ScopeState
+from ..cli import whole_number
 from ..defaults import DEMO_PROMPTS, default_candidates
 from ..router import Router
 
@@ -20,9 +21,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "fit on its train split and replay its test split with the real recorded costs")
     p.add_argument("--budget", type=float, default=0.25,
                    help="session budget as a fraction of sending every prompt to the best model (default 0.25)")
-    p.add_argument("--requests", type=int, default=200, help="requests to replay without --data (default 200)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for the simulated stream")
-    p.set_defaults(run=run)
+    p.add_argument("--requests", type=whole_number(1), default=200,
+                   help="requests to replay without --data (default 200)")
+    p.add_argument("--seed", type=whole_number(0), default=0, help="random seed for the simulated stream")
+    # The session's Budget is made from these options: its validation errors name them.
+    p.set_defaults(run=run, field_options={"usd": "--budget", "horizon": "--requests"})
 
 
 def run(args: argparse.Namespace) -> int:

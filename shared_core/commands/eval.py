@@ -13,6 +13,7 @@ from typing import Any, cast
 import numpy as np
 
 from ..candidates import Candidate
+from ..cli import whole_number
 from ..data import RoutingDataset, load_dataset
 from ..evaluate import (
     ORDERS,
@@ -60,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--order", choices=ORDERS, default="grouped",
                    help="online replay order: the file's, shuffled, or grouped by task (the adversarial "
                         "case; default)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --order random (default: 0)")
+    p.add_argument("--seed", type=whole_number(0), default=0, help="seed of --order random (default: 0)")
     p.add_argument("--max-output-tokens", type=int, default=1024,
                    help="candidates' output limit, hence the worst case each online request reserves (default: 1024)")
     p.add_argument("--json", metavar="FILE", help="write every figure as JSON")

@@ -17,9 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "fit", help="fit a router on a routing dataset and save it",
         description=(
             "Fit the embedder, a quality predictor and the output-length predictor on the rows of DATA "
-            "with split == --split, and save the router to --out as router.json + arrays.npz (no pickle; "
-            "load it with Router.load(DIR)). Candidates are priced from the dataset's price table (or "
-            "--prices); a dataset with per-query costs but no prices gets prices learned from its costs."
+            "with split == --split (every row when DATA has no split column), and save the router to --out "
+            "as router.json + arrays.npz (no pickle; load it with Router.load(DIR)). Candidates are priced "
+            "from the dataset's price table (or --prices); a dataset with per-query costs but no prices gets "
+            "prices learned from its costs."
         ),
     )
     p.add_argument("data", help="routing dataset (.parquet, .pkl, .csv, .jsonl)")
@@ -28,8 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"quality predictor (default: {DEFAULT_PREDICTOR}: chosen by 5-fold cross-validated AUDC "
                         "on the data)")
     p.add_argument("--prices", help="JSON price table (USD per 1M input/output tokens)")
-    p.add_argument("--split", default="train", help="rows to fit on: the value of the split column (default: train)")
-    p.add_argument("--split-column", default="split", help="column holding the split (default: split)")
+    # None: not given, so a dataset without the split column may be fitted on every row.
+    p.add_argument("--split", help="rows to fit on: the value of the split column (default: train; every row of "
+                                   "a dataset without a split column)")
+    p.add_argument("--split-column", help="column holding the split (default: split)")
     p.add_argument("--max-output-tokens", type=int, default=1024,
                    help="candidates' output limit, the worst case a request reserves (default: 1024)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -38,8 +41,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_output_dir(args.out, "--out")
-    data = load_dataset(args.data, args.prices, split_column=args.split_column).subset(args.split)
-    print(f"{Path(args.data).name}: {len(data)} prompts (split {args.split!r}) × {len(data.models)} models")
+    split, column = args.split or "train", args.split_column or "split"
+    data = load_dataset(args.data, args.prices, split_column=column)
+    if data.split_column is None:
+        if args.split is not None or args.split_column is not None:
+            raise ValueError(f"{args.data} has no split column {column!r}: name the column holding the split "
+                             "with --split-column, or leave out --split and --split-column to fit on every row")
+        rows = f"every row: no {column!r} column"
+    else:
+        data, rows = data.subset(split), f"split {split!r}"
+    print(f"{Path(args.data).name}: {len(data)} prompts ({rows}) × {len(data.models)} models")
     candidates = candidates_for(data, max_output_tokens=args.max_output_tokens)
     start = time.perf_counter()
     router = fit_router(data, args.predictor, candidates=candidates, show_progress=not args.no_progress)

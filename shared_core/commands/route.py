@@ -56,7 +56,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="at most LIMIT of the prompts to MODEL: a share with a decimal point (0.1) or a count (100)")
     p.add_argument("--prompt-column", default="prompt", help="field or column holding the prompt (default: prompt)")
     p.add_argument("--id-column", default="id",
-                   help="field or column naming each prompt in --out (default: id; else the row number)")
+                   help="field or column naming each prompt in --out (default: id); a prompt without one "
+                        "(no field, null or empty) is named by its row number")
     p.add_argument("--out", metavar="FILE.csv", help="write id,model,predicted_quality,estimated_cost_usd per prompt")
     p.add_argument("--no-progress", action="store_true", help="do not report progress on stderr")
     p.set_defaults(run=run)
@@ -144,9 +145,10 @@ CSV_FIELD_LIMIT = 64 * 1024 * 1024
 class PromptFile:
     """(id, prompt) records of a JSONL, CSV or Parquet file, read a chunk at a time (each pass reads it anew).
 
-    An id is the record's `id_column` value as text, else its row number (from 0, blank JSONL
-    lines not counted). Raises FileNotFoundError for a missing file, ValueError for another
-    suffix, and — while reading — ValueError naming the line (JSONL, CSV) or row (Parquet) of a
+    An id is the record's `id_column` value as text, else (no such field, null or empty) its row
+    number (from 0, blank JSONL lines not counted). Raises FileNotFoundError for a missing file,
+    ValueError for another suffix, and — while reading — ValueError for a prompt or id column
+    that appears twice (CSV, Parquet) or naming the line (JSONL, CSV) or row (Parquet) of a
     record that is not JSON or has no prompt text.
     """
 
@@ -203,7 +205,16 @@ class PromptFile:
             shown = repr(prompt)
             shown = shown if len(shown) <= 80 else shown[:77] + "..."
             raise ValueError(f"{where}: row {n} has no prompt text in {self.prompt_column!r} (got {shown})")
-        return str(record.get(self.id_column, n)), prompt
+        ident = record.get(self.id_column)
+        # A null or empty id is no id: the row number, as for a record without the field.
+        return (str(n) if ident is None or not str(ident).strip() else str(ident)), prompt
+
+    def _check_unique(self, header: Sequence[str]) -> None:
+        # Readers keep one of two same-named columns without a word: which prompt, which id?
+        for column in dict.fromkeys((self.prompt_column, self.id_column)):
+            if (count := list(header).count(column)) > 1:
+                raise ValueError(f"{self.path}: the column {column!r} appears {count} times; rename or remove "
+                                 "all but one")
 
     def _jsonl(self, text: io.TextIOWrapper, raw: Any) -> Iterator[tuple[str, str]]:
         n = 0
@@ -225,6 +236,7 @@ class PromptFile:
         # strict: a stray quote is an error, not a field that swallows the rows up to the next quote.
         reader = csv.DictReader(text, strict=True)
         try:
+            self._check_unique(reader.fieldnames or [])
             for n, record in enumerate(reader):
                 self._done = raw.tell()
                 yield self._record(record, n, f"{self.path}:{reader.line_num}")
@@ -242,6 +254,7 @@ class PromptFile:
             raise ImportError("reading Parquet needs pyarrow: pip install 'omniroute[data]'") from None
         with pq.ParquetFile(self.path) as f:
             self._total = max(1, f.metadata.num_rows)
+            self._check_unique(f.schema_arrow.names)
             present = set(f.schema_arrow.names)
             columns = [c for c in dict.fromkeys((self.prompt_column, self.id_column)) if c in present]
             n = 0
@@ -315,11 +328,16 @@ def _summary(names: list[str], choice: np.ndarray, cost: np.ndarray, quality: np
     print("-" * (name_w + 31))
     for j in np.argsort(-spend, kind="stable"):
         if counts[j]:
-            print(f"{names[j]:<{name_w}} {counts[j]:>8} {counts[j] / n:>7.1%} {spend[j]:>13.4f}")
+            print(f"{names[j]:<{name_w}} {counts[j]:>8} {counts[j] / n:>7.1%} {_usd(spend[j]):>13}")
     print("-" * (name_w + 31))
-    print(f"{'total':<{name_w}} {n:>8} {1:>7.0%} {cost.sum():>13.4f}")
-    goal = (f"budget ${args.budget:.4f}" if args.budget is not None
+    print(f"{'total':<{name_w}} {n:>8} {1:>7.0%} {_usd(cost.sum()):>13}")
+    goal = (f"budget ${_usd(args.budget)}" if args.budget is not None
             else f"mean predicted quality >= {args.quality_target:g}")
-    print(f"\n{goal}: estimated spend ${cost.sum():.4f}, mean predicted quality {quality.mean():.4f}, "
+    print(f"\n{goal}: estimated spend ${_usd(cost.sum())}, mean predicted quality {quality.mean():.4f}, "
           f"λ {lam:.4g} quality/$; {n} prompts routed in {seconds:.2f} s"
           + (f"; plan written to {args.out}" if args.out else ""))
+
+
+def _usd(amount: float) -> str:
+    # Four decimals for any amount a batch could cost; a budget of 1e308 ("no limit") would be 300 digits.
+    return f"{amount:.4f}" if abs(amount) < 1e9 else f"{amount:.6g}"
