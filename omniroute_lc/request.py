@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +38,9 @@ def core_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
     """LangChain messages as the core's {"role", "content", "name", "tool_calls"} dicts; TypeError
     naming the first item that is not a BaseMessage (LangChain converts a call's input before its
     hooks see it, but `get_num_tokens_from_messages` takes messages as they come)."""
-    if isinstance(messages, str):
-        raise TypeError("expected a sequence of LangChain messages, got a single str")
+    if isinstance(messages, str) or not isinstance(messages, Iterable):
+        got = "a single str" if isinstance(messages, str) else type(messages).__name__
+        raise TypeError(f"expected a sequence of LangChain messages, got {got}")
     converted = []
     for i, m in enumerate(messages):
         if not isinstance(m, BaseMessage):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from llama_index.core.base.llms.types import (
@@ -69,16 +69,16 @@ def _content(message: ChatMessage) -> str | list[dict[str, Any]]:
 
 
 def chat_messages(messages: Any, method: str | None = None, *, name: str = "messages") -> list[ChatMessage]:
-    """`messages` as a list, after checking it is a sequence of ChatMessage: TypeError naming the
-    call (`method`, else the argument `name`) and the first item that is not one, before any
-    routing or ledger work. Unchecked, a prompt string was read letter by letter deep in the call
-    ("'str' object has no attribute 'role'")."""
+    """`messages` (any iterable, read once) as a list, after checking it holds ChatMessages:
+    TypeError naming the call (`method`, else the argument `name`) and the first item that is not
+    one, before any routing or ledger work. Unchecked, a prompt string was read letter by letter
+    deep in the call ("'str' object has no attribute 'role'"), and a generator read empty."""
     what = f"{method}() takes" if method else f"{name} must be"
     if isinstance(messages, ChatMessage):
         got = "one ChatMessage: put it in a list"
     elif isinstance(messages, str):
         got = f"str; use {method.replace('chat', 'complete')}() for a prompt string" if method else "str"
-    elif not isinstance(messages, Sequence) or isinstance(messages, (bytes, bytearray)):
+    elif not isinstance(messages, Iterable) or isinstance(messages, (bytes, bytearray, Mapping)):
         got = type(messages).__name__
     else:
         checked = list(messages)

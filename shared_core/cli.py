@@ -46,15 +46,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def whole_number(least: int) -> Callable[[str], int]:
-    """An argparse `type` for a whole number ≥ `least`: the error names the option and the range."""
+def whole_number(least: int, most: int | None = None) -> Callable[[str], int]:
+    """An argparse `type` for a whole number in [`least`, `most`]: the error names the option and the range."""
+    bounds = f">= {least}" if most is None else f"in {least}..{most:,}"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = least - 1
-        if value < least:
-            raise argparse.ArgumentTypeError(f"must be a whole number >= {least}, got {text!r}")
+        if value < least or (most is not None and value > most):
+            shown = text if len(text) <= 24 else text[:21] + "..."
+            raise argparse.ArgumentTypeError(f"must be a whole number {bounds}, got {shown!r}")
         return value
 
     return parse
@@ -72,8 +75,9 @@ def error_message(error: BaseException, args: argparse.Namespace) -> str:
     parts = []
     for problem in error.errors(include_url=False):
         field = ".".join(str(part) for part in problem["loc"])
-        name = options.get(field) or (f"--{field.replace('_', '-')}" if field and field in vars(args)
-                                      else f"{error.title} {field}".rstrip())
+        # An option the user left out did not cause it (a value read from a store did).
+        given = field and getattr(args, field, None) is not None
+        name = options.get(field) or (f"--{field.replace('_', '-')}" if given else f"{error.title} {field}".rstrip())
         parts.append(f"{name}: {problem['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 

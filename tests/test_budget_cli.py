@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 from ledger_support import postgres_admin, require_redis, store_url
+from pydantic import ValidationError
 
 from shared_core import Budget, Candidate, Router
-from shared_core.cli import main
+from shared_core.cli import error_message, main
 from shared_core.stores import open_store
 
 HOSTILE_SCOPE = "acme/\x1b[2J\x1b[31mevil\r\x00\u202etxt.exe"
@@ -366,3 +368,12 @@ def test_a_bad_budget_value_is_one_line_naming_the_option(option, value, message
     assert captured.err.count("\n") == 1 and "pydantic" not in captured.err and "[type=" not in captured.err
     assert main(["budget", "show", "--json", "--store", url]) == 0
     assert json.loads(capsys.readouterr().out)[0]["budget"]["usd"] == 5.0
+
+
+def test_a_bad_value_the_user_did_not_give_is_named_by_its_field_not_an_option():
+    # A budget read back from the store with a value newer limits refuse: --horizon was not passed.
+    with pytest.raises(ValidationError) as info:
+        Budget(usd=3.0, horizon=0)
+    given = argparse.Namespace(usd=3.0, horizon=None, period_s=100.0)
+    assert error_message(info.value, given).startswith("Budget horizon: horizon must be a number of requests")
+    assert error_message(info.value, argparse.Namespace(horizon=0)).startswith("--horizon: horizon must be")

@@ -42,9 +42,11 @@ def test_bad_arguments_give_a_clear_error(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--requests", "0"], "argument --requests: must be a whole number >= 1, got '0'"),
-    (["--requests", "-5"], "argument --requests: must be a whole number >= 1, got '-5'"),
+    (["--requests", "0"], "argument --requests: must be a whole number in 1..1,000,000, got '0'"),
+    (["--requests", "-5"], "argument --requests: must be a whole number in 1..1,000,000, got '-5'"),
     (["--seed", "-1"], "argument --seed: must be a whole number >= 0, got '-1'"),
+    (["--requests", "10000000001"], "argument --requests: must be a whole number in 1..1,000,000, got '10000000001'"),
+    (["--seed", "9" * 5000], "argument --seed: must be a whole number >= 0, got '999999999999999999999...'"),
 ])
 def test_counts_out_of_range_are_refused_naming_the_option(args, message, capsys):
     with pytest.raises(SystemExit) as done:

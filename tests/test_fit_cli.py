@@ -114,16 +114,20 @@ def test_an_out_whose_parents_are_missing_is_made(sample, tmp_path, capsys):
     assert Router.load(out).candidates
 
 
-def test_a_dataset_without_a_split_column_is_fitted_on_every_row_and_says_so(sample, tmp_path, capsys):
+@pytest.mark.parametrize("spelled", [[], ["--split", "train"], ["--split-column", "split"]])
+def test_a_dataset_without_a_split_column_is_fitted_on_every_row_and_says_so(sample, tmp_path, capsys, spelled):
+    # The defaults spelled out are the defaults: every row counts as "train" there.
     _, frame = sample
     path = tmp_path / "nosplit.parquet"
     frame.drop(columns=["split"]).to_parquet(path)
-    assert main(["fit", str(path), "--out", str(tmp_path / "r"), "--predictor", "knn", "--no-progress"]) == 0
+    argv = ["fit", str(path), "--out", str(tmp_path / "r"), "--predictor", "knn", "--no-progress", *spelled]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "nosplit.parquet: 300 prompts (every row: no 'split' column)" in out and "split 'train'" not in out
 
 
-@pytest.mark.parametrize("args, column", [(["--split", "test"], "split"), (["--split-column", "fold"], "fold")])
+@pytest.mark.parametrize("args, column", [(["--split", "test"], "split"), (["--split", ""], "split"),
+                                          (["--split-column", "fold"], "fold")])
 def test_a_split_asked_of_a_dataset_without_the_column_is_refused_with_what_to_do(sample, tmp_path, capsys,
                                                                                  monkeypatch, args, column):
     _, frame = sample

@@ -63,7 +63,8 @@ def test_for_session_copies_share_the_router():
     "messages, problem",
     [(["Hi"], r"messages\[0\] must be a LangChain BaseMessage, got str"),
      ([HumanMessage("Hi"), 42], r"messages\[1\] must be a LangChain BaseMessage, got int"),
-     ("Hi", "expected a sequence of LangChain messages, got a single str")],
+     ("Hi", "expected a sequence of LangChain messages, got a single str"),
+     (None, "expected a sequence of LangChain messages, got NoneType")],
 )
 def test_counting_tokens_of_what_is_not_a_message_names_the_item(messages, problem):
     # LangChain converts a call's input itself, but not what trim_messages or a user hands this counter:

@@ -148,7 +148,8 @@ COMPLETE_FORMS = [f for f in FORMS if "complete" in f]
      ([ChatMessage(role="user", content=QUESTION), 42], "messages[1] must be a ChatMessage, got int"),
      ([{"role": "user", "content": QUESTION}], "messages[0] must be a ChatMessage, got dict"),
      (ChatMessage(role="user", content=QUESTION), "got one ChatMessage: put it in a list"),
-     (None, "takes a sequence of ChatMessage, got NoneType")],
+     (None, "takes a sequence of ChatMessage, got NoneType"),
+     ({"role": "user", "content": QUESTION}, "takes a sequence of ChatMessage, got dict")],
 )
 async def test_chat_forms_refuse_what_is_not_a_sequence_of_chat_messages_before_routing(form, messages, problem):
     # A prompt string was read letter by letter deep in the call: "'str' object has no attribute 'role'".
@@ -157,6 +158,15 @@ async def test_chat_forms_refuse_what_is_not_a_sequence_of_chat_messages_before_
         await _call(llm, form, messages)
     assert str(info.value).startswith(f"{form}() ")  # the call is named, async and stream forms alike
     assert _untouched(llm, big, small)
+
+
+@pytest.mark.parametrize("form", CHAT_FORMS)
+async def test_chat_forms_read_messages_from_any_iterable_once(form):
+    # A generator was read twice before: routed on its messages, then sent to the candidate empty.
+    big, small, llm = _pair()
+    await _call(llm, form, (m for m in [ChatMessage(role="user", content=QUESTION)]))
+    (prompt_words, _), = (big.usage_log or small.usage_log)
+    assert prompt_words == len(QUESTION.split())
 
 
 @pytest.mark.parametrize("form", COMPLETE_FORMS)

@@ -13,6 +13,9 @@ from ..cli import whole_number
 from ..defaults import DEMO_PROMPTS, default_candidates
 from ..router import Router
 
+# Requests the demo replays at most: its arrays are (requests × candidates), made up front.
+MAX_REQUESTS = 1_000_000
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="route a prompt stream under a session budget, offline",
@@ -21,11 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "fit on its train split and replay its test split with the real recorded costs")
     p.add_argument("--budget", type=float, default=0.25,
                    help="session budget as a fraction of sending every prompt to the best model (default 0.25)")
-    p.add_argument("--requests", type=whole_number(1), default=200,
+    p.add_argument("--requests", type=whole_number(1, MAX_REQUESTS), default=200,
                    help="requests to replay without --data (default 200)")
     p.add_argument("--seed", type=whole_number(0), default=0, help="random seed for the simulated stream")
-    # The session's Budget is made from these options: its validation errors name them.
-    p.set_defaults(run=run, field_options={"usd": "--budget", "horizon": "--requests"})
+    # The session's Budget is made from --budget: its validation errors name it.
+    p.set_defaults(run=run, field_options={"usd": "--budget"})
 
 
 def run(args: argparse.Namespace) -> int:

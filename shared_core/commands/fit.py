@@ -41,10 +41,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_output_dir(args.out, "--out")
-    split, column = args.split or "train", args.split_column or "split"
+    split = "train" if args.split is None else args.split
+    column = "split" if args.split_column is None else args.split_column
     data = load_dataset(args.data, args.prices, split_column=column)
     if data.split_column is None:
-        if args.split is not None or args.split_column is not None:
+        # Every row counts as "train" there: only a split or column other than the defaults is refused.
+        if split != "train" or column != "split":
             raise ValueError(f"{args.data} has no split column {column!r}: name the column holding the split "
                              "with --split-column, or leave out --split and --split-column to fit on every row")
         rows = f"every row: no {column!r} column"
