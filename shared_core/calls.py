@@ -131,7 +131,7 @@ class _Tries:
         """Settle a failed attempt's hold: its worst case charged when the provider may bill it
         (`may_be_billed`, once), else released — unless `release` is False (a reroute releases it)."""
         if may_be_billed(error):
-            self._charge_once(decision, f"timed out waiting for the answer ({type(error).__name__})")
+            self._charge_once(decision, f"its request may have reached the provider ({type(error).__name__})")
         elif release:
             self.router.release(decision)
 
@@ -179,8 +179,9 @@ class _Tries:
 
 def _charge_unread(router: Router, decision: Decision, why: str) -> None:
     """Commit the worst case held for an attempt whose answer nobody will read — it timed out waiting
-    (`may_be_billed`), or goes on unseen in a worker thread: the provider may still write and bill
-    it, and the ledger must not count less than the bill. `why` says which, in the log."""
+    or lost its connection (`may_be_billed`), or goes on unseen in a worker thread: the provider may
+    still write and bill it, and the ledger must not count less than the bill. `why` says which, in
+    the log."""
     if decision.scopes:
         router.commit(decision, cost=decision.reserved)
         logger.info("%s (%s): charged its worst case, %.9g USD, which the provider may still bill",
@@ -263,8 +264,9 @@ def call_with_fallbacks(
     on_failure: OnFailure | None = None,
 ) -> tuple[T, Decision]:
     """Run `call` on the chosen candidate; on a failure that another candidate could avoid (see
-    `fallbacks.classify`), release it — or charge its worst case when it timed out waiting for the
-    answer (`fallbacks.may_be_billed`) — and retry the next-best.
+    `fallbacks.classify`), release it — or charge its worst case when its request may have reached
+    the provider (it timed out waiting for the answer or lost its connection:
+    `fallbacks.may_be_billed`) — and retry the next-best.
 
     Returns the result and the decision that produced it (still reserved: the caller settles it
     with the usage it reads from the result; its `failures` record every failed attempt). Each
@@ -508,7 +510,8 @@ def settle_interrupted(
 
     A provider error (an `Exception`) ended the provider's work: what it produced is charged, from
     its report or counted (as settle_usage). The reader stopping (GeneratorExit, cancellation,
-    an interrupt) or timing out waiting for the next chunk (`fallbacks.may_be_billed`) did not: the
+    an interrupt), timing out waiting for the next chunk or losing the connection
+    (`fallbacks.may_be_billed`) did not: the
     provider may go on writing — and billing — up to the cap, so the whole worst case reserved for
     the call is charged (`usage_source` "reserved"), never less than the bill.
     """

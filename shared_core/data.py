@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import difflib
 import io
 import json
 import logging
@@ -134,6 +135,10 @@ class RoutingDataset:
         ]
 
 
+#: The entry forms of a price table, as error messages and help texts show them.
+PRICE_FORMS = '[input, output], {"input": .., "output": ..} or {"input_per_million": .., "output_per_million": ..}'
+
+
 def load_prices(source: str | Path | Mapping[str, Any]) -> dict[str, tuple[float, float]]:
     """A price table {model: (input, output) USD per 1M tokens} from a JSON file or mapping.
 
@@ -151,11 +156,11 @@ def load_prices(source: str | Path | Mapping[str, Any]) -> dict[str, tuple[float
         elif isinstance(entry, (list, tuple)) and len(entry) == 2:
             pin, pout = entry
         else:
-            raise ValueError(f"price for {model!r} must be [input, output] or a mapping, got {entry!r}")
+            pin = pout = None
         try:
             pin_f, pout_f = float(pin), float(pout)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise ValueError(f"price for {model!r} is not numeric: {entry!r}") from None
+            raise ValueError(f"price for {model!r} must be {PRICE_FORMS} (USD per 1M tokens), got {entry!r}") from None
         if not (math.isfinite(pin_f) and math.isfinite(pout_f)) or pin_f < 0 or pout_f < 0:
             raise ValueError(f"price for {model!r} must be finite and >= 0, got {entry!r}")
         table[str(model)] = (pin_f, pout_f)
@@ -242,7 +247,12 @@ def _is_text_column(name: str, split_column: str) -> bool:
     """Columns that hold text or ids whatever they look like: never parsed as numbers."""
     if name.endswith(_COST):
         return False
-    return name in _META_COLUMNS or name == split_column or "|" in name
+    return name in _META_COLUMNS or name == split_column or "|" in name or _is_written_index(name)
+
+
+def _is_written_index(name: str) -> bool:
+    """The column pandas names "Unnamed: 0" when it reads back a frame written with its index (to_csv's default)."""
+    return name.startswith("Unnamed: ") and name[len("Unnamed: "):].isdigit()
 
 
 def _numbers_where_numeric(frame: Any, split_column: str) -> Any:
@@ -309,7 +319,10 @@ def load_dataset(
 ) -> RoutingDataset:
     """Load a routing dataset (RouterBench wide layout, or LLMRouter layout with a price table).
 
-    Cost: RouterBench's per-query `total_cost` when present; otherwise, with `prices`, the
+    The LLMRouter layout: a `prompt` column, one numeric column of quality labels per model (NaN
+    or blank: unknown), and optionally `split`, `task` or `eval_name`, `id` / `sample_id`; every
+    other numeric column is taken for a model, except the index pandas writes by default
+    ("Unnamed: 0"). Cost: RouterBench's per-query `total_cost` when present; otherwise, with `prices`, the
     prompt's cl100k_base token count times the input price plus `assumed_output_tokens` (or the
     response's token count, when responses exist) times the output price; otherwise None.
     """
@@ -326,8 +339,7 @@ def load_dataset(
     else:
         models = [
             c for c in columns
-            if c not in _META_COLUMNS and c != split_column and "|" not in c
-            and frame[c].dtype.kind in "fiub"
+            if not _is_text_column(c, split_column) and frame[c].dtype.kind in "fiub"
         ]
     if not models:
         raise ValueError(f"{path}: found no model columns")
@@ -368,7 +380,11 @@ def load_dataset(
     elif table is not None:
         missing = [m for m in models if m not in table]
         if missing:
-            raise ValueError(f"price table has no entry for models {missing}")
+            unknown = sorted(set(table) - set(models))
+            near = {m: close[0] for m in missing if (close := difflib.get_close_matches(m, unknown, n=1))}
+            hint = "; ".join(f"{m!r}: is its entry {e!r}?" for m, e in near.items())
+            raise ValueError(f"price table has no entry for models {missing}" + (f" ({hint})" if hint else "")
+                             + " (every numeric column other than the id, task and split columns is a model)")
         p_in = np.array([table[m][0] for m in models])
         p_out = np.array([table[m][1] for m in models])
         inp = dataset.prompt_tokens()[:, None].astype(np.float64)

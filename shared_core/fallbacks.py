@@ -89,39 +89,59 @@ def classify(error: BaseException) -> str:
 
 # Failures before the request was sent whole, by class name (any in an error's MRO or its chain of
 # causes): the provider never saw it. httpx (and openai / anthropic on top of it), urllib3 and
-# requests, aiohttp, botocore; a failed name lookup, a refused connection.
+# requests, aiohttp, botocore; a failed name lookup, a refused connection, a write that failed.
 _UNSENT = frozenset({
     "ConnectTimeout", "ConnectTimeoutError", "ConnectionTimeoutError", "PoolTimeout", "WriteTimeout", "ConnectError",
     "NewConnectionError", "NameResolutionError", "ClientConnectorError", "EndpointConnectionError",
-    "ConnectionRefusedError", "gaierror",
+    "ConnectionRefusedError", "gaierror", "WriteError", "BrokenPipeError", "LocalProtocolError",
 })
+# A connection lost without an answer, by words in a class name: httpx's ReadError and
+# RemoteProtocolError, openai's / anthropic's APIConnectionError, aiohttp's ServerDisconnectedError
+# and ClientPayloadError, urllib3's ProtocolError, http.client's IncompleteRead; and Python's
+# ConnectionError. Unless its causes show it was never sent, the request may have reached the
+# provider, which bills what it writes whether or not the answer arrives.
+_DROPPED = ("Connection", "ReadError", "ProtocolError", "Disconnected", "IncompleteRead", "PayloadError")
 
 
 def may_be_billed(error: BaseException) -> bool:
-    """Whether a failed attempt may still be billed: a timeout while waiting for the answer, after the
-    request reached the provider, which goes on writing it (and billing it) whether or not anyone reads.
+    """Whether a failed attempt may still be billed: its request may have reached the provider, which
+    goes on writing (and billing) the answer whether or not anyone reads it — a timeout while waiting
+    for the answer, or a connection lost without one.
 
-    False for an error response (it has a status code) and for failures before the request was sent
-    whole: a failed name lookup, a refused connection, a connect, pool or write timeout — the error
-    itself or any error it was raised from (`raise ... from`, as httpx, openai, anthropic and
-    LangChain chain theirs). Only explicit causes are read: an exception's implicit `__context__`
-    may be whatever its caller happened to be handling.
+    False for an error response (it has a status code), for failures before the request was sent
+    whole — a failed name lookup, a refused connection, a connect, pool or write timeout, a failed
+    write: the error itself or any error it was raised from (`raise ... from`, as httpx, openai,
+    anthropic and LangChain chain theirs, or wrapped as urllib3's `reason` and requests' first
+    argument) — and for other errors (a bug, a malformed answer the client rejected). Only
+    explicit causes are read: an exception's implicit `__context__` may be whatever its caller
+    happened to be handling.
     """
     if _status(error) is not None:
         return False
     asyncio = sys.modules.get("asyncio")
     seen: BaseException | None = error
-    timed_out = False
+    sent = False
     for _ in range(8):  # the chain of causes, bounded (a cycle is possible)
         if seen is None:
             break
         names = {cls.__name__ for cls in type(seen).__mro__}
         if names & _UNSENT:
             return False
-        timed_out = timed_out or isinstance(seen, TimeoutError) or any("Timeout" in n for n in names) or (
-            asyncio is not None and isinstance(seen, asyncio.TimeoutError))
-        seen = seen.__cause__
-    return timed_out
+        sent = sent or isinstance(seen, (TimeoutError, ConnectionError)) or (
+            asyncio is not None and isinstance(seen, asyncio.TimeoutError)) or any(
+            "Timeout" in n or any(word in n for word in _DROPPED) for n in names)
+        seen = _cause(seen)
+    return sent
+
+
+def _cause(error: BaseException) -> BaseException | None:
+    """The error `error` was raised from, or wraps: `raise ... from`, urllib3's `reason`, requests' first argument."""
+    if error.__cause__ is not None:
+        return error.__cause__
+    for wrapped in (getattr(error, "reason", None), error.args[0] if error.args else None):
+        if isinstance(wrapped, BaseException):
+            return wrapped
+    return None
 
 
 def falls_back(kind: str) -> bool:
@@ -134,7 +154,8 @@ class Attempt:
     """One failed call: the candidate, the kind of failure, the error itself, and the USD it was charged.
 
     `charged_usd` is the attempt's worst case when its provider may bill it (it timed out waiting
-    for the answer, or was given up on), else 0 (the hold was released).
+    for the answer, lost its connection without one, or was given up on), else 0 (the hold was
+    released).
     """
 
     candidate: str

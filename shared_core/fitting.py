@@ -177,7 +177,8 @@ def priced_candidates(train: RoutingDataset, **overrides: Any) -> tuple[list[Can
     if train.prices:
         return train.candidates(**overrides), None
     if train.cost is None:
-        raise ValueError("this dataset has neither a price table nor per-query costs: pass a price table")
+        raise ValueError("this dataset has neither a price table nor per-query costs: pass a price table "
+                         "(`--prices FILE` on the command line, `load_dataset(path, prices=...)` in code)")
     cost_fit = fit_prices(train)
     return cost_fit.candidates(**overrides), cost_fit
 

@@ -37,6 +37,8 @@ Billing rules (all counts with cl100k_base):
   chunks sent before the write failed; overcount is only billed once the last content chunk went out).
   A request whose client disconnects while the server is still "hanging" (before generating) is
   recorded with status 499 and cost 0.
+* ``drop_after_bill``: the answer is written and billed as usual, then the connection closes with
+  no response sent (a proxy or load balancer cutting it): the client sees a dropped connection.
 
 The bill is updated *before* the bytes a client could observe are written, so right after a client
 call returns, ``server.requests`` / ``server.bill_usd`` already include that call.
@@ -145,6 +147,7 @@ class Behaviour:
     chunk_delay_s: float = 0.0  # pause between stream content chunks (to test abandoned streams)
     retry_after_ms: float | None = 1.0  # failures send `retry-after-ms` (SDK retries wait ~1 ms)
     tool_rounds: int = 1  # replies that call a tool after a user message (the i-th calls the i-th tool), then text
+    drop_after_bill: bool = False  # write (and bill) the answer, then close the connection without sending it
 
     @property
     def effective_cache_read_price(self) -> float:
@@ -906,6 +909,10 @@ class _Handler(BaseHTTPRequestHandler):
             plan = _make_plan(behaviour, cap, "text", text=text)
 
         ctx = _Ctx(self, provider, record, behaviour, plan, epoch)
+        if behaviour.drop_after_bill:  # a proxy or load balancer cutting the connection after the work was done
+            ctx.bill(visible=plan.visible_tokens, overcount=True, usage_reported=False, finished=True)
+            self.close_connection = True
+            return
         if api == "openai":
             (self._openai_stream if stream else self._openai_json)(ctx)
         elif api == "anthropic":

@@ -72,17 +72,31 @@ def test_llmrouter_without_prices_has_no_cost(llmrouter_paths):
 
 def test_price_table_missing_a_model_is_rejected(llmrouter_paths, tmp_path):
     table = json.loads(llmrouter_paths[1].read_text())
-    table.pop("gemma-2-9b-it")
+    table["gemma-2-9b"] = table.pop("gemma-2-9b-it")  # a misspelt entry is named beside the missing model
     bad = tmp_path / "prices.json"
     bad.write_text(json.dumps(table))
-    with pytest.raises(ValueError, match="gemma-2-9b-it"):
+    with pytest.raises(ValueError, match=r"no entry for models \['gemma-2-9b-it'\] \('gemma-2-9b-it': is its entry "
+                                         r"'gemma-2-9b'\?\)"):
         load_dataset(llmrouter_paths[0], bad)
 
 
-@pytest.mark.parametrize("entry", [{"input": -1, "output": 1}, {"input": "x", "output": 1}, [1, 2, 3]])
+@pytest.mark.parametrize("entry", [{"input": -1, "output": 1}, {"input": "x", "output": 1}, [1, 2, 3],
+                                   {"in": 0.15, "out": 0.6}])
 def test_bad_prices_are_rejected(entry):
     with pytest.raises(ValueError, match="price for 'm'"):
         load_prices({"m": entry})
+
+
+def test_a_price_in_an_unknown_form_is_told_the_forms_there_are():
+    with pytest.raises(ValueError, match=r"must be \[input, output\], \{\"input\": \.\., \"output\": \.\.\} or"):
+        load_prices({"m": {"in": 0.15, "out": 0.6}})
+
+
+def test_the_index_pandas_writes_with_a_frame_is_not_a_model(tmp_path):
+    # DataFrame.to_csv writes the index by default; read back, it is a numeric column named "Unnamed: 0".
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"prompt": ["a b", "c d"], "m1": [1.0, 0.0], "m2": [0.0, 1.0]}).to_csv(path)
+    assert load_dataset(path, {"m1": [1, 2], "m2": [1, 2]}).models == ["m1", "m2"]
 
 
 def test_routerbench_pickle_layout_loads_without_running_code(routerbench_path, tmp_path):

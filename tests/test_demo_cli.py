@@ -25,6 +25,19 @@ def test_demo_on_bundled_defaults(capsys):
     assert "gpt-4-1106-preview" in out and "total" in out
 
 
+def test_the_demo_reference_is_on_the_same_basis_as_its_spend(capsys):
+    # Replies were 64 tokens against a predicted (and referenced) 256, so "25 % of every prompt to the
+    # best model" bought nearly every prompt the best model, and a budget of twice it spent an eighth.
+    assert main(["demo", "--budget", "2"]) == 0
+    out = capsys.readouterr().out
+    budget, spent = _spend(out)
+    assert 0.85 * budget / 2 <= spent <= 1.05 * budget / 2  # the best model nearly every time: about the reference
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    best = int(re.search(r"gpt-4-1106-preview\s+(\d+)\s", out).group(1))
+    assert best < 100, out  # a quarter of the reference buys the best model for a minority of prompts
+
+
 @pytest.mark.slow
 def test_demo_replays_real_data_within_budget(capsys, routerbench_path):
     assert main(["demo", "--data", str(routerbench_path), "--budget", "0.1"]) == 0

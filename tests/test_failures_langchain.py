@@ -372,9 +372,19 @@ def test_which_failures_may_still_be_billed():
         _raised(openai.APITimeoutError(request=request), httpx.ReadTimeout("read", request=request)),
         _raised(anthropic.APITimeoutError(request=request), httpx.ReadTimeout("read", request=request)),
         _raised(openai.APITimeoutError(request=request)),  # no cause to tell: it may have been sent
+        # A connection lost without an answer: the request may have reached the provider, which bills it.
+        ConnectionResetError("reset"), httpx.ReadError("read", request=request),
+        httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request),
+        _raised(openai.APIConnectionError(request=request), httpx.ReadError("read", request=request)),
+        _raised(anthropic.APIConnectionError(request=request), httpx.RemoteProtocolError("peer closed")),
+        # Found by a user: a client reused across asyncio.run() calls; the server had answered and billed.
+        _raised(openai.APIConnectionError(request=request), RuntimeError("Event loop is closed")),
     ]
     unbilled = [
-        ConnectionRefusedError("refused"), ConnectionResetError("reset"), RuntimeError("bug"),
+        ConnectionRefusedError("refused"), RuntimeError("bug"), ValueError("a malformed answer"),
+        BrokenPipeError("the request could not be written"), httpx.WriteError("write", request=request),
+        httpx.LocalProtocolError("bad header"),
+        _raised(openai.APIConnectionError(request=request), httpx.WriteError("write", request=request)),
         httpx.ConnectTimeout("connect", request=request), httpx.PoolTimeout("pool", request=request),
         httpx.WriteTimeout("write", request=request),
         _raised(openai.APITimeoutError(request=request), httpx.ConnectTimeout("connect", request=request)),
@@ -395,10 +405,15 @@ def test_which_failures_may_still_be_billed():
         urllib3.exceptions.NewConnectionError(pool, "refused"), urllib3.exceptions.NameResolutionError(
             "provider.test", pool, socket.gaierror(-2, "unknown")), urllib3.exceptions.ConnectTimeoutError("connect"),
         requests.exceptions.ConnectTimeout("connect"),
+        # requests wraps urllib3's MaxRetryError, which names the refused connection as its reason.
+        requests.exceptions.ConnectionError(urllib3.exceptions.MaxRetryError(
+            pool, "/v1", urllib3.exceptions.NewConnectionError(pool, "refused"))),
         aiohttp.ClientConnectorError(key, OSError(111, "refused")), aiohttp.ConnectionTimeoutError("connect"),
     ]
     billed += [urllib3.exceptions.ReadTimeoutError(pool, "/v1", "read"), requests.exceptions.ReadTimeout("read"),
-               aiohttp.SocketTimeoutError("read")]
+               aiohttp.SocketTimeoutError("read"), aiohttp.ServerDisconnectedError(),
+               urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError("reset")),
+               requests.exceptions.ConnectionError(urllib3.exceptions.ProtocolError("Connection aborted."))]
     assert [may_be_billed(e) for e in billed] == [True] * len(billed)
     assert [may_be_billed(e) for e in unbilled] == [False] * len(unbilled)
     # Only explicit causes count: what the caller happened to be handling is no cause of this error.

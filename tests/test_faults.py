@@ -42,7 +42,7 @@ def silent_server():
 def _call(address, *, terse_fails: bool = False):
     def call(candidate: Candidate, decision: Decision) -> str:
         if candidate.name == "flaky":
-            raise ConnectionResetError("provider reset the connection")
+            raise ConnectionRefusedError("provider refused the connection")
         if candidate.name == "silent":
             with socket.create_connection(address, timeout=TIMEOUT_S) as conn:
                 conn.sendall(b"POST /v1/chat/completions\r\n\r\n")
@@ -56,7 +56,7 @@ def _call(address, *, terse_fails: bool = False):
 def _acall(address):
     async def call(candidate: Candidate, decision: Decision) -> str:
         if candidate.name == "flaky":
-            raise ConnectionResetError("provider reset the connection")
+            raise ConnectionRefusedError("provider refused the connection")
         if candidate.name == "silent":
             reader, writer = await asyncio.open_connection(*address)
             try:
@@ -339,15 +339,22 @@ def test_a_fallback_reserved_after_the_deadline_is_released_unstarted(router):
     assert router.store.open_reservations() == 0
 
 
-def test_a_stream_that_times_out_between_chunks_is_charged_its_worst_case(router):
+def test_a_stream_that_times_out_or_loses_its_connection_between_chunks_is_charged_its_worst_case(router):
     # A read timeout mid-stream is the client giving up, not the provider: it may go on writing.
     from shared_core.calls import settle_interrupted
 
     decision = router.decide(PROMPT, "acme/bot")
     settled = settle_interrupted(router, decision, TimeoutError("read timed out"), output_text="Par")
     assert settled.usage_source == "reserved" and settled.cost_usd == pytest.approx(decision.reserved)
+    # So is a connection lost mid-stream: the provider may have written (and billed) more than arrived.
     decision = router.decide(PROMPT, "acme/bot")
     settled = settle_interrupted(router, decision, ConnectionResetError("reset"), output_text="Par")
+    assert settled.usage_source == "reserved" and settled.cost_usd == pytest.approx(decision.reserved)
+    # An error the provider sent (it has a status) ended its work: what it produced is charged.
+    decision = router.decide(PROMPT, "acme/bot")
+    overloaded = RuntimeError("overloaded_error")
+    overloaded.status_code = 529  # type: ignore[attr-defined]  # as anthropic's APIStatusError carries it
+    settled = settle_interrupted(router, decision, overloaded, output_text="Par")
     assert settled.usage_source != "reserved" and settled.cost_usd < decision.reserved  # what it produced
 
 

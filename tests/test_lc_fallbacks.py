@@ -44,7 +44,7 @@ async def test_async_falls_back_to_the_next_best_candidate():
 
 def test_when_every_try_fails_the_last_real_error_is_raised_and_nothing_is_charged():
     chat = _chat(FailingChatModel(error=ConnectionRefusedError("first")),
-                 FailingChatModel(error=ConnectionError("second")))
+                 FailingChatModel(error=ConnectionRefusedError("second")))
     with pytest.raises(RuntimeError, match="third"):
         chat.invoke(PROMPT, session="s")
     state = chat.router.budget_state("s")
@@ -52,7 +52,7 @@ def test_when_every_try_fails_the_last_real_error_is_raised_and_nothing_is_charg
 
 
 def test_max_fallbacks_bounds_the_tries():
-    second = FailingChatModel(error=ConnectionError("second"))
+    second = FailingChatModel(error=ConnectionRefusedError("second"))
     chat = _chat(FailingChatModel(error=ConnectionRefusedError("first")), second, max_fallbacks=0)
     with pytest.raises(ConnectionRefusedError, match="first"):
         chat.invoke(PROMPT, session="s")

@@ -354,3 +354,30 @@ def test_tool_calls_in_the_history_are_counted_as_billed(billing):
     estimate = chat.router.decide(core_messages(history), max_tokens=1).input_tokens["gpt"]
     ids = sum(len(c) for c in ("call_Xy12abCD34efGH56ijKL78mn", "call_2"))  # tokens ≤ characters
     assert billed <= estimate <= billed + ids  # the ids of tool results are counted too (conservatively)
+
+
+@pytest.mark.parametrize("form", ["invoke", "ainvoke", "stream", "astream"])
+async def test_a_connection_dropped_after_the_provider_billed_is_charged_and_falls_back(billing, form):
+    # The provider did the work and billed it, then the connection closed before the answer arrived (a
+    # proxy cutting it; found by a user reusing a client across asyncio.run() calls): that attempt was
+    # released as never sent, and the ledger fell short of the bill. It is now charged its worst case.
+    billing.configure(GPT, drop_after_bill=True, **PRICES[GPT])
+    chat = ChatOmniRoute(candidates=candidates(billing), budget=Budget(usd=1.0))
+    ask = dict(session="s", max_tokens=200)
+    if form == "invoke":
+        reply = chat.invoke("Hello.", **ask)
+    elif form == "ainvoke":
+        reply = await chat.ainvoke("Hello.", **ask)
+    elif form == "stream":
+        reply = list(chat.stream("Hello.", **ask))[-1]
+    else:
+        reply = [c async for c in chat.astream("Hello.", **ask)][-1]
+    record = reply.response_metadata["omniroute"]
+    assert (record["model"], record["failed"]) == ("claude", ["gpt"])
+    assert billing.wait_idle()
+    dropped, answered = billing.requests
+    assert (dropped.model, answered.model) == (GPT, CLAUDE) and dropped.cost_usd > 0
+    worst = chat.router.candidate("gpt").worst_case_cost(dropped.prompt_tokens, 200)
+    state = chat.router.budget_state("s")
+    assert state.reserved == 0 and state.committed >= billing.bill_usd - EXACT
+    assert state.committed == pytest.approx(worst + answered.cost_usd, abs=EXACT)

@@ -164,3 +164,28 @@ def test_images_are_counted_before_the_call(billing):
     assert estimate == billed
     assert record(response)["overrun_usd"] == 0 and record(response)["actual_cost_usd"] == pytest.approx(
         billing.bill_usd, abs=EXACT)
+
+
+@pytest.mark.parametrize("form", ["chat", "achat", "stream_chat", "astream_chat"])
+async def test_a_connection_dropped_after_the_provider_billed_is_charged_and_falls_back(billing, form):
+    # The provider billed the answer, then the connection closed before it arrived: charged its worst
+    # case (it was released as never sent, and the ledger fell short of the bill), then the next candidate.
+    billing.configure(GPT, drop_after_bill=True, **PRICES[GPT])
+    llm = OmniRouteLLM(candidates(billing), budget=Budget(usd=1.0), session="s")
+    messages = [ChatMessage(role="user", content="Hello.")]
+    if form == "chat":
+        reply = llm.chat(messages, max_tokens=200)
+    elif form == "achat":
+        reply = await llm.achat(messages, max_tokens=200)
+    elif form == "stream_chat":
+        reply = list(llm.stream_chat(messages, max_tokens=200))[-1]
+    else:
+        reply = [c async for c in await llm.astream_chat(messages, max_tokens=200)][-1]
+    assert record(reply)["model"] == "mini"
+    assert billing.wait_idle()
+    dropped, answered = billing.requests
+    assert (dropped.model, answered.model) == (GPT, MINI) and dropped.cost_usd > 0
+    worst = llm.router.candidate("gpt").worst_case_cost(dropped.prompt_tokens, 200)
+    state = llm.router.budget_state("s")
+    assert state.reserved == 0 and state.committed >= billing.bill_usd - EXACT
+    assert state.committed == pytest.approx(worst + answered.cost_usd, abs=EXACT)

@@ -244,7 +244,12 @@ def test_a_malformed_line_past_the_first_chunk_is_named(saved, test_jsonl, monke
     lines[250] = '{"id": "x", "text": "no prompt field"}'
     test_jsonl.write_text("\n".join(lines))
     assert main(["route", str(saved / "router"), str(test_jsonl), "--budget", "1"]) == 2
-    assert "prompts.jsonl:251: row 250 has no prompt text in 'prompt' (got None)" in capsys.readouterr().err
+    assert ("prompts.jsonl:251: row 250 has no prompt text in 'prompt' (got None); its fields are ['id', 'text']: "
+            "name the prompt's with --prompt-column") in capsys.readouterr().err
+    lines[250] = '{"id": "x", "prompt": "  "}'  # the field is there, its text is not: no advice about the name
+    test_jsonl.write_text("\n".join(lines))
+    assert main(["route", str(saved / "router"), str(test_jsonl), "--budget", "1"]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("row 250 has no prompt text in 'prompt' (got '  ')")
 
 
 def test_a_file_that_changes_between_the_two_passes_leaves_no_plan(saved, test_jsonl, tmp_path, monkeypatch, capsys):

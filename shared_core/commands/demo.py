@@ -55,8 +55,9 @@ def _replay_defaults(args: argparse.Namespace) -> int:
         except BudgetExceeded:
             rows["(refused: budget)"][0] += 1
             continue
-        # Offline there is no model to call: the reply is as long as the router predicted.
-        out = max(1, int(rng.poisson(64)))
+        # Offline there is no model to call: the reply is about as long as the router predicted, as
+        # the reference cost assumes (a fixed shorter one made any budget look four times larger).
+        out = max(1, int(rng.poisson(decision.output_tokens[decision.chosen])))
         cost = router.settle(decision, output_tokens=out)
         row = rows[decision.chosen]
         row[0] += 1

@@ -52,7 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("data", help="routing dataset (.parquet, .pkl, .csv, .jsonl) with a train/test split column")
     p.add_argument("--split-column", default="split", help="column holding train/test (default: split)")
-    p.add_argument("--prices", help="JSON price table (USD per 1M input/output tokens) for datasets without costs")
+    p.add_argument("--prices", help="JSON price table for datasets without costs: {model: [input, output], ...} "
+                                    "in USD per 1M tokens")
     p.add_argument("--predictor", action="append", metavar="NAME",
                    help=f"quality predictor to evaluate, repeatable; the first one's curve goes to --decisions "
                         f"(default: {DEFAULT_PREDICTOR}; known: {', '.join(PREDICTOR_NAMES)})")

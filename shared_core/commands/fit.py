@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--predictor", default=DEFAULT_PREDICTOR, choices=PREDICTOR_NAMES,
                    help=f"quality predictor (default: {DEFAULT_PREDICTOR}: chosen by 5-fold cross-validated AUDC "
                         "on the data)")
-    p.add_argument("--prices", help="JSON price table (USD per 1M input/output tokens)")
+    p.add_argument("--prices", help="JSON price table: {model: [input, output], ...} in USD per 1M tokens")
     # None: not given, so a dataset without the split column may be fitted on every row.
     p.add_argument("--split", help="rows to fit on: the value of the split column (default: train; every row of "
                                    "a dataset without a split column)")

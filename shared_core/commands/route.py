@@ -204,7 +204,11 @@ class PromptFile:
         if not isinstance(prompt, str) or not prompt.strip():
             shown = repr(prompt)
             shown = shown if len(shown) <= 80 else shown[:77] + "..."
-            raise ValueError(f"{where}: row {n} has no prompt text in {self.prompt_column!r} (got {shown})")
+            # A field of another name is the likely mistake when the record has no such field at all.
+            fields = [str(k) for k in record] if hasattr(record, "keys") else []
+            hint = (f"; its fields are {fields[:8]}: name the prompt's with --prompt-column"
+                    if fields and self.prompt_column not in fields else "")
+            raise ValueError(f"{where}: row {n} has no prompt text in {self.prompt_column!r} (got {shown}){hint}")
         ident = record.get(self.id_column)
         # A null or empty id is no id: the row number, as for a record without the field.
         return (str(n) if ident is None or not str(ident).strip() else str(ident)), prompt
