@@ -94,27 +94,32 @@ _UNSENT = frozenset({
     "ConnectTimeout", "ConnectTimeoutError", "ConnectionTimeoutError", "PoolTimeout", "WriteTimeout", "ConnectError",
     "NewConnectionError", "NameResolutionError", "ClientConnectorError", "EndpointConnectionError",
     "ConnectionRefusedError", "gaierror", "WriteError", "BrokenPipeError", "LocalProtocolError",
+    "ClientConnectionResetError",  # aiohttp: "Cannot write to closing transport"
 })
-# A connection lost without an answer, by words in a class name: httpx's ReadError and
-# RemoteProtocolError, openai's / anthropic's APIConnectionError, aiohttp's ServerDisconnectedError
-# and ClientPayloadError, urllib3's ProtocolError, http.client's IncompleteRead; and Python's
-# ConnectionError. Unless its causes show it was never sent, the request may have reached the
-# provider, which bills what it writes whether or not the answer arrives.
-_DROPPED = ("Connection", "ReadError", "ProtocolError", "Disconnected", "IncompleteRead", "PayloadError")
+# A connection lost while waiting for the answer, by class name: httpx's ReadError and
+# RemoteProtocolError ("Server disconnected without sending a response", a body cut short), anyio's
+# BrokenResourceError, aiohttp's ServerDisconnectedError and ClientPayloadError, urllib3's
+# ProtocolError, http.client's RemoteDisconnected and IncompleteRead. A wrapper's own name (openai's
+# APIConnectionError wraps whatever failed while sending, a closed client or a bad URL too) is no sign.
+_LOST = frozenset({
+    "ReadError", "RemoteProtocolError", "BrokenResourceError", "ServerDisconnectedError", "ClientPayloadError",
+    "ProtocolError", "RemoteDisconnected", "IncompleteRead",
+})
 
 
 def may_be_billed(error: BaseException) -> bool:
     """Whether a failed attempt may still be billed: its request may have reached the provider, which
     goes on writing (and billing) the answer whether or not anyone reads it — a timeout while waiting
-    for the answer, or a connection lost without one.
+    for the answer, or a connection lost while waiting for it (a reset, the server disconnecting, a
+    body cut short; an async client's connection left from a closed event loop, which does send).
 
     False for an error response (it has a status code), for failures before the request was sent
     whole — a failed name lookup, a refused connection, a connect, pool or write timeout, a failed
     write: the error itself or any error it was raised from (`raise ... from`, as httpx, openai,
     anthropic and LangChain chain theirs, or wrapped as urllib3's `reason` and requests' first
-    argument) — and for other errors (a bug, a malformed answer the client rejected). Only
-    explicit causes are read: an exception's implicit `__context__` may be whatever its caller
-    happened to be handling.
+    argument) — and for other errors (a closed client, a bad URL, a bug, a malformed answer the
+    client rejected). Only explicit causes are read: an exception's implicit `__context__` may be
+    whatever its caller happened to be handling.
     """
     if _status(error) is not None:
         return False
@@ -127,11 +132,18 @@ def may_be_billed(error: BaseException) -> bool:
         names = {cls.__name__ for cls in type(seen).__mro__}
         if names & _UNSENT:
             return False
-        sent = sent or isinstance(seen, (TimeoutError, ConnectionError)) or (
-            asyncio is not None and isinstance(seen, asyncio.TimeoutError)) or any(
-            "Timeout" in n or any(word in n for word in _DROPPED) for n in names)
+        timed_out = isinstance(seen, TimeoutError) or any("Timeout" in n for n in names) or (
+            asyncio is not None and isinstance(seen, asyncio.TimeoutError))
+        lost = bool(names & _LOST) or isinstance(seen, (ConnectionResetError, ConnectionAbortedError))
+        sent = sent or timed_out or lost or (seen is not error and _stale_loop(seen))
         seen = _cause(seen)
     return sent
+
+
+def _stale_loop(error: BaseException) -> bool:
+    """An HTTP client's error from a pooled connection made on an event loop since closed (a client
+    reused across `asyncio.run` calls): the request is written on it, then reading the answer fails."""
+    return type(error) is RuntimeError and str(error) == "Event loop is closed"
 
 
 def _cause(error: BaseException) -> BaseException | None:

@@ -360,6 +360,7 @@ def _raised(error: BaseException, cause: BaseException | None = None) -> BaseExc
 def test_which_failures_may_still_be_billed():
     import asyncio
 
+    import anyio
     import httpx
 
     from shared_core.fallbacks import may_be_billed
@@ -379,12 +380,21 @@ def test_which_failures_may_still_be_billed():
         _raised(anthropic.APIConnectionError(request=request), httpx.RemoteProtocolError("peer closed")),
         # Found by a user: a client reused across asyncio.run() calls; the server had answered and billed.
         _raised(openai.APIConnectionError(request=request), RuntimeError("Event loop is closed")),
+        _raised(openai.APIConnectionError(request=request), _raised(httpx.ReadError("read", request=request),
+                                                                   anyio.BrokenResourceError())),
     ]
     unbilled = [
         ConnectionRefusedError("refused"), RuntimeError("bug"), ValueError("a malformed answer"),
         BrokenPipeError("the request could not be written"), httpx.WriteError("write", request=request),
         httpx.LocalProtocolError("bad header"),
         _raised(openai.APIConnectionError(request=request), httpx.WriteError("write", request=request)),
+        # Found by review: openai wraps whatever fails while sending in APIConnectionError; its name is no sign.
+        _raised(openai.APIConnectionError(request=request),
+                RuntimeError("Cannot send a request, as the client has been closed.")),
+        _raised(openai.APIConnectionError(request=request), httpx.UnsupportedProtocol("no 'https://' in the URL")),
+        _raised(openai.APIConnectionError(request=request), httpx.ProxyError("407 Proxy Authentication Required")),
+        _raised(anthropic.APIConnectionError(request=request), TypeError("a bug while building the request")),
+        RuntimeError("Event loop is closed"),  # raised by the caller's code itself, not from a client's connection
         httpx.ConnectTimeout("connect", request=request), httpx.PoolTimeout("pool", request=request),
         httpx.WriteTimeout("write", request=request),
         _raised(openai.APITimeoutError(request=request), httpx.ConnectTimeout("connect", request=request)),

@@ -381,3 +381,20 @@ async def test_a_connection_dropped_after_the_provider_billed_is_charged_and_fal
     state = chat.router.budget_state("s")
     assert state.reserved == 0 and state.committed >= billing.bill_usd - EXACT
     assert state.committed == pytest.approx(worst + answered.cost_usd, abs=EXACT)
+
+
+def test_a_request_that_never_left_its_client_is_released_not_charged(billing):
+    # Found by review: openai wraps whatever fails while sending in APIConnectionError — here a closed
+    # client; a bad URL or a proxy's refusal the same — so that name alone must not charge the worst case.
+    closed = openai_model(billing)
+    closed.root_client.close()
+    gpt, claude = candidates(billing)
+    chat = ChatOmniRoute(candidates=[gpt.model_copy(update={"model": closed}), claude], budget=Budget(usd=1.0))
+    reply = chat.invoke("Hello.", session="s", max_tokens=200)
+    record = reply.response_metadata["omniroute"]
+    assert (record["model"], record["failed"]) == ("claude", ["gpt"])
+    assert record["failures"][0]["error"].endswith("ConnectionError")  # langchain-openai's wrapper of openai's
+    assert billing.wait_idle()
+    (answered,) = billing.requests  # the closed client sent nothing
+    state = chat.router.budget_state("s")
+    assert state.reserved == 0 and state.committed == pytest.approx(answered.cost_usd, abs=EXACT)
