@@ -8,6 +8,7 @@ import logging
 import struct
 import zlib
 
+import httpx
 import pytest
 from langchain_anthropic import ChatAnthropic
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
@@ -386,8 +387,9 @@ async def test_a_connection_dropped_after_the_provider_billed_is_charged_and_fal
 def test_a_request_that_never_left_its_client_is_released_not_charged(billing):
     # Found by review: openai wraps whatever fails while sending in APIConnectionError — here a closed
     # client; a bad URL or a proxy's refusal the same — so that name alone must not charge the worst case.
-    closed = openai_model(billing)
-    closed.root_client.close()
+    own = httpx.Client()  # its own: langchain-openai shares one httpx client between models by default
+    closed = openai_model(billing, http_client=own)
+    own.close()
     gpt, claude = candidates(billing)
     chat = ChatOmniRoute(candidates=[gpt.model_copy(update={"model": closed}), claude], budget=Budget(usd=1.0))
     reply = chat.invoke("Hello.", session="s", max_tokens=200)
