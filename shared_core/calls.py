@@ -511,9 +511,9 @@ def settle_interrupted(
     A provider error (an `Exception`) ended the provider's work: what it produced is charged, from
     its report or counted (as settle_usage). The reader stopping (GeneratorExit, cancellation,
     an interrupt), timing out waiting for the next chunk or losing the connection
-    (`fallbacks.may_be_billed`) did not: the
-    provider may go on writing — and billing — up to the cap, so the whole worst case reserved for
-    the call is charged (`usage_source` "reserved"), never less than the bill.
+    (`fallbacks.may_be_billed`) did not: the provider may go on writing — and billing — up to the
+    cap, so the whole worst case reserved for the call is charged (`usage_source` "reserved"),
+    never less than the bill.
     """
     if isinstance(error, Exception) and not may_be_billed(error):
         return _traced(router, decision, lambda: _settle_usage(router, decision, report, output_text), error)

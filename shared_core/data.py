@@ -322,7 +322,9 @@ def load_dataset(
     The LLMRouter layout: a `prompt` column, one numeric column of quality labels per model (NaN
     or blank: unknown), and optionally `split`, `task` or `eval_name`, `id` / `sample_id`; every
     other numeric column is taken for a model, except the index pandas writes by default
-    ("Unnamed: 0"). Cost: RouterBench's per-query `total_cost` when present; otherwise, with `prices`, the
+    ("Unnamed: 0").
+
+    Cost: RouterBench's per-query `total_cost` when present; otherwise, with `prices`, the
     prompt's cl100k_base token count times the input price plus `assumed_output_tokens` (or the
     response's token count, when responses exist) times the output price; otherwise None.
     """
