@@ -292,3 +292,17 @@ class PrivateRedis:
         """Stop the server if it runs."""
         if self.process is not None and self.process.poll() is None:
             self.kill()
+
+
+def assert_a_dropped_attempt_is_charged(router: Any, provider: Any, scope: str, models: tuple[str, str],
+                                        candidate: str, cap: int) -> None:
+    """The provider billed two requests — the first (model `models[0]`) dropped before its answer arrived,
+    the second answered — and `scope`'s books hold the first attempt's worst case (`candidate`'s, with
+    `cap` output tokens) plus the second's bill: never less than the bill, nothing left reserved."""
+    assert provider.wait_idle()
+    dropped, answered = provider.requests
+    assert (dropped.model, answered.model) == models and dropped.cost_usd > 0
+    worst = router.candidate(candidate).worst_case_cost(dropped.prompt_tokens, cap)
+    state = router.budget_state(scope)
+    assert state.reserved == 0 and state.committed >= provider.bill_usd - 1e-9
+    assert state.committed == pytest.approx(worst + answered.cost_usd, abs=1e-9)

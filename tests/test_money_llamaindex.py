@@ -4,6 +4,7 @@ local provider in tests/provider_server.py, which bills honestly: what OmniRoute
 from __future__ import annotations
 
 import pytest
+from ledger_support import assert_a_dropped_attempt_is_charged
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.base.llms.types import ChatMessage, ImageBlock, TextBlock
 from llama_index.core.tools import FunctionTool
@@ -182,10 +183,4 @@ async def test_a_connection_dropped_after_the_provider_billed_is_charged_and_fal
     else:
         reply = [c async for c in await llm.astream_chat(messages, max_tokens=200)][-1]
     assert record(reply)["model"] == "mini"
-    assert billing.wait_idle()
-    dropped, answered = billing.requests
-    assert (dropped.model, answered.model) == (GPT, MINI) and dropped.cost_usd > 0
-    worst = llm.router.candidate("gpt").worst_case_cost(dropped.prompt_tokens, 200)
-    state = llm.router.budget_state("s")
-    assert state.reserved == 0 and state.committed >= billing.bill_usd - EXACT
-    assert state.committed == pytest.approx(worst + answered.cost_usd, abs=EXACT)
+    assert_a_dropped_attempt_is_charged(llm.router, billing, "s", (GPT, MINI), "gpt", cap=200)
