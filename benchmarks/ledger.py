@@ -1,5 +1,8 @@
 """Ledger throughput: reserve+commit pairs per second for each store, in 1 process, 4 threads, 4 processes.
 
+The "as routed" row makes each pair as a routed request does: the chain's books read, the hold,
+then `commit_books` (the books around the commit, λ moved).
+
 Each pair reserves in a two-scope chain (tenant → session) and commits, as one routed request
 does. The baseline is the in-memory store in one process. A Router row shows what the store
 costs inside a whole request (token counting, prediction, decide and settle).
@@ -50,12 +53,22 @@ def _open(url_or_store):
     return open_store(url_or_store, **OPTIONS) if isinstance(url_or_store, str) else url_or_store
 
 
-def _pairs(url_or_store, n: int, chain: tuple[str, ...] = CHAIN) -> None:
+def _pace(state) -> float:
+    """A λ that moves on most commits, as a pacer's does while spend is near its target."""
+    return 0.001 * (state.requests % 7)
+
+
+def _pairs(url_or_store, n: int, chain: tuple[str, ...] = CHAIN, routed: bool = False) -> None:
     store = _open(url_or_store)
     for _ in range(n):
         rid = uuid.uuid4().hex
+        if routed:  # the ledger calls of a routed request: its books read, the hold, the commit with λ
+            store.states(chain)
         store.reserve(rid, chain, HOLD, ttl_s=600)
-        store.commit(rid, COST, "m")
+        if routed:
+            store.commit_books(rid, COST, "m", scopes=chain, pace=_pace)
+        else:
+            store.commit(rid, COST, "m")
 
 
 def _worker(url: str, n: int, barrier, out) -> None:
@@ -109,6 +122,8 @@ def _router_requests(url: str, n: int) -> float:
     return seconds
 
 
+#: A mode whose pairs are made as a routed request makes them (Router.decide, then Router.commit).
+ROUTED = "1 process, as routed: read + reserve + commit_books"
 STORES = ("memory", "sqlite", "redis", "postgres", "postgres-async")
 #: The server's own setting: each commit waits for its WAL flush (an fsync); "async" lets it go first.
 ASYNC_COMMIT = "-c synchronous_commit=off"
@@ -175,9 +190,9 @@ def _ledger_run(
     url = _fresh(kind, tmp, servers)
     store = _set_up(url)
     cpu0 = time.process_time()
-    if mode == "1 process":
+    if mode.startswith("1 process"):
         t0 = time.perf_counter()
-        _pairs(store, n)
+        _pairs(store, n, routed=mode == ROUTED)
         seconds, total = time.perf_counter() - t0, n
     elif mode.endswith("threads"):
         seconds, total = _in_threads(store, n, workers), n * workers
@@ -325,7 +340,7 @@ def main() -> None:
         for kind in kinds:
             _server_settings(kind)
             # Memory in 4 processes would be 4 unshared ledgers: nothing to measure.
-            modes = ["1 process", f"{workers} threads"] + ([] if kind == "memory" else [f"{workers} processes"])
+            modes = ["1 process", ROUTED, f"{workers} threads"] + ([] if kind == "memory" else [f"{workers} processes"])
             for mode in modes:
                 runs = [_ledger_run(kind, mode, Path(tmp), servers, n, workers) for _ in range(args.repeat)]
                 seconds, total, *_ = min(runs)

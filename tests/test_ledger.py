@@ -521,6 +521,44 @@ def test_commit_books_reads_the_books_around_the_commit_and_moves_lambda(store, 
         assert store.state(scope) == after[scope]
 
 
+def test_commit_books_in_a_new_period_reports_and_keeps_only_the_new_periods_spend(kind, tmp_path, clock):
+    with ledger(kind, tmp_path, clock=clock) as store:
+        store.set_budget("acme", Budget(usd=1.0, period_s=3600))
+        store.set_budget("acme/bot", Budget(usd=0.5))
+        store.reserve("old", CHAIN, 0.1, ttl_s=7200)
+        store.commit("old", 0.1, "a")
+        store.reserve("r", CHAIN, 0.2, ttl_s=7200)
+        clock.advance(3601)  # the hold outlives acme's hour: its commit is the new period's spend
+        books = store.commit_books("r", 0.05, "b", scopes=CHAIN, pace=lambda state: 0.5)
+        before, after = ({s.scope: s for s in side} for side in (books.before, books.after))
+        assert (before["acme"].committed, before["acme"].by_model) == (0.0, {})
+        assert (after["acme"].committed, after["acme"].by_model, after["acme"].lam) == (0.05, {"b": 0.05}, 0.5)
+        assert after["acme/bot"].by_model == {"a": 0.1, "b": 0.05}
+        for scope in CHAIN:  # what it reported is what the ledger now holds
+            assert store.state(scope) == after[scope]
+
+
+def test_commit_books_of_a_hold_on_scopes_it_was_not_asked_about_reports_the_ledgers_books(store):
+    store.reserve("r", CHAIN, 0.3, ttl_s=60)
+    books = store.commit_books("r", 0.125, "m", scopes=("acme",), pace=lambda state: 0.25)
+    assert [s.scope for s in books.after] == ["acme"]
+    assert books.after[0] == store.state("acme") and books.after[0].committed == 0.125
+    assert (store.state("acme/bot").committed, store.state("acme/bot").reserved) == (0.125, 0.0)
+
+
+def test_a_lambda_the_pacer_leaves_where_it_was_is_not_written_again(store, kind, monkeypatch):
+    writes: list[str] = []
+    if kind == "redis":  # λ takes a script call of its own there: the one to save
+        run = store._run
+        monkeypatch.setattr(store, "_run", lambda script, *a: (writes.append(script), run(script, *a))[1])
+    for rid, theta in (("a", 0.0), ("b", 0.0), ("c", 0.5), ("d", 0.5)):
+        store.reserve(rid, CHAIN, 0.01, ttl_s=60)
+        books = store.commit_books(rid, 0.01, "m", scopes=CHAIN, pace=lambda state, t=theta: t)
+        assert [s.lam for s in books.after] == [theta, theta] == [s.lam for s in store.states(CHAIN)]
+    if kind == "redis":
+        assert writes.count("lambda") == 2  # 0.0 over None, 0.5 over 0.0; never the same value again
+
+
 def test_commit_books_of_a_repeat_charges_nothing_and_leaves_lambda(store):
     store.reserve("r", CHAIN, 0.3, ttl_s=60)
     store.commit_books("r", 0.2, "m", scopes=CHAIN, pace=lambda state: 2.0)

@@ -280,13 +280,16 @@ def _adjust_each(store: LedgerStore, thetas: dict[str, float]) -> list[bool]:
 
 
 def paced(before: Sequence[ScopeState], pace: Pace | None) -> list[float | None]:
-    """Each scope's new λ from its books before a commit (None: unchanged); ValueError for a θ that
-    is not finite. Stores that commit in one step call it before they change anything."""
+    """Each scope's new λ from its books before a commit (None: unchanged, or the same as before);
+    ValueError for a θ that is not finite. Stores that commit in one step call it before they change
+    anything."""
     thetas = [None if pace is None else pace(state) for state in before]
     for theta in thetas:
         if theta is not None and not math.isfinite(theta):
             raise ValueError(f"lambda must be finite, got {theta}")
-    return [None if t is None else float(t) for t in thetas]
+    # A λ the pacer leaves where it was (at 0 while spend runs under budget) is not written again:
+    # for Redis and PostgreSQL that is a round trip saved on most commits.
+    return [None if t is None or float(t) == s.lam else float(t) for s, t in zip(before, thetas, strict=True)]
 
 
 def scope_names(scopes: Iterable[str]) -> list[str]:

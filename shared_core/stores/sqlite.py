@@ -84,6 +84,8 @@ _ADDED_COLUMNS = {"holds": {"seq": "INTEGER"}}
 #: (32,766 by default, 999 before 3.32), however many scopes a report asks for.
 _NAMES_PER_QUERY = 500
 _COLUMNS = "name, budget, period_start, committed, reserved, requests, released, expired, lam, idle_ttl_s"
+_SCOPE_COLUMNS = ", ".join(f"scopes.{c}" for c in _COLUMNS.split(", "))
+_WIDTH = len(_COLUMNS.split(", "))
 _SYNCHRONOUS = ("normal", "full")
 # Connections opened before a fork belong to the parent: the child must neither use nor close them.
 _INHERITED: list[sqlite3.Connection] = []
@@ -114,6 +116,8 @@ class SQLiteStore(LedgerStore):
         if str(path) in ("", ":memory:"):
             raise ValueError("a SQLite ledger needs a file path (':memory:' is not shared between connections)")
         self.path = Path(path)
+        # Resolved once: a later chdir must not move the ledger, and the URL is read on every commit.
+        self._file = self.path.resolve()
         self._clock = clock
         self._retention_s = check_retention(retention_s)
         self._max_finished = check_max_finished(max_finished)
@@ -129,7 +133,7 @@ class SQLiteStore(LedgerStore):
     def _connect(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
-                self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
+                self._file, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
             )
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         except sqlite3.DatabaseError as e:
@@ -188,13 +192,16 @@ class SQLiteStore(LedgerStore):
                     self._pool.append(conn)
 
     @contextmanager
-    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
-        """One atomic transaction: BEGIN IMMEDIATE takes the write lock up front, so no check goes stale."""
+    def _transaction(self, write: bool = True, *, atomic: bool = True) -> Iterator[sqlite3.Connection]:
+        """One atomic transaction: BEGIN IMMEDIATE takes the write lock up front, so no check goes stale.
+        Not `atomic`: reads whose statements each stand alone (each is a snapshot by itself)."""
         with self._connection() as conn:
             try:
-                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                if atomic:
+                    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield conn
-                conn.execute("COMMIT")
+                if atomic:
+                    conn.execute("COMMIT")
             except sqlite3.OperationalError as e:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -215,6 +222,13 @@ class SQLiteStore(LedgerStore):
     def _sweep(self, db: sqlite3.Connection, now: float) -> None:
         """Lapse reservations whose time is up (their money returns) and forget finished ones past
         their retention, and the oldest beyond max_finished."""
+        # One indexed look first: nearly always nothing is due, and each statement costs a write.
+        if db.execute(
+            "SELECT 1 FROM holds WHERE status = 'open' AND expires_at <= ? UNION ALL "
+            "SELECT 1 FROM holds WHERE forget_at <= ? UNION ALL SELECT 1 FROM scopes WHERE idle_at <= ? LIMIT 1",
+            (now, now, now),
+        ).fetchone() is None:
+            return
         lapsed = db.execute(
             "SELECT id, scopes, amount FROM holds WHERE status = 'open' AND expires_at <= ?", (now,)
         ).fetchall()
@@ -325,34 +339,49 @@ class SQLiteStore(LedgerStore):
     def states(self, scopes: Sequence[str]) -> list[ScopeState | None]:
         scopes = scope_names(scopes)
         now = self._clock()
-        with self._transaction(write=False) as db:
+        # A chain's books are one statement, a snapshot by itself: no transaction around it. (Whether
+        # something is due may change right after the look, as it may right after any read.)
+        with self._transaction(write=False, atomic=len(scopes) > _NAMES_PER_QUERY) as db:
             if not self._due(db, now):
                 return self._read(db, scopes, now)
         with self._transaction() as db:  # something lapsed or idled out: sweep it first
             self._sweep(db, now)
             return self._read(db, scopes, now)
 
-    @staticmethod
-    def _read(db: sqlite3.Connection, scopes: Sequence[str], now: float) -> list[ScopeState | None]:
+    @classmethod
+    def _read(cls, db: sqlite3.Connection, scopes: Sequence[str], now: float) -> list[ScopeState | None]:
         """The books of `scopes` (None for one without a budget), rolled into the current period as a
         view: the next write stores the roll."""
         scopes = list(scopes)
+        books = cls._read_books(db, scopes, now)
+        return [books[s].snapshot() if s in books else None for s in scopes]
+
+    @staticmethod
+    def _read_books(
+        db: sqlite3.Connection, scopes: Sequence[str], now: float, rolled: set[str] | None = None
+    ) -> dict[str, ScopeBooks]:
+        """The books of those of `scopes` that have a budget, with their spend by model, rolled into
+        the current period in memory only (the names of those rolled are added to `rolled`)."""
         names = list(dict.fromkeys(scopes))
         books: dict[str, ScopeBooks] = {}
         for start in range(0, len(names), _NAMES_PER_QUERY):
             chunk = tuple(names[start:start + _NAMES_PER_QUERY])
             marks = ", ".join("?" * len(chunk))
-            rows = db.execute(f"SELECT {_COLUMNS} FROM scopes WHERE name IN ({marks})", chunk)
-            found = {r[0]: _books(r) for r in rows}
-            if found:
-                for scope, model, nanos, calls in db.execute(
-                    f"SELECT scope, model, nanos, calls FROM spend WHERE scope IN ({marks})", chunk
-                ):
-                    found[scope].spend[model], found[scope].calls[model] = nanos, calls
-            books.update(found)
+            # One statement, so the spend by model always adds up to the committed it is read with.
+            for row in db.execute(
+                f"SELECT {_SCOPE_COLUMNS}, spend.model, spend.nanos, spend.calls FROM scopes "
+                f"LEFT JOIN spend ON spend.scope = scopes.name WHERE scopes.name IN ({marks})", chunk
+            ):
+                b = books.get(row[0])
+                if b is None:
+                    b = books[row[0]] = _books(row[:_WIDTH])
+                model = row[_WIDTH]
+                if model is not None:
+                    b.spend[model], b.calls[model] = row[_WIDTH + 1], row[_WIDTH + 2]
         for b in books.values():
-            b.roll(now)
-        return [books[s].snapshot() if s in books else None for s in scopes]
+            if b.roll(now) and rolled is not None:
+                rolled.add(b.scope)
+        return books
 
     @staticmethod
     def _due(db: sqlite3.Connection, now: float) -> bool:
@@ -376,8 +405,14 @@ class SQLiteStore(LedgerStore):
         with self._transaction() as db:
             now = self._clock()
             self._sweep(db, now)
-            row = db.execute("SELECT scopes, amount, status FROM holds WHERE id = ?", (reservation_id,)).fetchone()
-            if row is not None:
+            # The hold is written first (a refusal below rolls it back): a new id, the usual case,
+            # then needs no look of its own.
+            if not db.execute(
+                "INSERT INTO holds (id, scopes, amount, expires_at, status) VALUES (?, ?, ?, ?, 'open') "
+                "ON CONFLICT (id) DO NOTHING",
+                (reservation_id, encoded, nanos, now + ttl_s),
+            ).rowcount:
+                row = db.execute("SELECT scopes, amount, status FROM holds WHERE id = ?", (reservation_id,)).fetchone()
                 if tuple(row) == (encoded, nanos, "open"):
                     return
                 raise id_taken(reservation_id)
@@ -387,10 +422,6 @@ class SQLiteStore(LedgerStore):
             for b in books:
                 b.reserved += nanos
             self._save(db, books, now)
-            db.execute(
-                "INSERT INTO holds (id, scopes, amount, expires_at, status) VALUES (?, ?, ?, ?, 'open')",
-                (reservation_id, encoded, nanos, now + ttl_s),
-            )
 
     def _commit(self, reservation_id: str, nanos: int, model: str | None) -> bool:
         with self._transaction() as db:
@@ -404,23 +435,41 @@ class SQLiteStore(LedgerStore):
         with self._transaction() as db:
             now = self._clock()
             self._sweep(db, now)
-            before = [s for s in self._read(db, scopes, now) if s is not None]
+            # The books are read once: what the commit changes is changed in this copy too, so the
+            # books after it are the copy (nothing else writes inside this transaction).
+            rolled: set[str] = set()
+            read = self._read_books(db, scopes, now, rolled)
+            before = [read[s].snapshot() for s in scopes if s in read]
             thetas = paced(before, pace)  # before anything changes: a pace that fails rolls nothing back
-            charged = self._charge(db, reservation_id, nanos, model, now)
+            charged = self._charge(db, reservation_id, nanos, model, now, (read, rolled))
             if charged:
-                db.executemany("UPDATE scopes SET lam = ? WHERE name = ?",
-                               [(theta, b.scope) for b, theta in zip(before, thetas, strict=True) if theta is not None])
-            return Committed(charged, before, [s for s in self._read(db, scopes, now) if s is not None])
+                for b, theta in zip(before, thetas, strict=True):
+                    if theta is not None:
+                        db.execute("UPDATE scopes SET lam = ? WHERE name = ?", (theta, b.scope))
+                        read[b.scope].lam = theta
+            return Committed(charged, before, [read[s].snapshot() for s in scopes if s in read])
 
-    def _charge(self, db: sqlite3.Connection, reservation_id: str, nanos: int, model: str | None, now: float) -> bool:
-        """commit, inside a swept write transaction."""
+    def _charge(
+        self, db: sqlite3.Connection, reservation_id: str, nanos: int, model: str | None, now: float,
+        read: tuple[dict[str, ScopeBooks], set[str]] | None = None,
+    ) -> bool:
+        """commit, inside a swept write transaction. `read` — books `_read_books` gave in this
+        transaction, and the scopes it rolled — is kept what the ledger holds after the commit."""
         row = db.execute("SELECT scopes, amount, status FROM holds WHERE id = ?", (reservation_id,)).fetchone()
         if row is None:
             raise unknown_reservation(reservation_id)
         scopes, amount, status = row
         if status == "committed":
             return False
-        books = self._load(db, json.loads(scopes), now, present=True)
+        held = json.loads(scopes)
+        copy, rolled = read if read is not None else ({}, set())
+        covered = all(s in copy for s in held)
+        if covered:  # the books read already: only a roll they made in memory is still to store
+            books = [copy[s] for s in held]
+            for s in rolled.intersection(held):
+                db.execute("DELETE FROM spend WHERE scope = ?", (s,))
+        else:
+            books = self._load(db, held, now, present=True)
         for b in books:
             if status == "open":
                 b.reserved -= amount
@@ -433,6 +482,8 @@ class SQLiteStore(LedgerStore):
                 [(b.scope, model, nanos) for b in books],
             )
         self._end(db, reservation_id, "committed", now)
+        if read is not None and not covered:  # a hold on scopes besides those read: read them again
+            copy.update(self._read_books(db, list(copy), now))
         return True
 
     def _release(self, reservation_id: str) -> bool:
@@ -474,7 +525,7 @@ class SQLiteStore(LedgerStore):
 
     @property
     def url(self) -> str:
-        return f"sqlite:///{self.path.resolve()}"
+        return f"sqlite:///{self._file}"
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
