@@ -222,7 +222,8 @@ class SQLiteStore(LedgerStore):
     def _sweep(self, db: sqlite3.Connection, now: float) -> None:
         """Lapse reservations whose time is up (their money returns) and forget finished ones past
         their retention, and the oldest beyond max_finished."""
-        # One indexed look first: nearly always nothing is due, and each statement costs a write.
+        # One indexed look first: nearly always nothing is due, and without it the six statements
+        # below ran on every write (a third to a half of its statements).
         if db.execute(
             "SELECT 1 FROM holds WHERE status = 'open' AND expires_at <= ? UNION ALL "
             "SELECT 1 FROM holds WHERE forget_at <= ? UNION ALL SELECT 1 FROM scopes WHERE idle_at <= ? LIMIT 1",
