@@ -377,3 +377,18 @@ def test_a_bad_value_the_user_did_not_give_is_named_by_its_field_not_an_option()
     given = argparse.Namespace(usd=3.0, horizon=None, period_s=100.0)
     assert error_message(info.value, given).startswith("Budget horizon: horizon must be a number of requests")
     assert error_message(info.value, argparse.Namespace(horizon=0)).startswith("--horizon: horizon must be")
+
+
+def test_show_says_what_each_budget_is_paced_over(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    store = open_store(url)
+    store.set_budget("by-requests", Budget(usd=1.0, horizon=1000))
+    store.set_budget("by-time", Budget(usd=1.0, horizon_s=86_400))
+    store.set_budget("unpaced", Budget(usd=1.0))
+    store.close()
+    capsys.readouterr()
+    assert main(["budget", "show", "--store", url]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    end = header.index("horizon") + len("horizon")  # the column is right-aligned under its title
+    assert {line.split()[0]: line[end - 11:end].strip() for line in lines} == {
+        "by-requests": "1000 req", "by-time": "86400s", "unpaced": "-"}

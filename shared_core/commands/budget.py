@@ -227,12 +227,19 @@ def _print_table(states: list[ScopeState]) -> None:
         for s in states
     ]
     width = max(24, *(len(scope) for scope, _, _ in rows), *(len(m) + 4 for _, _, models in rows for m, _, _ in models))
-    print(f"{'scope / model':<{width}} {'budget $':>12} {'period':>8} {'spent $':>12} {'held $':>12} "
-          f"{'left $':>12} {'requests':>9} {'released':>9} {'expired':>8} {'idle ttl':>9}")
+    print(f"{'scope / model':<{width}} {'budget $':>12} {'period':>8} {'horizon':>11} {'spent $':>12} "
+          f"{'held $':>12} {'left $':>12} {'requests':>9} {'released':>9} {'expired':>8} {'idle ttl':>9}")
     for scope, s, models in rows:
         period = f"{s.budget.period_s:g}s" if s.budget.period_s else "-"
         idle = f"{s.idle_ttl_s:g}s" if s.idle_ttl_s else "-"
-        print(f"{scope:<{width}} {s.budget.usd:>12.6f} {period:>8} {s.committed:>12.6f} {s.reserved:>12.6f} "
-              f"{s.remaining:>12.6f} {s.requests:>9} {s.released:>9} {s.expired:>8} {idle:>9}")
+        print(f"{scope:<{width}} {s.budget.usd:>12.6f} {period:>8} {_horizon(s):>11} {s.committed:>12.6f} "
+              f"{s.reserved:>12.6f} {s.remaining:>12.6f} {s.requests:>9} {s.released:>9} {s.expired:>8} {idle:>9}")
         for model, usd, calls in models:
-            print(f"{'  ' + model:<{width}} {'':>12} {'':>8} {usd:>12.6f} {'':>12} {'':>12} {calls:>9}")
+            print(f"{'  ' + model:<{width}} {'':>12} {'':>8} {'':>11} {usd:>12.6f} {'':>12} {'':>12} {calls:>9}")
+
+
+def _horizon(state: ScopeState) -> str:
+    """What the budget is paced over: requests ("1000 req"), seconds ("3600s"), or "-" (not paced)."""
+    if state.budget.horizon is not None:
+        return f"{state.budget.horizon} req"
+    return f"{state.budget.horizon_s:g}s" if state.budget.horizon_s is not None else "-"
