@@ -279,7 +279,9 @@ def test_the_budget_command_sets_budgets_and_reports_spend_per_scope_and_model(k
         assert main(["budget", "show", "--store", url]) == 0
         lines = capsys.readouterr().out.splitlines()
         acme = next(line for line in lines if line.startswith("acme "))
-        assert acme.split()[1:6] == ["50.000000", "86400s", "0.762500", "1.000000", "48.237500"]
+        assert acme.split()[1:7] == ["50.000000", "86400s", "-", "0.762500", "1.000000", "48.237500"]
+        bot = next(line for line in lines if line.startswith("acme/bot "))
+        assert bot.split()[1:5] == ["5.000000", "-", "100", "req"]  # no period; paced over 100 requests
         assert sum(line.split()[0] == "gpt-4o" for line in lines) == 2  # under acme and under acme/bot
 
         assert main(["budget", "show", "ghost", "--store", url]) == 2
