@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .quality.memory import SHARED_ROWS
-from .router import SharedReads
+from .router import Deferred, SharedReads
 
 if TYPE_CHECKING:
     from .router import Decision, Router
@@ -183,10 +183,28 @@ def _decide(batch: list[_Job]) -> None:
         for job in batch:
             job.error = error
         return
-    reads = SharedReads()  # the budgets are read once for the batch, not once per decision
+    # The budgets are read once for the batch, not once per decision, and its holds made together.
+    reads = SharedReads(defer_holds=len(batch) > 1)
     for i, job in enumerate(batch):
         tag, ask = job.result
         _attempt(job, lambda: (tag, router._decide_predicted(ask, lineup, quality[i], lengths[i], reads)))  # noqa: B023
+    if reads.deferred:
+        _hold(router, batch, reads.deferred)
+
+
+def _hold(router: Router, batch: list[_Job], deferred: list[Deferred]) -> None:
+    """Make the holds `batch`'s decisions planned in one ledger call, then finish each decision in
+    its caller's context: routed, decided again alone when its hold was refused, or the ledger's error."""
+    try:
+        outcomes: list[Exception | None] = router._hold_deferred(deferred)
+    except BaseException as error:  # the ledger call itself failed: no decision of the batch is known to hold
+        outcomes = [error] * len(deferred)  # type: ignore[list-item]
+    answered = {id(planned.decision): (planned, outcome) for planned, outcome in zip(deferred, outcomes, strict=True)}
+    for job in batch:
+        found = None if job.error is not None else answered.get(id(job.result[1]))
+        if found is not None:
+            tag = job.result[0]
+            _attempt(job, lambda: (tag, router._confirm(*found)))  # noqa: B023
 
 
 def _deliver(jobs: list[_Job]) -> None:

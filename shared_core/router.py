@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import operator
@@ -91,6 +92,22 @@ class _Ask:
     reservation_ttl_s: float | None = None
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """A decision of a batch whose hold is made with the batch's others (`SharedReads(defer_holds=True)`):
+    the decision as planned, the scope it was asked for, its hold's TTL, and what makes it again,
+    alone, should the books it was planned on have changed."""
+
+    decision: Decision
+    scope: str
+    ttl_s: float
+    redo: Callable[[], Decision]
+
+
+class _Rebudgeted(Exception):
+    """A scope a batch's decision found without a budget has one now: the decision is made again."""
+
+
 class SharedReads:
     """The budget reads of the decisions made one after another in one batch (shared_core.offload).
 
@@ -102,37 +119,62 @@ class SharedReads:
     A chain with a scope that has no budget is read afresh for every decision: a budget set there
     meanwhile counts at once. The ledger still checks every hold; money taken meanwhile by other
     workers or processes fails one, which is retried on fresh books as for any decision.
+
+    With `defer_holds`, the batch's decisions plan their holds on these books instead of making
+    them (`deferred`), and `Router._hold_deferred` makes them all in one `LedgerStore.reserve_many`
+    (one round trip to Redis instead of one per decision); books read meanwhile count the planned
+    holds, so each decision is the one it would be were the holds before it made already. Every
+    chain is then read once, budgeted or not: before the holds are made, one read checks that the
+    scopes found without a budget still have none. A decision whose hold the ledger refuses (money
+    others took since), or whose chain has gained a budget, is made again alone, on fresh books.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, defer_holds: bool = False) -> None:
         self._chains: dict[str, list[ScopeState]] = {}
+        self.deferred: list[Deferred] | None = [] if defer_holds else None
 
     def chain(self, router: Router, scope: str) -> list[ScopeState]:
         """The books of `scope` and its enclosing scopes (Router._chain_states), shared when all are budgeted."""
         chain = self._chains.get(scope)
         if chain is None:
-            chain = router._chain_states(scope)
-            if len(chain) == len(scope_chain(scope)):
+            chain = self._with_planned(router._chain_states(scope))
+            if self.deferred is not None or len(chain) == len(scope_chain(scope)):
                 self._chains[scope] = chain
         return chain
 
     def held(self, decision: Decision) -> None:
         """Add the hold `decision` made to every copy of its scopes (in nanos, as the ledger counts it)."""
         if decision.reserved:
-            nanos = to_nanos(decision.reserved)
-            self._update(decision.scopes, lambda s: replace(
-                s, reserved=to_usd(round(s.reserved * NANOS_PER_USD) + nanos)))
+            self._update(decision.scopes, functools.partial(_plus_hold, nanos=to_nanos(decision.reserved)))
 
-    def refreshed(self, states: Sequence[ScopeState]) -> None:
-        """Books re-read from the ledger replace the copies of their scopes."""
+    def refreshed(self, states: Sequence[ScopeState]) -> list[ScopeState]:
+        """Books re-read from the ledger replace the copies of their scopes; those books, with the
+        holds planned but not yet sent added."""
+        states = self._with_planned(states)
         fresh = {s.scope: s for s in states}
         self._update(fresh, lambda s: fresh[s.scope])
+        return states
+
+    def _with_planned(self, states: Sequence[ScopeState]) -> list[ScopeState]:
+        """Books read from the ledger, with the holds this batch planned and has not sent added."""
+        states = list(states)
+        for planned in self.deferred or ():
+            decision = planned.decision
+            if decision.reserved:
+                nanos, names = to_nanos(decision.reserved), set(decision.scopes)
+                states = [_plus_hold(s, nanos) if s.scope in names else s for s in states]
+        return states
 
     def _update(self, scopes: Iterable[str], change: Callable[[ScopeState], ScopeState]) -> None:
         names = set(scopes)
         for scope, chain in self._chains.items():
             if any(s.scope in names for s in chain):
                 self._chains[scope] = [change(s) if s.scope in names else s for s in chain]
+
+
+def _plus_hold(state: ScopeState, nanos: int) -> ScopeState:
+    """The books with a hold of `nanos` added (in nanos, as the ledger counts it)."""
+    return replace(state, reserved=to_usd(round(state.reserved * NANOS_PER_USD) + nanos))
 
 
 @dataclass(frozen=True)
@@ -474,6 +516,7 @@ class Router:
     ) -> Decision:
         """decide() for a checked request, given the (m,) quality and output tokens predicted for its
         text; `reads` shares the budget reads of the decisions made with it (one batch)."""
+        predicted = functools.partial(self._decide_predicted, ask, lineup, q, out)  # this decision made again alone
         scope = self.scope_of(ask.session)
         states = self._chain_states(scope) if reads is None else reads.chain(self, scope)
         messages, tool_list, max_tokens = ask.messages, list(ask.tools or []), ask.max_tokens
@@ -496,8 +539,7 @@ class Router:
         if reads is not None and states and float(worst[feasible].max()) > min(s.remaining for s in states):
             # Near a budget's end the books decide: a shared copy misses money others returned
             # since it was read (a release, a cheaper commit, a new period), so they are read now.
-            states = self._chain_states(scope)
-            reads.refreshed(states)
+            states = reads.refreshed(self._chain_states(scope))
         lam = max([self.cost_weight] + [self.pacer.price(s) for s in states])
         score = np.where(feasible, q - lam * cost, -np.inf)
         names = lineup.names
@@ -518,6 +560,9 @@ class Router:
         decision = self._reserve_first(lineup, base, list(ranking), dict(zip(names, worst.tolist(), strict=True)),
                                        states, ask.reservation_ttl_s, scope=scope, reads=reads)
         if reads is not None:
+            if reads.deferred is not None:
+                reads.deferred.append(Deferred(decision, scope, ask.reservation_ttl_s or self.reservation_ttl_s,
+                                               predicted))
             reads.held(decision)
         return decision
 
@@ -529,7 +574,12 @@ class Router:
 
         `lineup` is the one the request was priced with: a candidate changed meanwhile does not
         change this request. A scope forgotten (idle) or lost between the read and the hold is
-        re-established once, as for any request that finds it missing."""
+        re-established once, as for any request that finds it missing.
+
+        In a batch that defers its holds (`reads.deferred`), the hold is only planned, on the
+        shared books: no ledger call, so no scope found missing here."""
+        if reads is not None and reads.deferred is not None:
+            return self._reserve_ranked(lineup, base, order, worst, states, ttl_s, reads)
         try:
             return self._reserve_ranked(lineup, base, order, worst, states, ttl_s, reads)
         except UnknownScope:
@@ -538,7 +588,7 @@ class Router:
             states = self._chain_states(scope)
             base = replace(base, scopes=tuple(s.scope for s in states))
             if reads is not None:
-                reads.refreshed(states)
+                states = reads.refreshed(states)
         try:
             return self._reserve_ranked(lineup, base, order, worst, states, ttl_s, reads)
         except UnknownScope as error:
@@ -552,7 +602,8 @@ class Router:
         states: list[ScopeState], ttl_s: float | None = None, reads: SharedReads | None = None,
     ) -> Decision:
         if not base.scopes:
-            return _routed(_held(base, id=_new_id(), chosen=order[0]))
+            unheld = _held(base, id=_new_id(), chosen=order[0])
+            return unheld if reads is not None and reads.deferred is not None else _routed(unheld)
         last: BudgetExceeded | None = None
         for name in order:
             # A hold refused on books others changed since they were read is tried once more on
@@ -570,19 +621,51 @@ class Router:
                         {**caps, name: cap},
                         True,
                     )
-                rid = _new_id()
+                held = _held(base, id=_new_id(), chosen=name, reserved=hold, output_caps=caps, cap_lowered=lowered)
+                if reads is not None and reads.deferred is not None:
+                    return held  # planned: the batch makes it with its others (_reserve_first)
                 try:
-                    self.store.reserve(rid, base.scopes, hold, ttl_s or self.reservation_ttl_s)
+                    self.store.reserve(held.id, base.scopes, hold, ttl_s or self.reservation_ttl_s)
                 except BudgetExceeded as e:  # another request took the money since our read
                     last = e
                     states = [s or st for s, st in zip(self.store.states(base.scopes), states, strict=False)]
                     if reads is not None:
-                        reads.refreshed(states)
+                        states = reads.refreshed(states)
                     if retry:
                         break
                     continue
-                return _routed(_held(base, id=rid, chosen=name, reserved=hold, output_caps=caps, cap_lowered=lowered))
+                return _routed(held)
         raise _refusal(base, order, worst, states) from last
+
+    def _hold_deferred(self, deferred: Sequence[Deferred]) -> list[Exception | None]:
+        """Make the holds a batch planned (`SharedReads.deferred`) in one ledger call: per decision
+        None when its hold is made (or it holds nothing), else why it must be made again or fail —
+        the ledger's error for its hold (see `LedgerStore.reserve_many`), or a scope of its chain
+        that had no budget when the batch read it and has one now (read here, first, in one call)."""
+        outcomes: list[Exception | None] = [None] * len(deferred)
+        unbudgeted = [[s for s in scope_chain(d.scope) if s not in d.decision.scopes] for d in deferred]
+        names = sorted({s for missing in unbudgeted for s in missing})
+        if names:
+            budgeted = {name for name, state in zip(names, self.store.states(names), strict=True) if state is not None}
+            for i, missing in enumerate(unbudgeted):
+                if budgeted.intersection(missing):
+                    outcomes[i] = _Rebudgeted(f"scope {sorted(budgeted.intersection(missing))[0]!r} has a budget now")
+        send = [i for i, d in enumerate(deferred) if outcomes[i] is None and d.decision.scopes]
+        made = self.store.reserve_many([(deferred[i].decision.id, deferred[i].decision.scopes,
+                                         deferred[i].decision.reserved, deferred[i].ttl_s) for i in send])
+        for i, outcome in zip(send, made, strict=True):
+            outcomes[i] = outcome
+        return outcomes
+
+    def _confirm(self, deferred: Deferred, error: Exception | None) -> Decision:
+        """A planned decision once its hold was answered (`_hold_deferred`): itself when made; made
+        again alone, on fresh books, when the ledger refused its hold (money others took since the
+        batch read the books), its scope had gone or its chain gained a budget; else the ledger's error."""
+        if error is None:
+            return _routed(deferred.decision)
+        if isinstance(error, (BudgetExceeded, UnknownScope, _Rebudgeted)):
+            return deferred.redo()
+        raise error
 
     def _cap_within(self, base: Decision, candidate: Candidate, left: float) -> int | None:
         """The largest output cap whose worst case fits `left` USD, or None when it would fall below

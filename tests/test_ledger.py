@@ -606,3 +606,43 @@ def test_states_of_more_scopes_than_one_query_binds(kind, tmp_path, monkeypatch)
         assert [s and s.scope for s in found] == [names[-1], None, *names, names[0]]
         assert [s.budget.usd for s in found[2:-1]] == [i + 1 for i in range(len(names))]
         assert len(store.report("t")) == len(names)
+
+
+def test_reserve_many_makes_or_refuses_each_hold_on_its_own_in_order(store):
+    """What a batch of decisions sends in one ledger call (one pipelined round trip to Redis): each
+    hold made or refused as `reserve` would, later ones seeing the earlier ones' money."""
+    store.reserve("taken", CHAIN, 0.1, ttl_s=60)
+    outcomes = store.reserve_many([
+        ("a", CHAIN, 0.25, 60),
+        ("b", CHAIN, 0.25, 60),  # acme/bot has 0.4 left after "a": refused
+        ("c", ("acme", "nowhere"), 0.01, 60),
+        ("taken", CHAIN, 0.2, 60),  # an id in use, with another amount
+        ("d", ("acme",), 0.5, 60),
+        ("taken", CHAIN, 0.1, 60),  # the same hold again: a retry, made once
+    ])
+    assert [type(o).__name__ for o in outcomes] == [
+        "NoneType", "BudgetExceeded", "UnknownScope", "ValueError", "NoneType", "NoneType"]
+    assert outcomes[1].scope == "acme/bot" and outcomes[1].remaining == pytest.approx(0.15)
+    assert "nowhere" in str(outcomes[2]) and "already used" in str(outcomes[3])
+    assert [store.state(s).reserved for s in CHAIN] == [pytest.approx(0.85), pytest.approx(0.35)]
+    assert store.open_reservations() == 3
+    assert store.commit("a", 0.2, "m") and store.state("acme/bot").committed == pytest.approx(0.2)
+
+
+def test_reserve_many_checks_every_hold_before_making_any(store):
+    with pytest.raises(ValueError, match="ttl_s"):
+        store.reserve_many([("a", CHAIN, 0.1, 60), ("b", CHAIN, 0.1, 0)])
+    with pytest.raises(TypeError, match="reservation id"):
+        store.reserve_many([("a", CHAIN, 0.1, 60), ("", CHAIN, 0.1, 60)])
+    assert store.open_reservations() == 0 and store.state("acme").reserved == 0
+    assert store.reserve_many([]) == []
+
+
+def test_reserve_many_on_an_unreachable_redis_fails_every_hold():
+    from shared_core.budget import LedgerUnavailable
+    from shared_core.stores.redis import RedisStore
+
+    store = RedisStore.from_url("redis://127.0.0.1:9/0")  # nothing listens on the discard port
+    outcomes = store.reserve_many([("a", CHAIN, 0.1, 60), ("b", CHAIN, 0.1, 60)])
+    assert len(outcomes) == 2 and all(isinstance(o, LedgerUnavailable) for o in outcomes)
+    store.close()

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from ledger_support import ledger
 
 from shared_core import Budget, Candidate, Router, offload
 from shared_core.embed import FunctionEmbedder, TfidfSvdEmbedder
@@ -25,7 +26,6 @@ from shared_core.quality import PREDICTORS
 from shared_core.quality.knn import KNNQuality
 from shared_core.router import SharedReads
 from shared_core.stores.memory import MemoryStore
-from shared_core.stores.sqlite import SQLiteStore
 
 REQUESTS = 96  # more than one worker's batch (offload.BATCH)
 
@@ -281,10 +281,19 @@ class ReadCountingStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.reads = 0
+        self.hold_calls: list[int] = []  # per ledger call that made holds, how many
 
     def states(self, scopes: Any) -> Any:
         self.reads += 1
         return super().states(scopes)
+
+    def reserve(self, *args: Any) -> None:
+        self.hold_calls.append(1)
+        super().reserve(*args)
+
+    def reserve_many(self, holds: Any) -> Any:
+        self.hold_calls.append(len(holds))
+        return super().reserve_many(holds)
 
 
 async def test_a_batch_reads_each_budget_once_not_once_per_decision(fitted, test_split):
@@ -302,36 +311,81 @@ async def test_a_batch_reads_each_budget_once_not_once_per_decision(fitted, test
     outcomes = await asyncio.gather(*queued)
     assert 1 < len(spy.sizes) < len(prompts)
     assert store.reads == len(spy.sizes)  # one read per batch (a Redis round trip each), not one per decision
+    assert sorted(store.hold_calls) == sorted(spy.sizes)  # and one ledger call makes the batch's holds
     assert router.budget_state("s").reserved == pytest.approx(sum(d.reserved for _, d in outcomes), abs=1e-9)
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def decide_all(router: Router, prompts: list[str], sessions: list[str], reads: SharedReads | None) -> list[Any]:
+    """Each prompt decided in turn in its session (max_tokens 1,024) on `reads`; with deferred holds,
+    the holds then made in one ledger call and each decision confirmed. A refusal as its message."""
+    lineup, quality, lengths = router.pool.predict(router.pool.features(prompts))
+    made: list[Any] = []
+    for i, (prompt, session) in enumerate(zip(prompts, sessions, strict=True)):
+        try:
+            made.append(router._decide_predicted(router._ask(prompt, session, max_tokens=1024), lineup, quality[i],
+                                                 lengths[i], reads))
+        except BudgetExceeded as error:
+            made.append(str(error))
+    if reads is not None and reads.deferred:
+        answered = dict(zip((id(d.decision) for d in reads.deferred),
+                            zip(reads.deferred, router._hold_deferred(reads.deferred), strict=True), strict=True))
+        made = [router._confirm(*answered[id(m)]) if id(m) in answered else m for m in made]
+    return [m if isinstance(m, str) else same(m) for m in made]
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
 def test_decisions_sharing_a_read_see_the_holds_made_before_them(fitted, test_split, tmp_path, kind):
     """A tight budget: each hold of the batch shrinks what the next decision may hold. Decisions
-    made on one shared read (the batch's) are those made one after another on fresh reads — the
-    same candidates, lowered caps and refusals — and leave the same books."""
+    made on one shared read (the batch's), and those whose holds are then made together in one
+    ledger call, are those made one after another on fresh reads — the same candidates, lowered
+    caps and refusals — and leave the same books. Two sessions share the binding parent budget, so
+    a session's first read must count the holds planned in the other before it."""
     prompts = list(dict.fromkeys(test_split.prompts))[:60]
+    sessions = ["team/s" if i % 3 else "team/t" for i in range(len(prompts))]
     outcomes, books = {}, {}
-    for way in ("fresh", "shared"):
-        store = SQLiteStore(tmp_path / f"{way}.db") if kind == "sqlite" else MemoryStore()
-        router = make_router(fitted, "knn", store=store)
-        router.set_budget("team", Budget(usd=0.05))
-        router.set_budget("team/s", Budget(usd=1.0))  # the parent's budget binds: lowered caps, then refusals
-        lineup, quality, lengths = router.pool.predict(router.pool.features(prompts))
-        reads = SharedReads() if way == "shared" else None
-        made: list[Any] = []
-        for i, prompt in enumerate(prompts):
-            ask = router._ask(prompt, "team/s", max_tokens=1024)
-            try:
-                made.append(same(router._decide_predicted(ask, lineup, quality[i], lengths[i], reads)))
-            except BudgetExceeded as error:
-                made.append(str(error))
-        outcomes[way] = made
-        books[way] = [{**dataclasses.asdict(s), "period_start": None} for s in store.states(["team", "team/s"])]
+    for way in ("fresh", "shared", "deferred"):
+        (tmp_path / way).mkdir()
+        with ledger(kind, tmp_path / way) as store:
+            router = make_router(fitted, "knn", store=store)
+            router.set_budget("team", Budget(usd=0.05))
+            for session in ("team/s", "team/t"):  # the parent's budget binds: lowered caps, then refusals
+                router.set_budget(session, Budget(usd=1.0))
+            reads = None if way == "fresh" else SharedReads(defer_holds=way == "deferred")
+            outcomes[way] = decide_all(router, prompts, sessions, reads)
+            books[way] = [{**dataclasses.asdict(s), "period_start": None}
+                          for s in store.states(["team", "team/s", "team/t"])]
     assert outcomes["shared"] == outcomes["fresh"]
-    assert books["shared"] == books["fresh"]
+    assert outcomes["deferred"] == outcomes["fresh"]
+    assert books["shared"] == books["fresh"] == books["deferred"]
     assert any(isinstance(o, str) for o in outcomes["fresh"]), "the budget never ran out: the test proves nothing"
     assert any(isinstance(o, dict) and o["cap_lowered"] for o in outcomes["fresh"]), "no cap was lowered"
+
+
+def test_a_deferred_hold_the_ledger_refuses_is_decided_again_on_the_books_as_they_are():
+    """Another worker takes money after the batch planned its holds and before it sends them: the
+    refused one is decided alone on the books as they now are — the decision made after that
+    worker's hold — and the one that still fits is kept as planned."""
+    outcomes = {}
+    for way in ("taken meanwhile", "taken before"):
+        router = two_model_router()
+        router.set_budget("s", Budget(usd=0.1))
+        router.set_budget("t", Budget(usd=0.1))
+        if way == "taken before":
+            router.store.reserve("other-worker", ["s"], 0.07, 60)
+            outcomes[way] = [same(shared_decide(router, "first", "s", None)),
+                             same(shared_decide(router, "second", "t", None))]
+        else:
+            reads = SharedReads(defer_holds=True)
+            planned = [shared_decide(router, "first", "s", reads), shared_decide(router, "second", "t", reads)]
+            assert [d.chosen for d in planned] == ["b", "b"] and not any(d.cap_lowered for d in planned)
+            router.store.reserve("other-worker", ["s"], 0.07, 60)
+            answers = router._hold_deferred(reads.deferred)
+            assert isinstance(answers[0], BudgetExceeded) and answers[1] is None
+            outcomes[way] = [same(router._confirm(d, a)) for d, a in zip(reads.deferred, answers, strict=True)]
+            assert outcomes[way][1] == same(planned[1])
+        assert router.budget_state("s").reserved == pytest.approx(0.07 + outcomes[way][0]["reserved"])
+    assert outcomes["taken meanwhile"][0]["cap_lowered"], "the scenario needs the refused hold to be redone lowered"
+    assert outcomes["taken meanwhile"] == outcomes["taken before"]
 
 
 def two_model_router(store: Any = None) -> Router:
@@ -355,6 +409,27 @@ def test_a_scope_without_a_budget_is_read_afresh_so_a_budget_set_meanwhile_count
     second = shared_decide(router, "hello again", "team/a", reads)
     assert second.scopes == ("team", "team/a")
     assert router.budget_state("team").reserved == pytest.approx(second.reserved)
+
+
+def test_a_batch_that_holds_together_makes_again_a_decision_whose_chain_gained_a_budget():
+    """A batch whose holds are made together reads each chain once, budgeted or not; a budget set
+    on one of its scopes before the holds are made counts for every decision of the batch, as it
+    would for decisions made when their holds are."""
+    router = two_model_router()
+    router.set_budget("team/a", Budget(usd=1.0))  # "team" has no budget yet
+    router.set_budget("solo", Budget(usd=1.0))
+    reads = SharedReads(defer_holds=True)
+    planned = [shared_decide(router, "hello", "team/a", reads), shared_decide(router, "hi", "solo", reads)]
+    router.set_budget("team", Budget(usd=0.5))
+    planned.append(shared_decide(router, "hello again", "team/a", reads))  # the batch's copy: no "team"
+    assert [d.scopes for d in planned] == [("team/a",), ("solo",), ("team/a",)]
+    answers = router._hold_deferred(reads.deferred)
+    assert [type(a).__name__ for a in answers] == ["_Rebudgeted", "NoneType", "_Rebudgeted"]
+    made = [router._confirm(d, a) for d, a in zip(reads.deferred, answers, strict=True)]
+    assert [d.scopes for d in made] == [("team", "team/a"), ("solo",), ("team", "team/a")]
+    assert made[1] is planned[1]
+    assert router.budget_state("team").reserved == pytest.approx(made[0].reserved + made[2].reserved)
+    assert router.budget_state("team/a").reserved == pytest.approx(made[0].reserved + made[2].reserved)
 
 
 def taken_after_the_next_read(store: Any, usd: float) -> None:

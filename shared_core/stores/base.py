@@ -26,7 +26,7 @@ from ..budget import (
 from ..errors import BudgetExceeded, LedgerUnavailable, UnknownReservation, UnknownScope
 
 __all__ = [
-    "LedgerStore", "Committed", "Pace", "books_around", "move_lambdas", "paced",
+    "LedgerStore", "Committed", "Hold", "Pace", "books_around", "move_lambdas", "paced",
     "no_budget", "id_taken", "unknown_reservation", "refuse",
 ]
 
@@ -34,6 +34,9 @@ logger = logging.getLogger("omniroute")
 
 #: θ, a scope's new dual variable, from its books just before a commit (None: leave it as it is).
 Pace = Callable[[ScopeState], "float | None"]
+
+#: One hold for `LedgerStore.reserve_many`: (reservation id, scopes, amount in USD, ttl_s).
+Hold = tuple[str, Sequence[str], float, float]
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,35 @@ class LedgerStore(ABC):
     @abstractmethod
     def _reserve(self, reservation_id: str, chain: tuple[str, ...], nanos: int, ttl_s: float) -> None:
         """reserve, its scopes distinct and non-empty, `nanos` a valid amount, `ttl_s` positive."""
+
+    def reserve_many(self, holds: Sequence[Hold]) -> list[Exception | None]:
+        """`reserve` for each hold, in order, each made or refused on its own: per hold None when it
+        was made, else the error `reserve` would have raised for it (BudgetExceeded, UnknownScope,
+        ValueError for a reused id, LedgerUnavailable).
+
+        What a batch of decisions needs (shared_core.offload): Redis sends them all in one pipelined
+        round trip instead of one each. Every hold is checked first: a malformed one raises here,
+        before any is made. Once the ledger is unreachable the holds not yet sent are not tried
+        and get that error too; one whose reply was lost may still hold its money until its TTL,
+        as after a lost reply to `reserve`.
+        """
+        checked = [(check_reservation_id(rid), check_reservation(scopes, ttl_s),
+                    to_nanos(amount, "reservation amount"), float(ttl_s)) for rid, scopes, amount, ttl_s in holds]
+        return self._reserve_many(checked)
+
+    def _reserve_many(self, holds: list[tuple[str, tuple[str, ...], int, float]]) -> list[Exception | None]:
+        """reserve_many, its holds checked (nanos); by default one `_reserve` after another."""
+        outcomes: list[Exception | None] = []
+        for rid, chain, nanos, ttl_s in holds:
+            try:
+                self._reserve(rid, chain, nanos, ttl_s)
+            except LedgerUnavailable as error:  # the rest would wait out the same timeouts, one by one
+                return outcomes + [error] * (len(holds) - len(outcomes))
+            except (BudgetExceeded, UnknownScope, ValueError) as error:
+                outcomes.append(error)
+            else:
+                outcomes.append(None)
+        return outcomes
 
     def commit(self, reservation_id: str, actual: float, model: str | None = None) -> bool:
         """Turn a reservation into spend of `actual`; False when that id was already committed."""

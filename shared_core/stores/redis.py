@@ -37,6 +37,7 @@ from ..budget import (
     check_retention,
     to_nanos,
 )
+from ..errors import BudgetExceeded, UnknownScope
 from .base import Committed, LedgerStore, Pace, move_lambdas, no_budget, refuse, scope_names, unknown_reservation
 from .urls import StoreURL
 
@@ -144,6 +145,34 @@ class RedisStore(LedgerStore):
 
     def _reserve(self, reservation_id: str, chain: tuple[str, ...], nanos: int, ttl_s: float) -> None:
         refuse(reservation_id, nanos, self._run("reserve", reservation_id, json.dumps(chain), nanos, repr(ttl_s)))
+
+    def _reserve_many(self, holds: list[tuple[str, tuple[str, ...], int, float]]) -> list[Exception | None]:
+        if len(holds) < 2:
+            return super()._reserve_many(holds)
+        # One pipelined round trip: each reserve script runs on its own, as if sent one by one
+        # (a retry after a dropped connection resends them all, and a repeated hold is a no-op).
+        now = "" if self._clock is None else repr(float(self._clock()))
+        pipe = self.client.pipeline(transaction=False)
+        for rid, chain, nanos, ttl_s in holds:
+            self._scripts["reserve"](args=[self.prefix, now, self._retention_s, self._max_finished,
+                                           rid, json.dumps(chain), nanos, repr(ttl_s)], client=pipe)
+        try:
+            with self._reaching():
+                replies = pipe.execute(raise_on_error=False)
+        except LedgerUnavailable as error:
+            return [error] * len(holds)
+        return [self._outcome(rid, nanos, reply) for (rid, _, nanos, _), reply in zip(holds, replies, strict=True)]
+
+    def _outcome(self, reservation_id: str, nanos: int, reply: Any) -> Exception | None:
+        """What one reply of a pipelined reserve means, as `_reserve` would have raised it."""
+        try:
+            if isinstance(reply, Exception):
+                with self._reaching():
+                    raise reply
+            refuse(reservation_id, nanos, reply)
+        except (BudgetExceeded, UnknownScope, ValueError, LedgerUnavailable) as error:
+            return error
+        return None
 
     def _commit(self, reservation_id: str, nanos: int, model: str | None) -> bool:
         return self._commit_books(reservation_id, nanos, model, (), None).charged
