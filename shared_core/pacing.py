@@ -6,13 +6,14 @@ import bisect
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .budget import ScopeState
 
-__all__ = ["DualPacer"]
+__all__ = ["DualPacer", "PaceUpdate"]
 
 # Most points a warm-start curve keeps: plenty for a step function read at one rate at a time.
 _WARM_POINTS = 512
@@ -139,3 +140,22 @@ class DualPacer(BaseModel):
             return None
         left = max(0.0, budget.usd - state.committed)
         return budget.usd / horizon, left / max(1.0, horizon - state.requests)
+
+
+@dataclass(frozen=True)
+class PaceUpdate:
+    """The dual update one settled request makes: θ = `pacer.update(books before, cost)` for each
+    scope in `scopes` (those it charged), None for any other.
+
+    Callable as a ledger's `Pace`. A ledger that commits in a step of its own (the Redis script)
+    may instead read these fields and make the same update inside that step, with
+    `DualPacer.update`'s arithmetic and its own clock (the ledger's, which the pacer's must match):
+    λ then moves with the money, atomically, instead of in a second round trip.
+    """
+
+    pacer: DualPacer
+    cost: float  # USD
+    scopes: frozenset[str]
+
+    def __call__(self, state: ScopeState) -> float | None:
+        return self.pacer.update(state, self.cost) if state.scope in self.scopes else None

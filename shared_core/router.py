@@ -35,7 +35,7 @@ from .estimation import CandidatePool, Estimate, Lineup
 from .fallbacks import Attempt, ErrorKind, classify
 from .feasibility import Request, describe, output_caps, reasons
 from .length import LengthPredictor
-from .pacing import DualPacer
+from .pacing import DualPacer, PaceUpdate
 from .pending import PendingCommit, PendingCommits, PendingJournal, record_anew
 from .pricing import Usage, price
 from .quality.base import QualityPredictor
@@ -764,11 +764,8 @@ class Router:
         except Exception:  # an unreadable journal must not keep this call's money from the ledger
             logger.exception("could not replay the commits kept in %s", self.pending_journal)
         entry = PendingCommit(decision.id, decision.scopes, decision.chosen, cost, time.time(), self.store.url)
-        charged = set(decision.scopes)
-
-        def pace(state: ScopeState) -> float | None:
-            return self.pacer.update(state, cost) if state.scope in charged else None
-
+        charged = frozenset(decision.scopes)
+        pace = PaceUpdate(self.pacer, cost, charged)
         # The whole chain's books: a scope given a budget while the call ran counts in what is left.
         chain = scope_chain(decision.scopes[-1])
         try:

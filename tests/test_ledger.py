@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from ledger_support import DURABLE, ledger, redis_admin, store_url
 
 from shared_core.budget import MAX_USD, Budget, BudgetExceeded, ScopeState, UnknownScope, to_nanos
 from shared_core.candidates import Candidate
 from shared_core.cli import main
+from shared_core.pacing import DualPacer, PaceUpdate
 from shared_core.router import Router
 from shared_core.stores import SQLiteStore, open_store
 
@@ -646,3 +648,57 @@ def test_reserve_many_on_an_unreachable_redis_fails_every_hold():
     outcomes = store.reserve_many([("a", CHAIN, 0.1, 60), ("b", CHAIN, 0.1, 60)])
     assert len(outcomes) == 2 and all(isinstance(o, LedgerUnavailable) for o in outcomes)
     store.close()
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_router_commit_moves_lambda_exactly_as_the_dual_pacer_computes_it(kind, tmp_path, clock, warm):
+    """Router.commit's dual update (PaceUpdate): memory, SQLite and PostgreSQL run DualPacer.update in
+    Python; Redis runs its arithmetic inside the commit script. Every store must store the very θ
+    the pacer computes from the books before each commit — bit for bit, budgets paced over requests
+    and over seconds, λ unset and set, near and past the budget's end."""
+    rng = np.random.default_rng(11 + warm)
+    pacer = DualPacer(step=float(rng.uniform(0.01, 0.5)), warm_step=float(rng.uniform(1e-4, 0.05)),
+                      initial=float(rng.uniform(0.0, 3.0)), max_theta=50.0, clock=clock)
+    if warm:
+        pacer = pacer.warm(np.array([1e-4, 1e-3, 1e-2]), np.array([30.0, 3.0, 0.3]))
+    budgets = {"t": Budget(usd=float(rng.uniform(0.05, 2.0)), horizon=int(rng.integers(5, 400))),
+               "t/s": Budget(usd=float(rng.uniform(0.05, 2.0)), horizon_s=float(rng.uniform(10, 5000))),
+               "u": Budget(usd=0.0, horizon=10)}  # nothing to pace: λ is left alone
+    with ledger(kind, tmp_path, clock=clock) as store:
+        for scope, budget in budgets.items():
+            store.set_budget(scope, budget)
+        moved = 0
+        for i in range(40):
+            clock.advance(float(rng.uniform(0.0, 30.0)))
+            scopes = ("t", "t/s") if i % 4 else ("u",)
+            store.reserve(f"r{i}", scopes, 0.0, ttl_s=600)
+            cost = float(rng.choice([0.0, rng.uniform(0, 0.01), rng.uniform(0, 0.3)]))
+            update = PaceUpdate(pacer, cost, frozenset(scopes))
+            books = store.commit_books(f"r{i}", cost, "m", scopes=scopes, pace=update)
+            for before, after in zip(books.before, books.after, strict=True):
+                expected = pacer.update(before, cost)
+                assert after.lam == (before.lam if expected is None else expected), (kind, i, before.scope)
+                assert store.state(before.scope).lam == after.lam
+                moved += expected is not None and expected != before.lam
+        assert moved >= 15  # the test moved λ, in both scopes (θ also sits at 0 after cheap calls, cold)
+
+
+def test_a_routed_commit_on_redis_moves_lambda_in_its_one_script_call(tmp_path, clock, monkeypatch):
+    """The dual update travels with the commit: one round trip, where a pace of another kind (or a
+    pacer subclass, whose rule Lua does not know) still takes a second script call for λ."""
+    class Stricter(DualPacer):
+        def update(self, state: ScopeState, cost: float) -> float | None:
+            return 7.0
+
+    with ledger("redis", tmp_path, clock=clock) as store:
+        store.set_budget("acme", Budget(usd=1.0, horizon=100))
+        calls: list[str] = []
+        run = store._run
+        monkeypatch.setattr(store, "_run", lambda script, *a: (calls.append(script), run(script, *a))[1])
+        for i, pacer in enumerate([DualPacer(clock=clock), Stricter(clock=clock)]):
+            store.reserve(f"r{i}", ("acme",), 0.1, ttl_s=60)
+            calls.clear()
+            books = store.commit_books(f"r{i}", 0.05, "m", scopes=("acme",),
+                                       pace=PaceUpdate(pacer, 0.05, frozenset({"acme"})))
+            assert calls == (["commit"] if type(pacer) is DualPacer else ["commit", "lambda"])
+            assert books.after[0].lam == pacer.update(books.before[0], 0.05) == store.state("acme").lam

@@ -198,8 +198,9 @@ class LedgerStore(ABC):
 
         What a settled call needs from the ledger in one step: the books before decide the
         overrun and the pacing update, the books after say what is left. Memory and SQLite do it in
-        one atomic step, Redis in one script (λ in a second), PostgreSQL in one pipelined round
-        trip (λ after it); the default makes the four calls one after another. `pace` runs inside
+        one atomic step, Redis in one script (λ too, when `pace` is a `pacing.PaceUpdate` of a
+        DualPacer; another pace's λ in a second), PostgreSQL in one pipelined round trip (λ after
+        it); the default makes the four calls one after another. `pace` runs inside
         the step, under the store's lock or transaction: it must not call the ledger. Once the
         money is committed, a λ that cannot be stored (scope forgotten since, ledger unreachable)
         is left as it was, with a WARNING for the latter, never an error. UnknownReservation as

@@ -38,6 +38,7 @@ from ..budget import (
     to_nanos,
 )
 from ..errors import BudgetExceeded, UnknownScope
+from ..pacing import DualPacer, PaceUpdate
 from .base import Committed, LedgerStore, Pace, move_lambdas, no_budget, refuse, scope_names, unknown_reservation
 from .urls import StoreURL
 
@@ -180,16 +181,19 @@ class RedisStore(LedgerStore):
     def _commit_books(
         self, reservation_id: str, nanos: int, model: str | None, scopes: tuple[str, ...], pace: Pace | None
     ) -> Committed:
-        # One script commits and reads the books around it; λ, computed here from the books before,
-        # takes a second (the pacing rule lives in Python, not in Lua).
+        # One script commits, reads the books around it and moves λ by the dual pacer's rule (its
+        # arithmetic in Lua: redis_commit.lua). Any other pace is computed here from the books
+        # before, and its λ stored by a second script.
+        server_side = isinstance(pace, PaceUpdate) and type(pace.pacer) is DualPacer
+        rule = _pace_json(pace) if server_side else ""  # type: ignore[arg-type]  # a PaceUpdate when server_side
         outcome, *around = self._run(
-            "commit", reservation_id, nanos, json.dumps(scopes), *(() if model is None else (model,))
+            "commit", reservation_id, nanos, json.dumps(scopes), rule, *(() if model is None else (model,))
         )
         if outcome == "unknown":
             raise unknown_reservation(reservation_id)
         before, after = ([s for s in map(_snapshot, scopes, found) if s is not None] for found in around)
-        if outcome != "ok":
-            return Committed(False, before, after)
+        if outcome != "ok" or server_side:
+            return Committed(outcome == "ok", before, after)
         moved = move_lambdas(self, before, pace, lambda thetas: self._run("lambda", *_flat(thetas)))
         return Committed(True, before, [replace(s, lam=moved.get(s.scope, s.lam)) for s in after])
 
@@ -230,6 +234,13 @@ def _snapshot(scope: str, found: Sequence[Sequence[str]]) -> ScopeState | None:
         idle_ttl_s=float(fields["idle_ttl_s"]) if fields.get("idle_ttl_s") else None,
         spend={m: int(v) for m, v in spend.items()}, calls={m: int(v) for m, v in calls.items()},
     ).snapshot()
+
+
+def _pace_json(pace: PaceUpdate) -> str:
+    """What the commit script needs of a dual update to make it (redis_commit.lua's theta_after)."""
+    pacer = pace.pacer
+    return json.dumps({"cost": pace.cost, "scopes": sorted(pace.scopes), "warm": pacer.is_warm, "step": pacer.step,
+                       "warm_step": pacer.warm_step, "initial": pacer.initial, "max_theta": pacer.max_theta})
 
 
 def _flat(lams: dict[str, float]) -> list[str]:
