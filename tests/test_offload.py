@@ -333,7 +333,7 @@ def decide_all(router: Router, prompts: list[str], sessions: list[str], reads: S
     return [m if isinstance(m, str) else same(m) for m in made]
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis", "postgres"])
 def test_decisions_sharing_a_read_see_the_holds_made_before_them(fitted, test_split, tmp_path, kind):
     """A tight budget: each hold of the batch shrinks what the next decision may hold. Decisions
     made on one shared read (the batch's), and those whose holds are then made together in one

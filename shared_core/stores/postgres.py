@@ -44,6 +44,7 @@ from ..budget import (
     DEFAULT_RETENTION_S,
     IDLE_BATCH,
     Budget,
+    BudgetExceeded,
     LedgerUnavailable,
     ScopeBooks,
     ScopeState,
@@ -53,6 +54,7 @@ from ..budget import (
     check_retention,
     to_nanos,
 )
+from ..errors import UnknownScope
 from .base import Committed, LedgerStore, Pace, move_lambdas, no_budget, refuse, scope_names, unknown_reservation
 from .urls import StoreURL
 
@@ -524,6 +526,26 @@ class PostgresStore(LedgerStore):
     def _reserve(self, reservation_id: str, chain: tuple[str, ...], nanos: int, ttl_s: float) -> None:
         ((outcome,),) = self._ledger("reserve", reservation_id, list(chain), nanos, ttl_s)
         refuse(reservation_id, nanos, outcome)
+
+    def _reserve_many(self, holds: list[tuple[str, tuple[str, ...], int, float]]) -> list[Exception | None]:
+        if len(holds) < 2:
+            return super()._reserve_many(holds)
+        # One pipelined round trip, each hold its own transaction, as if sent one by one.
+        now = self._now()
+        try:
+            replies = self._run_all([("reserve", (now, self._retention_s, self._max_finished, rid, list(chain), nanos,
+                                                  ttl_s)) for rid, chain, nanos, ttl_s in holds])
+        except LedgerUnavailable as error:
+            return [error] * len(holds)
+        outcomes: list[Exception | None] = []
+        for (rid, _, nanos, _), ((outcome,),) in zip(holds, replies, strict=True):
+            try:
+                refuse(rid, nanos, outcome)
+            except (BudgetExceeded, UnknownScope, ValueError) as error:
+                outcomes.append(error)
+            else:
+                outcomes.append(None)
+        return outcomes
 
     def _commit(self, reservation_id: str, nanos: int, model: str | None) -> bool:
         ((outcome,),) = self._ledger("commit", reservation_id, nanos, model)
