@@ -14,7 +14,7 @@ from llama_index.core.tools.types import ToolMetadata
 from pydantic import InstanceOf
 
 from shared_core.offload import reserve_off_loop
-from shared_core.router import Decision, Router
+from shared_core.router import MIN_RESERVATION_TTL_S, Decision, Router
 
 from .held import hold
 from .llm import OmniRouteLLM
@@ -82,8 +82,8 @@ class OmniRouteSelector(BaseSelector):
         self.relevance = relevance
         self.engine_prompt_tokens = engine_prompt_tokens
         self.hold = hold
-        if not (isinstance(hold_ttl_s, (int, float)) and 0 < hold_ttl_s < float("inf")):
-            raise ValueError(f"hold_ttl_s must be a positive number of seconds, got {hold_ttl_s!r}")
+        if not (isinstance(hold_ttl_s, (int, float)) and MIN_RESERVATION_TTL_S <= hold_ttl_s < float("inf")):
+            raise ValueError(f"hold_ttl_s must be a number of seconds >= {MIN_RESERVATION_TTL_S}, got {hold_ttl_s!r}")
         self.hold_ttl_s = float(hold_ttl_s)
         self._descriptions: dict[tuple[str, ...], list[list[float]]] = {}
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .quality.memory import SHARED_ROWS
-from .router import Deferred, SharedReads
+from .router import SharedReads
 
 if TYPE_CHECKING:
     from .router import Decision, Router
@@ -189,14 +189,15 @@ def _decide(batch: list[_Job]) -> None:
         tag, ask = job.result
         _attempt(job, lambda: (tag, router._decide_predicted(ask, lineup, quality[i], lengths[i], reads)))  # noqa: B023
     if reads.deferred:
-        _hold(router, batch, reads.deferred)
+        _hold(router, batch, reads)
 
 
-def _hold(router: Router, batch: list[_Job], deferred: list[Deferred]) -> None:
+def _hold(router: Router, batch: list[_Job], reads: SharedReads) -> None:
     """Make the holds `batch`'s decisions planned in one ledger call, then finish each decision in
     its caller's context: routed, decided again alone when its hold was refused, or the ledger's error."""
+    deferred = reads.deferred or []
     try:
-        outcomes: list[Exception | None] = router._hold_deferred(deferred)
+        outcomes: list[Exception | None] = router._hold_deferred(reads)
     except BaseException as error:  # the ledger call itself failed: no decision of the batch is known to hold
         outcomes = [error] * len(deferred)  # type: ignore[list-item]
     answered = {id(planned.decision): (planned, outcome) for planned, outcome in zip(deferred, outcomes, strict=True)}

@@ -132,6 +132,10 @@ class SharedReads:
     def __init__(self, defer_holds: bool = False) -> None:
         self._chains: dict[str, list[ScopeState]] = {}
         self.deferred: list[Deferred] | None = [] if defer_holds else None
+        # Every scope a read of this batch found with a budget: one found later than a decision
+        # that saw none there (a session's default budget made by the batch's next decision, a
+        # budget set meanwhile) came after that decision, as it would one decision at a time.
+        self.seen_budgeted: set[str] = set()
 
     def chain(self, router: Router, scope: str) -> list[ScopeState]:
         """The books of `scope` and its enclosing scopes (Router._chain_states), shared when all are budgeted."""
@@ -158,6 +162,7 @@ class SharedReads:
     def _with_planned(self, states: Sequence[ScopeState]) -> list[ScopeState]:
         """Books read from the ledger, with the holds this batch planned and has not sent added."""
         states = list(states)
+        self.seen_budgeted.update(s.scope for s in states)
         for planned in self.deferred or ():
             decision = planned.decision
             if decision.reserved:
@@ -317,12 +322,7 @@ class Router:
         if max_fallbacks < 0:
             raise ValueError(f"max_fallbacks must be >= 0, got {max_fallbacks}")
         self.max_fallbacks = max_fallbacks
-        if isinstance(reservation_ttl_s, bool) or not isinstance(reservation_ttl_s, (int, float)) \
-                or not MIN_RESERVATION_TTL_S <= reservation_ttl_s < float("inf"):
-            # A hold shorter than a call lapses while the call runs, and the budget stops holding.
-            raise ValueError(
-                f"reservation_ttl_s must be a number of seconds >= {MIN_RESERVATION_TTL_S}, got {reservation_ttl_s!r}"
-            )
+        _check_ttl(reservation_ttl_s, "reservation_ttl_s", ValueError)
         self.reservation_ttl_s = float(reservation_ttl_s)
         if scope_prefix is not None:
             scope_chain(scope_prefix)
@@ -487,8 +487,9 @@ class Router:
         this request — e.g. how relevant the engine behind a candidate is to it; 0 rules a
         candidate out. `extra_input_tokens` are prompt tokens the call will carry beyond `request`
         (e.g. the context a query engine retrieves), counted in its cost and worst case.
-        `reservation_ttl_s` overrides the router's for this decision's hold. Raises
-        RoutingError for malformed requests (and weights), NoFeasibleCandidate when no candidate can
+        `reservation_ttl_s` overrides the router's for this decision's hold (seconds, at least
+        MIN_RESERVATION_TTL_S). Raises RoutingError for malformed requests (and weights, and a
+        hold's lifetime), NoFeasibleCandidate when no candidate can
         serve it (input + cap over its window, tools, structured output, exclusions), and
         BudgetExceeded (naming the exhausted scope and the worst case) when none of those that
         can fits what is left.
@@ -506,7 +507,7 @@ class Router:
         RoutingError for a malformed request, TypeError for an unknown keyword."""
         messages, text = _normalise(request)
         ask = _Ask(messages, text, session, **options)
-        _check_request(ask.max_tokens, ask.extra_input_tokens)
+        _check_request(ask.max_tokens, ask.extra_input_tokens, ask.reservation_ttl_s)
         if ask.model is not None:
             self.candidate(ask.model)
         return ask
@@ -637,13 +638,15 @@ class Router:
                 return _routed(held)
         raise _refusal(base, order, worst, states) from last
 
-    def _hold_deferred(self, deferred: Sequence[Deferred]) -> list[Exception | None]:
-        """Make the holds a batch planned (`SharedReads.deferred`) in one ledger call: per decision
-        None when its hold is made (or it holds nothing), else why it must be made again or fail —
-        the ledger's error for its hold (see `LedgerStore.reserve_many`), or a scope of its chain
-        that had no budget when the batch read it and has one now (read here, first, in one call)."""
+    def _hold_deferred(self, reads: SharedReads) -> list[Exception | None]:
+        """Make the holds a batch planned (`reads.deferred`) in one ledger call: per decision None
+        when its hold is made (or it holds nothing), else why it must be made again or fail — the
+        ledger's error for its hold (see `LedgerStore.reserve_many`), or a scope of its chain that
+        no read of the batch found with a budget and that has one now (read here, first, in one call)."""
+        deferred = reads.deferred or []
         outcomes: list[Exception | None] = [None] * len(deferred)
-        unbudgeted = [[s for s in scope_chain(d.scope) if s not in d.decision.scopes] for d in deferred]
+        unbudgeted = [[s for s in scope_chain(d.scope) if s not in d.decision.scopes and s not in reads.seen_budgeted]
+                      for d in deferred]
         names = sorted({s for missing in unbudgeted for s in missing})
         if names:
             budgeted = {name for name, state in zip(names, self.store.states(names), strict=True) if state is not None}
@@ -997,8 +1000,18 @@ def _check_content(i: int, content: Any) -> Any:
     return blocks
 
 
-def _check_request(max_tokens: Any, extra_input_tokens: Any) -> None:
-    """RoutingError naming a malformed output cap or extra input token count."""
+def _check_ttl(ttl_s: Any, what: str, error: type[ValueError]) -> None:
+    """`error` naming a hold's lifetime that is not a finite number of seconds >= MIN_RESERVATION_TTL_S."""
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float, np.integer, np.floating)) \
+            or not MIN_RESERVATION_TTL_S <= ttl_s < float("inf"):
+        # A hold shorter than a call lapses while the call runs, and the budget stops holding.
+        raise error(f"{what} must be a number of seconds >= {MIN_RESERVATION_TTL_S}, got {ttl_s!r}")
+
+
+def _check_request(max_tokens: Any, extra_input_tokens: Any, reservation_ttl_s: Any = None) -> None:
+    """RoutingError naming a malformed output cap, extra input token count or hold lifetime."""
+    if reservation_ttl_s is not None:
+        _check_ttl(reservation_ttl_s, "reservation_ttl_s", RoutingError)
     if max_tokens is not None and (
         isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens <= 0
     ):

@@ -242,3 +242,16 @@ def test_a_file_that_is_not_a_ledger_is_left_alone(tmp_path):
     with pytest.raises(ValueError, match="cannot open the SQLite ledger .*notes.db: file is not a database"):
         open_store(f"sqlite:///{path}")
     assert path.read_text() == "these are my notes, not a database\n"
+
+
+@pytest.mark.parametrize("ttl", [0, 0.05, -1, math.inf, math.nan, "60", True])
+def test_a_request_with_a_malformed_hold_lifetime_is_refused_before_anything_is_held(ttl):
+    """As the router's own reservation_ttl_s: a number of seconds >= 0.1 (0 used to mean the
+    router's default, silently; in a batch a bad one failed every decision's hold)."""
+    router = Router([Candidate(name="a", input_price=1.0, output_price=2.0, prior_quality=0.7)])
+    router.set_budget("s", Budget(usd=1.0))
+    with pytest.raises(RoutingError, match="reservation_ttl_s must be a number of seconds >= 0.1"):
+        router.decide("hello", "s", reservation_ttl_s=ttl)
+    assert router.budget_state("s").reserved == 0
+    held = router.decide("hello", "s", reservation_ttl_s=0.1)
+    assert router.budget_state("s").reserved == pytest.approx(held.reserved)

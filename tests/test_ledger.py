@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -702,3 +703,44 @@ def test_a_routed_commit_on_redis_moves_lambda_in_its_one_script_call(tmp_path, 
                                        pace=PaceUpdate(pacer, 0.05, frozenset({"acme"})))
             assert calls == (["commit"] if type(pacer) is DualPacer else ["commit", "lambda"])
             assert books.after[0].lam == pacer.update(books.before[0], 0.05) == store.state("acme").lam
+
+
+def test_a_hold_the_ledger_answers_with_an_error_fails_alone_in_reserve_many(store, kind, monkeypatch):
+    """Found by review: an error answered for one hold of a batch (a Redis out of memory, say) is that
+    hold's; the holds made beside it stand, so their decisions reach their callers."""
+    if kind == "redis":
+        import redis
+
+        execute = redis.client.Pipeline.execute
+
+        def one_refused(self: Any, raise_on_error: bool = True) -> Any:
+            replies = execute(self, raise_on_error=raise_on_error)
+            self.reset()
+            return [redis.ResponseError("OOM command not allowed") if i == 1 else r for i, r in enumerate(replies)]
+
+        monkeypatch.setattr(redis.client.Pipeline, "execute", one_refused)
+    elif kind == "postgres":  # its pipeline's replies are read by `refuse`
+        from shared_core.stores import postgres
+
+        refuse = postgres.refuse
+
+        def refused_b(rid: str, *args: Any) -> None:
+            if rid == "b":
+                raise RuntimeError("OOM command not allowed")
+            refuse(rid, *args)
+
+        monkeypatch.setattr(postgres, "refuse", refused_b)
+    else:
+        reserve = store._reserve
+
+        def one_refused(rid: str, *args: Any) -> None:
+            if rid == "b":
+                raise RuntimeError("OOM command not allowed")
+            reserve(rid, *args)
+
+        monkeypatch.setattr(store, "_reserve", one_refused)
+    outcomes = store.reserve_many([("a", CHAIN, 0.1, 60), ("b", CHAIN, 0.1, 60), ("c", CHAIN, 0.1, 60)])
+    assert outcomes[0] is None and outcomes[2] is None and "OOM" in str(outcomes[1])
+    if kind in ("redis", "postgres"):  # the server made "b" (its reply was replaced): released, the books are a and c
+        store.release("b")
+    assert store.state("acme/bot").reserved == pytest.approx(0.2) and store.open_reservations() == 2

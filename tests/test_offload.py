@@ -110,12 +110,14 @@ async def test_a_bad_request_in_a_batch_fails_alone(fitted, test_split):
     asked[3] = prepare("   ")  # empty
     asked[5] = prepare(prompts[5], model="no-such-model")
     asked[8] = prepare(prompts[8], exclude=[c.name for c in router.candidates])
+    asked[10] = prepare(prompts[10], reservation_ttl_s=-1)  # found by review: it failed the whole batch's holds
     outcomes = await asyncio.gather(*(offload.decide_off_loop(router, a, lambda m: None) for a in asked),
                                     return_exceptions=True)
     assert isinstance(outcomes[3], RoutingError) and "empty" in str(outcomes[3])
     assert isinstance(outcomes[5], KeyError) and "no-such-model" in str(outcomes[5])  # as decide() raises
     assert isinstance(outcomes[8], NoFeasibleCandidate)
-    good = [i for i in range(12) if i not in (3, 5, 8)]
+    assert isinstance(outcomes[10], RoutingError) and "reservation_ttl_s" in str(outcomes[10])
+    good = [i for i in range(12) if i not in (3, 5, 8, 10)]
     for i in good:
         tag, decision = outcomes[i]
         assert tag == prompts[i] and decision.chosen in decision.ranking
@@ -328,7 +330,7 @@ def decide_all(router: Router, prompts: list[str], sessions: list[str], reads: S
             made.append(str(error))
     if reads is not None and reads.deferred:
         answered = dict(zip((id(d.decision) for d in reads.deferred),
-                            zip(reads.deferred, router._hold_deferred(reads.deferred), strict=True), strict=True))
+                            zip(reads.deferred, router._hold_deferred(reads), strict=True), strict=True))
         made = [router._confirm(*answered[id(m)]) if id(m) in answered else m for m in made]
     return [m if isinstance(m, str) else same(m) for m in made]
 
@@ -379,7 +381,7 @@ def test_a_deferred_hold_the_ledger_refuses_is_decided_again_on_the_books_as_the
             planned = [shared_decide(router, "first", "s", reads), shared_decide(router, "second", "t", reads)]
             assert [d.chosen for d in planned] == ["b", "b"] and not any(d.cap_lowered for d in planned)
             router.store.reserve("other-worker", ["s"], 0.07, 60)
-            answers = router._hold_deferred(reads.deferred)
+            answers = router._hold_deferred(reads)
             assert isinstance(answers[0], BudgetExceeded) and answers[1] is None
             outcomes[way] = [same(router._confirm(d, a)) for d, a in zip(reads.deferred, answers, strict=True)]
             assert outcomes[way][1] == same(planned[1])
@@ -423,13 +425,34 @@ def test_a_batch_that_holds_together_makes_again_a_decision_whose_chain_gained_a
     router.set_budget("team", Budget(usd=0.5))
     planned.append(shared_decide(router, "hello again", "team/a", reads))  # the batch's copy: no "team"
     assert [d.scopes for d in planned] == [("team/a",), ("solo",), ("team/a",)]
-    answers = router._hold_deferred(reads.deferred)
+    answers = router._hold_deferred(reads)
     assert [type(a).__name__ for a in answers] == ["_Rebudgeted", "NoneType", "_Rebudgeted"]
     made = [router._confirm(d, a) for d, a in zip(reads.deferred, answers, strict=True)]
     assert [d.scopes for d in made] == [("team", "team/a"), ("solo",), ("team", "team/a")]
     assert made[1] is planned[1]
     assert router.budget_state("team").reserved == pytest.approx(made[0].reserved + made[2].reserved)
     assert router.budget_state("team/a").reserved == pytest.approx(made[0].reserved + made[2].reserved)
+
+
+def test_a_default_budget_made_by_a_later_decision_of_the_batch_changes_no_earlier_one():
+    """Found by review: a session's default budget, made when the batch's decision for that session
+    reads its chain, came after the decisions planned before it — as one decision at a time, they
+    hold without it instead of being made again after it (other scopes, another model, a refusal)."""
+    asked = [("hello", "team/s"), ("hi", "team"), ("hey", "team/s")]
+    outcomes = {}
+    for way in ("alone", "batch"):
+        router = two_model_router()
+        router.default_budget = Budget(usd=0.05)
+        reads = SharedReads(defer_holds=True) if way == "batch" else None
+        made = [shared_decide(router, prompt, session, reads) for prompt, session in asked]
+        if reads is not None:
+            answers = router._hold_deferred(reads)
+            assert answers == [None, None, None]
+            made = [router._confirm(d, a) for d, a in zip(reads.deferred, answers, strict=True)]
+        outcomes[way] = [same(d) for d in made]
+        outcomes[way].append(router.budget_state("team").reserved)
+    assert [d["scopes"] for d in outcomes["alone"][:3]] == [("team/s",), ("team",), ("team", "team/s")]
+    assert outcomes["batch"] == outcomes["alone"]
 
 
 def taken_after_the_next_read(store: Any, usd: float) -> None:

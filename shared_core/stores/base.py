@@ -155,7 +155,7 @@ class LedgerStore(ABC):
     def reserve_many(self, holds: Sequence[Hold]) -> list[Exception | None]:
         """`reserve` for each hold, in order, each made or refused on its own: per hold None when it
         was made, else the error `reserve` would have raised for it (BudgetExceeded, UnknownScope,
-        ValueError for a reused id, LedgerUnavailable).
+        ValueError for a reused id, LedgerUnavailable, or whatever else the ledger answered for it).
 
         What a batch of decisions needs (shared_core.offload): Redis sends them all in one pipelined
         round trip instead of one each. Every hold is checked first: a malformed one raises here,
@@ -175,7 +175,7 @@ class LedgerStore(ABC):
                 self._reserve(rid, chain, nanos, ttl_s)
             except LedgerUnavailable as error:  # the rest would wait out the same timeouts, one by one
                 return outcomes + [error] * (len(holds) - len(outcomes))
-            except (BudgetExceeded, UnknownScope, ValueError) as error:
+            except Exception as error:  # this hold's own (even one unforeseen): the holds made stand
                 outcomes.append(error)
             else:
                 outcomes.append(None)

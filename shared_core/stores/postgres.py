@@ -44,7 +44,6 @@ from ..budget import (
     DEFAULT_RETENTION_S,
     IDLE_BATCH,
     Budget,
-    BudgetExceeded,
     LedgerUnavailable,
     ScopeBooks,
     ScopeState,
@@ -54,7 +53,6 @@ from ..budget import (
     check_retention,
     to_nanos,
 )
-from ..errors import UnknownScope
 from .base import Committed, LedgerStore, Pace, move_lambdas, no_budget, refuse, scope_names, unknown_reservation
 from .urls import StoreURL
 
@@ -541,7 +539,7 @@ class PostgresStore(LedgerStore):
         for (rid, _, nanos, _), ((outcome,),) in zip(holds, replies, strict=True):
             try:
                 refuse(rid, nanos, outcome)
-            except (BudgetExceeded, UnknownScope, ValueError) as error:
+            except Exception as error:  # this hold's own: the holds made beside it stand
                 outcomes.append(error)
             else:
                 outcomes.append(None)

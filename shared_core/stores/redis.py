@@ -37,7 +37,6 @@ from ..budget import (
     check_retention,
     to_nanos,
 )
-from ..errors import BudgetExceeded, UnknownScope
 from ..pacing import DualPacer, PaceUpdate
 from .base import Committed, LedgerStore, Pace, move_lambdas, no_budget, refuse, scope_names, unknown_reservation
 from .urls import StoreURL
@@ -165,13 +164,14 @@ class RedisStore(LedgerStore):
         return [self._outcome(rid, nanos, reply) for (rid, _, nanos, _), reply in zip(holds, replies, strict=True)]
 
     def _outcome(self, reservation_id: str, nanos: int, reply: Any) -> Exception | None:
-        """What one reply of a pipelined reserve means, as `_reserve` would have raised it."""
+        """What one reply of a pipelined reserve means, as `_reserve` would have raised it (an error
+        reply, e.g. a server out of memory, is that hold's alone: the holds made beside it stand)."""
         try:
             if isinstance(reply, Exception):
                 with self._reaching():
                     raise reply
             refuse(reservation_id, nanos, reply)
-        except (BudgetExceeded, UnknownScope, ValueError, LedgerUnavailable) as error:
+        except Exception as error:
             return error
         return None
 
