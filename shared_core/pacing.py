@@ -40,7 +40,8 @@ class DualPacer(BaseModel):
     horizon_s / elapsed. A request horizon, when given, takes precedence.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Every parameter finite: an infinite max_theta (or step) let θ reach ∞, which a ledger cannot store.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     step: float = Field(0.05, gt=0, description="η: how far one request's overspend moves a cold θ.")
     warm_step: float = Field(

@@ -41,7 +41,7 @@ from .pricing import Usage, price
 from .quality.base import QualityPredictor
 from .solver import BatchRouting, budget_curve
 from .stores import open_store
-from .stores.base import Committed, Pace, books_around
+from .stores.base import Committed, FailingFast, Pace, books_around
 from .tokens import content_text
 
 __all__ = [
@@ -1033,10 +1033,13 @@ def _weights(weights: Mapping[str, float], names: Sequence[str]) -> np.ndarray:
 
 
 def _with_retries(operation: Callable[[], T], attempts: int = 3, first_wait_s: float = 0.05) -> T:
-    """operation(), retried on LedgerUnavailable with growing waits (ledger operations are idempotent)."""
+    """operation(), retried on LedgerUnavailable with growing waits (ledger operations are idempotent);
+    not when the store failed it untried, in an outage's cool-down (FailingFast)."""
     for attempt in range(attempts):
         try:
             return operation()
+        except FailingFast:
+            raise
         except LedgerUnavailable:
             if attempt == attempts - 1:
                 raise

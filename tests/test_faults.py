@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -12,11 +14,13 @@ from typing import Any
 import pytest
 from ledger_support import REDIS_HOST, REDIS_PORT, STORES, FakeClock, ledger, redis_admin, require_redis, store_url
 
+from shared_core import offload
 from shared_core.budget import Budget, LedgerUnavailable, to_nanos
 from shared_core.calls import acall_with_fallbacks, call_with_fallbacks, settle_usage
 from shared_core.candidates import Candidate
 from shared_core.router import Decision, Router
 from shared_core.stores import open_store
+from shared_core.stores.base import FailingFast, Outage
 from shared_core.tokens import count_tokens
 
 PROMPT = "What is the capital of France? Answer in one sentence."
@@ -237,7 +241,7 @@ def test_a_connection_killed_by_the_server_is_reopened_without_losing_a_request(
 @pytest.mark.slow
 def test_a_redis_outage_fails_clearly_and_the_books_stay_consistent(proxy, silent_server):
     prefix, clock = f"omniroute-test:{uuid.uuid4().hex}:", FakeClock()
-    store = open_store(f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}", clock=clock)
+    store = open_store(f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}", clock=clock, unreachable_cooldown_s=0.2)
     router = Router(CANDIDATES, store=store, reservation_ttl_s=60)
     try:
         router.set_budget("acme", Budget(usd=1.0))
@@ -255,6 +259,7 @@ def test_a_redis_outage_fails_clearly_and_the_books_stay_consistent(proxy, silen
             call_with_fallbacks(router, stranded, _call(silent_server))  # the release cannot reach Redis
 
         proxy.restore()
+        time.sleep(0.25)  # the outage's cool-down: calls meanwhile fail at once, untried
         assert router.retry_pending() == 0  # the kept settle lands once
         costs.append(kept)
         router.settle(answered, output_tokens=20)  # settling again charges nothing more
@@ -413,3 +418,95 @@ async def test_a_task_cancelled_while_its_fallback_waits_for_a_worker_settles_th
     st = router.budget_state("acme/bot")
     assert st.reserved == 0 and router.store.open_reservations() == 0
     assert to_nanos(st.committed) == (to_nanos(decision.reserved) if isinstance(error, TimeoutError) else 0)
+
+
+async def test_a_redis_outage_fails_later_calls_at_once_and_holds_no_other_router_up(proxy):
+    """Found by a new user: with Redis gone, every settle waited out its retries (1–2 s each) in
+    routing's two worker threads, so 100 calls took 99 s to come back and another router's ainvoke
+    on a memory ledger took 24 s. Once the first call finds the server unreachable, the calls of
+    the next second fail at once (the answers' money kept to record, as before); afterwards the
+    ledger is tried again and the kept commits land, once."""
+    prefix = f"omniroute-test:{uuid.uuid4().hex}:"
+    remote = Router(CANDIDATES, store=f"redis://127.0.0.1:{proxy.port}/0?prefix={prefix}")
+    local = Router(CANDIDATES)
+    try:
+        remote.set_budget("acme", Budget(usd=5.0))
+        local.set_budget("other", Budget(usd=5.0))
+        answered = [remote.decide(PROMPT, "acme") for _ in range(40)]
+        proxy.cut()
+        start = time.perf_counter()
+        settles = [asyncio.ensure_future(offload.off_loop(lambda d=d: remote.settle(d, output_tokens=20)))
+                   for d in answered]
+        await asyncio.sleep(0.01)
+        other = time.perf_counter()
+        decided = await offload.decide_off_loop(local, lambda: ("tag", {"request": PROMPT, "session": "other"}),
+                                                lambda made: local.release(made[1]))
+        other = time.perf_counter() - other
+        costs = await asyncio.gather(*settles)
+        took = time.perf_counter() - start
+        # The first settle spends redis-py's retries and the router's (about 1.5 s); the rest fail at once.
+        assert took < 4.0, f"40 settles took {took:.1f} s during the outage"
+        assert other < 3.0 and decided[1].chosen, f"another router's decision waited {other:.1f} s"
+        with pytest.raises(FailingFast, match="unreachable.*fail at once"):
+            remote.decide(PROMPT, "acme")
+        assert remote.retry_pending() == 40  # no answer's money is lost: every commit is kept
+
+        proxy.restore()
+        time.sleep(1.05)
+        assert remote.retry_pending() == 0
+        st = remote.budget_state("acme")
+        assert to_nanos(st.committed) == sum(to_nanos(c) for c in costs) and st.requests == 40
+        assert st.reserved == 0.0
+    finally:
+        remote.store.close()
+        admin = redis_admin()
+        keys = list(admin.scan_iter(match=prefix + "*"))
+        if keys:
+            admin.delete(*keys)
+        admin.close()
+
+
+@pytest.mark.parametrize("kind", ["redis", "postgres"])
+def test_a_server_ledger_found_unreachable_is_not_tried_again_until_its_cool_down_ends(kind, tmp_path, monkeypatch):
+    """Each server store: the first call that finds it unreachable starts the cool-down; calls
+    meanwhile raise FailingFast without a round trip; the first after it tries, and one that
+    reaches the server ends the outage."""
+    import redis
+
+    with store_url(kind, tmp_path) as url:
+        store = open_store(url, unreachable_cooldown_s=0.3)
+        store.set_budget("acme", Budget(usd=1.0))
+        attempts: list[int] = []
+        down = True
+
+        def failing(call: Any, error: type[Exception]) -> Any:
+            def attempt(*args: Any, **kwargs: Any) -> Any:
+                attempts.append(1)
+                if down:  # what the client raises once its own retries are spent
+                    raise error("connection refused")
+                return call(*args, **kwargs)
+            return attempt
+
+        if kind == "redis":  # the scripts, below the store's own handling of their failures
+            scripts = {name: failing(script, redis.ConnectionError) for name, script in store._scripts.items()}
+            monkeypatch.setattr(store, "_scripts", scripts)
+        else:
+            monkeypatch.setattr(store, "_run_pooled", failing(store._run_pooled, LedgerUnavailable))
+        with pytest.raises(LedgerUnavailable, match="connection refused") as first:
+            store.state("acme")
+        assert not isinstance(first.value, FailingFast) and len(attempts) == 1
+        with pytest.raises(FailingFast, match="connection refused.*fail at once"):
+            store.reserve("r", ["acme"], 0.1, 60)
+        assert len(attempts) == 1  # not tried
+        down = False
+        time.sleep(0.35)
+        assert store.state("acme").budget.usd == 1.0 and len(attempts) == 2
+        store.reserve("r", ["acme"], 0.1, 60)  # the outage is over: no cool-down left behind
+        assert len(attempts) == 3
+        store.close()
+
+
+@pytest.mark.parametrize("cooldown", [-1, math.inf, math.nan, "1", True])
+def test_a_malformed_cool_down_is_refused(cooldown):
+    with pytest.raises(ValueError, match="unreachable_cooldown_s must be a number of seconds >= 0"):
+        Outage("redis://127.0.0.1:6379/0", cooldown)

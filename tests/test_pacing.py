@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from shared_core import Budget, BudgetExceeded, Candidate, MemoryStore, Router, ScopeState
 from shared_core.evaluate import online_run, reference_column
@@ -201,3 +202,12 @@ def test_online_pacing_spends_the_budget_with_the_parametric_predictor(train, te
     ref_cost = float(np.nansum(test_split.cost[:, reference_column(train.quality)]))
     run = online_run(router, test_split, 0.1 * ref_cost, 0.1, order=order)
     assert 0.95 <= run.spent_usd / run.budget_usd <= 1.0
+
+
+@pytest.mark.parametrize("field", ["step", "warm_step", "initial", "max_theta"])
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_a_pacer_parameter_that_is_not_finite_is_refused(field, value):
+    """Found by review: max_theta=inf let θ reach ∞ — stored as "inf" on Redis, a commit refused
+    (its money unrecorded) on memory and SQLite."""
+    with pytest.raises(ValidationError, match=field):
+        DualPacer(**{field: value})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from ..budget import (
 from ..errors import BudgetExceeded, LedgerUnavailable, UnknownReservation, UnknownScope
 
 __all__ = [
-    "LedgerStore", "Committed", "Hold", "Pace", "books_around", "move_lambdas", "paced",
+    "LedgerStore", "Committed", "Hold", "Pace", "Outage", "FailingFast", "DEFAULT_UNREACHABLE_COOLDOWN_S",
+    "books_around", "move_lambdas", "paced",
     "no_budget", "id_taken", "unknown_reservation", "refuse",
 ]
 
@@ -37,6 +39,54 @@ Pace = Callable[[ScopeState], "float | None"]
 
 #: One hold for `LedgerStore.reserve_many`: (reservation id, scopes, amount in USD, ttl_s).
 Hold = tuple[str, Sequence[str], float, float]
+
+#: Seconds a server ledger (Redis, PostgreSQL) found unreachable is not tried again (see Outage).
+DEFAULT_UNREACHABLE_COOLDOWN_S = 1.0
+
+
+class FailingFast(LedgerUnavailable):
+    """LedgerUnavailable raised without trying the ledger, which was found unreachable moments before."""
+
+
+class Outage:
+    """Whether a server ledger was just found unreachable, so that calls fail at once for a while.
+
+    Once a call has spent every retry on an unreachable ledger (a refused or dropped connection, a
+    timeout, a busy server), the calls of the next `cooldown_s` seconds raise FailingFast — a
+    LedgerUnavailable, so commits are kept to retry and decisions refused as before — without
+    waiting out the same timeouts and retries one by one. Those waits, in routing's two worker
+    threads, would hold every async call in the process behind them, other routers' included. The
+    first call after the cool-down tries the ledger again; one that reaches it ends the outage.
+    `cooldown_s=0` tries every call.
+    """
+
+    def __init__(self, where: str, cooldown_s: float = DEFAULT_UNREACHABLE_COOLDOWN_S) -> None:
+        if isinstance(cooldown_s, bool) or not isinstance(cooldown_s, (int, float)) \
+                or not 0 <= cooldown_s < math.inf:
+            raise ValueError(f"unreachable_cooldown_s must be a number of seconds >= 0, got {cooldown_s!r}")
+        self.where = where
+        self.cooldown_s = float(cooldown_s)
+        self._until = 0.0
+        self._error: LedgerUnavailable | None = None
+
+    def check(self) -> None:
+        """FailingFast while the ledger is in its cool-down after being found unreachable."""
+        error = self._error
+        if error is not None and time.monotonic() < self._until:
+            raise FailingFast(f"{error} (not tried again for {self.cooldown_s:g} s after that: "
+                              "calls meanwhile fail at once)")
+
+    def failed(self, error: LedgerUnavailable) -> None:
+        """The ledger was found unreachable: start the cool-down."""
+        if self._error is None:
+            logger.warning("%s; calls fail at once for the next %g s, then it is tried again", error, self.cooldown_s)
+        self._error, self._until = error, time.monotonic() + self.cooldown_s
+
+    def reached(self) -> None:
+        """A call reached the ledger: the outage, if any, is over."""
+        if self._error is not None:
+            logger.warning("the ledger at %s answers again", self.where)
+            self._error = None
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,18 @@ from ..budget import (
     check_retention,
     to_nanos,
 )
-from .base import Committed, LedgerStore, Pace, move_lambdas, no_budget, refuse, scope_names, unknown_reservation
+from .base import (
+    DEFAULT_UNREACHABLE_COOLDOWN_S,
+    Committed,
+    LedgerStore,
+    Outage,
+    Pace,
+    move_lambdas,
+    no_budget,
+    refuse,
+    scope_names,
+    unknown_reservation,
+)
 from .urls import StoreURL
 
 __all__ = ["PostgresStore", "DEFAULT_SCHEMA"]
@@ -358,8 +369,9 @@ class PostgresStore(LedgerStore):
     `retention_s` and `max_finished` bound how long and how many finished reservations are
     remembered (see LedgerStore): the holds table keeps about `max_finished` rows beside the open
     ones (more by at most the calls running at that moment; a lowered bound takes a few calls).
-    LedgerUnavailable when the database cannot be reached; ValueError when the schema cannot be
-    set up or holds another version of the ledger.
+    LedgerUnavailable when the database cannot be reached (then, for `unreachable_cooldown_s`,
+    at once: see `base.Outage`); ValueError when the schema cannot be set up or holds another
+    version of the ledger.
     """
 
     def __init__(
@@ -372,6 +384,7 @@ class PostgresStore(LedgerStore):
         max_finished: int = DEFAULT_MAX_FINISHED,
         max_connections: int = 8,
         create: bool = True,
+        unreachable_cooldown_s: float = DEFAULT_UNREACHABLE_COOLDOWN_S,
     ) -> None:
         # PostgreSQL cuts longer names to 63 bytes (two ledgers could share one schema); other characters
         # would need escaping inside the functions' bodies and the queries' placeholders.
@@ -400,6 +413,7 @@ class PostgresStore(LedgerStore):
         except psycopg.Error as e:
             raise ValueError(f"cannot set up the PostgreSQL ledger at {self.url}: {e}") from e
         self._sql = {name: text.replace("{s}", quoted) for name, text in {**_FUNCTIONS, **_QUERIES}.items()}
+        self._outage = Outage(self.where, unreachable_cooldown_s)
         self._pool_lock = threading.Lock()
         self._pool = self._open_pool()
         self._pid = os.getpid()
@@ -471,7 +485,21 @@ class PostgresStore(LedgerStore):
 
         A connection found broken (the server restarted since it was pooled) is dropped and the
         statements run once more: every one is safe to run twice (a repeated reserve holds once, a
-        repeated commit charges once). LedgerUnavailable when that fails too, or no connection comes."""
+        repeated commit charges once). LedgerUnavailable when that fails too, or no connection comes
+        (FailingFast, untried, while an outage found moments before lasts)."""
+        self._outage.check()
+        try:
+            rows = self._run_pooled(statements)
+        except LedgerUnavailable as error:
+            # A statement or lock that timed out met a busy row, not an unreachable server: the
+            # next call may well get through.
+            if not isinstance(error.__cause__, (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)):
+                self._outage.failed(error)
+            raise
+        self._outage.reached()
+        return rows
+
+    def _run_pooled(self, statements: Sequence[tuple[str, tuple[Any, ...]]]) -> list[list[tuple[Any, ...]]]:
         pool = self._connections()
         retried = False
         try:

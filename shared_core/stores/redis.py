@@ -38,7 +38,18 @@ from ..budget import (
     to_nanos,
 )
 from ..pacing import DualPacer, PaceUpdate
-from .base import Committed, LedgerStore, Pace, move_lambdas, no_budget, refuse, scope_names, unknown_reservation
+from .base import (
+    DEFAULT_UNREACHABLE_COOLDOWN_S,
+    Committed,
+    LedgerStore,
+    Outage,
+    Pace,
+    move_lambdas,
+    no_budget,
+    refuse,
+    scope_names,
+    unknown_reservation,
+)
 from .urls import StoreURL
 
 __all__ = ["RedisStore", "DEFAULT_PREFIX"]
@@ -67,7 +78,8 @@ class RedisStore(LedgerStore):
     The client must decode responses (`decode_responses=True`, as `from_url` sets).
     `clock=None` (the default) uses the server's clock; give a clock only to test with fake time.
     `retention_s` and `max_finished` bound how long and how many finished reservations are
-    remembered (see LedgerStore): at most `max_finished` hold keys beside the open ones.
+    remembered (see LedgerStore): at most `max_finished` hold keys beside the open ones. Once the
+    server is found unreachable, calls fail at once for `unreachable_cooldown_s` (see `base.Outage`).
     """
 
     def __init__(
@@ -78,6 +90,7 @@ class RedisStore(LedgerStore):
         clock: Callable[[], float] | None = None,
         retention_s: float = DEFAULT_RETENTION_S,
         max_finished: int = DEFAULT_MAX_FINISHED,
+        unreachable_cooldown_s: float = DEFAULT_UNREACHABLE_COOLDOWN_S,
     ) -> None:
         if not isinstance(prefix, str) or not prefix:
             raise ValueError(f"the Redis key prefix must be a non-empty string, got {prefix!r}")
@@ -91,6 +104,7 @@ class RedisStore(LedgerStore):
         self._scripts = {name: client.register_script(text) for name, text in _SCRIPTS.items()}
         kw = client.connection_pool.connection_kwargs
         self.where = f"redis://{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+        self._outage = Outage(self.where, unreachable_cooldown_s)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -106,18 +120,23 @@ class RedisStore(LedgerStore):
 
     @contextmanager
     def _reaching(self) -> Iterator[None]:
-        """Turn a connection that failed even after retries into LedgerUnavailable."""
+        """Turn a connection that failed even after retries into LedgerUnavailable (FailingFast, untried,
+        while an outage found moments before lasts)."""
+        self._outage.check()
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError) as e:
-            raise LedgerUnavailable(f"Redis ledger at {self.where} is unreachable: {e}") from e
+            self._outage.failed(error := LedgerUnavailable(f"Redis ledger at {self.where} is unreachable: {e}"))
+            raise error from e
         except redis.ResponseError as e:
             if str(e).startswith(("BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN")):
                 # The server is there but cannot answer now (a long script, loading its data).
-                raise LedgerUnavailable(f"Redis ledger at {self.where} is busy: {e}") from e
+                self._outage.failed(error := LedgerUnavailable(f"Redis ledger at {self.where} is busy: {e}"))
+                raise error from e
             if "DB index is out of range" in str(e):  # the URL's /db: redis-py raises no class of its own for it
                 raise ValueError(f"Redis ledger at {self.where}: the server has no such database ({e})") from e
             raise
+        self._outage.reached()
 
     def _run(self, script: str, *args: Any) -> Any:
         now = "" if self._clock is None else repr(float(self._clock()))
@@ -184,7 +203,8 @@ class RedisStore(LedgerStore):
         # One script commits, reads the books around it and moves λ by the dual pacer's rule (its
         # arithmetic in Lua: redis_commit.lua). Any other pace is computed here from the books
         # before, and its λ stored by a second script.
-        server_side = isinstance(pace, PaceUpdate) and type(pace.pacer) is DualPacer
+        # Only the rule Lua knows: a subclass of either may compute θ otherwise.
+        server_side = type(pace) is PaceUpdate and type(pace.pacer) is DualPacer
         rule = _pace_json(pace) if server_side else ""  # type: ignore[arg-type]  # a PaceUpdate when server_side
         outcome, *around = self._run(
             "commit", reservation_id, nanos, json.dumps(scopes), rule, *(() if model is None else (model,))
