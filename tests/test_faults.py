@@ -212,6 +212,15 @@ class FlakyProxy:
         self._server.close()
 
 
+def drop_keys(prefix: str) -> None:
+    """Delete the test server's keys under `prefix`."""
+    admin = redis_admin()
+    keys = list(admin.scan_iter(match=prefix + "*"))
+    if keys:
+        admin.delete(*keys)
+    admin.close()
+
+
 @pytest.fixture
 def proxy():
     require_redis()
@@ -271,11 +280,7 @@ def test_a_redis_outage_fails_clearly_and_the_books_stay_consistent(proxy, silen
         assert router.store.open_reservations() == 0
     finally:
         router.store.close()
-        admin = redis_admin()
-        keys = list(admin.scan_iter(match=prefix + "*"))
-        if keys:
-            admin.delete(*keys)
-        admin.close()
+        drop_keys(prefix)
 
 
 def test_a_stream_that_starts_after_its_attempt_was_given_up_on_is_closed_in_its_own_thread():
@@ -459,11 +464,7 @@ async def test_a_redis_outage_fails_later_calls_at_once_and_holds_no_other_route
         assert st.reserved == 0.0
     finally:
         remote.store.close()
-        admin = redis_admin()
-        keys = list(admin.scan_iter(match=prefix + "*"))
-        if keys:
-            admin.delete(*keys)
-        admin.close()
+        drop_keys(prefix)
 
 
 @pytest.mark.parametrize("kind", ["redis", "postgres"])

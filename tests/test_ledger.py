@@ -726,26 +726,18 @@ def test_a_hold_the_ledger_answers_with_an_error_fails_alone_in_reserve_many(sto
             return [redis.ResponseError("OOM command not allowed") if i == 1 else r for i, r in enumerate(replies)]
 
         monkeypatch.setattr(redis.client.Pipeline, "execute", one_refused)
-    elif kind == "postgres":  # its pipeline's replies are read by `refuse`
+    else:  # PostgreSQL's pipelined replies are read by `refuse`; the others hold one by one
         from shared_core.stores import postgres
 
-        refuse = postgres.refuse
+        owner, name = (postgres, "refuse") if kind == "postgres" else (store, "_reserve")
+        hold = getattr(owner, name)
 
         def refused_b(rid: str, *args: Any) -> None:
             if rid == "b":
                 raise RuntimeError("OOM command not allowed")
-            refuse(rid, *args)
+            hold(rid, *args)
 
-        monkeypatch.setattr(postgres, "refuse", refused_b)
-    else:
-        reserve = store._reserve
-
-        def one_refused(rid: str, *args: Any) -> None:
-            if rid == "b":
-                raise RuntimeError("OOM command not allowed")
-            reserve(rid, *args)
-
-        monkeypatch.setattr(store, "_reserve", one_refused)
+        monkeypatch.setattr(owner, name, refused_b)
     outcomes = store.reserve_many([("a", CHAIN, 0.1, 60), ("b", CHAIN, 0.1, 60), ("c", CHAIN, 0.1, 60)])
     assert outcomes[0] is None and outcomes[2] is None and "OOM" in str(outcomes[1])
     if kind in ("redis", "postgres"):  # the server made "b" (its reply was replaced): released, the books are a and c
