@@ -134,3 +134,19 @@ def provider(provider_server):
     """The session's ProviderServer after reset(): no behaviours configured and an empty bill."""
     provider_server.reset()
     return provider_server
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """Starts redis-servers of the test's own (`private_redis(*args)`), stopped after the test."""
+    from ledger_support import PrivateRedis
+
+    servers = []
+
+    def start(*args: str):
+        servers.append(PrivateRedis(tmp_path, *args))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()

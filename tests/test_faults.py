@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -212,6 +212,16 @@ class FlakyProxy:
         self._server.close()
 
 
+def wait_until(done: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Whether `done()` came true within `timeout_s` (asked every 50 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def drop_keys(prefix: str) -> None:
     """Delete the test server's keys under `prefix`."""
     admin = redis_admin()
@@ -268,8 +278,8 @@ def test_a_redis_outage_fails_clearly_and_the_books_stay_consistent(proxy, silen
             call_with_fallbacks(router, stranded, _call(silent_server))  # the release cannot reach Redis
 
         proxy.restore()
-        time.sleep(0.25)  # the outage's cool-down: calls meanwhile fail at once, untried
-        assert router.retry_pending() == 0  # the kept settle lands once
+        # Calls fail at once, untried, until the outage's cool-down ends; then the kept settle lands once.
+        assert wait_until(lambda: router.retry_pending() == 0)
         costs.append(kept)
         router.settle(answered, output_tokens=20)  # settling again charges nothing more
         assert router.budget_state("acme").reserved == pytest.approx(stranded.reserved)
@@ -457,8 +467,7 @@ async def test_a_redis_outage_fails_later_calls_at_once_and_holds_no_other_route
         assert remote.retry_pending() == 40  # no answer's money is lost: every commit is kept
 
         proxy.restore()
-        time.sleep(1.05)
-        assert remote.retry_pending() == 0
+        assert wait_until(lambda: remote.retry_pending() == 0)
         st = remote.budget_state("acme")
         assert to_nanos(st.committed) == sum(to_nanos(c) for c in costs) and st.requests == 40
         assert st.reserved == 0.0
@@ -511,3 +520,152 @@ def test_a_server_ledger_found_unreachable_is_not_tried_again_until_its_cool_dow
 def test_a_malformed_cool_down_is_refused(cooldown):
     with pytest.raises(ValueError, match="unreachable_cooldown_s must be a number of seconds >= 0"):
         Outage("redis://127.0.0.1:6379/0", cooldown)
+
+
+class Ticking:
+    """time.monotonic for Outage, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def outage_with_clock(monkeypatch: Any, cooldown_s: float = 1.0) -> tuple[Outage, Ticking]:
+    from shared_core.stores import base
+
+    clock = Ticking()
+    monkeypatch.setattr(base.time, "monotonic", clock)
+    return Outage("redis://test", cooldown_s), clock
+
+
+def fail(outage: Outage, clock: Ticking, takes_s: float = 0.0) -> None:
+    """One attempt that finds the server unreachable after `takes_s` seconds."""
+    with pytest.raises(LedgerUnavailable), outage.attempt():
+        clock.now += takes_s
+        raise LedgerUnavailable("Redis ledger at redis://test is unreachable: connection refused")
+
+
+def test_an_outages_cool_down_grows_with_slow_and_repeated_failures(monkeypatch):
+    """Found by review: a hung server costs each attempt its timeouts (20 s on Redis), so a fixed
+    1 s cool-down left the workers trying it most of the time. The cool-down is at least as long
+    as the attempt took, doubles at each failure in a row (at most 30 s), and ends with a success."""
+    outage, clock = outage_with_clock(monkeypatch)
+    fail(outage, clock, takes_s=0.01)
+    for waited, expected in ((1.0, 2.0), (2.0, 4.0), (4.0, 8.0)):
+        clock.now += waited - 0.001
+        with pytest.raises(FailingFast, match=r"found [\d.]+ s ago; not tried again for 0\.0 s"):
+            with outage.attempt():
+                pass
+        clock.now += 0.001
+        fail(outage, clock)  # the one try after the cool-down fails: the next cool-down doubles
+        with pytest.raises(FailingFast):
+            with outage.attempt():
+                pass
+        clock.now += expected - 0.001
+        with pytest.raises(FailingFast):
+            with outage.attempt():
+                pass
+        clock.now -= expected - 0.001
+    clock.now += 8.0
+    fail(outage, clock, takes_s=20.0)  # a hung server: 20 s an attempt, cooled at 30 s at most
+    clock.now += 29.9
+    with pytest.raises(FailingFast):
+        with outage.attempt():
+            pass
+    clock.now += 0.1
+    with outage.attempt():  # the server answers: the outage is over, and the next failure starts afresh
+        pass
+    fail(outage, clock)
+    clock.now += 1.0
+    with outage.attempt():
+        pass
+
+
+def test_after_an_outages_cool_down_one_call_tries_the_server_while_the_others_fail_fast(monkeypatch):
+    """Found by review: every caller tried a hung server at once when the cool-down ended."""
+    outage, clock = outage_with_clock(monkeypatch)
+    fail(outage, clock)
+    clock.now += 1.0
+    trying = outage.attempt()
+    trying.__enter__()
+    with pytest.raises(FailingFast, match="another call is trying it now"):
+        with outage.attempt():
+            pass
+    trying.__exit__(None, None, None)  # it got through
+    with outage.attempt():
+        pass
+    # A try interrupted (a cancellation) tells nothing: the next call may try, and no outage ends.
+    fail(outage, clock)
+    clock.now += 1.0
+    with pytest.raises(asyncio.CancelledError), outage.attempt():
+        raise asyncio.CancelledError
+    with outage.attempt():
+        pass
+
+
+def test_news_older_than_the_latest_is_ignored(monkeypatch):
+    """Found by review: a call begun while the server was down that failed after a newer call had
+    reached it started a new outage (and a slow success from before could end a newer one)."""
+    outage, clock = outage_with_clock(monkeypatch)
+    old = outage.attempt()
+    old.__enter__()  # begun while the server was down
+    clock.now += 0.5
+    with outage.attempt():  # a newer call reaches it
+        pass
+    clock.now += 0.5
+    refused = LedgerUnavailable("connection refused")
+    assert old.__exit__(LedgerUnavailable, refused, None) is False  # raised on, as in a with block
+    with outage.attempt():  # no outage was started by the stale failure
+        pass
+    slow = outage.attempt()
+    slow.__enter__()
+    clock.now += 0.1
+    fail(outage, clock)
+    slow.__exit__(None, None, None)  # a success begun before the failure does not end it
+    with pytest.raises(FailingFast):
+        with outage.attempt():
+            pass
+
+
+def test_a_postgres_pool_with_every_connection_busy_is_contention_not_an_outage(tmp_path):
+    """Found by review: reserves queued behind a locked row timed out waiting for a pooled
+    connection, and that started an outage for every scope."""
+    from psycopg_pool import PoolTimeout
+
+    with ledger("postgres", tmp_path) as store:
+        store.set_budget("acme", Budget(usd=1.0))
+
+        def timed_out(cause: BaseException) -> LedgerUnavailable:
+            error = LedgerUnavailable("PostgreSQL ledger is unavailable")
+            error.__cause__ = cause
+            return error
+
+        assert store._contention(timed_out(PoolTimeout("couldn't get a connection after 5.00 sec")))
+        assert not store._contention(timed_out(OSError("connection refused")))
+
+
+def test_a_redis_turned_read_only_keeps_the_answers_money_to_record(private_redis):
+    """Found by review: after a failover left the server a read-only replica, a settle raised
+    redis' ReadOnlyError and the money was not kept; it is LedgerUnavailable now, as for
+    PostgreSQL's read-only server."""
+    server = private_redis()
+    router = Router(CANDIDATES, store=server.url + "?prefix=ro:&unreachable_cooldown_s=0")
+    router.set_budget("acme", Budget(usd=5.0))
+    decision = router.decide(PROMPT, "acme")
+    server.client().execute_command("REPLICAOF", "127.0.0.1", "1")  # a replica of nothing: read-only
+    cost = router.settle(decision, output_tokens=20)  # the answer was paid for: no error
+    assert router.retry_pending() == 1
+    with pytest.raises(LedgerUnavailable, match="READONLY|read only"):
+        router.decide(PROMPT, "acme")
+    server.client().execute_command("REPLICAOF", "NO", "ONE")
+    assert router.retry_pending() == 0
+    assert router.budget_state("acme").committed == pytest.approx(cost)
+
+
+def test_the_cool_down_can_be_set_in_a_store_url(tmp_path):
+    with store_url("redis", tmp_path) as url:
+        assert open_store(url + "&unreachable_cooldown_s=2.5")._outage.cooldown_s == 2.5
+        with pytest.raises(ValueError, match="unreachable_cooldown_s must be a number of seconds, got 'soon'"):
+            open_store(url + "&unreachable_cooldown_s=soon")

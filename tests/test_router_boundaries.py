@@ -283,21 +283,6 @@ def test_a_budget_is_not_a_bool(fields):
         Budget(**fields)
 
 
-@pytest.fixture
-def private_redis(tmp_path):
-    from ledger_support import PrivateRedis
-
-    servers = []
-
-    def start(*args: str):
-        servers.append(PrivateRedis(tmp_path, *args))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.close()
-
-
 def _spend_until_refused(router: Router, session: str, tries: int) -> tuple[int, float]:
     """Calls made and USD charged before the budget refuses (every call costs its full cap)."""
     made, spent = 0, 0.0

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +44,8 @@ Hold = tuple[str, Sequence[str], float, float]
 
 #: Seconds a server ledger (Redis, PostgreSQL) found unreachable is not tried again (see Outage).
 DEFAULT_UNREACHABLE_COOLDOWN_S = 1.0
+#: The longest cool-down, however often and however slowly the server failed.
+MAX_UNREACHABLE_COOLDOWN_S = 30.0
 
 
 class FailingFast(LedgerUnavailable):
@@ -52,12 +56,16 @@ class Outage:
     """Whether a server ledger was just found unreachable, so that calls fail at once for a while.
 
     Once a call has spent every retry on an unreachable ledger (a refused or dropped connection, a
-    timeout, a busy server), the calls of the next `cooldown_s` seconds raise FailingFast — a
-    LedgerUnavailable, so commits are kept to retry and decisions refused as before — without
-    waiting out the same timeouts and retries one by one. Those waits, in routing's two worker
-    threads, would hold every async call in the process behind them, other routers' included. The
-    first call after the cool-down tries the ledger again; one that reaches it ends the outage.
-    `cooldown_s=0` tries every call.
+    timeout, a busy or read-only server), the calls of the cool-down that follows raise
+    FailingFast — a LedgerUnavailable, so commits are kept to retry and decisions refused as
+    before — without waiting out the same timeouts and retries one by one. Those waits, in
+    routing's two worker threads, would hold every async call in the process behind them, other
+    routers' included. After the cool-down one call tries the ledger while the others go on
+    failing fast; one that reaches it ends the outage. The cool-down is `cooldown_s`, or as long
+    as the failed attempt took if longer (a hung server costs each attempt its timeouts), doubled
+    at each failure in a row, at most MAX_UNREACHABLE_COOLDOWN_S. `cooldown_s=0` tries every call.
+    A call that began before the latest success or failure says nothing of the ledger now: its
+    outcome is ignored.
     """
 
     def __init__(self, where: str, cooldown_s: float = DEFAULT_UNREACHABLE_COOLDOWN_S) -> None:
@@ -66,27 +74,66 @@ class Outage:
             raise ValueError(f"unreachable_cooldown_s must be a number of seconds >= 0, got {cooldown_s!r}")
         self.where = where
         self.cooldown_s = float(cooldown_s)
-        self._until = 0.0
+        self._lock = threading.Lock()
         self._error: LedgerUnavailable | None = None
+        self._found = self._until = 0.0  # when the outage was found, and when a call may try again
+        self._failures = 0  # failed attempts in a row
+        self._trial: object | None = None  # the one call trying the ledger after the cool-down
+        self._settled = -math.inf  # when the latest news (a success or a failure) was recorded
 
-    def check(self) -> None:
-        """FailingFast while the ledger is in its cool-down after being found unreachable."""
-        error = self._error
-        if error is not None and time.monotonic() < self._until:
-            raise FailingFast(f"{error} (not tried again for {self.cooldown_s:g} s after that: "
-                              "calls meanwhile fail at once)")
+    @contextmanager
+    def attempt(self, contention: Callable[[LedgerUnavailable], bool] = lambda error: False) -> Iterator[None]:
+        """Around one call to the server: FailingFast at once during an outage's cool-down (or while
+        another call tries the server after it). A LedgerUnavailable raised inside starts or extends
+        the outage — unless `contention(error)` says the server did answer (a lock timed out) — and
+        a success or another error ends it (the server answered)."""
+        started, call = time.monotonic(), object()
+        with self._lock:
+            if self._error is not None:
+                ago = started - self._found
+                if started < self._until:
+                    raise FailingFast(f"{self._error} (found {ago:.1f} s ago; not tried again for "
+                                      f"{self._until - started:.1f} s: calls meanwhile fail at once)")
+                if self._trial is not None:
+                    raise FailingFast(f"{self._error} (found {ago:.1f} s ago; another call is trying it now: "
+                                      "calls meanwhile fail at once)")
+                self._trial = call
+        news: LedgerUnavailable | bool | None = True  # True: the server answered; None: no news
+        try:
+            yield
+        except LedgerUnavailable as error:
+            news = True if contention(error) else error
+            raise
+        except Exception:
+            raise  # the server answered, with an error of the call's own
+        except BaseException:
+            news = None  # interrupted (a cancellation): nothing learnt about the server
+            raise
+        finally:
+            self._settle(started, call, news)
 
-    def failed(self, error: LedgerUnavailable) -> None:
-        """The ledger was found unreachable: start the cool-down."""
-        if self._error is None:
-            logger.warning("%s; calls fail at once for the next %g s, then it is tried again", error, self.cooldown_s)
-        self._error, self._until = error, time.monotonic() + self.cooldown_s
-
-    def reached(self) -> None:
-        """A call reached the ledger: the outage, if any, is over."""
-        if self._error is not None:
-            logger.warning("the ledger at %s answers again", self.where)
-            self._error = None
+    def _settle(self, started: float, call: object, news: LedgerUnavailable | bool | None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._trial is call:
+                self._trial = None
+            if news is None or started < self._settled:
+                return  # nothing learnt, or news from before the latest: stale
+            self._settled = now
+            if news is True:
+                if self._error is not None:
+                    logger.info("the ledger at %s answers again", self.where)
+                self._error, self._failures = None, 0
+                return
+            assert isinstance(news, LedgerUnavailable)
+            took = now - started
+            if self._error is None:
+                logger.warning("%s; calls fail at once for the next %.3g s, then it is tried again", news,
+                               max(self.cooldown_s, took) if self.cooldown_s else 0)
+                self._found = now
+            self._failures += 1
+            cooldown = max(self.cooldown_s, took) * 2 ** min(self._failures - 1, 16) if self.cooldown_s else 0.0
+            self._error, self._until = news, now + min(cooldown, MAX_UNREACHABLE_COOLDOWN_S)
 
 
 @dataclass(frozen=True)

@@ -71,8 +71,9 @@ __all__ = ["PostgresStore", "DEFAULT_SCHEMA"]
 
 #: The schema holding the ledger's tables, unless the URL gives `?schema=`.
 DEFAULT_SCHEMA = "omniroute"
-#: postgresql:// URLs may name the schema; libpq's own parameters go in the URL's user, host, path.
-URL_OPTIONS = frozenset({"schema"})
+#: postgresql:// URLs may name the schema and set the outage cool-down (seconds; see base.Outage);
+#: libpq's own parameters go in the URL's user, host, path.
+URL_OPTIONS = frozenset({"schema", "unreachable_cooldown_s"})
 
 logger = logging.getLogger("omniroute")
 
@@ -487,17 +488,16 @@ class PostgresStore(LedgerStore):
         statements run once more: every one is safe to run twice (a repeated reserve holds once, a
         repeated commit charges once). LedgerUnavailable when that fails too, or no connection comes
         (FailingFast, untried, while an outage found moments before lasts)."""
-        self._outage.check()
-        try:
-            rows = self._run_pooled(statements)
-        except LedgerUnavailable as error:
-            # A statement or lock that timed out met a busy row, not an unreachable server: the
-            # next call may well get through.
-            if not isinstance(error.__cause__, (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)):
-                self._outage.failed(error)
-            raise
-        self._outage.reached()
-        return rows
+        with self._outage.attempt(self._contention):
+            return self._run_pooled(statements)
+
+    def _contention(self, error: LedgerUnavailable) -> bool:
+        """Whether `error` met busy rows or connections rather than an unreachable server: a statement
+        or lock that timed out, or no connection free while the pool holds some (all in use)."""
+        cause = error.__cause__
+        if isinstance(cause, (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable)):
+            return True
+        return isinstance(cause, PoolTimeout) and self._connections().get_stats().get("pool_size", 0) > 0
 
     def _run_pooled(self, statements: Sequence[tuple[str, tuple[Any, ...]]]) -> list[list[tuple[Any, ...]]]:
         pool = self._connections()
@@ -685,4 +685,4 @@ def open_url(url: StoreURL, must_exist: bool, **options: Any) -> PostgresStore:
     """The ledger at postgresql://user@host:port/db; with `must_exist`, only in a schema that holds one."""
     url.check_port()
     # libpq takes the URL itself (user, password, host, port, database); the options are the store's.
-    return PostgresStore(url.bare, **url.options, **options, create=not must_exist)
+    return PostgresStore(url.bare, **url.store_options(), **options, create=not must_exist)

@@ -56,8 +56,8 @@ __all__ = ["RedisStore", "DEFAULT_PREFIX"]
 
 #: Prefix of every key the ledger writes, unless the URL gives `?prefix=`.
 DEFAULT_PREFIX = "omniroute:"
-#: redis:// URLs may set the key prefix.
-URL_OPTIONS = frozenset({"prefix"})
+#: redis:// URLs may set the key prefix and the outage cool-down (seconds; see base.Outage).
+URL_OPTIONS = frozenset({"prefix", "unreachable_cooldown_s"})
 
 
 def _lua(name: str) -> str:
@@ -120,23 +120,24 @@ class RedisStore(LedgerStore):
 
     @contextmanager
     def _reaching(self) -> Iterator[None]:
-        """Turn a connection that failed even after retries into LedgerUnavailable (FailingFast, untried,
-        while an outage found moments before lasts)."""
-        self._outage.check()
-        try:
-            yield
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            self._outage.failed(error := LedgerUnavailable(f"Redis ledger at {self.where} is unreachable: {e}"))
-            raise error from e
-        except redis.ResponseError as e:
-            if str(e).startswith(("BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN")):
-                # The server is there but cannot answer now (a long script, loading its data).
-                self._outage.failed(error := LedgerUnavailable(f"Redis ledger at {self.where} is busy: {e}"))
-                raise error from e
-            if "DB index is out of range" in str(e):  # the URL's /db: redis-py raises no class of its own for it
-                raise ValueError(f"Redis ledger at {self.where}: the server has no such database ({e})") from e
-            raise
-        self._outage.reached()
+        """Turn a connection that failed even after retries, or a server that cannot take the call
+        now (busy, loading, read-only, out of memory), into LedgerUnavailable; FailingFast, untried,
+        while an outage found moments before lasts (see `base.Outage`)."""
+        with self._outage.attempt():
+            try:
+                yield
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                raise LedgerUnavailable(f"Redis ledger at {self.where} is unreachable: {e}") from e
+            except redis.ResponseError as e:
+                if isinstance(e, (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError)) \
+                        or str(e).startswith(("BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN")):
+                    # The server is there but cannot answer now (a long script, loading its data) or
+                    # cannot write (a replica after a failover, full memory): what a commit meant
+                    # to record is kept to retry, as when the server is gone.
+                    raise LedgerUnavailable(f"Redis ledger at {self.where} cannot take the call now: {e}") from e
+                if "DB index is out of range" in str(e):  # the URL's /db: redis-py raises no class of its own for it
+                    raise ValueError(f"Redis ledger at {self.where}: the server has no such database ({e})") from e
+                raise
 
     def _run(self, script: str, *args: Any) -> Any:
         now = "" if self._clock is None else repr(float(self._clock()))
@@ -282,4 +283,4 @@ def open_url(url: StoreURL, must_exist: bool, **options: Any) -> RedisStore:
     db = url.path.removeprefix("/")
     if db and not db.isdigit():
         raise url.malformed(f"the database must be a number, got {db!r}")
-    return RedisStore.from_url(url.bare, **url.options, **options)
+    return RedisStore.from_url(url.bare, **url.store_options(), **options)

@@ -69,6 +69,17 @@ class StoreURL:
         if unknown:
             raise self.malformed(f"unknown option(s) {sorted(unknown)} (allowed: {sorted(allowed) or 'none'})")
 
+    def store_options(self) -> dict[str, Any]:
+        """The options as the store's constructor takes them: `unreachable_cooldown_s` a number."""
+        options = dict(self.options)
+        if "unreachable_cooldown_s" in options:
+            try:
+                options["unreachable_cooldown_s"] = float(options["unreachable_cooldown_s"])
+            except ValueError:
+                raise self.malformed(f"unreachable_cooldown_s must be a number of seconds, "
+                                     f"got {options['unreachable_cooldown_s']!r}") from None
+        return options
+
     def check_port(self) -> None:
         """ValueError when the port is not a number (urllib checks it only when it is read)."""
         try:
