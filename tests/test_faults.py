@@ -669,3 +669,31 @@ def test_the_cool_down_can_be_set_in_a_store_url(tmp_path):
         assert open_store(url + "&unreachable_cooldown_s=2.5")._outage.cooldown_s == 2.5
         with pytest.raises(ValueError, match="unreachable_cooldown_s must be a number of seconds, got 'soon'"):
             open_store(url + "&unreachable_cooldown_s=soon")
+
+
+@pytest.mark.slow
+def test_a_hung_redis_costs_a_call_one_timeout_then_calls_fail_fast(private_redis):
+    """Found by review: a server that takes connections but never answers (stopped, or a path that
+    swallows packets) cost each call four 5 s read timeouts, redis-py retrying each, and held both
+    routing workers 20 s. A timed-out reply is not retried; the outage then fails calls at once."""
+    import os
+    import signal
+
+    server = private_redis()
+    router = Router(CANDIDATES, store=server.url + "?prefix=hung:")
+    router.set_budget("acme", Budget(usd=5.0))
+    decision = router.decide(PROMPT, "acme")
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        cost = router.settle(decision, output_tokens=20)  # kept to record: the answer was paid for
+        took = time.monotonic() - started
+        assert 4.5 < took < 8.0, f"the settle took {took:.1f} s against a hung server"
+        started = time.monotonic()
+        with pytest.raises(FailingFast):
+            router.decide(PROMPT, "acme")
+        assert time.monotonic() - started < 0.1
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    assert wait_until(lambda: router.retry_pending() == 0, timeout_s=20)
+    assert router.budget_state("acme").committed == pytest.approx(cost)

@@ -108,13 +108,17 @@ class RedisStore(LedgerStore):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
-        """A store on a new client for `url` (redis://host:port/db), with short timeouts and 3 retries."""
+        """A store on a new client for `url` (redis://host:port/db), with short timeouts and 3 retries
+        of a dropped or refused connection."""
         client = redis.Redis.from_url(
             url,
             decode_responses=True,
             socket_timeout=5.0,
             socket_connect_timeout=2.0,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3),
+            # A reply that has not come in 5 s is not retried: a hung server would hold each call
+            # four times as long (and routing's workers with it) for an answer that is not coming.
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=3,
+                        supported_errors=(redis.ConnectionError,)),
         )
         return cls(client, **options)
 
