@@ -174,7 +174,7 @@ class OmniRouteLLM(FunctionCallingLLM):
     `ChatOmniRoute`: the instance's session, a `for_session(...)` copy's and a call's `session=`
     scope each get it the first time they are charged. Per call, `session=`, `model=` and
     `max_tokens=` keywords override the instance's `session` (the budget scope charged), `model`
-    (a candidate every call is pinned to) and the output cap; `structured_output=True` (set by
+    (a candidate every call is pinned to) and `max_tokens` (the output cap); `structured_output=True` (set by
     `structured_predict`, `astructured_predict`, their stream forms and `as_structured_llm`)
     routes only to candidates with `supports_structured_output`. Each candidate is called with the
     output cap its reservation assumed (its own `max_tokens` / `metadata.num_output` lowers it;
@@ -212,6 +212,7 @@ class OmniRouteLLM(FunctionCallingLLM):
     router: Router = Field(exclude=True, description="The shared core router and its ledger.")
     session: str | None = Field(None, description="Budget scope charged when a call names none.")
     model: str | None = Field(None, description="Candidate every call is pinned to; None lets the router choose.")
+    max_tokens: int | None = Field(None, gt=0, description="Output cap when a call names none (as ChatOmniRoute's).")
 
     def __init__(
         self,
@@ -318,7 +319,7 @@ class OmniRouteLLM(FunctionCallingLLM):
         """The keyword arguments of the call's `Router.decide` (taking the routing ones out of `kwargs`)."""
         session = kwargs.pop("session", self.session)
         model = kwargs.pop("model", self.model)
-        max_tokens = kwargs.pop("max_tokens", None)
+        max_tokens = kwargs.pop("max_tokens", self.max_tokens)
         structured = bool(kwargs.pop(_STRUCTURED, False))
         claim(self.router, model)  # a selection held for this engine's call gives way to it
         return dict(request=request, session=session, tools=tools, structured_output=structured, model=model,

@@ -355,3 +355,16 @@ def test_a_callback_manager_given_to_the_router_hears_its_calls_and_leaves_the_c
     llm.chat(_messages())
     assert len(counter.llm_token_counts) == 1  # the router's handlers hear the call, through a per-call copy
     assert big.callback_manager is own and small.callback_manager is own
+
+
+@pytest.mark.parametrize("form", FORMS)
+async def test_max_tokens_set_on_the_llm_caps_every_call_that_names_none(form):
+    """Found by a new user: ChatOmniRoute(max_tokens=...) worked, OmniRouteLLM(max_tokens=...) was a
+    TypeError. The instance's cap is what a call without its own reserves and sends."""
+    for cap in (64, 9):
+        llm = OmniRouteLLM([candidate(CHEAP, MockLLM(), supports_tools=False)], budget=Budget(usd=5.0), max_tokens=cap)
+        responses = await _run(llm, form)
+        records = [r.additional_kwargs["omniroute"] for r in responses if "omniroute" in r.additional_kwargs]
+        assert records and {r["max_output_tokens"] for r in records} == {cap}
+    with pytest.raises(ValueError, match="max_tokens"):
+        OmniRouteLLM([candidate(CHEAP, MockLLM(), supports_tools=False)], max_tokens=0)
