@@ -206,9 +206,8 @@ class RedisStore(LedgerStore):
         self, reservation_id: str, nanos: int, model: str | None, scopes: tuple[str, ...], pace: Pace | None
     ) -> Committed:
         # One script commits, reads the books around it and moves λ by the dual pacer's rule (its
-        # arithmetic in Lua: redis_commit.lua). Any other pace is computed here from the books
-        # before, and its λ stored by a second script.
-        # Only the rule Lua knows: a subclass of either may compute θ otherwise.
+        # arithmetic in Lua: redis_commit.lua). Any other pace — a subclass of either class may
+        # compute θ otherwise — is computed here from the books before, its λ stored by a second script.
         server_side = type(pace) is PaceUpdate and type(pace.pacer) is DualPacer
         rule = _pace_json(pace) if server_side else ""  # type: ignore[arg-type]  # a PaceUpdate when server_side
         outcome, *around = self._run(
