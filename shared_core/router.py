@@ -132,6 +132,7 @@ class SharedReads:
     def __init__(self, defer_holds: bool = False) -> None:
         self._chains: dict[str, list[ScopeState]] = {}
         self.deferred: list[Deferred] | None = [] if defer_holds else None
+        self._planned: dict[str, int] = {}  # nano-dollars the deferred holds will take, per scope
         # Every scope a read of this batch found with a budget: one found later than a decision
         # that saw none there (a session's default budget made by the batch's next decision, a
         # budget set meanwhile) came after that decision, as it would one decision at a time.
@@ -159,16 +160,20 @@ class SharedReads:
         self._update(fresh, lambda s: fresh[s.scope])
         return states
 
+    def plan(self, deferred: Deferred) -> None:
+        """Queue a decision whose hold the batch makes with its others (`defer_holds`)."""
+        assert self.deferred is not None, "holds are deferred only by SharedReads(defer_holds=True)"
+        self.deferred.append(deferred)
+        if deferred.decision.reserved:
+            nanos = to_nanos(deferred.decision.reserved)
+            for scope in deferred.decision.scopes:
+                self._planned[scope] = self._planned.get(scope, 0) + nanos
+
     def _with_planned(self, states: Sequence[ScopeState]) -> list[ScopeState]:
         """Books read from the ledger, with the holds this batch planned and has not sent added."""
-        states = list(states)
         self.seen_budgeted.update(s.scope for s in states)
-        for planned in self.deferred or ():
-            decision = planned.decision
-            if decision.reserved:
-                nanos, names = to_nanos(decision.reserved), set(decision.scopes)
-                states = [_plus_hold(s, nanos) if s.scope in names else s for s in states]
-        return states
+        planned = self._planned
+        return [_plus_hold(s, planned[s.scope]) if s.scope in planned else s for s in states]
 
     def _update(self, scopes: Iterable[str], change: Callable[[ScopeState], ScopeState]) -> None:
         names = set(scopes)
@@ -562,8 +567,7 @@ class Router:
                                        states, ask.reservation_ttl_s, scope=scope, reads=reads)
         if reads is not None:
             if reads.deferred is not None:
-                reads.deferred.append(Deferred(decision, scope, ask.reservation_ttl_s or self.reservation_ttl_s,
-                                               predicted))
+                reads.plan(Deferred(decision, scope, ask.reservation_ttl_s or self.reservation_ttl_s, predicted))
             reads.held(decision)
         return decision
 
