@@ -1,7 +1,8 @@
 """Ledger throughput: reserve+commit pairs per second for each store, in 1 process, 4 threads, 4 processes.
 
 The "as routed" row makes each pair as a routed request does: the chain's books read, the hold,
-then `commit_books` (the books around the commit, λ moved).
+then `commit_books` (the books around the commit, λ moved by the dual pacer as `Router.commit`
+moves it; the budgets are paced over requests, so λ moves on every commit).
 
 Each pair reserves in a two-scope chain (tenant → session) and commits, as one routed request
 does. The baseline is the in-memory store in one process. A Router row shows what the store
@@ -39,6 +40,7 @@ from _common import print_table, write_json
 
 from shared_core.budget import MAX_USD, Budget, to_nanos
 from shared_core.candidates import Candidate
+from shared_core.pacing import DualPacer
 from shared_core.router import Router
 from shared_core.stores import open_store
 
@@ -53,20 +55,34 @@ def _open(url_or_store):
     return open_store(url_or_store, **OPTIONS) if isinstance(url_or_store, str) else url_or_store
 
 
-def _pace(state) -> float:
-    """A λ that moves on most commits, as a pacer's does while spend is near its target."""
-    return 0.001 * (state.requests % 7)
+HORIZON = 10**9  # requests each measured budget is paced over: λ = θ / (MAX_USD / HORIZON)
+
+
+def _paces(chain: tuple[str, ...]) -> tuple[Any, Any]:
+    """λ moved as `Router.commit` moves it, given as the router gives it: a PaceUpdate (Redis makes it
+    inside its commit script), or, in a tree from before PaceUpdate, the pacer's update as a function.
+    Two of them, for calls costing nothing and twice the even share: alternated, they move θ on
+    every commit, up and down, as spend near its target does (one fixed cost would pin θ at a bound)."""
+    pacer, share = DualPacer(), MAX_USD / HORIZON
+    try:
+        from shared_core.pacing import PaceUpdate
+    except ImportError:
+        charged = set(chain)
+        return tuple(lambda state, c=cost: pacer.update(state, c) if state.scope in charged else None
+                     for cost in (0.0, 2 * share))  # type: ignore[return-value]
+    return PaceUpdate(pacer, 0.0, frozenset(chain)), PaceUpdate(pacer, 2 * share, frozenset(chain))
 
 
 def _pairs(url_or_store, n: int, chain: tuple[str, ...] = CHAIN, routed: bool = False) -> None:
     store = _open(url_or_store)
-    for _ in range(n):
+    paces = _paces(chain)
+    for i in range(n):
         rid = uuid.uuid4().hex
         if routed:  # the ledger calls of a routed request: its books read, the hold, the commit with λ
             store.states(chain)
         store.reserve(rid, chain, HOLD, ttl_s=600)
         if routed:
-            store.commit_books(rid, COST, "m", scopes=chain, pace=_pace)
+            store.commit_books(rid, COST, "m", scopes=chain, pace=paces[i % 2])
         else:
             store.commit(rid, COST, "m")
 
@@ -150,7 +166,7 @@ def _server_settings(kind: str) -> None:
 def _set_up(url: str):
     store = _open(url)
     for scope in CHAIN + WARM_UP:
-        store.set_budget(scope, Budget(usd=MAX_USD))
+        store.set_budget(scope, Budget(usd=MAX_USD, horizon=HORIZON))
     _pairs(store, 100, WARM_UP)
     return store
 
