@@ -522,7 +522,9 @@ class Router:
     ) -> Decision:
         """decide() for a checked request, given the (m,) quality and output tokens predicted for its
         text; `reads` shares the budget reads of the decisions made with it (one batch)."""
-        predicted = functools.partial(self._decide_predicted, ask, lineup, q, out)  # this decision made again alone
+        deferring = reads is not None and reads.deferred is not None
+        # What makes this decision again alone, should its deferred hold be refused (q and out change below).
+        redo = functools.partial(self._decide_predicted, ask, lineup, q, out) if deferring else None
         scope = self.scope_of(ask.session)
         states = self._chain_states(scope) if reads is None else reads.chain(self, scope)
         messages, tool_list, max_tokens = ask.messages, list(ask.tools or []), ask.max_tokens
@@ -566,8 +568,8 @@ class Router:
         decision = self._reserve_first(lineup, base, list(ranking), dict(zip(names, worst.tolist(), strict=True)),
                                        states, ask.reservation_ttl_s, scope=scope, reads=reads)
         if reads is not None:
-            if reads.deferred is not None:
-                reads.plan(Deferred(decision, scope, ask.reservation_ttl_s or self.reservation_ttl_s, predicted))
+            if redo is not None:
+                reads.plan(Deferred(decision, scope, ask.reservation_ttl_s or self.reservation_ttl_s, redo))
             reads.held(decision)
         return decision
 

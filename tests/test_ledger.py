@@ -727,9 +727,9 @@ def test_a_hold_the_ledger_answers_with_an_error_fails_alone_in_reserve_many(sto
 
         monkeypatch.setattr(redis.client.Pipeline, "execute", one_refused)
     else:  # PostgreSQL's pipelined replies are read by `refuse`; the others hold one by one
-        from shared_core.stores import postgres
+        from shared_core.stores import base
 
-        owner, name = (postgres, "refuse") if kind == "postgres" else (store, "_reserve")
+        owner, name = (base, "refuse") if kind == "postgres" else (store, "_reserve")
         hold = getattr(owner, name)
 
         def refused_b(rid: str, *args: Any) -> None:

@@ -31,7 +31,7 @@ from ..errors import BudgetExceeded, LedgerUnavailable, UnknownReservation, Unkn
 __all__ = [
     "LedgerStore", "Committed", "Hold", "Pace", "Outage", "FailingFast", "DEFAULT_UNREACHABLE_COOLDOWN_S",
     "books_around", "move_lambdas", "paced",
-    "no_budget", "id_taken", "unknown_reservation", "refuse",
+    "no_budget", "id_taken", "unknown_reservation", "refuse", "refusal",
 ]
 
 logger = logging.getLogger("omniroute")
@@ -458,3 +458,12 @@ def refuse(reservation_id: str, nanos: int, outcome: Sequence[str]) -> None:
         raise no_budget(outcome[1])
     if outcome[0] == "exceeded":
         raise BudgetExceeded.no_room(outcome[1], nanos, int(outcome[2]))
+
+
+def refusal(reservation_id: str, nanos: int, outcome: Sequence[str]) -> Exception | None:
+    """What `refuse` would raise for a reply (None for ['ok']): one hold's outcome in `reserve_many`."""
+    try:
+        refuse(reservation_id, nanos, outcome)
+    except Exception as error:
+        return error
+    return None

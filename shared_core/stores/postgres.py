@@ -61,6 +61,7 @@ from .base import (
     Pace,
     move_lambdas,
     no_budget,
+    refusal,
     refuse,
     scope_names,
     unknown_reservation,
@@ -470,7 +471,11 @@ class PostgresStore(LedgerStore):
 
     def _ledger(self, name: str, *args: Any) -> list[tuple[Any, ...]]:
         """The rows of one call of the ledger's function `name` (one round trip, one transaction)."""
-        return self._run(name, (self._now(), self._retention_s, self._max_finished, *args))
+        return self._run(name, self._params(*args))
+
+    def _params(self, *args: Any) -> tuple[Any, ...]:
+        """A ledger function's parameters: the time, the retention bounds, then its own `args`."""
+        return (self._now(), self._retention_s, self._max_finished, *args)
 
     def _now(self) -> float | None:
         """The injected clock's time, or None for the database's clock."""
@@ -557,21 +562,13 @@ class PostgresStore(LedgerStore):
         if len(holds) < 2:
             return super()._reserve_many(holds)
         # One pipelined round trip, each hold its own transaction, as if sent one by one.
-        now = self._now()
         try:
-            replies = self._run_all([("reserve", (now, self._retention_s, self._max_finished, rid, list(chain), nanos,
-                                                  ttl_s)) for rid, chain, nanos, ttl_s in holds])
+            replies = self._run_all([("reserve", self._params(rid, list(chain), nanos, ttl_s))
+                                     for rid, chain, nanos, ttl_s in holds])
         except LedgerUnavailable as error:
             return [error] * len(holds)
-        outcomes: list[Exception | None] = []
-        for (rid, _, nanos, _), ((outcome,),) in zip(holds, replies, strict=True):
-            try:
-                refuse(rid, nanos, outcome)
-            except Exception as error:  # this hold's own: the holds made beside it stand
-                outcomes.append(error)
-            else:
-                outcomes.append(None)
-        return outcomes
+        # Each refusal is its hold's own: the holds made beside it stand.
+        return [refusal(rid, nanos, outcome) for (rid, _, nanos, _), ((outcome,),) in zip(holds, replies, strict=True)]
 
     def _commit(self, reservation_id: str, nanos: int, model: str | None) -> bool:
         ((outcome,),) = self._ledger("commit", reservation_id, nanos, model)

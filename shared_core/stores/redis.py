@@ -46,6 +46,7 @@ from .base import (
     Pace,
     move_lambdas,
     no_budget,
+    refusal,
     refuse,
     scope_names,
     unknown_reservation,
@@ -144,9 +145,13 @@ class RedisStore(LedgerStore):
                 raise
 
     def _run(self, script: str, *args: Any) -> Any:
-        now = "" if self._clock is None else repr(float(self._clock()))
         with self._reaching():
-            return self._scripts[script](args=[self.prefix, now, self._retention_s, self._max_finished, *args])
+            return self._scripts[script](args=self._args(*args))
+
+    def _args(self, *args: Any) -> list[Any]:
+        """A script's arguments: the prelude's (prefix, time, retention bounds), then its own `args`."""
+        now = "" if self._clock is None else repr(float(self._clock()))
+        return [self.prefix, now, self._retention_s, self._max_finished, *args]
 
     def _set_budget(
         self, scope: str, budget: Budget, reset: bool, only_if_absent: bool, idle_ttl_s: float | None
@@ -175,11 +180,9 @@ class RedisStore(LedgerStore):
             return super()._reserve_many(holds)
         # One pipelined round trip: each reserve script runs on its own, as if sent one by one
         # (a retry after a dropped connection resends them all, and a repeated hold is a no-op).
-        now = "" if self._clock is None else repr(float(self._clock()))
         pipe = self.client.pipeline(transaction=False)
         for rid, chain, nanos, ttl_s in holds:
-            self._scripts["reserve"](args=[self.prefix, now, self._retention_s, self._max_finished,
-                                           rid, json.dumps(chain), nanos, repr(ttl_s)], client=pipe)
+            self._scripts["reserve"](args=self._args(rid, json.dumps(chain), nanos, repr(ttl_s)), client=pipe)
         try:
             with self._reaching():
                 replies = pipe.execute(raise_on_error=False)
@@ -190,14 +193,13 @@ class RedisStore(LedgerStore):
     def _outcome(self, reservation_id: str, nanos: int, reply: Any) -> Exception | None:
         """What one reply of a pipelined reserve means, as `_reserve` would have raised it (an error
         reply, e.g. a server out of memory, is that hold's alone: the holds made beside it stand)."""
+        if not isinstance(reply, Exception):
+            return refusal(reservation_id, nanos, reply)
         try:
-            if isinstance(reply, Exception):
-                with self._reaching():
-                    raise reply
-            refuse(reservation_id, nanos, reply)
+            with self._reaching():
+                raise reply
         except Exception as error:
             return error
-        return None
 
     def _commit(self, reservation_id: str, nanos: int, model: str | None) -> bool:
         return self._commit_books(reservation_id, nanos, model, (), None).charged
