@@ -34,6 +34,9 @@ hashing shared_core's source and the dataset, so a code change refits; `--no-cac
 feedback calls per level, levels up to 100k. `--profile` adds cProfile (top 15 by tottime) of
 200 decides with 11 candidates and 50 with 200.
 
+The compiled kernels (shared_core/native.py) are used when built; `OMNIROUTE_KERNELS=0` times the
+NumPy code instead (the report says which ran).
+
 Run: python benchmarks/decide_vs_litellm.py [--quick] [--profile] [--no-cache]
      (needs LiteLLM: pip install 'omniroute[bench]')
 """
@@ -499,8 +502,17 @@ def feedback_growth(ours: Router, default_dir: Path, train: RoutingDataset, test
     return out
 
 
+def kernels_loaded() -> dict[str, bool]:
+    """Which compiled kernels (shared_core/native.py) the decisions use: OMNIROUTE_KERNELS=0 times the NumPy code."""
+    from shared_core import embed
+    from shared_core.quality import memory
+
+    return {"_tfidf": embed._tfidf is not None, "_knn": memory._knn is not None}
+
+
 def report(results: dict[str, Any]) -> None:
     """The three tables and the verdicts against the targets."""
+    print(f"compiled kernels in use: {results['kernels']} (OMNIROUTE_KERNELS=0 runs the NumPy code)")
     first = results["vs_litellm"]
     comparison_table(f"Per-request pick, {first['candidates']} candidates, {first['prompts']} RouterBench test "
                      f"prompts as messages, {first['rounds']} interleaved rounds", first["rows"], "litellm cost-based")
@@ -569,7 +581,7 @@ def run(args: argparse.Namespace, litellm: Any, train: RoutingDataset, test: Rou
     levels = [0, 10_000, 100_000] if args.quick else [0, 10_000, 100_000, 200_000]
     calls = 300 if args.quick else 1_000
     results: dict[str, Any] = {"quick": args.quick, "litellm": importlib.metadata.version("litellm"), "fit": meta,
-                               "feedback_calls": calls, "seconds": {}}
+                               "feedback_calls": calls, "seconds": {}, "kernels": kernels_loaded()}
 
     with no_network(attempts):
         ours = budgeted(Router.load(default_dir), train, test)

@@ -15,6 +15,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 import numpy as np
 
 from .errors import NotFittedError
+from .native import kernel
 from .ngrams import TOKEN_PATTERN, AnalyzerCounter, WordNgramCounter
 from .quality.base import Estimator, l2_normalise
 
@@ -206,8 +207,26 @@ class TfidfSvdEmbedder(Estimator):
         """Embeddings of `texts`, shape (n, dim), unit length."""
         self._check_fitted()
         texts = check_texts(texts)
+        if len(texts) == 1:  # a routed request: its row in one compiled call, where the kernel applies
+            row = self._project_one(texts[0])
+            if row is not None:
+                return _unit_rows(row[None])
         # Each row is normalised after the projection: its TF-IDF row need not be before.
         return _unit_rows(_project(*self._rows(texts, unit=False), self._projection))
+
+    def _project_one(self, text: str) -> np.ndarray | None:
+        """`_project(*self._rows([text], unit=False), self._projection)[0]`, the same bits, by the
+        compiled kernel; None where it is missing or does not apply (it knows one word n-gram kind,
+        float32 IDF weights, no tail weighting) or a count passes its table of log weights."""
+        if _tfidf is None or self.tail_weight != 0.0 or len(self.idf_) != 1 or self.idf_[0].dtype != np.float32:
+            return None
+        counter = cast("WordNgramCounter", self._counters[0])
+        ids = counter._word_ids_of([text], lengths=False)[0]
+        out = np.empty(self._projection.shape[1], dtype=np.float32)
+        lo, hi = counter.ngram_range
+        most = _tfidf.project_one(ids, counter._unigram, counter._keys, counter._columns, counter._key_offsets,
+                                  lo, hi, self.idf_[0], _LOG_COUNTS, self._projection, out)
+        return None if most else out
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The vocabularies, plus the IDF weights and SVD directions."""
@@ -355,6 +374,24 @@ def _load_csr_matvecs() -> Callable[..., None] | None:
 _SMALL = 8
 _UNLOADED: Any = object()
 _csr_matvecs: Any = _UNLOADED
+
+# The compiled one-prompt path (shared_core/_tfidf.c), or None: the NumPy code, the same bits.
+_tfidf = kernel("_tfidf")
+
+
+def _log_counts(n: int) -> np.ndarray:
+    """log(c) + 1 in float32 for the counts c < n (0 at c = 0, never looked up), computed as
+    TfidfSvdEmbedder._tfidf does: C's logf may differ from NumPy's float32 log in the last bit, so
+    the kernel reads these."""
+    table = np.zeros(n, dtype=np.float32)
+    table[1:] = np.log(np.arange(1, n), dtype=np.float32)
+    table[1:] += np.float32(1.0)
+    return table
+
+
+# A count at least this large needs a prompt of thousands of words, where the NumPy path's call
+# overhead no longer matters: it takes such prompts rather than a table grown without bound.
+_LOG_COUNTS = _log_counts(1 << 12)
 
 
 class FunctionEmbedder:

@@ -45,6 +45,14 @@ class Estimate:
     output_caps: np.ndarray  # output tokens each candidate may write for the prompt (< 1: it does not fit the window)
 
 
+def _in_order(predicted: np.ndarray, columns: np.ndarray, whole: bool) -> np.ndarray:
+    """The predictions' float64 columns `columns`, in that order; `whole`: they are every column in
+    order, and the predictor's new array is returned as it is."""
+    if whole:
+        return predicted.astype(np.float64, copy=False)
+    return predicted[:, columns].astype(np.float64, copy=False)
+
+
 def _columns(predictor: object) -> list[str]:
     # An unfitted predictor has no columns yet: every candidate then falls back to its prior.
     return list(getattr(predictor, "models_", ()) or ())
@@ -82,6 +90,9 @@ class Lineup:
     all_q: bool
     some_l: bool
     all_l: bool
+    # The candidates are exactly the predictor's columns, in its order (no reordering needed).
+    q_whole: bool
+    l_whole: bool
 
     @classmethod
     def of(cls, candidates: tuple[Candidate, ...], known_q: Sequence[str], known_l: Sequence[str]) -> Lineup:
@@ -113,6 +124,8 @@ class Lineup:
             capabilities=capabilities(candidates),
             has_q=has_q, has_l=has_l, some_q=bool(has_q.any()), all_q=bool(has_q.all()),
             some_l=bool(has_l.any()), all_l=bool(has_l.all()),
+            q_whole=q_cols.tolist() == list(range(len(known_q))),
+            l_whole=l_cols.tolist() == list(range(len(known_l))),
         )
 
     def candidate(self, name: str) -> Candidate:
@@ -276,10 +289,11 @@ class CandidatePool:
             some_q = self.quality is not None and lineup.some_q
             has_q, has_l = lineup.has_q, lineup.has_l
             if 0 < n <= SHARED_ROWS and (not some_q or lineup.all_q) and lineup.all_l:
-                # One block and every column known (every decision): no buffers to fill.
-                q = (self.quality.predict(X)[:, lineup.q_cols].astype(np.float64, copy=False)  # type: ignore[union-attr]
+                # One block and every column known (every decision): no buffers to fill, and no
+                # reordering when the candidates are the predictors' columns in order.
+                q = (_in_order(self.quality.predict(X), lineup.q_cols, lineup.q_whole)  # type: ignore[union-attr]
                      if some_q else np.tile(lineup.priors, (n, 1)))
-                lengths = self.lengths.predict(X)[:, lineup.l_cols].astype(np.float64, copy=False)
+                lengths = _in_order(self.lengths.predict(X), lineup.l_cols, lineup.l_whole)
             else:
                 q = np.empty((n, len(lineup.names))) if some_q and lineup.all_q else np.tile(lineup.priors, (n, 1))
                 lengths = np.full((n, len(lineup.names)), float(getattr(self.lengths, "default", 256.0)))
@@ -294,7 +308,8 @@ class CandidatePool:
                     # A candidate without length data (added without profile answers) is expected
                     # to answer like the others do for this prompt.
                     lengths[:, ~has_l] = lengths[:, has_l].mean(axis=1, keepdims=True)
-        if not (np.isfinite(lengths) & (lengths >= 0)).all():
+        lo, hi = lengths.min(initial=0.0), lengths.max(initial=0.0)
+        if not (lo >= 0 and hi < np.inf):  # NaN fails both
             # A length predictor's bug must not price calls at NaN: the output limit is what a call can cost.
             bad = ~(np.isfinite(lengths) & (lengths >= 0))
             logger.warning("the length predictor gave %d invalid predictions (NaN, infinite or negative); "

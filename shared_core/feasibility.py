@@ -79,10 +79,10 @@ class Lineup(Protocol):
     def capabilities(self) -> Mapping[str, np.ndarray]: ...
 
 
-def reasons(lineup: Lineup, input_tokens: np.ndarray, caps: np.ndarray, request: Request) -> list[tuple[str, ...]]:
-    """Per candidate, why it cannot serve `request` (empty: it can); `input_tokens` and `caps` are
-    per candidate (m,), the caps from `output_caps`. Each rule is a mask over all candidates, so
-    the cost per candidate is a few array elements; text is made only for those ruled out."""
+def _rules(
+    lineup: Lineup, input_tokens: np.ndarray, caps: np.ndarray, request: Request,
+) -> list[tuple[np.ndarray, Callable[[int], str]]]:
+    """Each rule `request` brings: which candidates (m,) it rules out, and why (text for candidate j)."""
     m = len(lineup.candidates)
     rules: list[tuple[np.ndarray, Callable[[int], str]]] = []
     if request.model is not None:
@@ -99,11 +99,24 @@ def reasons(lineup: Lineup, input_tokens: np.ndarray, caps: np.ndarray, request:
     for need, field, text in CAPABILITIES:
         if getattr(request, need):
             rules.append((~lineup.capabilities[field], partial(_fixed, text)))
-    why: list[tuple[str, ...]] = [()] * m
-    blocked = rules[0][0] if len(rules) == 1 else np.logical_or.reduce([mask for mask, _ in rules])
-    if not blocked.any():  # every candidate can (most requests)
-        return why
-    for j in np.flatnonzero(blocked):
+    return rules
+
+
+def feasible(lineup: Lineup, input_tokens: np.ndarray, caps: np.ndarray, request: Request) -> np.ndarray:
+    """Which candidates (bool, m) can serve `request` (`reasons` says why the others cannot)."""
+    rules = _rules(lineup, input_tokens, caps, request)
+    if len(rules) == 1:  # the window alone (most requests)
+        return ~rules[0][0]
+    return ~np.logical_or.reduce([mask for mask, _ in rules])
+
+
+def reasons(lineup: Lineup, input_tokens: np.ndarray, caps: np.ndarray, request: Request) -> list[tuple[str, ...]]:
+    """Per candidate, why it cannot serve `request` (empty: it can); `input_tokens` and `caps` are
+    per candidate (m,), the caps from `output_caps`. Each rule is a mask over all candidates, so
+    the cost per candidate is a few array elements; text is made only for those ruled out."""
+    rules = _rules(lineup, input_tokens, caps, request)
+    why: list[tuple[str, ...]] = [()] * len(lineup.candidates)
+    for j in np.flatnonzero(~feasible(lineup, input_tokens, caps, request)):
         why[j] = tuple(text(int(j)) for mask, text in rules if mask[j])
     return why
 

@@ -81,6 +81,7 @@ class WordNgramCounter:
         # NumPy scalars: array arithmetic with a Python int costs a microsecond more per call.
         self._radix = np.int64(radix)
         self._offsets = [np.int64(o) for o in offsets]
+        self._key_offsets = np.array(offsets, dtype=np.int64)  # one buffer, for the compiled kernel (embed.py)
         # Unigrams: word id → column (−1: the word occurs only inside longer terms, or is unknown).
         self._unigram = np.full(self._radix, -1, dtype=np.int64)
         self._in_gram = np.zeros(self._radix, dtype=bool)  # the word occurs in some n-gram term, n ≥ 2

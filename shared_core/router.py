@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import operator
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,7 +32,7 @@ from .candidates import Candidate
 from .errors import NoFeasibleCandidate, RoutingError, UnknownReservation
 from .estimation import CandidatePool, Estimate, Lineup
 from .fallbacks import Attempt, ErrorKind, classify
-from .feasibility import Request, describe, output_caps, reasons
+from .feasibility import Request, describe, feasible, output_caps, reasons
 from .length import LengthPredictor
 from .pacing import DualPacer, PaceUpdate
 from .pending import PendingCommit, PendingCommits, PendingJournal, record_anew
@@ -535,35 +534,35 @@ class Router:
 
         asked = Request(max_tokens=max_tokens, tools=bool(tool_list), structured_output=ask.structured_output,
                         exclude=ask.exclude, model=ask.model)
-        why = reasons(lineup, input_tokens, caps, asked)
-        feasible = np.fromiter(map(operator.not_, why), dtype=bool, count=len(why))
-        if not feasible.any():
-            raise NoFeasibleCandidate(describe(lineup, why, asked))
+        can = feasible(lineup, input_tokens, caps, asked)
+        if not can.any():
+            raise NoFeasibleCandidate(describe(lineup, reasons(lineup, input_tokens, caps, asked), asked))
         if ask.weights:
             q = q * _weights(ask.weights, lineup.names)
-            feasible &= q > 0
-            if not feasible.any():
+            can &= q > 0
+            if not can.any():
                 raise NoFeasibleCandidate("no candidate can serve this request: every feasible one has weight 0")
-        if reads is not None and states and float(worst[feasible].max()) > min(s.remaining for s in states):
+        if reads is not None and states and float(worst[can].max()) > min(s.remaining for s in states):
             # Near a budget's end the books decide: a shared copy misses money others returned
             # since it was read (a release, a cheaper commit, a new period), so they are read now.
             states = reads.refreshed(self._chain_states(scope))
         lam = max([self.cost_weight] + [self.pacer.price(s) for s in states])
-        score = np.where(feasible, q - lam * cost, -np.inf)
+        # Best score q − λ·cost first (ties: candidate order); those that cannot serve it are left out.
+        order = np.argsort(np.where(can, lam * cost - q, np.inf), kind="stable")
         names = lineup.names
-        order = np.argsort(-score, kind="stable")
-        ranking = tuple(map(names.__getitem__, order[feasible[order]].tolist()))
-        served = np.flatnonzero(feasible).tolist()
+        ranked = order[can[order]].tolist()
+        ranking = tuple(map(names.__getitem__, ranked))
+        served = sorted(ranked)
         # Caps are whole token counts; predicted outputs are rounded up.
-        caps_of, out_of = caps.astype(np.int64).tolist(), np.ceil(out).astype(np.int64).tolist()
+        caps_of, out_of = caps.tolist(), out.tolist()
         base = Decision(
             id="", chosen="", scopes=tuple(s.scope for s in states), lam=lam, reserved=0.0,
             quality=dict(zip(names, q.tolist(), strict=True)),
             cost=dict(zip(names, cost.tolist(), strict=True)),
             input_tokens=dict(zip(names, input_tokens.astype(np.int64).tolist(), strict=True)),
             ranking=ranking, max_tokens=max_tokens, text=ask.text,
-            output_caps={names[j]: caps_of[j] for j in served},
-            output_tokens={names[j]: out_of[j] for j in served},
+            output_caps={names[j]: int(caps_of[j]) for j in served},
+            output_tokens={names[j]: math.ceil(out_of[j]) for j in served},
         )
         decision = self._reserve_first(lineup, base, list(ranking), dict(zip(names, worst.tolist(), strict=True)),
                                        states, ask.reservation_ttl_s, scope=scope, reads=reads)

@@ -5,7 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from shared_core.quality import memory as memory_module
 from shared_core.quality.memory import EMBEDDING_DTYPE, LabelMemory, _similarities
+
+
+@pytest.fixture(autouse=True, params=["kernel", "numpy"])
+def selection(request, monkeypatch):
+    """Every test once with the compiled selection (shared_core/_knn.c) and once with the NumPy code."""
+    if request.param == "numpy":
+        monkeypatch.setattr(memory_module, "_knn", None)
+    elif memory_module._knn is None:
+        pytest.skip("the compiled kernel shared_core._knn is not built (tests/test_knn_kernel.py says why)")
+    return request.param
 
 
 def brute_force(X, Y, Q, k, prior, shrinkage):

@@ -22,9 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from ..native import kernel
 from .base import l2_normalise
 
 __all__ = ["LabelMemory"]
+
+# The compiled per-group selection and sums (shared_core/_knn.c), or None: the NumPy code below.
+_knn = kernel("_knn")
 
 # Similarities held at once (queries × rows): bounds the temporaries of a batch (8 MB).
 _BLOCK = 1 << 21
@@ -95,7 +99,12 @@ class _Snapshot:
             # Scattered missing labels or feedback make a group per model: past a few groups,
             # taking every model at once costs less than a selection per group.
             ranked = len(groups) > _FEW_GROUPS + top * len(ks) / _RANKED_ELEMENTS
-            self.derived[key] = _Plan(ks, top, tuple(groups), ranked)
+            native = None
+            if self.Y0.flags.c_contiguous and self.K.flags.c_contiguous:  # as every snapshot's are
+                native = tuple((None if g.rows is None else g.rows.astype(np.int64),
+                                None if isinstance(g.models, slice) else g.models.astype(np.int64), g.first, g.k)
+                               for g in groups)
+            self.derived[key] = _Plan(ks, top, tuple(groups), ranked, native, bool((ks > 0).all()))
         return self.derived[key]
 
     def groups(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -118,8 +127,8 @@ class _Snapshot:
 
 
 def _snapshot(X: np.ndarray, Y: np.ndarray) -> _Snapshot:
-    known = ~np.isnan(Y)
-    return _Snapshot(_intern(X), np.where(known, Y, 0.0), known, len(X))
+    known = np.ascontiguousarray(~np.isnan(Y))  # row-major whatever Y's layout: rows are read whole (and by _knn)
+    return _Snapshot(_intern(X), np.ascontiguousarray(np.where(known, Y, 0.0)), known, len(X))
 
 
 # Embedding buffers by content: memories made from the same prompts (the quality and length
@@ -256,7 +265,14 @@ class LabelMemory:
             for start in range(0, len(Q), step):
                 search = _search(X, Q[start:start + step])
                 for i in range(len(search.S)):
-                    sums[start + i] = _label_sums(s, search, i, plan)
+                    if _knn is not None and plan.native is not None and not plan.ranked:
+                        # The same selection in one compiled call (a few NumPy calls per group cost
+                        # more than the work), summing into the row: models of no group stay 0.
+                        _knn.label_sums(search.S[i], s.Y0, s.K, len(plan.ks), plan.top, plan.native, sums[start + i])
+                    else:
+                        sums[start + i] = _label_sums(s, search, i, plan)
+        if plan.labelled and not shrinkage:  # every model of a fitted memory: the means alone
+            return sums / plan.ks
         return _means(sums, plan.ks, prior, shrinkage)
 
 
@@ -308,6 +324,9 @@ class _Plan:
     top: int
     groups: tuple[_Group, ...]
     ranked: bool  # many groups: every model takes its nearest labelled rows at once (_ranked_sums)
+    # The groups as _knn takes them (None: the labels are not row-major, and the NumPy code selects).
+    native: tuple[tuple[np.ndarray | None, np.ndarray | None, int, int], ...] | None
+    labelled: bool  # every model has labels (k_j ≥ 1)
 
 
 class _Search:

@@ -1,0 +1,44 @@
+"""The optional compiled kernels: C versions of a decision's per-prompt hot loops, built at install.
+
+`pip install` compiles them when a C compiler is there (pyproject.toml declares them as optional
+setuptools extensions: a failed build leaves the NumPy code in charge, with the same results).
+`kernel(name)` imports one, or returns None when it was not built or the environment variable
+OMNIROUTE_KERNELS=0 (read at import) switches them off; a missing one is logged once, as a warning.
+
+- `shared_core._tfidf`: one prompt's projected TF-IDF row (embed.TfidfSvdEmbedder), the same bits.
+- `shared_core._knn`: a query's k nearest labelled rows per group of models and their label sums
+  (quality.memory.LabelMemory), the same rows; sums of non-integer labels may differ in the last bit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from types import ModuleType
+
+__all__ = ["ENABLED", "kernel"]
+
+logger = logging.getLogger("omniroute")
+
+#: False when OMNIROUTE_KERNELS=0: every caller runs its NumPy code.
+ENABLED = os.environ.get("OMNIROUTE_KERNELS", "1") != "0"
+
+_warned = False
+
+
+def kernel(name: str) -> ModuleType | None:
+    """The compiled module `shared_core.<name>`, or None when it was not built or kernels are off."""
+    global _warned
+    if not ENABLED:
+        return None
+    try:
+        return importlib.import_module(f"shared_core.{name}")
+    except ImportError as error:
+        if not _warned:
+            _warned = True
+            logger.warning("the compiled kernel shared_core.%s is not available (%s): routing uses the NumPy code, "
+                           "with the same decisions, about 1.4x slower per decision; reinstall with a C compiler "
+                           "(gcc or clang) to build it, or set OMNIROUTE_KERNELS=0 to say this is intended",
+                           name, error)
+        return None
