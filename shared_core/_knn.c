@@ -99,7 +99,7 @@ static PyObject *label_sums(PyObject *self, PyObject *const *args, Py_ssize_t na
         return NULL;
     }
     Buf sb = {0}, yb = {0}, kb = {0}, ob = {0};
-    float *scratch = NULL;
+    Py_ssize_t *rows_memory = NULL;
     PyObject *result = NULL;
     Py_ssize_t m = PyLong_AsSsize_t(args[3]), top = PyLong_AsSsize_t(args[4]);
     if (m < 0 || top < 1) {
@@ -126,12 +126,13 @@ static PyObject *label_sums(PyObject *self, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_ValueError, "out holds fewer than m values");
         goto done;
     }
-    /* Five arrays of n: a selection's scratch, the shared candidates' and a group's (similarities, rows). */
+    /* Five arrays of n: the shared candidates' and a group's rows, a selection's scratch, and the
+       candidates' similarities (the rows first: each array stays aligned for its type). */
     size_t room = (size_t)(n > 0 ? n : 1);
-    scratch = (float *)PyMem_Malloc(room * (3 * sizeof(float) + 2 * sizeof(Py_ssize_t)));
-    if (scratch == NULL) { PyErr_NoMemory(); goto done; }
-    float *near_values = scratch + room, *values = near_values + room;
-    Py_ssize_t *near_rows = (Py_ssize_t *)(values + room), *picked = near_rows + room;
+    rows_memory = (Py_ssize_t *)PyMem_Malloc(room * (2 * sizeof(Py_ssize_t) + 3 * sizeof(float)));
+    if (rows_memory == NULL) { PyErr_NoMemory(); goto done; }
+    Py_ssize_t *near_rows = rows_memory, *picked = near_rows + room;
+    float *scratch = (float *)(picked + room), *near_values = scratch + room, *values = near_values + room;
     /* The rows near the query for the largest k, shared by every group: a group labelled on most
        rows finds its k nearest among them. */
     Py_ssize_t near = candidates(s, NULL, n, top, scratch, near_rows, near_values);
@@ -195,7 +196,9 @@ static PyObject *label_sums(PyObject *self, PyObject *const *args, Py_ssize_t na
             for (Py_ssize_t i = 0; i < c; i++) above += cand_values[i] > v;
             equal_room = k - above;
         }
-        for (Py_ssize_t j = 0; j < nm; j++) out[models ? models[j] : j] = 0.0;
+        /* -0.0 + x is x for every x (signed zeros included): the sums are those of the rows added
+           one after another from the first, as the NumPy code's cumulative sum makes them. */
+        for (Py_ssize_t j = 0; j < nm; j++) out[models ? models[j] : j] = -0.0;
         for (Py_ssize_t i = 0; i < c; i++) {
             float x = cand_values[i];
             if (x < v) continue;
@@ -213,7 +216,7 @@ static PyObject *label_sums(PyObject *self, PyObject *const *args, Py_ssize_t na
     result = Py_None;
     Py_INCREF(result);
 done:
-    PyMem_Free(scratch);
+    PyMem_Free(rows_memory);
     release(&sb);
     release(&yb);
     release(&kb);

@@ -175,7 +175,7 @@ static PyObject *project_one(PyObject *self, PyObject *const *args, Py_ssize_t n
             Py_ssize_t c = w * 64 + ctz64(bits);
             if (counts[c] > most) most = counts[c];
         }
-    if (most >= n_logs) {
+    if (most > 0 && most >= n_logs) {
         result = PyLong_FromSsize_t(most);
         goto done;
     }

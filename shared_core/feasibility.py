@@ -102,12 +102,16 @@ def _rules(
     return rules
 
 
+def _ruled_out(rules: list[tuple[np.ndarray, Callable[[int], str]]]) -> np.ndarray:
+    """The candidates (bool, m) some rule rules out."""
+    if len(rules) == 1:  # the window alone (most requests)
+        return rules[0][0]
+    return np.logical_or.reduce([mask for mask, _ in rules])
+
+
 def feasible(lineup: Lineup, input_tokens: np.ndarray, caps: np.ndarray, request: Request) -> np.ndarray:
     """Which candidates (bool, m) can serve `request` (`reasons` says why the others cannot)."""
-    rules = _rules(lineup, input_tokens, caps, request)
-    if len(rules) == 1:  # the window alone (most requests)
-        return ~rules[0][0]
-    return ~np.logical_or.reduce([mask for mask, _ in rules])
+    return ~_ruled_out(_rules(lineup, input_tokens, caps, request))
 
 
 def reasons(lineup: Lineup, input_tokens: np.ndarray, caps: np.ndarray, request: Request) -> list[tuple[str, ...]]:
@@ -116,7 +120,7 @@ def reasons(lineup: Lineup, input_tokens: np.ndarray, caps: np.ndarray, request:
     the cost per candidate is a few array elements; text is made only for those ruled out."""
     rules = _rules(lineup, input_tokens, caps, request)
     why: list[tuple[str, ...]] = [()] * len(lineup.candidates)
-    for j in np.flatnonzero(~feasible(lineup, input_tokens, caps, request)):
+    for j in np.flatnonzero(_ruled_out(rules)):
         why[j] = tuple(text(int(j)) for mask, text in rules if mask[j])
     return why
 

@@ -7,22 +7,27 @@ OMNIROUTE_KERNELS=0 (read at import) switches them off; a missing one is logged 
 
 - `shared_core._tfidf`: one prompt's projected TF-IDF row (embed.TfidfSvdEmbedder), the same bits.
 - `shared_core._knn`: a query's k nearest labelled rows per group of models and their label sums
-  (quality.memory.LabelMemory), the same rows; sums of non-integer labels may differ in the last bit.
+  (quality.memory.LabelMemory): the same rows, their labels added row after row as the NumPy
+  code adds them, so the same bits.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 from types import ModuleType
 
-__all__ = ["ENABLED", "kernel"]
+__all__ = ["ENABLED", "KERNELS", "kernel"]
 
 logger = logging.getLogger("omniroute")
 
 #: False when OMNIROUTE_KERNELS=0: every caller runs its NumPy code.
 ENABLED = os.environ.get("OMNIROUTE_KERNELS", "1") != "0"
+
+#: Every compiled kernel, by module name under shared_core.
+KERNELS = ("_tfidf", "_knn")
 
 _warned = False
 
@@ -37,8 +42,9 @@ def kernel(name: str) -> ModuleType | None:
     except ImportError as error:
         if not _warned:
             _warned = True
-            logger.warning("the compiled kernel shared_core.%s is not available (%s): routing uses the NumPy code, "
-                           "with the same decisions, about 1.4x slower per decision; reinstall with a C compiler "
-                           "(gcc or clang) to build it, or set OMNIROUTE_KERNELS=0 to say this is intended",
-                           name, error)
+            missing = [k for k in KERNELS if importlib.util.find_spec(f"shared_core.{k}") is None] or [name]
+            logger.warning("the compiled kernels %s are not available (%s): routing uses the NumPy code, with the "
+                           "same decisions, about 1.3x slower per decision; reinstall with a C compiler (gcc or "
+                           "clang) to build them, or set OMNIROUTE_KERNELS=0 to say this is intended",
+                           ", ".join(f"shared_core.{k}" for k in missing), error)
         return None

@@ -199,6 +199,9 @@ def test_malformed_calls_raise_instead_of_reading_out_of_bounds():
         call(out=read_only)
     # Well-formed but odd: no crash, and a short table reports the largest count.
     assert call(ids=lambda a: a[:0]) == 0
+    args = tiny_tables()
+    args[0], args[8], args[10][:] = args[0][:0], args[8][:0], np.nan  # no n-gram and no table: still a row
+    assert tfidf.project_one(*args) == 0 and not args[10].any()
     assert call(log_table=lambda a: a[:2]) == 3
     assert call(log_table=lambda a: a[:0]) == 3
     assert call(keys=lambda a: a[::-1].copy()) == 0  # unsorted keys: wrong n-grams, no bad reads

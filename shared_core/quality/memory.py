@@ -301,19 +301,21 @@ class _Group:
     models: np.ndarray | slice  # their columns (slice(None): every model)
     first: int  # one of their columns
     k: int  # neighbours averaged, ≥ 1
-    ones: np.ndarray  # (k,) ones, to sum k rows with
     narrow: bool  # a sixteenth of the models or fewer: only their labels are gathered (else all, then picked)
 
     @classmethod
     def of(cls, rows: np.ndarray | None, models: np.ndarray | slice, first: int, k: int, narrow: bool) -> _Group:
-        return cls(rows, models, first, k, np.ones(k), narrow)
+        return cls(rows, models, first, k, narrow)
 
     def sums(self, Y0: np.ndarray, nearest: np.ndarray) -> np.ndarray:
-        """The sums of the group's labels over rows `nearest`, one per model of the group: a
-        matrix-vector product, 4× faster here than a sum over axis 0 (the rows are few)."""
+        """The sums of the group's labels over rows `nearest` (non-empty), one per model of the group,
+        each added row after row as the compiled kernel adds them (shared_core/_knn.c): a cumulative
+        sum is sequential by definition, where a BLAS product or a reduction may pair the rows, and
+        a last-bit difference in a non-integer label's mean (output lengths priced from costs) can
+        round a predicted length up one token or break a tie between equally priced candidates."""
         if self.narrow:
-            return self.ones @ Y0[nearest[:, None], self.models]
-        return (self.ones @ Y0.take(nearest, axis=0))[self.models]
+            return np.cumsum(Y0[nearest[:, None], self.models], axis=0)[-1]
+        return np.cumsum(Y0.take(nearest, axis=0), axis=0)[-1][self.models]
 
 
 @dataclass(frozen=True)
