@@ -116,5 +116,5 @@ def with_declared_limits(candidate: Candidate, model: BaseChatModel) -> Candidat
     limited = candidate.with_limits(context_window=window, max_output_tokens=limit, provider=provider_of(model),
                                     client_cap=cap)
     if cap_parameter(model) is None and limited.accepts_output_cap:
-        limited = limited.model_copy(update={"accepts_output_cap": False})
+        limited = limited.derived(accepts_output_cap=False)
     return limited.with_capabilities(supports_tools=tools, supports_structured_output=structured)

@@ -92,7 +92,7 @@ def with_declared_limits(candidate: Candidate) -> Candidate:
         context_window=window, max_output_tokens=limit, provider=provider_of(candidate.model), client_cap=cap
     )
     if "max_tokens" not in type(candidate.model).model_fields and limited.accepts_output_cap:
-        limited = limited.model_copy(update={"accepts_output_cap": False})  # see capped()
+        limited = limited.derived(accepts_output_cap=False)  # see capped()
     return limited.with_capabilities(supports_tools=can_call_tools(candidate.model))
 
 

@@ -232,4 +232,15 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_knn", "Nearest-neighbour label sums (C).", -1, methods};
 
-PyMODINIT_FUNC PyInit__knn(void) { return PyModule_Create(&module); }
+/* Bumped with any change of the functions' arguments or results (shared_core/native.py checks it):
+   a module left built by an older checkout is then not used. */
+#define ABI 1
+
+PyMODINIT_FUNC PyInit__knn(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", ABI) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

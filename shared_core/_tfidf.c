@@ -206,4 +206,15 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_tfidf", "One prompt's projected TF-IDF row (C).", -1, methods};
 
-PyMODINIT_FUNC PyInit__tfidf(void) { return PyModule_Create(&module); }
+/* Bumped with any change of the functions' arguments or results (shared_core/native.py checks it):
+   a module left built by an older checkout is then not used. */
+#define ABI 1
+
+PyMODINIT_FUNC PyInit__tfidf(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "ABI", ABI) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

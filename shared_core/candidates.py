@@ -164,8 +164,7 @@ class Candidate(BaseModel):
         if max_output_tokens is not None and 0 < max_output_tokens < cap:
             cap = int(max_output_tokens)
         update["max_output_tokens"] = cap
-        update = {k: v for k, v in update.items() if v != getattr(self, k)}
-        return self.model_copy(update=update) if update else self
+        return self.derived(**{k: v for k, v in update.items() if v != getattr(self, k)})
 
     def with_capabilities(
         self, *, supports_tools: bool | None = None, supports_structured_output: bool | None = None
@@ -173,11 +172,18 @@ class Candidate(BaseModel):
         """This candidate with the capabilities its framework model declares, where it states none itself
         (None = not declared)."""
         declared = {"supports_tools": supports_tools, "supports_structured_output": supports_structured_output}
-        update = {
+        return self.derived(**{
             k: v for k, v in declared.items()
             if v is not None and k not in self.model_fields_set and v != getattr(self, k)
-        }
-        return self.model_copy(update=update) if update else self
+        })
+
+    def derived(self, **values: Any) -> Candidate:
+        """This candidate with `values` (validated fields' values) read from its framework model, not
+        stated: the fields stated stay those its user gave (`model_fields_set`), which is all
+        `Router.save` keeps, so a router loaded with other clients reads their limits afresh."""
+        if not values:
+            return self
+        return Candidate.model_construct(_fields_set=set(self.model_fields_set), **{**dict(self), **values})
 
 
 def validate_candidates(candidates: Iterable[Candidate]) -> tuple[Candidate, ...]:

@@ -14,8 +14,8 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
+from . import native
 from .errors import NotFittedError
-from .native import kernel
 from .ngrams import TOKEN_PATTERN, AnalyzerCounter, WordNgramCounter
 from .quality.base import Estimator, l2_normalise
 
@@ -218,7 +218,10 @@ class TfidfSvdEmbedder(Estimator):
         """`_project(*self._rows([text], unit=False), self._projection)[0]`, the same bits, by the
         compiled kernel; None where it is missing or does not apply (it knows one word n-gram kind,
         float32 IDF weights, no tail weighting) or a count passes its table of log weights."""
-        if _tfidf is None or self.tail_weight != 0.0 or len(self.idf_) != 1 or self.idf_[0].dtype != np.float32:
+        if _tfidf is None:
+            native.fallback("_tfidf")
+            return None
+        if self.tail_weight != 0.0 or len(self.idf_) != 1 or self.idf_[0].dtype != np.float32:
             return None
         counter = cast("WordNgramCounter", self._counters[0])
         ids = counter._word_ids_of([text], lengths=False)[0]
@@ -376,7 +379,7 @@ _UNLOADED: Any = object()
 _csr_matvecs: Any = _UNLOADED
 
 # The compiled one-prompt path (shared_core/_tfidf.c), or None: the NumPy code, the same bits.
-_tfidf = kernel("_tfidf")
+_tfidf = native.kernel("_tfidf")
 
 
 def _log_counts(n: int) -> np.ndarray:

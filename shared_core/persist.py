@@ -154,7 +154,9 @@ def save_router(router: Router, directory: str | Path) -> Path:
     body = {
         "format": FORMAT,
         "version": VERSION,
-        "candidates": [c.model_dump(mode="json") for c in router.candidates],
+        # What each candidate's user stated, not what was read from its client (Candidate.derived):
+        # loaded with other clients, a router reads their caps and capabilities afresh.
+        "candidates": [c.model_dump(mode="json", exclude_unset=True) for c in router.candidates],
         "settings": {
             "cost_weight": router.cost_weight,
             "strict_scopes": router.strict_scopes,

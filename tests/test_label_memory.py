@@ -292,3 +292,25 @@ def test_a_large_memory_compares_a_batch_in_one_matrix_product(monkeypatch):
     np.testing.assert_array_equal(product, Q.astype(EMBEDDING_DTYPE) @ X.T)
     np.testing.assert_allclose(product, exact, atol=1e-6)
     np.testing.assert_array_equal(_similarities(X, Q[:1]), exact[:1])  # one query: the exact call still
+
+
+def test_a_memory_past_one_blas_threads_share_is_compared_in_blocks_with_the_same_bits(monkeypatch):
+    """OpenBLAS splits a matrix-vector product of over 460,800 elements across threads, and a
+    decision then waits a scheduling slice when other processes hold the cores (p90 12 ms against
+    0.09 ms in blocks, 4 busy processes on 2 cores): larger memories are compared in blocks."""
+    from threadpoolctl import threadpool_limits
+
+    from shared_core.quality import memory as module
+
+    rng = np.random.default_rng(13)
+    X = rng.normal(size=(10_000, 128)).astype(EMBEDDING_DTYPE)
+    Q = rng.normal(size=(3, 128))
+    calls = []
+    matmul = np.matmul
+    monkeypatch.setattr(module.np, "matmul", lambda a, b, out: calls.append(a.size) or matmul(a, b, out=out))
+    blocked = _similarities(X, Q)
+    monkeypatch.setattr(module.np, "matmul", matmul)
+    assert max(calls) <= module._GEMV_ELEMENTS < 460_800 and len(calls) == 3 * 4
+    with threadpool_limits(1):  # one call on one thread: each row's dot product is its own either way
+        whole = np.stack([X @ q for q in np.ascontiguousarray(Q, dtype=EMBEDDING_DTYPE)])
+    np.testing.assert_array_equal(blocked, whole)

@@ -245,3 +245,37 @@ def test_concurrent_saves_of_one_directory_leave_one_whole_router(tmp_path):
     assert set(loaded) <= set(weights)
     assert Router.load(tmp_path).cost_weight in weights
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_loaded_router_reads_its_new_clients_caps_and_capabilities_afresh(small, embedder, tmp_path):
+    """Found by a new user: a loaded router had every default marked as stated, so it sent 1,024 output
+    tokens as the cap to a ChatOpenAI(max_tokens=100), and OmniRouteLLM refused a plain OpenAILike
+    client for a candidate "stated" to call tools."""
+    from langchain_openai import ChatOpenAI
+    from llama_index.llms.openai_like import OpenAILike
+
+    from omniroute_lc import ChatOmniRoute
+    from omniroute_li import OmniRouteLLM
+
+    stated = next(c for c in small.candidates() if c.name == "claude-v2").model_copy(update={"max_output_tokens": 300})
+    router = fit_router(small, "knn", embedder=embedder, candidates=[
+        stated, *(c for c in small.candidates() if c.name != "claude-v2")])
+    router.save(tmp_path)
+    manifest = json.loads((tmp_path / "router.json").read_text())
+    assert {tuple(sorted(c)) for c in manifest["candidates"] if c["name"] != "claude-v2"} == {
+        ("input_price", "name", "output_price")}  # only what was stated
+    clients = {c.name: ChatOpenAI(model="m", api_key="k", base_url="http://127.0.0.1:9/v1", max_tokens=100)
+               for c in router.candidates}
+    chat = ChatOmniRoute(router=Router.load(tmp_path, models=clients))
+    caps = {c.name: c.max_output_tokens for c in chat.router.candidates}
+    assert caps.pop("claude-v2") == 300  # stated: it wins over the client's cap
+    assert set(caps.values()) == {100}
+    plain = {c.name: OpenAILike(model="m", api_base="http://127.0.0.1:9/v1", api_key="k", is_chat_model=True,
+                                max_tokens=50) for c in router.candidates}
+    llm = OmniRouteLLM(router=Router.load(tmp_path, models=plain))
+    assert not any(c.supports_tools for c in llm.router.candidates)
+    # Saved again from there, the others still state only what their user stated (a stated cap
+    # is saved as lowered to a client's own limit, which only ever lowers it).
+    llm.router.save(tmp_path / "again")
+    again = json.loads((tmp_path / "again" / "router.json").read_text())
+    assert again["candidates"][1:] == manifest["candidates"][1:]

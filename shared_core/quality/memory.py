@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from ..native import kernel
+from .. import native
 from .base import l2_normalise
 
 __all__ = ["LabelMemory"]
 
 # The compiled per-group selection and sums (shared_core/_knn.c), or None: the NumPy code below.
-_knn = kernel("_knn")
+_knn = native.kernel("_knn")
 
 # Similarities held at once (queries × rows): bounds the temporaries of a batch (8 MB).
 _BLOCK = 1 << 21
@@ -270,6 +270,8 @@ class LabelMemory:
                         # more than the work), summing into the row: models of no group stay 0.
                         _knn.label_sums(search.S[i], s.Y0, s.K, len(plan.ks), plan.top, plan.native, sums[start + i])
                     else:
+                        if _knn is None:
+                            native.fallback("_knn")
                         sums[start + i] = _label_sums(s, search, i, plan)
         if plan.labelled and not shrinkage:  # every model of a fitted memory: the means alone
             return sums / plan.ks
@@ -381,6 +383,12 @@ def _search(X: np.ndarray, Q: np.ndarray) -> _Search:
 # Memories up to this size are compared one query at a time (see _similarities): the TF-IDF
 # embedder's 128 dimensions up to about 16,000 rows, its fitted memory plus the default feedback.
 _EXACT_BYTES = 8 << 20
+# Elements of one matrix-vector product at most: OpenBLAS splits a product of more than 460,800
+# (about 3,600 rows of 128) across its threads, and a decision then waits a scheduling slice
+# (8-12 ms, against 0.04 ms) whenever another process holds the other core (found by a new user:
+# a router grown past 4,000 rows by feedback decided in 8 ms instead of 1). A larger memory is
+# compared in blocks below that, one thread each.
+_GEMV_ELEMENTS = 3 << 17
 
 
 def _similarities(X: np.ndarray, Q: np.ndarray) -> np.ndarray:
@@ -398,8 +406,14 @@ def _similarities(X: np.ndarray, Q: np.ndarray) -> np.ndarray:
     if len(Q) > 1 and X.nbytes > _EXACT_BYTES:
         return Q @ X.T
     S = np.empty((len(Q), len(X)), dtype=X.dtype)
+    block = max(1, _GEMV_ELEMENTS // max(1, X.shape[1]))
     for i in range(len(Q)):
-        np.matmul(X, Q[i], out=S[i])
+        if len(X) <= block:
+            np.matmul(X, Q[i], out=S[i])
+            continue
+        # Each row's product is its own dot product: the blocks give the same bits as one call.
+        for start in range(0, len(X), block):
+            np.matmul(X[start:start + block], Q[i], out=S[i, start:start + block])
     return S
 
 
