@@ -1,20 +1,19 @@
 /* Nearest-neighbour label sums for one query: the compiled form of shared_core.quality.memory's
- * per-group selection (_top, _Group.sums), the same rows selected and their labels summed.
+ * per-group selection (_Search.near, _top, _Group.sums): the same rows, their labels summed alike.
  *
- * label_sums(s, Y0, m, groups, out): s holds a query's float32 similarities to the memory's
- * first n rows (NaN counts as the least similar); Y0 its float64 labels, row-major with m columns
- * (0 where unknown); groups a tuple of (rows, models, k): rows a buffer of ascending int64 row
- * indices (None: every row), models a buffer of int64 columns (None: every column), k >= 1.
- * For each group, out[j] for each of its models j becomes the sum of Y0[i, j] over the k rows i
- * of `rows` with the largest similarity (equal similarities: lower rows first), added in
- * ascending row order. Malformed arguments raise ValueError/TypeError; nothing is read out of
- * bounds.
+ * label_sums(s, Y0, K, m, top, groups, out): s holds a query's float32 similarities to the
+ * memory's first n rows (NaN counts as the least similar); Y0 its float64 labels and K (bool)
+ * which are known, both row-major with m columns; top the largest k of any group; groups a tuple
+ * of (rows, models, first, k): rows a buffer of ascending int64 row indices the group is labelled
+ * on (None: every row), models a buffer of int64 columns (None: every column), first one of them,
+ * 1 <= k <= top. For each group, out[j] for each of its models j becomes the sum of Y0[i, j] over
+ * the k rows i of `rows` with the largest similarity (equal similarities: lower rows first),
+ * added one after another in ascending row order, as the NumPy code's cumulative sum adds them.
+ * Malformed arguments raise ValueError/TypeError; nothing is read or written out of bounds.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
 #include <math.h>
-#include <stdint.h>
-#include <string.h>
+
+#include "_kernel.h"
 
 /* NaN counts as the least similar value, as -inf does (the NumPy code maps it so). */
 static inline float key_of(float v) { return v != v ? -INFINITY : v; }
@@ -44,29 +43,6 @@ static float kth_largest(float *a, Py_ssize_t r, Py_ssize_t k) {
 /* Every STRIDE-th similarity is a sample whose order statistics bound the k-th largest from below. */
 #define STRIDE 8
 
-typedef struct { Py_buffer view; int held; } Buf;
-
-/* The buffer of `obj`, C-contiguous, of items `code` (struct characters) of `itemsize` bytes. */
-static int get_buffer(PyObject *obj, Buf *b, const char *code, Py_ssize_t itemsize, int writable, const char *what) {
-    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj, &b->view, flags) < 0) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous%s buffer", what, writable ? " writable" : "");
-        return -1;
-    }
-    b->held = 1;
-    const char *f = b->view.format ? b->view.format : "B";
-    if (*f == '@' || *f == '=' || (PY_LITTLE_ENDIAN && *f == '<')) f++;
-    if (b->view.itemsize != itemsize || f[0] == '\0' || strchr(code, f[0]) == NULL || f[1] != '\0') {
-        PyErr_Format(PyExc_TypeError, "%s has the wrong item type", what);
-        PyBuffer_Release(&b->view);
-        b->held = 0;
-        return -1;
-    }
-    return 0;
-}
-
-static void release(Buf *b) { if (b->held) { PyBuffer_Release(&b->view); b->held = 0; } }
 
 /* Rows of `rows` (None: 0..r-1) at least as similar as a bound below their k-th largest
    similarity, ascending, into picked/values (about 1.5 k of them); all r when fewer pass. */
@@ -232,15 +208,4 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_knn", "Nearest-neighbour label sums (C).", -1, methods};
 
-/* Bumped with any change of the functions' arguments or results (shared_core/native.py checks it):
-   a module left built by an older checkout is then not used. */
-#define ABI 1
-
-PyMODINIT_FUNC PyInit__knn(void) {
-    PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "ABI", ABI) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
-}
+PyMODINIT_FUNC PyInit__knn(void) { return kernel_module(&module); }

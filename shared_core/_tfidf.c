@@ -19,33 +19,7 @@
  * out untouched (the caller grows the table). Malformed arguments raise ValueError/TypeError;
  * nothing is read or written out of bounds.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
-#include <string.h>
-
-typedef struct { Py_buffer view; int held; } Buf;
-
-static void release(Buf *b) { if (b->held) { PyBuffer_Release(&b->view); b->held = 0; } }
-
-/* The buffer of `obj`, C-contiguous, of items `code` (one struct character) of `itemsize` bytes. */
-static int get_buffer(PyObject *obj, Buf *b, const char *code, Py_ssize_t itemsize, int writable, const char *what) {
-    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj, &b->view, flags) < 0) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "%s must be a C-contiguous%s buffer", what, writable ? " writable" : "");
-        return -1;
-    }
-    b->held = 1;
-    const char *f = b->view.format ? b->view.format : "B";
-    if (*f == '@' || *f == '=' || (PY_LITTLE_ENDIAN && *f == '<')) f++;
-    if (b->view.itemsize != itemsize || f[0] == '\0' || strchr(code, f[0]) == NULL || f[1] != '\0') {
-        PyErr_Format(PyExc_TypeError, "%s must hold %s", what, itemsize == 8 ? "int64" : "float32");
-        release(b);
-        return -1;
-    }
-    return 0;
-}
+#include "_kernel.h"
 
 static inline Py_ssize_t count_of(const Buf *b) { return b->view.len / b->view.itemsize; }
 
@@ -206,15 +180,4 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_tfidf", "One prompt's projected TF-IDF row (C).", -1, methods};
 
-/* Bumped with any change of the functions' arguments or results (shared_core/native.py checks it):
-   a module left built by an older checkout is then not used. */
-#define ABI 1
-
-PyMODINIT_FUNC PyInit__tfidf(void) {
-    PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "ABI", ABI) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
-}
+PyMODINIT_FUNC PyInit__tfidf(void) { return kernel_module(&module); }

@@ -28,7 +28,7 @@ ENABLED = os.environ.get("OMNIROUTE_KERNELS", "1") != "0"
 
 #: Every compiled kernel, by module name under shared_core.
 KERNELS = ("_tfidf", "_knn")
-#: The kernels' ABI (their C sources' `ABI`): a module built from other sources is not used.
+#: The kernels' ABI (OMNIROUTE_KERNEL_ABI in shared_core/_kernel.h): a module of another is not used.
 ABI = 1
 
 # Why each kernel asked for is not used (it was not built, or built from other sources).
