@@ -113,8 +113,9 @@ def with_declared_limits(candidate: Candidate, model: BaseChatModel) -> Candidat
     Candidate.with_limits and Candidate.with_capabilities: capabilities it states itself stay)."""
     window, cap, limit = declared_limits(model)
     tools, structured = declared_capabilities(model)
-    limited = candidate.with_limits(context_window=window, max_output_tokens=limit, provider=provider_of(model),
-                                    client_cap=cap)
+    # What an earlier client said goes first: this one's limits replace it (its user's stated ones stay).
+    limited = candidate.unbound().with_limits(context_window=window, max_output_tokens=limit,
+                                              provider=provider_of(model), client_cap=cap)
     if cap_parameter(model) is None and limited.accepts_output_cap:
         limited = limited.derived(accepts_output_cap=False)
     return limited.with_capabilities(supports_tools=tools, supports_structured_output=structured)

@@ -88,7 +88,8 @@ def with_declared_limits(candidate: Candidate) -> Candidate:
     """The candidate with the limits, provider and tool support its LLM declares (see Candidate.with_limits
     and Candidate.with_capabilities: a supports_tools it states itself stays)."""
     window, cap, limit = declared_limits(candidate.model)
-    limited = candidate.with_limits(
+    # What an earlier client said goes first: this one's limits replace it (its user's stated ones stay).
+    limited = candidate.unbound().with_limits(
         context_window=window, max_output_tokens=limit, provider=provider_of(candidate.model), client_cap=cap
     )
     if "max_tokens" not in type(candidate.model).model_fields and limited.accepts_output_cap:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from .pricing import price_tokens
 
-__all__ = ["Candidate", "validate_candidates"]
+__all__ = ["CLIENT_FIELDS", "Candidate", "validate_candidates"]
 
 
 class Candidate(BaseModel):
@@ -178,12 +178,37 @@ class Candidate(BaseModel):
         })
 
     def derived(self, **values: Any) -> Candidate:
-        """This candidate with `values` (validated fields' values) read from its framework model, not
-        stated: the fields stated stay those its user gave (`model_fields_set`), which is all
-        `Router.save` keeps, so a router loaded with other clients reads their limits afresh."""
+        """This candidate with `values` read from its framework model, not stated: the fields stated
+        stay those its user gave (`model_fields_set`), so `Router.save` keeps them apart and a router
+        loaded with other clients reads their limits afresh. The values are validated as at
+        construction (pydantic's ValidationError naming the field); a subclass stays itself."""
         if not values:
             return self
-        return Candidate.model_construct(_fields_set=set(self.model_fields_set), **{**dict(self), **values})
+        checked = type(self).model_validate({**self.model_dump(), **values})  # `model` is not dumped
+        fields = {**dict(checked), "model": self.model}
+        return type(self).model_construct(_fields_set=set(self.model_fields_set), **fields)
+
+    def read_from_client(self) -> dict[str, Any]:
+        """What `derived` took from a framework client: the CLIENT_FIELDS its user did not state that
+        hold something other than their default (JSON values)."""
+        dumped = self.model_dump(mode="json")
+        return {name: dumped[name] for name in CLIENT_FIELDS
+                if name not in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].default}
+
+    def unbound(self) -> Candidate:
+        """This candidate without what a client said: its unstated CLIENT_FIELDS at their defaults, as
+        before a (new) client is read (the adapters bind each client to this)."""
+        reset = {name: type(self).model_fields[name].default for name in CLIENT_FIELDS
+                 if name not in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].default}
+        if not reset:
+            return self
+        return type(self).model_construct(_fields_set=set(self.model_fields_set), **{**dict(self), **reset})
+
+
+#: The fields a framework client declares (Candidate.with_limits, Candidate.with_capabilities, the
+#: adapters): unless its user states them, each binding reads them from the client afresh.
+CLIENT_FIELDS = ("context_window", "max_output_tokens", "provider", "supports_tools", "supports_structured_output",
+                 "accepts_output_cap")
 
 
 def validate_candidates(candidates: Iterable[Candidate]) -> tuple[Candidate, ...]:

@@ -235,8 +235,6 @@ def candidate_from_model(model: Any, **overrides: Any) -> Candidate:
     fields: dict[str, Any] = {
         "name": declared.name,
         "model": None if isinstance(model, str) else model,
-        "supports_tools": declared.supports_tools,
-        "supports_structured_output": declared.supports_structured_output,
         "encoding": _encoding(declared.name),
     }
     if entry is not None:
@@ -249,6 +247,12 @@ def candidate_from_model(model: Any, **overrides: Any) -> Candidate:
         )
     # None = said by neither: the Candidate's default.
     candidate = Candidate(**{**{k: v for k, v in fields.items() if v is not None}, **overrides})
+    # What the client itself can do is read, not stated (Candidate.derived): a saved router loaded
+    # with another client reads that one's afresh. The catalogue's window and prices are stated.
+    candidate = candidate.derived(**{k: v for k, v in (("supports_tools", declared.supports_tools),
+                                                        ("supports_structured_output",
+                                                         declared.supports_structured_output))
+                                     if v is not None and k not in overrides})
     # The model's own limits by the rule the adapters apply when they bind it (Candidate.with_limits).
     return candidate.with_limits(
         context_window=declared.context_window,

@@ -62,7 +62,8 @@ def fallback(name: str) -> None:
         return
     _warned = True
     logger.warning("the compiled kernels %s are not available (%s): routing uses the NumPy code, with the same "
-                   "decisions, about 1.3x slower per decision; reinstall with a C compiler (gcc or clang) to "
-                   "build them, or set OMNIROUTE_KERNELS=0 to say this is intended",
+                   "decisions, about 1.3x slower per decision; reinstall (pip install -e . or pip install omniroute) "
+                   "where a C compiler (gcc or clang) is found to build them, or set OMNIROUTE_KERNELS=0 to say "
+                   "this is intended",
                    ", ".join(f"shared_core.{k}" for k in KERNELS if k in _missing), "; ".join(
                        f"{k}: {why}" for k, why in _missing.items()))

@@ -53,7 +53,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from .budget import Budget
-from .candidates import Candidate
+from .candidates import CLIENT_FIELDS, Candidate
 from .errors import PersistError
 from .pacing import DualPacer
 from .quality import PREDICTORS, Registry
@@ -154,9 +154,11 @@ def save_router(router: Router, directory: str | Path) -> Path:
     body = {
         "format": FORMAT,
         "version": VERSION,
-        # What each candidate's user stated, not what was read from its client (Candidate.derived):
-        # loaded with other clients, a router reads their caps and capabilities afresh.
+        # What each candidate's user stated apart from what was read from its client
+        # (Candidate.derived): loaded with other clients, a router reads theirs afresh; loaded
+        # without, it keeps what the old ones said.
         "candidates": [c.model_dump(mode="json", exclude_unset=True) for c in router.candidates],
+        "read_from_clients": {c.name: read for c in router.candidates if (read := c.read_from_client())},
         "settings": {
             "cost_weight": router.cost_weight,
             "strict_scopes": router.strict_scopes,
@@ -516,6 +518,14 @@ def load_router(
     models = dict(models or {})
     try:
         candidates = [Candidate.model_validate(c) for c in manifest["candidates"]]
+        # What their old clients said: kept by those loaded without one (a new client is read afresh);
+        # only what a client declares, and never over what a user stated.
+        read = manifest.get("read_from_clients", {})
+        if not isinstance(read, dict) or not set(read) <= {c.name for c in candidates} or not all(
+                isinstance(v, dict) and set(v) <= set(CLIENT_FIELDS) for v in read.values()):
+            raise TypeError(f"read_from_clients must map candidates' names to some of {list(CLIENT_FIELDS)}")
+        candidates = [c if c.name in models else c.derived(**{k: v for k, v in read.get(c.name, {}).items()
+                                                              if k not in c.model_fields_set}) for c in candidates]
         settings = dict(manifest["settings"])
         settings["pacer"] = DualPacer.model_validate(settings["pacer"])
         if settings.get("default_budget") is not None:

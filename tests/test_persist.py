@@ -279,3 +279,100 @@ def test_a_loaded_router_reads_its_new_clients_caps_and_capabilities_afresh(smal
     llm.router.save(tmp_path / "again")
     again = json.loads((tmp_path / "again" / "router.json").read_text())
     assert again["candidates"][1:] == manifest["candidates"][1:]
+
+
+def test_without_its_clients_a_loaded_router_keeps_what_they_said(small, embedder, tmp_path):
+    """What clients declared is saved apart (`read_from_clients`): a router loaded without them (the
+    CLI, an offline replay) keeps their caps, windows and providers, still not stated."""
+    from langchain_openai import ChatOpenAI
+
+    from omniroute_lc import ChatOmniRoute
+
+    router = fit_router(small, "knn", embedder=embedder)
+    chat = ChatOmniRoute(router=Router.load(router.save(tmp_path / "a").parent, models={
+        c.name: ChatOpenAI(model="m", api_key="k", base_url="http://127.0.0.1:9/v1", max_tokens=100)
+        for c in router.candidates}))
+    chat.router.save(tmp_path / "b")
+    manifest = json.loads((tmp_path / "b" / "router.json").read_text())
+    assert all(read == {"max_output_tokens": 100, "provider": "openai"}
+               for read in manifest["read_from_clients"].values())
+    alone = Router.load(tmp_path / "b")
+    assert {(c.max_output_tokens, c.provider) for c in alone.candidates} == {(100, "openai")}
+    assert all("max_output_tokens" not in c.model_fields_set for c in alone.candidates)
+    alone.save(tmp_path / "c")
+    assert json.loads((tmp_path / "c" / "router.json").read_text())["candidates"] == manifest["candidates"]
+    assert json.loads((tmp_path / "c" / "router.json").read_text())["read_from_clients"] == manifest[
+        "read_from_clients"]
+    # Bound to other clients after that, a candidate reads them, not what the first ones said.
+    from langchain_anthropic import ChatAnthropic
+
+    rebound = ChatOmniRoute(router=alone, candidates=[
+        c.model_copy(update={"model": ChatAnthropic(model="claude-x", api_key="k", base_url="http://127.0.0.1:9")})
+        for c in alone.candidates])
+    assert {(c.max_output_tokens, c.provider) for c in rebound.router.candidates} != {(100, "openai")}
+    assert {c.provider for c in rebound.router.candidates} == {"anthropic"}
+
+
+def test_a_forged_read_from_clients_is_refused_as_a_damaged_manifest(saved, tmp_path):
+    import shutil
+
+    directory, _ = saved
+    copy = tmp_path / "copy"
+    shutil.copytree(directory, copy)
+    for forged in ({"claude-v2": {"max_output_tokens": -5}}, {"claude-v2": {"no_such_field": 1}}, ["x"],
+                   {"claude-v2": {"input_price": 0.0}}, {"claude-v2": {"name": "other"}}, {"gpt-9": {}}):
+        rewrite_manifest(copy, lambda m, forged=forged: m.update(read_from_clients=forged))
+        with pytest.raises(PersistError, match="invalid candidates or settings"):
+            Router.load(copy)
+
+
+def test_derived_values_are_validated_and_keep_a_subclass():
+    from shared_core.candidates import Candidate
+
+    class Team(Candidate):
+        team: str = "search"
+
+        def cost(self, input_tokens: float, output_tokens: float) -> float:
+            return 0.5 * super().cost(input_tokens, output_tokens)
+
+    c = Team(name="a", input_price=1, output_price=1, team="ads")
+    d = c.with_limits(client_cap=100, provider="openai")
+    assert type(d) is Team and d.team == "ads" and d.cost(1e6, 0) == 0.5
+    assert d.max_output_tokens == 100 and d.model_fields_set == c.model_fields_set
+    assert d.read_from_client() == {"max_output_tokens": 100, "provider": "openai"}
+    with pytest.raises(ValueError):
+        c.derived(max_output_tokens=0)
+    with pytest.raises(ValueError):
+        c.derived(max_output_token=100)  # no such field
+
+
+def test_a_candidate_from_its_model_states_its_prices_not_its_clients_capabilities(tmp_path):
+    pytest.importorskip("genai_prices", reason="Candidate.from_model reads the genai-prices catalogue (extra prices)")
+    from llama_index.llms.openai import OpenAI
+    from llama_index.llms.openai_like import OpenAILike
+
+    from omniroute_li import OmniRouteLLM
+    from shared_core.candidates import Candidate
+
+    candidate = Candidate.from_model(OpenAI(model="gpt-4o-mini", api_key="k", max_tokens=100), prior_quality=0.5)
+    assert {"input_price", "output_price", "prior_quality"} <= candidate.model_fields_set
+    assert not {"supports_tools", "max_output_tokens"} & candidate.model_fields_set
+    Router([candidate]).save(tmp_path)
+    plain = OpenAILike(model="gpt-4o-mini", api_base="http://127.0.0.1:9/v1", api_key="k", is_chat_model=True)
+    llm = OmniRouteLLM(router=Router.load(tmp_path, models={candidate.name: plain}))  # refused before: "stated" tools
+    assert not llm.router.candidate(candidate.name).supports_tools
+
+
+def test_a_candidate_from_its_model_keeps_the_catalogues_window(tmp_path):
+    pytest.importorskip("genai_prices", reason="Candidate.from_model reads the genai-prices catalogue (extra prices)")
+    from langchain_anthropic import ChatAnthropic
+
+    from omniroute_lc import ChatOmniRoute
+    from shared_core.candidates import Candidate
+
+    client = ChatAnthropic(model="claude-sonnet-4-20250514", api_key="k", base_url="http://127.0.0.1:9")
+    candidate = Candidate.from_model(client, prior_quality=0.5)
+    assert "context_window" in candidate.model_fields_set  # the catalogue's: stated, as its prices are
+    Router([candidate]).save(tmp_path)
+    chat = ChatOmniRoute(router=Router.load(tmp_path, models={candidate.name: client}))
+    assert chat.router.candidate(candidate.name).context_window == candidate.context_window

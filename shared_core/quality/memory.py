@@ -406,15 +406,24 @@ def _similarities(X: np.ndarray, Q: np.ndarray) -> np.ndarray:
     if len(Q) > 1 and X.nbytes > _EXACT_BYTES:
         return Q @ X.T
     S = np.empty((len(Q), len(X)), dtype=X.dtype)
-    block = max(1, _GEMV_ELEMENTS // max(1, X.shape[1]))
+    bounds = _gemv_bounds(len(X), X.shape[1])
     for i in range(len(Q)):
-        if len(X) <= block:
-            np.matmul(X, Q[i], out=S[i])
-            continue
-        # Each row's product is its own dot product: the blocks give the same bits as one call.
-        for start in range(0, len(X), block):
-            np.matmul(X[start:start + block], Q[i], out=S[i, start:start + block])
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            np.matmul(X[start:stop], Q[i], out=S[i, start:stop])
     return S
+
+
+def _gemv_bounds(n: int, d: int) -> list[int]:
+    """Where the matrix-vector products over n rows of d start and stop: one product up to
+    _GEMV_ELEMENTS, else blocks of a multiple of 64 rows. BLAS kernels take rows in unrolled
+    groups and a product's last few by another path, and NumPy makes a lone row a dot product:
+    so each block starts where the whole product's group would, and a tail of under 64 rows joins
+    the block before it. The blocks then give one product's bits (tested over many shapes)."""
+    most = max(64, _GEMV_ELEMENTS // max(1, d) // 64 * 64)
+    bounds = [*range(0, n, most), n]
+    if len(bounds) > 2 and n - bounds[-2] < 64:
+        del bounds[-2]
+    return bounds
 
 
 def _label_sums(snap: _Snapshot, search: _Search, i: int, plan: _Plan) -> np.ndarray:
