@@ -155,8 +155,7 @@ def save_router(router: Router, directory: str | Path) -> Path:
         "format": FORMAT,
         "version": VERSION,
         # What each candidate's user stated apart from what was read from its client
-        # (Candidate.derived): loaded with other clients, a router reads theirs afresh; loaded
-        # without, it keeps what the old ones said.
+        # (Candidate.derived): an adapter wrapping the loaded router reads its own clients afresh.
         "candidates": [c.model_dump(mode="json", exclude_unset=True) for c in router.candidates],
         "read_from_clients": {c.name: read for c in router.candidates if (read := c.read_from_client())},
         "settings": {
@@ -518,14 +517,15 @@ def load_router(
     models = dict(models or {})
     try:
         candidates = [Candidate.model_validate(c) for c in manifest["candidates"]]
-        # What their old clients said: kept by those loaded without one (a new client is read afresh);
-        # only what a client declares, and never over what a user stated.
+        # What their old clients said, still unstated: the router alone keeps it (the core never
+        # reads a client), and an adapter binding a client replaces it (Candidate.unbound). Only what
+        # a client declares, and never over what a user stated.
         read = manifest.get("read_from_clients", {})
         if not isinstance(read, dict) or not set(read) <= {c.name for c in candidates} or not all(
                 isinstance(v, dict) and set(v) <= set(CLIENT_FIELDS) for v in read.values()):
             raise TypeError(f"read_from_clients must map candidates' names to some of {list(CLIENT_FIELDS)}")
-        candidates = [c if c.name in models else c.derived(**{k: v for k, v in read.get(c.name, {}).items()
-                                                              if k not in c.model_fields_set}) for c in candidates]
+        candidates = [c.derived(**{k: v for k, v in read.get(c.name, {}).items() if k not in c.model_fields_set})
+                      for c in candidates]
         settings = dict(manifest["settings"])
         settings["pacer"] = DualPacer.model_validate(settings["pacer"])
         if settings.get("default_budget") is not None:

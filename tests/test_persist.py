@@ -298,6 +298,10 @@ def test_without_its_clients_a_loaded_router_keeps_what_they_said(small, embedde
                for read in manifest["read_from_clients"].values())
     alone = Router.load(tmp_path / "b")
     assert {(c.max_output_tokens, c.provider) for c in alone.candidates} == {(100, "openai")}
+    # Given clients but used without an adapter (the core never reads a client), the same.
+    given = Router.load(tmp_path / "b", models={c.name: object() for c in alone.candidates})
+    assert {(c.max_output_tokens, c.provider) for c in given.candidates} == {(100, "openai")}
+    assert given.decide("What is 2 + 2?").output_cap == 100
     assert all("max_output_tokens" not in c.model_fields_set for c in alone.candidates)
     alone.save(tmp_path / "c")
     assert json.loads((tmp_path / "c" / "router.json").read_text())["candidates"] == manifest["candidates"]
