@@ -192,17 +192,22 @@ class Candidate(BaseModel):
         """What `derived` took from a framework client: the CLIENT_FIELDS its user did not state that
         hold something other than their default (JSON values)."""
         dumped = self.model_dump(mode="json")
-        return {name: dumped[name] for name in CLIENT_FIELDS
-                if name not in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].default}
+        return {name: dumped[name] for name in self._client_said()}
 
     def unbound(self) -> Candidate:
         """This candidate without what a client said: its unstated CLIENT_FIELDS at their defaults, as
         before a (new) client is read (the adapters bind each client to this)."""
-        reset = {name: type(self).model_fields[name].default for name in CLIENT_FIELDS
-                 if name not in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].default}
-        if not reset:
+        said = self._client_said()
+        if not said:
             return self
+        reset = {name: type(self).model_fields[name].default for name in said}
         return type(self).model_construct(_fields_set=set(self.model_fields_set), **{**dict(self), **reset})
+
+    def _client_said(self) -> list[str]:
+        """The CLIENT_FIELDS its user did not state that differ from their defaults."""
+        fields = type(self).model_fields
+        return [name for name in CLIENT_FIELDS
+                if name not in self.model_fields_set and getattr(self, name) != fields[name].default]
 
 
 #: The fields a framework client declares (Candidate.with_limits, Candidate.with_capabilities, the
